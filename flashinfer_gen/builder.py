@@ -1,0 +1,185 @@
+"""Build driver: generate -> CMake configure -> ninja, into the build cache.
+
+The cache root is $FLASHINFER_GEN_CACHE or ~/.cache/flashinfer_gen. Layout:
+  generated/  rendered .cu files, manifest.json, instances.cmake
+  cmake/      the CMake binary dir (ninja files, objects)
+  lib/        libfig_<instance>_<source hash>.so
+A file lock serialises builds, so two processes asking for the same instance on demand do
+not collide; the second finds the library built when it gets the lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from generator import InstanceKey
+from generator.render import CMAKE_LIST_NAME, REPO_ROOT, generate
+
+ENV_CACHE = "FLASHINFER_GEN_CACHE"
+
+
+def cache_root() -> Path:
+    root = os.environ.get(ENV_CACHE)
+    return Path(root).expanduser().resolve() if root else Path.home() / ".cache" / "flashinfer_gen"
+
+
+def generated_dir(root: Path | None = None) -> Path:
+    return (root or cache_root()) / "generated"
+
+
+def library_dir(root: Path | None = None) -> Path:
+    return (root or cache_root()) / "lib"
+
+
+def cmake_dir(root: Path | None = None) -> Path:
+    return (root or cache_root()) / "cmake"
+
+
+def cutlass_include_dir() -> Path:
+    try:
+        import cutlass_library
+    except ImportError as e:  # pragma: no cover - exercised only without the wheel
+        raise RuntimeError("the nvidia-cutlass wheel is needed for the CuTe headers: "
+                           "pip install nvidia-cutlass") from e
+    include = Path(cutlass_library.__file__).resolve().parent / "source" / "include"
+    if not (include / "cute" / "tensor.hpp").exists():
+        raise RuntimeError(f"CuTe headers not found under {include}")
+    return include
+
+
+@contextlib.contextmanager
+def build_lock(root: Path):
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".build.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclasses.dataclass
+class BuildReport:
+    built: list[str]                 # instance names whose library exists after the build
+    seconds: dict[str, float]        # compile+link seconds per instance rebuilt in this run
+    wall_seconds: float
+    library_bytes: dict[str, int]
+
+
+def _tool(name: str) -> str:
+    # Prefer the binaries next to this interpreter (pip's cmake / ninja), then PATH.
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found; pip install {name}")
+    return found
+
+
+_PROGRESS = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+def _progress_bar(done: int, total: int, width: int = 30) -> str:
+    filled = width * done // max(total, 1)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+
+def _ninja_times(build_dir: Path, since_ms: float) -> dict[str, float]:
+    """Seconds per target from .ninja_log entries that started in this run."""
+    log = build_dir / ".ninja_log"
+    per_target: dict[str, float] = {}
+    if not log.exists():
+        return per_target
+    for line in log.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) != 5 or line.startswith("#"):
+            continue
+        start, end, mtime, output = int(parts[0]), int(parts[1]), parts[2], parts[3]
+        match = re.search(r"CMakeFiles/([^/]+)\.dir/", output) or re.search(r"libfig_(.+)_[0-9a-f]{16}\.so$", output)
+        if not match:
+            continue
+        target = match.group(1)
+        per_target[target] = per_target.get(target, 0.0) + (end - start) / 1000.0
+    return per_target
+
+
+def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | None = None,
+          echo: Callable[[str], None] | None = print) -> BuildReport:
+    keys = sorted(set(keys))
+    root = Path(root) if root else cache_root()
+    echo = echo or (lambda _msg: None)
+    t0 = time.monotonic()
+    with build_lock(root):
+        entries = generate(keys, generated_dir(root))
+        bdir = cmake_dir(root)
+        lib = library_dir(root)
+        lib.mkdir(parents=True, exist_ok=True)
+        configure = [
+            _tool("cmake"), "-S", str(REPO_ROOT), "-B", str(bdir), "-G", "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}",
+            f"-DFIG_GENERATED_DIR={generated_dir(root)}", f"-DFIG_LIBRARY_DIR={lib}",
+            f"-DFIG_CUTLASS_INCLUDE={cutlass_include_dir()}", "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        result = subprocess.run(configure, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"CMake configure failed:\n{result.stdout}\n{result.stderr}")
+        # Remove the log of earlier runs so the timing summary covers this run only.
+        (bdir / ".ninja_log").unlink(missing_ok=True)
+        cmd = [_tool("ninja"), "-C", str(bdir), *(["-j", str(jobs)] if jobs else []), *entries.keys()]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = []
+        assert proc.stdout is not None
+        tty = sys.stdout.isatty()
+        shown = -1
+        for line in proc.stdout:
+            output.append(line)
+            m = _PROGRESS.match(line)
+            if m:
+                done, total = int(m.group(1)), int(m.group(2))
+                if tty:
+                    echo(f"\r{_progress_bar(done, total)}")
+                elif done * 10 // total != shown:  # logs get a line per tenth, not per step
+                    shown = done * 10 // total
+                    echo(f"{_progress_bar(done, total)}\n")
+        if proc.wait() != 0:
+            raise RuntimeError("ninja build failed:\n" + "".join(output[-200:]))
+        seconds = _ninja_times(bdir, 0.0)
+        sizes = {name: (lib / e["library"]).stat().st_size for name, e in entries.items()
+                 if (lib / e["library"]).exists()}
+        missing = sorted(set(entries) - set(sizes))
+        if missing:
+            raise RuntimeError(f"build finished but libraries are missing: {missing}")
+    return BuildReport(built=sorted(entries), seconds={k: v for k, v in seconds.items() if k in entries},
+                       wall_seconds=time.monotonic() - t0, library_bytes=sizes)
+
+
+def format_report(report: BuildReport) -> str:
+    lines = [f"{'instance':<60} {'seconds':>8} {'size MB':>8}"]
+    for name in report.built:
+        secs = report.seconds.get(name)
+        lines.append(f"{name:<60} {('%.1f' % secs) if secs is not None else 'cached':>8} "
+                     f"{report.library_bytes.get(name, 0) / 1e6:>8.2f}")
+    lines.append(f"{len(report.built)} instances, wall {report.wall_seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def visible_archs() -> Sequence[str]:
+    """The arch of the visible GPU, or sm80 and sm90a when there is none."""
+    from .registry import arch_for_capability
+    try:
+        import torch
+        if torch.cuda.is_available():
+            arch = arch_for_capability(torch.cuda.get_device_capability())
+            if arch is not None:
+                return (arch,)
+    except ImportError:
+        pass
+    return ("sm80", "sm90a")

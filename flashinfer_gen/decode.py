@@ -1,0 +1,243 @@
+"""BatchDecodeWithPagedKVCacheWrapper, FlashInfer's API: plan() once per batch layout (host work:
+validation, instance lookup, split-KV schedule), run() per layer (checks shapes, launches).
+
+run() allocates nothing but the output when `out` is not given (through torch's caching
+allocator, which is capture-safe), never synchronises, and so can be captured in a CUDA graph
+after plan(); a new plan() changes the work list, so capture again after re-planning.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from generator import InstanceKey
+
+from . import abi
+from .registry import Module, arch_for_capability, default_registry
+from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_cuda_tensor, check_head_config, check_page_table,
+                         check_scalar, dtype_name, fail, kv_strides, require_int_index, require_tensor,
+                         split_paged_kv)
+
+STEP_TOKENS = 16          # tokens per warp step in the kernel
+MIN_CHUNK_TOKENS = 64     # a split-KV chunk gives each of the CTA's 4 warps at least one step
+_ALIGN = 256
+
+
+@dataclass
+class DecodeSchedule:
+    """Work list: one CTA column per item; split requests also get a merge item."""
+    request: np.ndarray   # [num_work] int32
+    begin: np.ndarray
+    end: np.ndarray
+    partial: np.ndarray   # -1 or partial slot
+    merge_request: np.ndarray
+    merge_indptr: np.ndarray
+    num_partial: int
+    chunk_tokens: int | None
+
+
+def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_resident_ctas: int) -> DecodeSchedule:
+    """Splits requests into chunks so that the grid fills the GPU once (one wave of resident CTAs).
+
+    With batch * ctas_per_column already >= one wave nothing is split. Otherwise the chunk is the
+    smallest multiple of MIN_CHUNK_TOKENS for which the chunks still fit in one wave: batch 1 with
+    32k tokens is spread over every SM instead of running on one.
+    """
+    lens = (end - begin).astype(np.int64)
+    batch = lens.size
+    chunk = None
+    if batch * ctas_per_column < max_resident_ctas and lens.max() > MIN_CHUNK_TOKENS:
+        budget = max_resident_ctas // ctas_per_column
+        lo, hi = 1, int(math.ceil(lens.max() / MIN_CHUNK_TOKENS))
+        while lo < hi:  # smallest chunk (in units of MIN_CHUNK_TOKENS) whose chunk count fits the budget
+            mid = (lo + hi) // 2
+            if int(np.ceil(lens / (mid * MIN_CHUNK_TOKENS)).sum()) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        chunk = lo * MIN_CHUNK_TOKENS
+    pieces = np.ones(batch, dtype=np.int64) if chunk is None else np.ceil(lens / chunk).astype(np.int64)
+    request = np.repeat(np.arange(batch, dtype=np.int64), pieces)
+    first_piece = np.repeat(np.cumsum(pieces) - pieces, pieces)
+    piece = np.arange(request.size, dtype=np.int64) - first_piece
+    item_begin = begin[request] + piece * (chunk or 0)
+    item_end = end[request] if chunk is None else np.minimum(item_begin + chunk, end[request])
+    split = pieces[request] > 1
+    partial = np.full(request.size, -1, dtype=np.int64)
+    partial[split] = np.arange(int(split.sum()))
+    split_requests = np.nonzero(pieces > 1)[0]
+    merge_indptr = np.concatenate([[0], np.cumsum(pieces[split_requests])])
+    i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
+    return DecodeSchedule(i32(request), i32(item_begin), i32(item_end), i32(partial), i32(split_requests),
+                          i32(merge_indptr), int(split.sum()), chunk)
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class BatchDecodeWithPagedKVCacheWrapper:
+    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 use_tensor_cores: bool = True, fp8_conversion: str | None = None, jit: bool | None = None):
+        """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) holding the work list
+        and the split-KV partials. Tensor cores are always used; use_tensor_cores is accepted for
+        FlashInfer compatibility. fp8_conversion: None (hardware where the arch has it),
+        "hardware" or "software". jit: build a missing instance on demand."""
+        require_tensor(workspace_buffer, "workspace_buffer")
+        if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
+            fail(f"workspace_buffer must be a contiguous CUDA uint8 tensor, got {workspace_buffer.dtype} "
+                 f"on {workspace_buffer.device}")
+        if kv_layout not in KV_LAYOUTS:
+            fail(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
+        if fp8_conversion not in (None, "hardware", "software"):
+            fail(f"fp8_conversion must be None, 'hardware' or 'software', got {fp8_conversion!r}")
+        self._workspace = workspace_buffer
+        self._layout = kv_layout
+        self._fp8_conversion = fp8_conversion
+        self._jit = jit
+        self._plan = None
+
+    @property
+    def module(self) -> Module:
+        if self._plan is None:
+            fail("call plan() before run()")
+        return self._plan["module"]
+
+    def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, num_qo_heads: int,
+             num_kv_heads: int, head_dim: int, page_size: int, pos_encoding_mode: str = "NONE",
+             window_left: int = -1, logits_soft_cap: float | None = None, q_data_type="float16",
+             kv_data_type=None, sm_scale: float | None = None) -> None:
+        device = self._workspace.device
+        require_int_index(indptr, "indptr")
+        require_int_index(indices, "indices")
+        require_int_index(last_page_len, "last_page_len")
+        check_head_config(num_qo_heads, num_kv_heads, head_dim, page_size)
+        if pos_encoding_mode != "NONE":
+            fail(f"pos_encoding_mode={pos_encoding_mode!r} is not supported; apply RoPE to q and k before "
+                 "writing the cache and pass 'NONE'")
+        if not isinstance(window_left, int) or window_left < -1:
+            fail(f"window_left must be -1 (no window) or >= 0, got {window_left!r}")
+        soft_cap = 0.0 if logits_soft_cap is None else check_scalar(logits_soft_cap, "logits_soft_cap")
+        if soft_cap < 0:
+            fail(f"logits_soft_cap must be > 0 (or None), got {soft_cap}")
+        scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else check_scalar(sm_scale, "sm_scale")
+        q_name = dtype_name(q_data_type, "q_data_type")
+        if q_name not in ("f16", "bf16"):
+            fail(f"q_data_type must be float16 or bfloat16, got {q_data_type!r}")
+        kv_name = q_name if kv_data_type is None else dtype_name(kv_data_type, "kv_data_type")
+
+        indptr_h, last_h, max_index = check_page_table(indptr, indices, last_page_len, page_size)
+        batch = indptr_h.numel() - 1
+        kv_len = ((indptr_h[1:] - indptr_h[:-1] - 1) * page_size + last_h).numpy()
+        end = kv_len.astype(np.int64)
+        begin = np.zeros_like(end) if window_left < 0 else np.maximum(end - 1 - window_left, 0)
+
+        if device.type != "cuda":
+            fail("workspace_buffer must be on a CUDA device")
+        arch = arch_for_capability(torch.cuda.get_device_capability(device))
+        if arch is None:
+            cap = torch.cuda.get_device_capability(device)
+            fail(f"no flashinfer_gen kernels target compute capability {cap[0]}.{cap[1]} (sm80 and sm90a exist)")
+        if kv_name in ("e4m3", "e5m2"):
+            conversion = self._fp8_conversion or ("hardware" if arch == "sm90a" else "software")
+        else:
+            conversion = "none"
+        key = InstanceKey("decode", q_name, kv_name, head_dim, arch, conversion,
+                          "softcap" if soft_cap > 0 else "default")
+        module = default_registry().lookup(key, jit=self._jit)
+
+        ctas_per_sm, num_sms = module.occupancy()
+        sched = make_schedule(begin, end, module.grid_rows(num_qo_heads, num_kv_heads),
+                              max(1, ctas_per_sm) * num_sms)
+
+        # Workspace: [work list int32 | partial lse fp32 | partial out fp32].
+        ints = np.concatenate([sched.request, sched.begin, sched.end, sched.partial, sched.merge_request,
+                               sched.merge_indptr]).astype(np.int32)
+        ints_bytes = _align(ints.size * 4)
+        lse_bytes = _align(sched.num_partial * num_qo_heads * 4)
+        out_bytes = sched.num_partial * num_qo_heads * head_dim * 4
+        need = ints_bytes + lse_bytes + out_bytes
+        if need > self._workspace.numel():
+            fail(f"workspace_buffer holds {self._workspace.numel()} bytes; this plan needs {need}")
+        ws_ints = self._workspace[: ints.size * 4].view(torch.int32)
+        ws_ints.copy_(torch.from_numpy(ints))
+        base = ws_ints.data_ptr()
+        n_work, n_merge = sched.request.size, sched.merge_request.size
+        offsets = np.cumsum([0, n_work, n_work, n_work, n_work, n_merge]) * 4
+
+        self._plan = dict(
+            module=module, key=key, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
+            head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
+            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device,
+            # keep the device copies of the page table alive for as long as the plan is used
+            indptr=indptr.to(device=device, dtype=torch.int32), indices=indices.to(device=device, dtype=torch.int32),
+            work_ptrs=[base + int(o) for o in offsets],
+            partial_lse=self._workspace.data_ptr() + ints_bytes,
+            partial_out=self._workspace.data_ptr() + ints_bytes + lse_bytes,
+        )
+
+    def run(self, q: torch.Tensor, paged_kv_cache, k_scale: float | None = None, v_scale: float | None = None,
+            out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
+        plan = self._plan
+        if plan is None:
+            fail("call plan() before run()")
+        device = plan["device"]
+        batch, hq, hk, d = plan["batch"], plan["num_qo_heads"], plan["num_kv_heads"], plan["head_dim"]
+        require_tensor(q, "q")
+        check_cuda_tensor(q, "q", device)
+        if tuple(q.shape) != (batch, hq, d):
+            fail(f"q must have shape [batch, num_qo_heads, head_dim] = {(batch, hq, d)} from plan(), got {tuple(q.shape)}")
+        if q.dtype != plan["q_dtype"]:
+            fail(f"q has dtype {q.dtype}, plan() was for {plan['q_dtype']}")
+        k, v = split_paged_kv(paged_kv_cache, self._layout)
+        for t, what in ((k, "k cache"), (v, "v cache")):
+            check_cuda_tensor(t, what, device)
+        if k.dtype != plan["kv_dtype"]:
+            fail(f"kv cache has dtype {k.dtype}, plan() was for {plan['kv_dtype']}")
+        stride_page, stride_slot, stride_head = kv_strides(k, self._layout, plan["page_size"], hk, d)
+        if plan["max_index"] >= k.shape[0]:
+            fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
+        elem = k.element_size()
+        for ptr, what in ((k.data_ptr(), "k cache"), (v.data_ptr(), "v cache")):
+            if ptr % 16 or any((s * elem) % 16 for s in (stride_page, stride_slot, stride_head)):
+                fail(f"{what} rows must be 16-byte aligned (data pointer and strides), got strides {k.stride()}")
+        if q.data_ptr() % 4 or any(s % 2 for s in q.stride()[:2]):
+            fail(f"q must be 4-byte aligned with even strides, got strides {q.stride()}")
+        ks = check_scalar(k_scale, "k_scale")
+        vs = check_scalar(v_scale, "v_scale")
+
+        if out is None:
+            out = torch.empty((batch, hq, d), dtype=q.dtype, device=device)
+        else:
+            require_tensor(out, "out")
+            check_cuda_tensor(out, "out", device)
+            if tuple(out.shape) != (batch, hq, d) or out.dtype != q.dtype:
+                fail(f"out must be {(batch, hq, d)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
+        if lse is None and return_lse:
+            lse = torch.empty((batch, hq), dtype=torch.float32, device=device)
+        if lse is not None:
+            require_tensor(lse, "lse")
+            check_cuda_tensor(lse, "lse", device)
+            if tuple(lse.shape) != (batch, hq) or lse.dtype != torch.float32 or not lse.is_contiguous():
+                fail(f"lse must be a contiguous float32 tensor of shape {(batch, hq)}, got "
+                     f"{tuple(lse.shape)} {lse.dtype}")
+
+        sched = plan["schedule"]
+        w = plan["work_ptrs"]
+        p = abi.FigDecodeParams(
+            q=q.data_ptr(), q_stride_batch=q.stride(0), q_stride_head=q.stride(1),
+            k_cache=k.data_ptr(), v_cache=v.data_ptr(),
+            kv_stride_page=stride_page, kv_stride_slot=stride_slot, kv_stride_head=stride_head,
+            kv_indptr=plan["indptr"].data_ptr(), kv_indices=plan["indices"].data_ptr(),
+            work_request=w[0], work_begin=w[1], work_end=w[2], work_partial=w[3], num_work=sched.request.size,
+            merge_request=w[4], merge_indptr=w[5], num_merge=sched.merge_request.size,
+            partial_out=plan["partial_out"], partial_lse=plan["partial_lse"],
+            out=out.data_ptr(), out_stride_batch=out.stride(0), out_stride_head=out.stride(1),
+            lse=lse.data_ptr() if lse is not None else None,
+            batch=batch, num_qo_heads=hq, num_kv_heads=hk, page_size=plan["page_size"],
+            sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"])
+        plan["module"].run(p, torch.cuda.current_stream(device).cuda_stream)
+        return (out, lse) if return_lse else out

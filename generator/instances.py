@@ -1,0 +1,191 @@
+"""The instance space as data.
+
+One frozen key per kernel instance. Everything else — the rendered ``.cu`` files, the CMake
+source list, the runtime registry — is derived from a list of these keys, so there is no second
+copy of the table to drift. Combinations that make no sense are refused by named predicates
+that say why.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Callable, Iterable, Sequence
+
+KINDS = ("decode",)
+Q_DTYPES = ("f16", "bf16")
+KV_DTYPES = ("f16", "bf16", "e4m3", "e5m2")
+FP8_DTYPES = ("e4m3", "e5m2")
+HEAD_DIMS = (64, 128, 256)
+ARCHS = ("sm80", "sm90a")
+CONVERSIONS = ("none", "hardware", "software")
+VARIANTS = ("default", "softcap")
+
+# nvcc target per arch. sm80 SASS also runs on sm_86/sm_89 (same major version); sm_90 needs
+# its own SASS, which is why the Ampere-path kernel is built a second time as sm90a code.
+GENCODE = {
+    "sm80": "-gencode=arch=compute_80,code=sm_80",
+    "sm90a": "-gencode=arch=compute_90a,code=sm_90a",
+}
+# Arch with an FP8 convert instruction (cvt.*.e4m3x2 / e5m2x2 needs sm_89+).
+ARCH_HAS_FP8_CVT = {"sm80": False, "sm90a": True}
+
+# C++ spellings used by the template (types and constants only).
+CXX_Q_ELEMENT = {"f16": "cute::half_t", "bf16": "cute::bfloat16_t"}
+CXX_FP8_FORMAT = {"e4m3": "fig::Fp8Format::kE4M3", "e5m2": "fig::Fp8Format::kE5M2"}
+CXX_CONVERSION = {"hardware": "fig::Conversion::kHardware", "software": "fig::Conversion::kSoftware"}
+CXX_LOGITS = {"default": "fig::PlainLogits", "softcap": "fig::SoftCapLogits"}
+KV_BYTES = {"f16": 2, "bf16": 2, "e4m3": 1, "e5m2": 1}
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class InstanceKey:
+    kind: str
+    q_dtype: str
+    kv_dtype: str
+    head_dim: int
+    arch: str
+    conversion: str
+    variant: str = "default"
+
+    @property
+    def name(self) -> str:
+        return (f"{self.kind}_q{self.q_dtype}_kv{self.kv_dtype}_d{self.head_dim}_{self.arch}"
+                f"_{self.conversion}_{self.variant}")
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.cu"
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.kv_dtype in FP8_DTYPES
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InstanceKey":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
+# --- validity: each predicate returns None when fine, else the reason -------------------------
+
+def _axis_values(key: InstanceKey) -> str | None:
+    axes = {"kind": KINDS, "q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS,
+            "arch": ARCHS, "conversion": CONVERSIONS, "variant": VARIANTS}
+    for field, allowed in axes.items():
+        if getattr(key, field) not in allowed:
+            return f"{field}={getattr(key, field)!r} is not one of {list(allowed)}"
+    return None
+
+
+def _kv16_matches_q(key: InstanceKey) -> str | None:
+    if not key.is_fp8 and key.kv_dtype != key.q_dtype:
+        return (f"a 16-bit KV cache must have the q dtype ({key.q_dtype}); "
+                f"got kv {key.kv_dtype}: convert the cache or use an FP8 cache")
+    return None
+
+
+def _conversion_matches_kv(key: InstanceKey) -> str | None:
+    if key.is_fp8 and key.conversion == "none":
+        return "an FP8 KV cache needs conversion 'hardware' or 'software'"
+    if not key.is_fp8 and key.conversion != "none":
+        return f"a {key.kv_dtype} KV cache is not converted; conversion must be 'none'"
+    return None
+
+
+def _hardware_conversion_needs_cvt(key: InstanceKey) -> str | None:
+    if key.conversion == "hardware" and not ARCH_HAS_FP8_CVT[key.arch]:
+        return f"{key.arch} has no FP8 convert instruction (sm_89+); use conversion 'software'"
+    return None
+
+
+PREDICATES: tuple[Callable[[InstanceKey], str | None], ...] = (
+    _axis_values, _kv16_matches_q, _conversion_matches_kv, _hardware_conversion_needs_cvt)
+
+
+def why_invalid(key: InstanceKey) -> str | None:
+    for predicate in PREDICATES:
+        reason = predicate(key)
+        if reason is not None:
+            return reason
+    return None
+
+
+class InvalidInstance(ValueError):
+    pass
+
+
+def check(key: InstanceKey) -> InstanceKey:
+    reason = why_invalid(key)
+    if reason is not None:
+        raise InvalidInstance(f"{key.name}: {reason}")
+    return key
+
+
+# --- derived constants ---------------------------------------------------------------------
+
+REGISTER_BUDGET_WORDS = 64  # 32-bit registers per lane for KV loads in flight
+
+
+def register_stages(kv_dtype: str, head_dim: int) -> int:
+    """16-token steps of K/V loads a warp keeps in flight.
+
+    One step is a lane's share of 16 K rows and 16 V rows: 2 * D/4 + 4 * D/8 elements. Deeper
+    pipelines hide more latency, but each stage costs those registers on top of O (D/4 words)
+    and Q (D/8 words); past the budget the occupancy lost outweighs the latency hidden.
+    """
+    words_per_stage = (2 * head_dim // 4 + 4 * head_dim // 8) * KV_BYTES[kv_dtype] // 4
+    return max(1, min(4, REGISTER_BUDGET_WORDS // words_per_stage))
+
+
+def template_context(key: InstanceKey) -> dict:
+    check(key)
+    if key.is_fp8:
+        kv_type = f"fig::KvFp8<{CXX_FP8_FORMAT[key.kv_dtype]}, {CXX_CONVERSION[key.conversion]}>"
+    else:
+        kv_type = f"fig::Kv16<{CXX_Q_ELEMENT[key.kv_dtype]}>"
+    return {
+        "name": key.name,
+        "description": (f"{key.kind}, q {key.q_dtype}, kv {key.kv_dtype}, head dim {key.head_dim}, "
+                        f"{key.arch}, conversion {key.conversion}, variant {key.variant}"),
+        "q_element": CXX_Q_ELEMENT[key.q_dtype],
+        "kv_type": kv_type,
+        "head_dim": key.head_dim,
+        "stages": register_stages(key.kv_dtype, key.head_dim),
+        "logits": CXX_LOGITS[key.variant],
+    }
+
+
+# --- selections ----------------------------------------------------------------------------
+
+def conversions_for(kv_dtype: str, arch: str) -> tuple[str, ...]:
+    if kv_dtype not in FP8_DTYPES:
+        return ("none",)
+    return ("hardware", "software") if ARCH_HAS_FP8_CVT[arch] else ("software",)
+
+
+def enumerate_instances(kinds: Sequence[str] = KINDS, q_dtypes: Sequence[str] = Q_DTYPES,
+                        kv_dtypes: Sequence[str] | None = None, head_dims: Sequence[int] = HEAD_DIMS,
+                        archs: Sequence[str] = ARCHS, conversions: Sequence[str] | None = None,
+                        variants: Sequence[str] = ("default",)) -> list[InstanceKey]:
+    """Every valid key in the product of the selected axes.
+
+    kv_dtypes=None means "the q dtype, e4m3 and e5m2" for each q dtype; conversions=None means
+    every conversion the arch supports.
+    """
+    keys = set()
+    for kind, q, d, arch, variant in itertools.product(kinds, q_dtypes, head_dims, archs, variants):
+        kvs = kv_dtypes if kv_dtypes is not None else (q, "e4m3", "e5m2")
+        for kv in kvs:
+            convs = conversions if conversions is not None else conversions_for(kv, arch)
+            for conv in convs:
+                key = InstanceKey(kind, q, kv, int(d), arch, conv, variant)
+                if why_invalid(key) is None:
+                    keys.add(key)
+    return sorted(keys)
+
+
+def default_instances(archs: Iterable[str]) -> list[InstanceKey]:
+    """The default build: head dim 128, fp16/bf16 q, kv = q dtype / e4m3 / e5m2."""
+    return enumerate_instances(head_dims=(128,), archs=tuple(archs))

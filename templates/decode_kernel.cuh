@@ -1,0 +1,129 @@
+// Paged batch decode = scheduler (work list -> coordinates) + mainloop (one warp tile) +
+// epilogue (CTA merge, write) + merge kernel (split-KV). The host side fills the device
+// arguments from the C ABI struct and launches; generated instances only pick the Config.
+#pragma once
+#include <cuda_runtime.h>
+#include "fig_abi.h"
+#include "decode_mainloop_sm80.cuh"
+#include "epilogue.cuh"
+#include "merge.cuh"
+#include "scheduler.cuh"
+#include "variants.cuh"
+
+namespace fig {
+
+template <class QElement_, class Kv_, int kHeadDim_, int kStages_, class Logits_>
+struct DecodeConfig {
+  using QElement = QElement_;
+  using Kv = Kv_;
+  using Logits = Logits_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kWarps = DecodeGridShape::kMaxTilesPerCta;
+  static constexpr int kThreads = kWarps * 32;
+};
+
+struct DecodeArgs {
+  FigDecodeParams p;
+  PagedKv kv;
+  DecodeGridShape shape;
+  float logits_scale;  // sm_scale * k_scale * KV conversion factor
+  float out_scale;     // v_scale * KV conversion factor
+};
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads) decode_kernel(const DecodeArgs args) {
+  using Mainloop = DecodeMainloop<Cfg>;
+  using Epilogue = DecodeEpilogue<Cfg>;
+  using QElement = typename Cfg::QElement;
+  __shared__ typename Epilogue::SharedStorage smem;
+
+  const FigDecodeParams& p = args.p;
+  const DecodeWorkCoord w = DecodeWorkCoord::from_block(p, args.shape);
+  const int warp = threadIdx.x / 32;
+  const int tiles = args.shape.row_tiles_per_cta;
+  const int tile = warp % tiles;
+  const int head_in_group = (w.row_group * tiles + tile) * DecodeGridShape::kRowsPerTile;
+  const int valid_rows = min(DecodeGridShape::kRowsPerTile, args.shape.group_size - head_in_group);
+  const int qo_head = w.kv_head * args.shape.group_size + head_in_group;
+
+  Mainloop mainloop;
+  const QElement* q_rows = static_cast<const QElement*>(p.q) + w.request * p.q_stride_batch +
+                           int64_t(qo_head) * p.q_stride_head;
+  mainloop.init(q_rows, p.q_stride_head, valid_rows);
+  // Warp tiles past the group (a group of 17..24 heads pads 3 tiles to 4) take no tokens.
+  const int end = valid_rows > 0 ? w.end : w.begin;
+  mainloop.run(args.kv, static_cast<const uint8_t*>(p.k_cache), static_cast<const uint8_t*>(p.v_cache),
+               __ldg(p.kv_indptr + w.request), w.kv_head, w.begin, end, warp / tiles,
+               Cfg::kWarps / tiles, typename Cfg::Logits(args.logits_scale, p.logits_soft_cap));
+  Epilogue::stage(smem, mainloop, warp);
+  __syncthreads();
+  Epilogue::write(smem, p, args.shape, w, args.out_scale);
+}
+
+template <class Cfg>
+int decode_run(const FigDecodeParams* p, cudaStream_t stream) {
+  using Kv = typename Cfg::Kv;
+  DecodeArgs args;
+  args.p = *p;
+  args.kv.pool = PagedKv::PoolLayout(
+      cute::make_shape(1, p->page_size, p->num_kv_heads),
+      cute::make_stride(p->kv_stride_page, p->kv_stride_slot, p->kv_stride_head));
+  args.kv.page_size = cutlass::FastDivmod(p->page_size);
+  args.kv.indices = p->kv_indices;
+  args.shape = DecodeGridShape::make(p->num_qo_heads, p->num_kv_heads);
+  args.logits_scale = p->sm_scale * p->k_scale * Kv::kScale;
+  args.out_scale = p->v_scale * Kv::kScale;
+  if (p->num_work > 0) {
+    const dim3 grid(p->num_work, p->num_kv_heads * args.shape.row_groups);
+    decode_kernel<Cfg><<<grid, Cfg::kThreads, 0, stream>>>(args);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return int(err);
+  }
+  if (p->num_merge > 0) {
+    merge_partials_kernel<typename Cfg::QElement, Cfg::kHeadDim>
+        <<<dim3(p->num_merge, p->num_qo_heads), Cfg::kHeadDim, 0, stream>>>(*p);
+  }
+  return int(cudaGetLastError());
+}
+
+template <class Cfg>
+int decode_occupancy(int* ctas_per_sm, int* num_sms) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, decode_kernel<Cfg>, Cfg::kThreads, 0);
+  return int(err);
+}
+
+// Test hook: runs the instance's KV conversion on raw codes, four per thread, as the mainloop does.
+template <class Kv>
+__global__ void convert_kv_kernel(const uint8_t* codes, float* out, int n) {
+  const int first = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+  if (first >= n) return;
+  uint32_t word = 0;
+  for (int i = 0; i < 4 && first + i < n; ++i) word |= uint32_t(codes[first + i]) << (8 * i);
+  uint32_t lo, hi;
+  Kv::Converter::convert(word, lo, hi);
+  const uint32_t halves[2] = {lo, hi};
+  for (int i = 0; i < 4 && first + i < n; ++i) {
+    const uint16_t bits = uint16_t(halves[i / 2] >> (16 * (i % 2)));
+    out[first + i] = __half2float(__ushort_as_half(bits)) * Kv::kScale;
+  }
+}
+
+template <class Cfg>
+int convert_kv(const uint8_t* codes, float* out, int n, cudaStream_t stream) {
+  using Kv = typename Cfg::Kv;
+  if constexpr (!Kv::kIsFp8) {
+    return int(cudaErrorNotSupported);
+  } else {
+    constexpr int kThreads = 128;
+    const int words = (n + 3) / 4;
+    if (words > 0) convert_kv_kernel<Kv><<<(words + kThreads - 1) / kThreads, kThreads, 0, stream>>>(codes, out, n);
+    return int(cudaGetLastError());
+  }
+}
+
+}  // namespace fig

@@ -1,0 +1,118 @@
+// FP8 (e4m3 / e5m2) -> fp16 conversion of four codes held in one 32-bit register.
+//
+// Both routines produce the two f16x2 registers that an m16n8k16 B fragment takes, so a KV
+// word goes from a global load to the tensor core without touching shared memory.
+//   hardware: the sm_89+ `cvt.rn.f16x2.e{4m3,5m2}x2` instruction; exact; NaN/Inf preserved.
+//   software: bit placement only (sm_80 has no FP8 instruction). e5m2 is the upper byte of an
+//     fp16, so it is one byte permute. e4m3 has one exponent bit less, so placing its bits
+//     into an fp16 gives code * 2^-8 exactly (subnormals included, since fp16 has 7 more
+//     binades); instead of multiplying every element back, kScale = 256 is folded into the
+//     logits scale and the output scale by the caller. The e4m3 NaN codes (S.1111.111) would
+//     land on finite values, so a word that holds one takes a rare slow path.
+// This header also compiles as plain C++ (no CUDA) so the host test can check the software
+// routine against torch over all 256 codes.
+#pragma once
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define FIG_HD __host__ __device__ __forceinline__
+#else
+#define FIG_HD inline
+#endif
+
+namespace fig {
+
+enum class Fp8Format { kE4M3, kE5M2 };
+enum class Conversion { kNone, kHardware, kSoftware };
+
+// PRMT in its default mode: result byte i is byte sel[i] of the 8-byte value {b, a}.
+FIG_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {
+#if defined(__CUDA_ARCH__)
+  return __byte_perm(a, b, sel);
+#else
+  const uint64_t ab = (uint64_t(b) << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t s = (sel >> (4 * i)) & 7u;
+    r |= uint32_t((ab >> (8 * s)) & 0xFFu) << (8 * i);
+  }
+  return r;
+#endif
+}
+
+// Selectors that move codes {b0, b1} / {b2, b3} into the upper byte of each fp16 half
+// (byte 4 of {b, a} is 0 when b == 0).
+constexpr uint32_t kSelLowPairToHalves = 0x1404;   // -> [0, b0, 0, b1]
+constexpr uint32_t kSelHighPairToHalves = 0x3424;  // -> [0, b2, 0, b3]
+
+template <Fp8Format F, Conversion C>
+struct Fp8ToF16;
+
+template <>
+struct Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware> {
+  static constexpr float kScale = 1.0f;
+  FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+    lo = byte_perm(codes, 0u, kSelLowPairToHalves);
+    hi = byte_perm(codes, 0u, kSelHighPairToHalves);
+  }
+};
+
+template <>
+struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
+  static constexpr float kScale = 256.0f;  // the placed bits are code * 2^-8
+  static constexpr uint32_t kSigns = 0x80008000u;
+  static constexpr uint32_t kExpMantissa = 0x3F803F80u;  // bits 13..7 of each half
+  static constexpr uint16_t kF16NaN = 0x7E00u;
+
+  FIG_HD static uint32_t place(uint32_t halves) {
+    // halves = code << 8 in each half; shifting right by one moves exponent+mantissa into
+    // fp16 bits 13..7 (the code's sign lands on bit 14, which the mask drops).
+    return (halves & kSigns) | ((halves >> 1) & kExpMantissa);
+  }
+  FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+    lo = place(byte_perm(codes, 0u, kSelLowPairToHalves));
+    hi = place(byte_perm(codes, 0u, kSelHighPairToHalves));
+    // A byte whose low 7 bits are all ones (the only e4m3 NaN) carries into its bit 7.
+    if (((codes & 0x7F7F7F7Fu) + 0x01010101u) & 0x80808080u) {
+      for (int i = 0; i < 4; ++i) {
+        if (((codes >> (8 * i)) & 0x7Fu) == 0x7Fu) {
+          uint32_t& word = i < 2 ? lo : hi;
+          const int shift = 16 * (i & 1);
+          word = (word & ~(0xFFFFu << shift)) | (uint32_t(kF16NaN) << shift);
+        }
+      }
+    }
+  }
+};
+
+#if defined(__CUDACC__)
+// cvt.*x2 converts the two codes of a 16-bit operand; the upper code goes to the upper half.
+template <Fp8Format F>
+struct Fp8ToF16Hardware {
+  static constexpr float kScale = 1.0f;
+  template <bool kFalse = false>
+  __device__ __forceinline__ static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+#if defined(__CUDA_ARCH__)
+#if __CUDA_ARCH__ >= 890
+    const uint16_t lo_codes = uint16_t(codes & 0xFFFFu);
+    const uint16_t hi_codes = uint16_t(codes >> 16);
+    if constexpr (F == Fp8Format::kE4M3) {
+      asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(lo) : "h"(lo_codes));
+      asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(hi) : "h"(hi_codes));
+    } else {
+      asm("cvt.rn.f16x2.e5m2x2 %0, %1;" : "=r"(lo) : "h"(lo_codes));
+      asm("cvt.rn.f16x2.e5m2x2 %0, %1;" : "=r"(hi) : "h"(hi_codes));
+    }
+#else
+    static_assert(kFalse, "hardware FP8 conversion needs sm_89 or newer; build the software instance");
+#endif
+#endif
+  }
+};
+template <>
+struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kHardware> : Fp8ToF16Hardware<Fp8Format::kE4M3> {};
+template <>
+struct Fp8ToF16<Fp8Format::kE5M2, Conversion::kHardware> : Fp8ToF16Hardware<Fp8Format::kE5M2> {};
+#endif
+
+}  // namespace fig

@@ -1,0 +1,55 @@
+// m16n8k16 mma.sync (through CuTe's SM80 atoms) used with only rows 0..7 of A populated.
+// Decode has one query row per q head and at most 8 q heads per warp tile, so rows 8..15 of
+// A are zero registers and the matching accumulator outputs are dropped: the warp keeps half
+// the accumulators a full tile would need, which is what lets head dim 256 stay in registers.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cute/arch/mma_sm80.hpp>
+#include <cute/numeric/numeric_types.hpp>
+
+namespace fig {
+
+template <class MmaElement>
+struct HalfRowsMma;
+
+template <>
+struct HalfRowsMma<cute::half_t> {
+  using Atom = cute::SM80_16x8x16_F32F16F16F32_TN;
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+template <>
+struct HalfRowsMma<cute::bfloat16_t> {
+  using Atom = cute::SM80_16x8x16_F32BF16BF16F32_TN;
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+// acc[0..1] += A(row g, k = 2c..2c+1 | 2c+8..2c+9) * B, for lane = 4 g + c.
+template <class MmaElement>
+__device__ __forceinline__ void mma_half_rows(float (&acc)[2], uint32_t a_lo, uint32_t a_hi,
+                                              uint32_t b0, uint32_t b1) {
+  float dropped_row8, dropped_row8_next;
+  HalfRowsMma<MmaElement>::Atom::fma(acc[0], acc[1], dropped_row8, dropped_row8_next,
+                                     a_lo, 0u, a_hi, 0u, b0, b1, acc[0], acc[1], 0.0f, 0.0f);
+}
+
+// Converts a pair of q elements (as stored) into the mma element type.
+template <class MmaElement, class QElement>
+__device__ __forceinline__ uint32_t q_pair_to_mma(uint32_t bits) {
+  if constexpr (std::is_same_v<MmaElement, QElement>) {
+    return bits;
+  } else {
+    static_assert(std::is_same_v<MmaElement, cute::half_t> && std::is_same_v<QElement, cute::bfloat16_t>);
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&bits));
+    return HalfRowsMma<cute::half_t>::pack(f.x, f.y);
+  }
+}
+
+}  // namespace fig

@@ -1,0 +1,228 @@
+"""Paged decode on the GPU against a float64 reference built from the same dequantised KV values.
+
+Tolerances (relative L2 error of the output): the kernel computes q.k and p.v with fp32
+accumulation, rounds P to the mma element type and the output to the q dtype. The error is
+dominated by those two roundings: unit roundoff 2^-8 for bf16, 2^-11 for fp16. Bound: 1e-2
+when either P or the output is bf16, 2e-3 when both are fp16 (about 4x the rounding error
+seen, far below what a wrong index or a missed token gives, which is O(1)).
+LSE (base 2) comes from fp32 logits of exactly representable inputs: absolute 1e-3.
+"""
+import math
+
+import pytest
+import torch
+
+from conftest import requires_gpu
+from flashinfer_gen import ArgumentError, BatchDecodeWithPagedKVCacheWrapper, InstanceNotBuiltError
+from flashinfer_gen.reference import decode_reference, relative_error
+
+pytestmark = [requires_gpu, pytest.mark.gpu]
+
+KV_CASES = [  # (q dtype, kv dtype, fp8 conversion)
+    (torch.float16, torch.float16, None),
+    (torch.bfloat16, torch.bfloat16, None),
+    (torch.float16, torch.float8_e4m3fn, "hardware"),
+    (torch.float16, torch.float8_e4m3fn, "software"),
+    (torch.float16, torch.float8_e5m2, "hardware"),
+    (torch.float16, torch.float8_e5m2, "software"),
+    (torch.bfloat16, torch.float8_e4m3fn, "hardware"),
+    (torch.bfloat16, torch.float8_e4m3fn, "software"),
+    (torch.bfloat16, torch.float8_e5m2, "hardware"),
+    (torch.bfloat16, torch.float8_e5m2, "software"),
+]
+LSE_TOL = 1e-3
+
+
+def out_tolerance(q_dtype, kv_dtype):
+    bf16_involved = q_dtype == torch.bfloat16 or kv_dtype == torch.bfloat16
+    return 1e-2 if bf16_involved else 2e-3
+
+
+def ragged_lengths(gen, page_size, batch, max_len):
+    """Lengths including 1, exact page multiples, one less/more than a multiple, and a long one."""
+    fixed = [1, page_size, 2 * page_size, 3 * page_size + 1, max(1, 5 * page_size - 1), max_len]
+    rand = torch.randint(1, max_len + 1, (max(0, batch - len(fixed)),), generator=gen).tolist()
+    return (fixed + rand)[:batch]
+
+
+def make_case(kv_lens, page_size, hq, hk, d, q_dtype, kv_dtype, layout, combined=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    dev = torch.device("cuda")
+    kv_lens = torch.tensor(kv_lens)
+    pages_per = (kv_lens + page_size - 1) // page_size
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), pages_per.cumsum(0)]).to(torch.int32)
+    total = int(indptr[-1])
+    num_pages = total + 11
+    # random, non-contiguous page table drawn from a larger pool
+    indices = torch.randperm(num_pages, generator=gen)[:total].to(torch.int32)
+    last = (kv_lens - (pages_per - 1) * page_size).to(torch.int32)
+    shape = (num_pages, page_size, hk, d) if layout == "NHD" else (num_pages, hk, page_size, d)
+    if combined:
+        kv = (torch.randn((num_pages, 2) + shape[1:], generator=gen) * 2).to(dev).to(kv_dtype)
+        k, v, cache = kv[:, 0], kv[:, 1], kv
+    else:
+        k = (torch.randn(shape, generator=gen) * 2).to(dev).to(kv_dtype)
+        v = (torch.randn(shape, generator=gen) * 2).to(dev).to(kv_dtype)
+        cache = (k, v)
+    q = torch.randn(len(kv_lens), hq, d, generator=gen).to(dev).to(q_dtype)
+    return q, k, v, cache, indptr.to(dev), indices.to(dev), last.to(dev)
+
+
+def run_and_check(q_dtype, kv_dtype, conv, d, layout, page_size, group, kv_lens, hk=2, combined=False,
+                  k_scale=None, v_scale=None, soft_cap=None, window_left=-1, sm_scale=None, seed=0, ws=None):
+    hq = hk * group
+    q, k, v, cache, indptr, indices, last = make_case(kv_lens, page_size, hq, hk, d, q_dtype, kv_dtype, layout,
+                                                      combined, seed)
+    ws = ws if ws is not None else torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+    w = BatchDecodeWithPagedKVCacheWrapper(ws, layout, fp8_conversion=conv)
+    w.plan(indptr, indices, last, hq, hk, d, page_size, window_left=window_left, logits_soft_cap=soft_cap,
+           q_data_type=q_dtype, kv_data_type=kv_dtype, sm_scale=sm_scale)
+    out = torch.full_like(q, float("nan"))  # poison: an unwritten element fails the check
+    lse = torch.full((q.shape[0], hq), float("nan"), device="cuda")
+    w.run(q, cache, k_scale=k_scale, v_scale=v_scale, out=out, lse=lse)
+    torch.cuda.synchronize()
+    ref, ref_lse = decode_reference(q, k, v, indptr, indices, last, layout, k_scale or 1.0, v_scale or 1.0,
+                                    sm_scale, soft_cap, window_left)
+    err = relative_error(out, ref)
+    lse_err = float((lse.double() - ref_lse).abs().max()) if torch.isfinite(lse).all() else float("inf")
+    tol = out_tolerance(q_dtype, kv_dtype)
+    assert err < tol, f"output rel. error {err:.3e} >= {tol} ({w.module.key.name})"
+    assert lse_err < LSE_TOL, f"lse abs. error {lse_err:.3e} >= {LSE_TOL} ({w.module.key.name})"
+    return w, err
+
+
+@pytest.fixture(scope="module")
+def workspace():
+    return torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+
+
+@pytest.mark.parametrize("q_dtype,kv_dtype,conv", KV_CASES, ids=lambda x: str(x).replace("torch.", ""))
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("page_size", [1, 16, 32])
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_decode_matrix(q_dtype, kv_dtype, conv, d, layout, page_size, group, workspace):
+    gen = torch.Generator().manual_seed(d * 131 + page_size * 7 + group)
+    lens = ragged_lengths(gen, page_size, 8, 8192 if page_size > 1 else 2048)
+    run_and_check(q_dtype, kv_dtype, conv, d, layout, page_size, group, lens, seed=d + group, ws=workspace,
+                  k_scale=0.75, v_scale=1.5)
+
+
+@pytest.mark.parametrize("q_dtype,kv_dtype,conv", KV_CASES, ids=lambda x: str(x).replace("torch.", ""))
+def test_softcap_window_scales_split(q_dtype, kv_dtype, conv, workspace):
+    # batch 1 with 8k tokens forces split-KV + merge; window and soft-cap on top.
+    run_and_check(q_dtype, kv_dtype, conv, 128, "NHD", 16, 4, [8000], soft_cap=30.0, k_scale=0.5,
+                  v_scale=2.0, sm_scale=0.1, ws=workspace)
+    run_and_check(q_dtype, kv_dtype, conv, 128, "HND", 16, 4, [1, 300, 5000, 32], window_left=257,
+                  ws=workspace)
+    run_and_check(q_dtype, kv_dtype, conv, 128, "NHD", 32, 8, [4096, 1, 777], window_left=0, soft_cap=20.0,
+                  ws=workspace)
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 5, 7, 8, 9, 12, 16, 17, 24, 32, 64])
+def test_gqa_groups(group, workspace):
+    # Groups above 8 use several warp tiles; above 32, several row groups (gridDim.y).
+    run_and_check(torch.bfloat16, torch.float8_e4m3fn, None, 128, "NHD", 16, group, [1, 33, 1000, 4096],
+                  hk=1 if group > 16 else 2, ws=workspace)
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_combined_kv_tensor(layout, workspace):
+    run_and_check(torch.float16, torch.float8_e5m2, None, 128, layout, 16, 4, [5, 64, 1000], combined=True,
+                  ws=workspace)
+
+
+def test_long_context_batch1_fills_gpu(workspace):
+    w, _ = run_and_check(torch.bfloat16, torch.float8_e4m3fn, None, 128, "NHD", 16, 4, [32768], hk=8,
+                         ws=workspace)
+    sched = w._plan["schedule"]
+    assert sched.chunk_tokens is not None and sched.request.size > 1, "batch 1 at 32k must be split"
+
+
+@pytest.mark.parametrize("conv", ["hardware", "software"])
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_device_conversion_all_codes(kv_dtype, conv, workspace):
+    # The instance's own conversion routine (as the mainloop runs it) over all 256 codes.
+    q, k, v, cache, indptr, indices, last = make_case([16], 16, 4, 1, 128, torch.float16, kv_dtype, "NHD")
+    w = BatchDecodeWithPagedKVCacheWrapper(workspace, fp8_conversion=conv)
+    w.plan(indptr, indices, last, 4, 1, 128, 16, q_data_type=torch.float16, kv_data_type=kv_dtype)
+    codes = torch.arange(256, dtype=torch.uint8, device="cuda")
+    out = torch.full((256,), 12345.0, device="cuda")
+    w.module.convert_kv(codes.data_ptr(), out.data_ptr(), 256, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    expected = codes.view(kv_dtype).float()
+    nan = torch.isnan(expected)
+    assert torch.equal(torch.isnan(out), nan)
+    assert torch.equal(out[~nan], expected[~nan])
+
+
+def test_cuda_graph_capture_and_no_sync(workspace):
+    q, k, v, cache, indptr, indices, last = make_case([1, 100, 4000], 16, 8, 2, 128, torch.bfloat16,
+                                                      torch.float8_e4m3fn, "NHD")
+    w = BatchDecodeWithPagedKVCacheWrapper(workspace)
+    w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.bfloat16, kv_data_type=torch.float8_e4m3fn)
+    out = torch.empty_like(q)
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call inside run() raises
+    try:
+        w.run(q, cache, out=out)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            w.run(q, cache, out=out)
+    q.copy_(torch.randn_like(q))
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref, _ = decode_reference(q, k, v, indptr, indices, last)
+    assert relative_error(out, ref) < 1e-2
+
+
+def test_bad_inputs_raise_before_launch(workspace):
+    q, k, v, cache, indptr, indices, last = make_case([5, 40], 16, 8, 2, 128, torch.float16, torch.float16, "NHD")
+    w = BatchDecodeWithPagedKVCacheWrapper(workspace)
+    with pytest.raises(ArgumentError, match="plan"):
+        w.run(q, cache)
+    w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.float16)
+    cases = [
+        (lambda: w.run(q.to(torch.bfloat16), cache), "dtype"),
+        (lambda: w.run(q[:1], cache), "shape"),
+        (lambda: w.run(q.cpu(), cache), "CUDA"),
+        (lambda: w.run(q, (k[:2], v[:2])), "page"),
+        (lambda: w.run(q, (k, v.to(torch.bfloat16))), "same dtype"),
+        (lambda: w.run(q, (k.transpose(1, 2), v.transpose(1, 2))), "layout"),
+        (lambda: w.run(q, (k[..., ::2], v[..., ::2])), "last dim"),
+        (lambda: w.run(q, cache, k_scale=torch.tensor(1.0)), "float"),
+        (lambda: w.run(q, cache, out=torch.empty(2, 8, 64, device="cuda", dtype=torch.float16)), "out"),
+        (lambda: w.run(q, cache, lse=torch.empty(2, 8, device="cuda", dtype=torch.float16)), "lse"),
+        (lambda: w.plan(indptr.flip(0), indices, last, 8, 2, 128, 16), "indptr"),
+        (lambda: w.plan(indptr, indices, last + 16, 8, 2, 128, 16), "last_page_len"),
+        (lambda: w.plan(indptr, indices, last, 8, 2, 96, 16), "head_dim"),
+        (lambda: w.plan(indptr, indices, last, 8, 3, 128, 16), "multiple"),
+        (lambda: w.plan(indptr, indices.float(), last, 8, 2, 128, 16), "int32"),
+        (lambda: w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.float16,
+                        kv_data_type=torch.bfloat16), "16-bit KV"),
+    ]
+    for call, match in cases:
+        with pytest.raises((ArgumentError, ValueError), match=match):
+            call()
+    # a page index past the end of the cache
+    bad = indices.clone()
+    bad[0] = k.shape[0] + 5
+    w.plan(indptr, bad, last, 8, 2, 128, 16, q_data_type=torch.float16)
+    with pytest.raises(ArgumentError, match="refers to page"):
+        w.run(q, cache)
+
+
+def test_unbuilt_instance_names_the_fix(workspace, monkeypatch):
+    monkeypatch.setenv("FLASHINFER_GEN_JIT", "0")
+    q, k, v, cache, indptr, indices, last = make_case([5], 16, 8, 2, 64, torch.float16, torch.float8_e5m2, "NHD")
+    w = BatchDecodeWithPagedKVCacheWrapper(workspace, jit=False)
+    # soft-cap at head dim 64 is deliberately not in the GPU test build
+    with pytest.raises(InstanceNotBuiltError, match="flashinfer-gen build") as info:
+        w.plan(indptr, indices, last, 8, 2, 64, 16, q_data_type=torch.float16, kv_data_type=torch.float8_e5m2,
+               logits_soft_cap=10.0)
+    assert info.value.nearest, "the error must list the nearest built instances"
