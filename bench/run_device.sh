@@ -4,7 +4,7 @@
 #   FIG_COMMIT=<sha> bash bench/run_device.sh [pytest args...]
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
-pip install --no-deps --no-index .wheels/nvidia_cutlass-*.whl >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log"; exit 1; }
+python -m pip install --no-deps --no-index .wheels/nvidia_cutlass-*.whl >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log"; exit 1; }
 export FLASHINFER_GEN_CACHE=$PWD/.fig_cache PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv | tee "$OUT/gpu.txt"
 t0=$(date +%s)
