@@ -17,6 +17,9 @@ for lib in .fig_cache/lib/*sm90a*.so; do cuobjdump -lelf "$lib" | grep -q sm_90a
 python -m flashinfer_gen.cli demo 2>&1 | tee "$OUT/demo.log"
 python -m pytest tests -q -x -p no:cacheprovider "$@" >"$OUT/pytest.log" 2>&1; rc=$?
 tail -15 "$OUT/pytest.log"
+if [ "${FIG_TUNE:-0}" = 1 ]; then
+  python bench/tune_decode.py --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" | tail -40
+fi
 if [ "${FIG_BENCH:-1}" = 1 ]; then
   python bench/bench_decode.py ${FIG_BENCH_ARGS:-} --out "$OUT/decode.json" 2>&1 | tee "$OUT/bench.log" | tail -70
 fi

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from typing import Callable, Iterable, Sequence
 
 KINDS = ("decode",)
@@ -125,22 +126,55 @@ def check(key: InstanceKey) -> InstanceKey:
 
 # --- derived constants ---------------------------------------------------------------------
 
-REGISTER_BUDGET_WORDS = 64  # 32-bit registers per lane for KV loads in flight
+# Shared memory per SM and per CTA (bytes) by arch; a CTA also reserves 1 KB for the system.
+SMEM_PER_SM = {"sm80": 164 * 1024, "sm90a": 228 * 1024}
+SMEM_PER_CTA_MAX = {"sm80": 163 * 1024, "sm90a": 227 * 1024}
+SMEM_RESERVED_PER_CTA = 1024
+DECODE_WARPS = 4
+STEP_TOKENS = 16
+BYTES_IN_FLIGHT_PER_WARP = 16 * 1024  # Little's law: ~3 TB/s x ~2 us loaded latency / (132 SMs x ~12 warps)
+REGISTERS_PER_SM = 65536
+REGISTER_OVERHEAD = 40  # addresses, softmax state, loop counters (read off ptxas -v)
+# Tuning hook for bench/tune_decode.py only: "stages=4,min_ctas=3" overrides the derived constants.
+TUNE_ENV = "FIG_DECODE_TUNE"
 
 
-def register_stages(kv_dtype: str, head_dim: int) -> int:
-    """16-token steps of K/V loads a warp keeps in flight.
+def step_bytes_per_warp(kv_dtype: str, head_dim: int) -> int:
+    """K and V bytes of one 16-token step of one KV head."""
+    return 2 * STEP_TOKENS * head_dim * KV_BYTES[kv_dtype]
 
-    One step is a lane's share of 16 K rows and 16 V rows: 2 * D/4 + 4 * D/8 elements. Deeper
-    pipelines hide more latency, but each stage costs those registers on top of O (D/4 words)
-    and Q (D/8 words); past the budget the occupancy lost outweighs the latency hidden.
-    """
-    words_per_stage = (2 * head_dim // 4 + 4 * head_dim // 8) * KV_BYTES[kv_dtype] // 4
-    return max(1, min(4, REGISTER_BUDGET_WORDS // words_per_stage))
+
+def pipeline_stages(kv_dtype: str, head_dim: int) -> int:
+    """cp.async steps a warp keeps in flight: enough bytes to cover the loaded memory latency,
+    at least 2 (double buffering), at most 8."""
+    return max(2, min(8, BYTES_IN_FLIGHT_PER_WARP // step_bytes_per_warp(kv_dtype, head_dim)))
+
+
+def decode_smem_bytes(kv_dtype: str, head_dim: int) -> int:
+    return DECODE_WARPS * pipeline_stages(kv_dtype, head_dim) * step_bytes_per_warp(kv_dtype, head_dim)
+
+
+def min_ctas_per_sm(kv_dtype: str, head_dim: int, arch: str) -> int:
+    """CTAs per SM the register cap is set for: as many as shared memory allows, unless the
+    registers a lane needs (O: D/4, Q: D/8, one step of K or V words read back) would not fit."""
+    smem = decode_smem_bytes(kv_dtype, head_dim)
+    by_smem = SMEM_PER_SM[arch] // (smem + SMEM_RESERVED_PER_CTA)
+    step_words = head_dim * KV_BYTES[kv_dtype] // 4
+    regs = head_dim // 4 + head_dim // 8 + step_words + REGISTER_OVERHEAD
+    by_regs = REGISTERS_PER_SM // (DECODE_WARPS * 32 * regs)
+    return max(1, min(4, by_smem, by_regs))
+
+
+def _tuning_overrides() -> dict:
+    text = os.environ.get(TUNE_ENV, "")
+    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
 
 
 def template_context(key: InstanceKey) -> dict:
     check(key)
+    tune = _tuning_overrides()
+    if decode_smem_bytes(key.kv_dtype, key.head_dim) > SMEM_PER_CTA_MAX[key.arch] and "stages" not in tune:
+        raise InvalidInstance(f"{key.name}: the copy pipeline needs more shared memory than {key.arch} has")
     if key.is_fp8:
         kv_type = f"fig::KvFp8<{CXX_FP8_FORMAT[key.kv_dtype]}, {CXX_CONVERSION[key.conversion]}>"
     else:
@@ -152,7 +186,8 @@ def template_context(key: InstanceKey) -> dict:
         "q_element": CXX_Q_ELEMENT[key.q_dtype],
         "kv_type": kv_type,
         "head_dim": key.head_dim,
-        "stages": register_stages(key.kv_dtype, key.head_dim),
+        "stages": tune.get("stages", pipeline_stages(key.kv_dtype, key.head_dim)),
+        "min_ctas_per_sm": tune.get("min_ctas", min_ctas_per_sm(key.kv_dtype, key.head_dim, key.arch)),
         "logits": CXX_LOGITS[key.variant],
     }
 

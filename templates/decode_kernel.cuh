@@ -12,13 +12,14 @@
 
 namespace fig {
 
-template <class QElement_, class Kv_, int kHeadDim_, int kStages_, class Logits_>
+template <class QElement_, class Kv_, int kHeadDim_, int kStages_, class Logits_, int kMinCtasPerSm_ = 1>
 struct DecodeConfig {
   using QElement = QElement_;
   using Kv = Kv_;
   using Logits = Logits_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kStages = kStages_;
+  static constexpr int kMinCtasPerSm = kMinCtasPerSm_;  // register cap: 65536 / (128 * this)
   static constexpr int kWarps = DecodeGridShape::kMaxTilesPerCta;
   static constexpr int kThreads = kWarps * 32;
 };
@@ -31,12 +32,19 @@ struct DecodeArgs {
   float out_scale;     // v_scale * KV conversion factor
 };
 
+// The mainloop's copy pipeline and the epilogue's merge buffer share one allocation.
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads) decode_kernel(const DecodeArgs args) {
+constexpr size_t decode_smem_bytes() {
+  return cute::max(sizeof(typename DecodeMainloop<Cfg>::SharedStorage),
+                   sizeof(typename DecodeEpilogue<Cfg>::SharedStorage));
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kernel(const DecodeArgs args) {
   using Mainloop = DecodeMainloop<Cfg>;
   using Epilogue = DecodeEpilogue<Cfg>;
   using QElement = typename Cfg::QElement;
-  __shared__ typename Epilogue::SharedStorage smem;
+  extern __shared__ __align__(16) uint8_t smem_raw[];
 
   const FigDecodeParams& p = args.p;
   const DecodeWorkCoord w = DecodeWorkCoord::from_block(p, args.shape);
@@ -50,15 +58,19 @@ __global__ void __launch_bounds__(Cfg::kThreads) decode_kernel(const DecodeArgs 
   Mainloop mainloop;
   const QElement* q_rows = static_cast<const QElement*>(p.q) + w.request * p.q_stride_batch +
                            int64_t(qo_head) * p.q_stride_head;
-  mainloop.init(q_rows, p.q_stride_head, valid_rows);
+  mainloop.init(*reinterpret_cast<typename Mainloop::SharedStorage*>(smem_raw), q_rows, p.q_stride_head,
+                valid_rows);
   // Warp tiles past the group (a group of 17..24 heads pads 3 tiles to 4) take no tokens.
   const int end = valid_rows > 0 ? w.end : w.begin;
-  mainloop.run(args.kv, static_cast<const uint8_t*>(p.k_cache), static_cast<const uint8_t*>(p.v_cache),
-               __ldg(p.kv_indptr + w.request), w.kv_head, w.begin, end, warp / tiles,
-               Cfg::kWarps / tiles, typename Cfg::Logits(args.logits_scale, p.logits_soft_cap));
-  Epilogue::stage(smem, mainloop, warp);
+  const int64_t head_bytes = args.kv.head_offset(w.kv_head) * Cfg::Kv::kBytes;
+  mainloop.run(args.kv, static_cast<const uint8_t*>(p.k_cache) + head_bytes,
+               static_cast<const uint8_t*>(p.v_cache) + head_bytes, __ldg(p.kv_indptr + w.request), w.begin, end,
+               warp / tiles, Cfg::kWarps / tiles, typename Cfg::Logits(args.logits_scale, p.logits_soft_cap));
+  __syncthreads();  // every warp's pipeline is drained before its buffer is reused
+  auto& epilogue_smem = *reinterpret_cast<typename Epilogue::SharedStorage*>(smem_raw);
+  Epilogue::stage(epilogue_smem, mainloop, warp);
   __syncthreads();
-  Epilogue::write(smem, p, args.shape, w, args.out_scale);
+  Epilogue::write(epilogue_smem, p, args.shape, w, args.out_scale);
 }
 
 template <class Cfg>
@@ -75,8 +87,11 @@ int decode_run(const FigDecodeParams* p, cudaStream_t stream) {
   args.logits_scale = p->sm_scale * p->k_scale * Kv::kScale;
   args.out_scale = p->v_scale * Kv::kScale;
   if (p->num_work > 0) {
+    constexpr size_t kSmem = decode_smem_bytes<Cfg>();
+    const cudaError_t attr = cudaFuncSetAttribute(decode_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
+    if (attr != cudaSuccess) return int(attr);
     const dim3 grid(p->num_work, p->num_kv_heads * args.shape.row_groups);
-    decode_kernel<Cfg><<<grid, Cfg::kThreads, 0, stream>>>(args);
+    decode_kernel<Cfg><<<grid, Cfg::kThreads, kSmem, stream>>>(args);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return int(err);
   }
@@ -92,8 +107,11 @@ int decode_occupancy(int* ctas_per_sm, int* num_sms) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device);
+  constexpr size_t kSmem = decode_smem_bytes<Cfg>();
   if (err == cudaSuccess)
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, decode_kernel<Cfg>, Cfg::kThreads, 0);
+    err = cudaFuncSetAttribute(decode_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, decode_kernel<Cfg>, Cfg::kThreads, kSmem);
   return int(err);
 }
 
@@ -105,7 +123,7 @@ __global__ void convert_kv_kernel(const uint8_t* codes, float* out, int n) {
   uint32_t word = 0;
   for (int i = 0; i < 4 && first + i < n; ++i) word |= uint32_t(codes[first + i]) << (8 * i);
   uint32_t lo, hi;
-  Kv::Converter::convert(word, lo, hi);
+  Kv::Converter::convert(word, lo, hi);  // the exact routine; the mainloop's fast path shares convert_finite()
   const uint32_t halves[2] = {lo, hi};
   for (int i = 0; i < 4 && first + i < n; ++i) {
     const uint16_t bits = uint16_t(halves[i / 2] >> (16 * (i % 2)));

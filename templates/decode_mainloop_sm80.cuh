@@ -1,9 +1,11 @@
 // Decode mainloop of one warp (mma.sync, sm_80+): up to 8 q heads of one KV head against a
 // slice of the request's tokens, 16 tokens per step, online softmax in registers.
 //
-// Fragments come straight from global memory. The reduction dims of both products may be
-// permuted freely, so each lane loads 16-byte vectors of whole token rows and we *define* the
-// mma's k index to be whatever the lane holds:
+// Loads: cp.async (global -> shared, no registers held) kStages steps ahead. Each lane reads
+// back only the bytes it copied itself, so the shared layout is lane-innermost (conflict-free
+// 16-byte accesses) and the pipeline needs no barrier, only cp.async.wait_group.
+// Fragments: the reduction dims of both products may be permuted freely, so each lane copies
+// 16-byte vectors of whole token rows and we *define* the mma's k index to be what it holds:
 //   S = Q K^T: lane (g, c) = (lane / 4, lane % 4) owns token g (+8 for the 2nd n-tile) and the
 //     head dims k_dim(c, e), e < D/4. Its k-step j uses its elements 4j..4j+3, which are one
 //     32-bit word of FP8 codes -> exactly the two f16x2 B registers. Q's A fragment is loaded
@@ -13,6 +15,7 @@
 // Every KV byte is read once per request per KV head, as 16-byte loads (8 for FP8 with D=64).
 #pragma once
 #include <cuda_runtime.h>
+#include <cute/arch/copy_sm80.hpp>
 #include "kv_types.cuh"
 #include "mma_sm80.cuh"
 #include "paged_kv.cuh"
@@ -42,11 +45,19 @@ struct DecodeMainloop {
   static constexpr int kNTiles = kHeadDim / 8;   // mma n-tiles of P V
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
 
-  // Registers of one 16-token step: K rows of tokens g and g+8, V rows of 2c, 2c+1, 2c+8, 2c+9.
-  struct Stage {
-    uint32_t k[2][kKWords];
-    uint32_t v[4][kVWords];
+  // One 16-token step as a lane holds it: K rows of tokens g and g+8, V rows of 2c, 2c+1, 2c+8,
+  // 2c+9. In shared memory word w of the step lives in 16-byte chunk w / 4 of the lane.
+  static constexpr int kStageWords = 2 * kKWords + 4 * kVWords;
+  static constexpr int kStageChunks = kStageWords / 4;
+  static constexpr int kKChunks = 2 * kKWords / 4;
+  static_assert(kStageWords % 4 == 0 && (2 * kKWords) % 4 == 0);
+
+  struct SharedStorage {
+    uint4 chunks[Cfg::kWarps][kStages][kStageChunks][32];  // (warp, stage, chunk, lane)
   };
+
+  struct KRows { uint32_t w[2][kKWords]; };
+  struct VRows { uint32_t w[4][kVWords]; };
 
   __device__ __forceinline__ static int k_dim(int c, int e) {
     return ((e / kVecK) * 4 + c) * kVecK + e % kVecK;
@@ -55,26 +66,51 @@ struct DecodeMainloop {
     return ((e / kVecV) * 8 + g) * kVecV + e % kVecV;
   }
 
+  // Copies kLoadBytes of global memory to word `word` of this lane's share of stage `stage`.
   template <int kLoadBytes>
-  __device__ __forceinline__ static void load_vec(uint32_t* dst, const uint8_t* src) {
+  __device__ __forceinline__ void copy_async(int stage, int word, const uint8_t* src) const {
+    uint32_t* dst = reinterpret_cast<uint32_t*>(&warp_smem[stage][word / 4][lane]) + word % 4;
     if constexpr (kLoadBytes == 16) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
-      dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; dst[3] = v.w;
+      cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(src),
+                                                             *reinterpret_cast<cute::uint128_t*>(dst));
     } else {
       static_assert(kLoadBytes == 8);
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(src));
-      dst[0] = v.x; dst[1] = v.y;
+      cute::SM80_CP_ASYNC_CACHEALWAYS<uint64_t>::copy(*reinterpret_cast<const uint64_t*>(src),
+                                                      *reinterpret_cast<uint64_t*>(dst));
     }
+  }
+
+  template <int kWords>
+  __device__ __forceinline__ void read_words(int stage, int first_word, uint32_t* dst) const {
+    static_assert(kWords % 4 == 0);
+    CUTE_UNROLL
+    for (int c = 0; c < kWords / 4; ++c) {
+      const uint4 v = warp_smem[stage][first_word / 4 + c][lane];
+      dst[4 * c] = v.x; dst[4 * c + 1] = v.y; dst[4 * c + 2] = v.z; dst[4 * c + 3] = v.w;
+    }
+  }
+  __device__ __forceinline__ KRows read_k(int stage) const {
+    KRows k;
+    read_words<2 * kKWords>(stage, 0, &k.w[0][0]);
+    return k;
+  }
+  __device__ __forceinline__ VRows read_v(int stage) const {
+    VRows v;
+    read_words<4 * kVWords>(stage, 2 * kKWords, &v.w[0][0]);
+    return v;
   }
 
   // Per-warp state.
   uint32_t q_frag[kKSteps][2];  // A fragment of Q (rows 0..7), mma element type
   float o_acc[kNTiles][2];      // O rows g, dims v_dim(2c, nt), v_dim(2c+1, nt)
   OnlineSoftmaxRow softmax;
-  int lane_g, lane_c;
+  int lane, lane_g, lane_c;
+  uint4 (*warp_smem)[kStageChunks][32];  // this warp's [kStages][kStageChunks][32] chunks
 
-  __device__ __forceinline__ void init(const QElement* q_rows, int64_t q_stride_head, int valid_rows) {
-    const int lane = threadIdx.x % 32;
+  __device__ __forceinline__ void init(SharedStorage& smem, const QElement* q_rows, int64_t q_stride_head,
+                                       int valid_rows) {
+    lane = threadIdx.x % 32;
+    warp_smem = smem.chunks[threadIdx.x / 32];
     lane_g = lane / 4;
     lane_c = lane % 4;
     const bool row_ok = lane_g < valid_rows;
@@ -93,32 +129,65 @@ struct DecodeMainloop {
     softmax.init();
   }
 
-  // Issues the loads of the step starting at token `tok0`; tokens past `end` re-read the last
-  // valid token (masked later) so that no load leaves the request's pages.
-  __device__ __forceinline__ void load_step(Stage& st, const PagedKv& kv, const uint8_t* k_base,
-                                            const uint8_t* v_base, int page_begin, int kv_head,
-                                            int tok0, int end) const {
+  // Each lane locates token slot lane % 16 of a step (one page-table load per lane per step,
+  // issued a step before its rows are loaded); load_step() hands the row offsets around with
+  // shuffles. Tokens past `end` re-read the last valid token (masked later), so no load leaves
+  // the request's pages.
+  __device__ __forceinline__ PagedKv::TokenLocation locate_step(const PagedKv& kv, int page_begin, int tok0,
+                                                                int end) const {
+    return kv.locate(page_begin, min(tok0 + (threadIdx.x % kStepTokens), end - 1));
+  }
+
+  __device__ __forceinline__ void load_step(int stage, const PagedKv& kv, PagedKv::TokenLocation loc,
+                                            const uint8_t* k_base, const uint8_t* v_base) const {
+    const long long my_row = static_cast<long long>(kv.offset(loc) * kBytes);  // token slot lane % 16
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
-      const int tok = min(tok0 + lane_g + 8 * r, end - 1);
-      const uint8_t* row = k_base + kv.token_offset(page_begin, tok, kv_head) * kBytes;
+      const uint8_t* row = k_base + __shfl_sync(0xffffffffu, my_row, lane_g + 8 * r);
       CUTE_UNROLL
       for (int i = 0; i < kKElems / kVecK; ++i)
-        load_vec<kVecK * kBytes>(&st.k[r][i * kVecK * kBytes / 4], row + k_dim(lane_c, i * kVecK) * kBytes);
+        copy_async<kVecK * kBytes>(stage, r * kKWords + i * kVecK * kBytes / 4, row + k_dim(lane_c, i * kVecK) * kBytes);
     }
     CUTE_UNROLL
     for (int r = 0; r < 4; ++r) {
       const int slot = 2 * lane_c + (r & 1) + 8 * (r >> 1);
-      const int tok = min(tok0 + slot, end - 1);
-      const uint8_t* row = v_base + kv.token_offset(page_begin, tok, kv_head) * kBytes;
+      const uint8_t* row = v_base + __shfl_sync(0xffffffffu, my_row, slot);
       CUTE_UNROLL
       for (int i = 0; i < kVElems / kVecV; ++i)
-        load_vec<kVecV * kBytes>(&st.v[r][i * kVecV * kBytes / 4], row + v_dim(lane_g, i * kVecV) * kBytes);
+        copy_async<kVecV * kBytes>(stage, 2 * kKWords + r * kVWords + i * kVecV * kBytes / 4,
+                                   row + v_dim(lane_g, i * kVecV) * kBytes);
     }
   }
 
-  __device__ __forceinline__ void compute_step(const Stage& st, const Logits& logits, int tok0, int end) {
+  // Whether any FP8 code of the step needs the exact (slow) conversion; warp-uniform.
+  __device__ __forceinline__ bool step_has_special_codes(int stage) const {
+    if constexpr (!Kv::kIsFp8) {
+      return false;
+    } else if constexpr (!Kv::Converter::kHasSpecialCodes) {
+      return false;
+    } else {
+      uint32_t words[kStageWords];
+      read_words<kStageWords>(stage, 0, words);
+      uint32_t bits = 0;
+      CUTE_UNROLL
+      for (int w = 0; w < kStageWords; ++w) bits |= Kv::Converter::special_bits(words[w]);
+      return __any_sync(0xffffffffu, bits != 0);
+    }
+  }
+
+  template <bool kExact>
+  __device__ __forceinline__ static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+    if constexpr (kExact) {
+      Kv::Converter::convert(codes, lo, hi);
+    } else {
+      Kv::Converter::convert_finite(codes, lo, hi);
+    }
+  }
+
+  template <bool kExact>
+  __device__ __forceinline__ void compute_step(int stage, const Logits& logits, int tok0, int end) {
     // S = Q K^T, two n-tiles of 8 tokens; lane holds row g, token slots nt*8 + 2c + {0,1}.
+    const KRows k = read_k(stage);
     float s[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
     CUTE_UNROLL
     for (int nt = 0; nt < 2; ++nt) {
@@ -126,10 +195,10 @@ struct DecodeMainloop {
       for (int j = 0; j < kKSteps; ++j) {
         uint32_t b0, b1;
         if constexpr (Kv::kIsFp8) {
-          Kv::Converter::convert(st.k[nt][j], b0, b1);
+          convert<kExact>(k.w[nt][j], b0, b1);
         } else {
-          b0 = st.k[nt][2 * j];
-          b1 = st.k[nt][2 * j + 1];
+          b0 = k.w[nt][2 * j];
+          b1 = k.w[nt][2 * j + 1];
         }
         mma_half_rows<MmaElement>(s[nt], q_frag[j][0], q_frag[j][1], b0, b1);
       }
@@ -149,6 +218,7 @@ struct DecodeMainloop {
     // The S accumulator layout of two n-tiles is the A layout of one k16 step.
     const uint32_t p_lo = HalfRowsMma<MmaElement>::pack(x[0], x[1]);
     const uint32_t p_hi = HalfRowsMma<MmaElement>::pack(x[2], x[3]);
+    const VRows v = read_v(stage);
 
     if constexpr (Kv::kIsFp8) {
       // One permute gathers dims e, e+1 of token pairs (2c, 2c+1) -> b0 of n-tiles e and e+1.
@@ -157,8 +227,8 @@ struct DecodeMainloop {
         const int w = e / 4;
         const uint32_t sel = (e % 4) == 0 ? 0x5140u : 0x7362u;
         uint32_t b0_e, b0_e1, b1_e, b1_e1;
-        Kv::Converter::convert(byte_perm(st.v[0][w], st.v[1][w], sel), b0_e, b0_e1);
-        Kv::Converter::convert(byte_perm(st.v[2][w], st.v[3][w], sel), b1_e, b1_e1);
+        convert<kExact>(byte_perm(v.w[0][w], v.w[1][w], sel), b0_e, b0_e1);
+        convert<kExact>(byte_perm(v.w[2][w], v.w[3][w], sel), b1_e, b1_e1);
         mma_half_rows<MmaElement>(o_acc[e], p_lo, p_hi, b0_e, b1_e);
         mma_half_rows<MmaElement>(o_acc[e + 1], p_lo, p_hi, b0_e1, b1_e1);
       }
@@ -167,37 +237,57 @@ struct DecodeMainloop {
       for (int e = 0; e < kNTiles; ++e) {
         const int w = e / 2;
         const uint32_t sel = (e % 2) == 0 ? 0x5410u : 0x7632u;
-        const uint32_t b0 = byte_perm(st.v[0][w], st.v[1][w], sel);
-        const uint32_t b1 = byte_perm(st.v[2][w], st.v[3][w], sel);
+        const uint32_t b0 = byte_perm(v.w[0][w], v.w[1][w], sel);
+        const uint32_t b1 = byte_perm(v.w[2][w], v.w[3][w], sel);
         mma_half_rows<MmaElement>(o_acc[e], p_lo, p_hi, b0, b1);
       }
     }
   }
 
-  // Runs steps first_step, first_step + step_stride, ... over tokens [begin, end), keeping
-  // kStages steps of loads in flight (stage indices are compile-time: the loop is unrolled).
+  __device__ __forceinline__ void compute_step_checked(int stage, const Logits& logits, int tok0, int end) {
+    if (step_has_special_codes(stage)) {
+      compute_step<true>(stage, logits, tok0, end);
+    } else {
+      compute_step<false>(stage, logits, tok0, end);
+    }
+  }
+
+  // Runs steps first_step, first_step + step_stride, ... over tokens [begin, end) with kStages
+  // steps of copies in flight. Exactly one cp.async group is committed per step slot (empty
+  // ones included), so "step i has landed" is always wait_group<kStages - 1>.
+  // k_base / v_base already point at this KV head.
   __device__ __forceinline__ void run(const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
-                                      int page_begin, int kv_head, int begin, int end, int first_step,
-                                      int step_stride, const Logits& logits) {
+                                      int page_begin, int begin, int end, int first_step, int step_stride,
+                                      const Logits& logits) {
     const int num_steps_total = (end - begin + kStepTokens - 1) / kStepTokens;
     const int my_steps = first_step < num_steps_total
                              ? (num_steps_total - first_step + step_stride - 1) / step_stride : 0;
+    if (my_steps == 0) return;
+    // Steps past my_steps clamp to the last token, so locating them is harmless and branch-free.
     auto step_tok0 = [&](int i) { return begin + (first_step + i * step_stride) * kStepTokens; };
-    Stage stages[kStages];
+    PagedKv::TokenLocation next = locate_step(kv, page_begin, step_tok0(0), end);
     CUTE_UNROLL
-    for (int s = 0; s < kStages; ++s)
-      if (s < my_steps) load_step(stages[s], kv, k_base, v_base, page_begin, kv_head, step_tok0(s), end);
+    for (int s = 0; s < kStages; ++s) {
+      if (s < my_steps) load_step(s, kv, next, k_base, v_base);
+      cute::cp_async_fence();
+      next = locate_step(kv, page_begin, step_tok0(s + 1), end);
+    }
     for (int i0 = 0; i0 < my_steps; i0 += kStages) {
       CUTE_UNROLL
       for (int s = 0; s < kStages; ++s) {
         const int i = i0 + s;
         if (i < my_steps) {
-          compute_step(stages[s], logits, step_tok0(i), end);
-          if (i + kStages < my_steps)
-            load_step(stages[s], kv, k_base, v_base, page_begin, kv_head, step_tok0(i + kStages), end);
+          cute::cp_async_wait<kStages - 1>();
+          compute_step_checked(s, logits, step_tok0(i), end);
+          if (i + kStages < my_steps) {
+            load_step(s, kv, next, k_base, v_base);
+            next = locate_step(kv, page_begin, step_tok0(i + kStages + 1), end);
+          }
+          cute::cp_async_fence();
         }
       }
     }
+    cute::cp_async_wait<0>();
   }
 };
 

@@ -48,18 +48,26 @@ constexpr uint32_t kSelHighPairToHalves = 0x3424;  // -> [0, b2, 0, b3]
 template <Fp8Format F, Conversion C>
 struct Fp8ToF16;
 
+// Every routine has convert() (exact for every code) and, for the mainloop's fast path,
+// convert_finite() plus special_bits(): convert_finite() is exact whenever special_bits() of
+// the word is 0, so a warp tests its whole step once and takes convert() only when a special
+// code is present, instead of branching per word.
 template <>
 struct Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware> {
   static constexpr float kScale = 1.0f;
-  FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+  static constexpr bool kHasSpecialCodes = false;  // Inf / NaN survive the byte placement
+  FIG_HD static uint32_t special_bits(uint32_t) { return 0u; }
+  FIG_HD static void convert_finite(uint32_t codes, uint32_t& lo, uint32_t& hi) {
     lo = byte_perm(codes, 0u, kSelLowPairToHalves);
     hi = byte_perm(codes, 0u, kSelHighPairToHalves);
   }
+  FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) { convert_finite(codes, lo, hi); }
 };
 
 template <>
 struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
   static constexpr float kScale = 256.0f;  // the placed bits are code * 2^-8
+  static constexpr bool kHasSpecialCodes = true;
   static constexpr uint32_t kSigns = 0x80008000u;
   static constexpr uint32_t kExpMantissa = 0x3F803F80u;  // bits 13..7 of each half
   static constexpr uint16_t kF16NaN = 0x7E00u;
@@ -69,17 +77,22 @@ struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
     // fp16 bits 13..7 (the code's sign lands on bit 14, which the mask drops).
     return (halves & kSigns) | ((halves >> 1) & kExpMantissa);
   }
-  FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+  // Bit 7 of a byte is set iff its low 7 bits are all ones: S.1111.111, the only e4m3 NaN.
+  FIG_HD static uint32_t special_bits(uint32_t codes) {
+    return ((codes & 0x7F7F7F7Fu) + 0x01010101u) & 0x80808080u;
+  }
+  FIG_HD static void convert_finite(uint32_t codes, uint32_t& lo, uint32_t& hi) {
     lo = place(byte_perm(codes, 0u, kSelLowPairToHalves));
     hi = place(byte_perm(codes, 0u, kSelHighPairToHalves));
-    // A byte whose low 7 bits are all ones (the only e4m3 NaN) carries into its bit 7.
-    if (((codes & 0x7F7F7F7Fu) + 0x01010101u) & 0x80808080u) {
-      for (int i = 0; i < 4; ++i) {
-        if (((codes >> (8 * i)) & 0x7Fu) == 0x7Fu) {
-          uint32_t& word = i < 2 ? lo : hi;
-          const int shift = 16 * (i & 1);
-          word = (word & ~(0xFFFFu << shift)) | (uint32_t(kF16NaN) << shift);
-        }
+  }
+  FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+    convert_finite(codes, lo, hi);
+    const uint32_t nan_bytes = special_bits(codes);
+    for (int i = 0; i < 4; ++i) {
+      if (nan_bytes & (0x80u << (8 * i))) {
+        uint32_t& word = i < 2 ? lo : hi;
+        const int shift = 16 * (i & 1);
+        word = (word & ~(0xFFFFu << shift)) | (uint32_t(kF16NaN) << shift);
       }
     }
   }
@@ -90,6 +103,11 @@ struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
 template <Fp8Format F>
 struct Fp8ToF16Hardware {
   static constexpr float kScale = 1.0f;
+  static constexpr bool kHasSpecialCodes = false;  // the instruction handles NaN / Inf
+  __device__ __forceinline__ static uint32_t special_bits(uint32_t) { return 0u; }
+  __device__ __forceinline__ static void convert_finite(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+    convert(codes, lo, hi);
+  }
   template <bool kFalse = false>
   __device__ __forceinline__ static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
 #if defined(__CUDA_ARCH__)

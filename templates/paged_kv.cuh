@@ -1,7 +1,8 @@
-// Paged KV gather: (request, token) -> element offset of that token's row for one KV head.
+// Paged KV gather: (request, token) -> element offset of that token's row.
 // Layouts differ only in strides (NHD [pages, page, heads, dim], HND [pages, heads, page, dim],
 // K and V in one [pages, 2, ...] tensor), so the kernel takes a CuTe layout of the page pool
-// with run-time strides and never branches on the layout.
+// with run-time strides and never branches on the layout. The KV head's offset is folded into
+// the base pointer once, outside the loop.
 #pragma once
 #include <cute/layout.hpp>
 #include <cutlass/fast_math.h>
@@ -15,13 +16,23 @@ struct PagedKv {
   cutlass::FastDivmod page_size;
   const int32_t* indices;
 
-  // Offset of token `token` of the request whose pages start at indices[page_begin].
-  __device__ __forceinline__ int64_t token_offset(int page_begin, int token, int kv_head) const {
-    int page_pos, slot;
-    page_size.fast_divmod(page_pos, slot, token);
-    const int page = __ldg(indices + page_begin + page_pos);
-    return pool(page, slot, kv_head);
+  struct TokenLocation {
+    int page;
+    int slot;
+  };
+
+  // Starts the page-table load of `token` of the request whose pages start at
+  // indices[page_begin]; the caller uses the result a pipeline step later.
+  __device__ __forceinline__ TokenLocation locate(int page_begin, int token) const {
+    TokenLocation loc;
+    int page_pos;
+    page_size.fast_divmod(page_pos, loc.slot, token);
+    loc.page = __ldg(indices + page_begin + page_pos);
+    return loc;
   }
+
+  __device__ __forceinline__ int64_t offset(TokenLocation loc) const { return pool(loc.page, loc.slot, 0); }
+  __device__ __forceinline__ int64_t head_offset(int kv_head) const { return pool(0, 0, kv_head); }
 };
 
 }  // namespace fig

@@ -1,0 +1,86 @@
+"""Compile smoke test (CI has nvcc but no GPU): builds a small set through the real CMake + ninja
+path into the build cache, then inspects the libraries: exported C ABI only, the SASS arch of
+every built instance (sm_80 for every Ampere-path sm80 instance), and whether the FP8 convert
+instruction is present exactly where the instance asks for hardware conversion."""
+import re
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from generator import InstanceKey
+from flashinfer_gen.builder import build, cache_root
+from flashinfer_gen.registry import Registry
+
+pytestmark = pytest.mark.compile
+
+SMOKE = [
+    InstanceKey("decode", "bf16", "e4m3", 128, "sm80", "software"),
+    InstanceKey("decode", "f16", "e5m2", 64, "sm90a", "hardware"),
+]
+EXPORTS = {"fig_abi_version", "fig_decode_params_size", "fig_instance_name", "fig_decode_run",
+           "fig_decode_occupancy", "fig_decode_grid_rows", "fig_convert_kv"}
+
+
+def _cuda_tool(name: str) -> str:
+    """cuobjdump / nvdisasm from PATH, the CUDA toolkit, or the nvidia-cuda-* wheels."""
+    candidates = [shutil.which(name), f"/usr/local/cuda/bin/{name}",
+                  str(Path(sysconfig.get_paths()["purelib"]) / "nvidia" / "cu13" / "bin" / name)]
+    for c in candidates:
+        if c and Path(c).exists():
+            return c
+    pytest.fail(f"{name} not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
+
+
+@pytest.fixture(scope="module")
+def smoke_build():
+    if shutil.which("nvcc") is None:
+        pytest.fail("nvcc is required for the compile smoke test")
+    return build(SMOKE, echo=None)
+
+
+def test_smoke_set_builds_with_times(smoke_build):
+    assert smoke_build.built == sorted(k.name for k in SMOKE)
+    for k in SMOKE:
+        assert smoke_build.library_bytes[k.name] > 0
+    print(f"\nbuild of {len(SMOKE)} instances: {smoke_build.wall_seconds:.1f} s wall; "
+          + ", ".join(f"{n} {s:.1f} s" for n, s in smoke_build.seconds.items()))
+
+
+def test_only_the_c_abi_is_exported(smoke_build):
+    reg = Registry(cache_root())
+    for e in reg.entries():
+        if e.key in SMOKE:
+            out = subprocess.run(["nm", "-D", "--defined-only", str(e.library)], capture_output=True, text=True,
+                                 check=True).stdout
+            names = {line.split()[-1] for line in out.splitlines() if " T " in line}
+            assert names == EXPORTS, f"{e.library.name} exports {sorted(names ^ EXPORTS)} unexpectedly"
+
+
+def test_every_built_instance_has_its_sass(smoke_build):
+    cuobjdump = _cuda_tool("cuobjdump")
+    entries = [e for e in Registry(cache_root()).entries() if e.built]
+    sm80 = [e for e in entries if e.key.arch == "sm80"]
+    assert sm80, "the smoke set builds at least one Ampere-path (sm80) instance"
+    for e in entries:
+        listing = subprocess.run([cuobjdump, "-lelf", str(e.library)], capture_output=True, text=True,
+                                 check=True).stdout
+        arches = set(re.findall(r"\.(sm_\d+a?)\.cubin", listing))
+        expected = {"sm80": "sm_80", "sm90a": "sm_90a"}[e.key.arch]
+        assert arches == {expected}, f"{e.library.name}: SASS for {arches}, expected {expected}"
+
+
+def test_fp8_convert_instruction_only_in_hardware_instances(smoke_build):
+    _cuda_tool("nvdisasm")  # cuobjdump -sass needs it on PATH
+    cuobjdump = _cuda_tool("cuobjdump")
+    env = {"PATH": f"{Path(_cuda_tool('nvdisasm')).parent}:/usr/bin:/bin"}
+    for e in Registry(cache_root()).entries():
+        if e.key not in SMOKE:
+            continue
+        sass = subprocess.run([cuobjdump, "-sass", str(e.library)], capture_output=True, text=True, check=True,
+                              env=env).stdout
+        assert "HMMA" in sass, f"{e.key.name}: no tensor-core instruction"
+        has_cvt = bool(re.search(r"F2FP\.F16\.E[45]M[32]", sass))
+        assert has_cvt == (e.key.conversion == "hardware"), f"{e.key.name}: FP8 cvt present={has_cvt}"

@@ -1,0 +1,222 @@
+"""Registry, dispatch errors, CLI and argument validation: CPU only."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from generator import InstanceKey, generate
+from generator.render import MANIFEST_NAME
+from flashinfer_gen import validation as V
+from flashinfer_gen.builder import generated_dir, library_dir
+from flashinfer_gen.decode import MIN_CHUNK_TOKENS, make_schedule
+from flashinfer_gen.registry import InstanceNotBuiltError, Registry, arch_for_capability, build_command
+
+K_HW = InstanceKey("decode", "bf16", "e4m3", 128, "sm90a", "hardware")
+K_SW = InstanceKey("decode", "bf16", "e4m3", 128, "sm90a", "software")
+K_BF16 = InstanceKey("decode", "bf16", "bf16", 128, "sm90a", "none")
+
+
+def fake_cache(root, built, generated=()):
+    """A cache whose manifest lists `generated` + `built` and whose lib/ holds files for `built`."""
+    entries = generate(list(built) + list(generated), generated_dir(root))
+    library_dir(root).mkdir(parents=True, exist_ok=True)
+    for k in built:
+        (library_dir(root) / entries[k.name]["library"]).write_bytes(b"not a real library")
+    return entries
+
+
+def test_registry_round_trip(tmp_path):
+    fake_cache(tmp_path, built=[K_HW, K_BF16], generated=[K_SW])
+    reg = Registry(tmp_path)
+    state = {e.key: e.built for e in reg.entries()}
+    assert state == {K_HW: True, K_BF16: True, K_SW: False}
+    assert reg.built_keys() == sorted([K_HW, K_BF16])
+
+
+def test_missing_instance_error_names_key_nearest_and_command(tmp_path):
+    fake_cache(tmp_path, built=[K_HW, K_BF16])
+    with pytest.raises(InstanceNotBuiltError) as info:
+        Registry(tmp_path).lookup(K_SW, jit=False)
+    msg = str(info.value)
+    assert K_SW.name in msg
+    assert info.value.nearest[0] == K_HW  # differs in the conversion only
+    assert K_HW.name in msg and K_BF16.name in msg
+    assert build_command(K_SW) in msg
+    assert "--conversion software" in build_command(K_SW)
+
+
+def test_invalid_combination_is_refused_with_reason(tmp_path):
+    bad = InstanceKey("decode", "f16", "bf16", 128, "sm90a", "none")
+    with pytest.raises(ValueError, match="16-bit KV cache must have the q dtype"):
+        Registry(tmp_path).lookup(bad, jit=False)
+
+
+def test_stale_library_is_not_loaded(tmp_path):
+    entries = fake_cache(tmp_path, built=[K_HW])
+    manifest_path = generated_dir(tmp_path) / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["instances"][K_HW.name]["source_hash"] = "0" * 16  # built from other sources
+    manifest_path.write_text(json.dumps(manifest))
+    (entry,) = Registry(tmp_path).entries()
+    assert entry.stale and not entry.built
+    with pytest.raises(InstanceNotBuiltError):
+        Registry(tmp_path).lookup(K_HW, jit=False)
+    assert entries
+
+
+def test_capability_to_arch():
+    assert arch_for_capability((8, 0)) == "sm80"
+    assert arch_for_capability((8, 9)) == "sm80"
+    assert arch_for_capability((9, 0)) == "sm90a"
+    assert arch_for_capability((7, 5)) is None
+
+
+def test_cli_list_shows_the_matrix(tmp_path):
+    fake_cache(tmp_path, built=[K_HW], generated=[K_SW])
+    env = {"FLASHINFER_GEN_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "flashinfer_gen.cli", "list"], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert "sm90a" in out and "built" in out and "missing" in out
+    assert "1 of 2 generated instances built" in out
+
+
+def test_cli_generate_and_selector_errors(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "flashinfer_gen.cli", *a], capture_output=True,  # noqa: E731
+                                    text=True, env={"FLASHINFER_GEN_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    r = run("generate", "--arch", "sm80", "--q-dtype", "f16", "--out", str(tmp_path / "g"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g" / "decode_qf16_kve4m3_d128_sm80_software_default.cu").exists()
+    assert not list((tmp_path / "g").glob("*hardware*")), "sm80 has no hardware conversion"
+    r = run("generate", "--head-dim", "96")
+    assert r.returncode != 0 and "96" in r.stderr
+    r = run("generate", "--arch", "sm80", "--conversion", "hardware")
+    assert r.returncode != 0 and "no valid instance" in r.stderr
+
+
+# --- schedule --------------------------------------------------------------------------------
+
+def test_schedule_no_split_when_the_batch_fills_the_gpu():
+    s = make_schedule(np.zeros(64, np.int64), np.full(64, 4096), 8, 396)
+    assert s.chunk_tokens is None and s.request.tolist() == list(range(64)) and s.num_partial == 0
+    assert (s.partial == -1).all() and s.merge_request.size == 0
+
+
+def test_schedule_splits_long_single_request_over_one_wave():
+    s = make_schedule(np.array([0]), np.array([32768]), 8, 396)
+    assert s.chunk_tokens % MIN_CHUNK_TOKENS == 0
+    assert s.request.size * 8 <= 396 and s.request.size > 1
+    # the chunks tile [0, 32768) exactly, in order
+    assert s.begin[0] == 0 and s.end[-1] == 32768 and (s.begin[1:] == s.end[:-1]).all()
+    assert s.merge_request.tolist() == [0] and s.merge_indptr.tolist() == [0, s.request.size]
+
+
+def test_schedule_mixed_lengths_and_window_begin():
+    begin = np.array([0, 0, 3000, 0])
+    end = np.array([1, 100, 9000, 64])
+    s = make_schedule(begin, end, 2, 264)
+    for b in range(4):
+        items = s.request == b
+        assert s.begin[items].min() == begin[b] and s.end[items].max() == end[b]
+        assert (s.end[items] - s.begin[items]).sum() == end[b] - begin[b]
+    split = [b for b in range(4) if (s.request == b).sum() > 1]
+    assert s.merge_request.tolist() == split
+    assert sorted(s.partial[s.partial >= 0].tolist()) == list(range(s.num_partial))
+
+
+# --- validation --------------------------------------------------------------------------------
+
+def page_table(lens=(5, 40), page=16):
+    pages = [(n + page - 1) // page for n in lens]
+    indptr = torch.tensor([0] + list(np.cumsum(pages)), dtype=torch.int32)
+    indices = torch.arange(int(indptr[-1]), dtype=torch.int32)
+    last = torch.tensor([n - (p - 1) * page for n, p in zip(lens, pages)], dtype=torch.int32)
+    return indptr, indices, last
+
+
+def test_page_table_ok():
+    indptr, indices, last = page_table()
+    ih, lh, mx = V.check_page_table(indptr, indices, last, 16)
+    assert mx == int(indices.max()) and ih.tolist() == indptr.tolist()
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda i, x, l: (i.flip(0), x, l), "indptr\\[0\\] must be 0"),
+    (lambda i, x, l: (torch.tensor([0, 3, 2], dtype=torch.int32), x, l), "non-decreasing"),
+    (lambda i, x, l: (torch.tensor([0, 0, 3], dtype=torch.int32), x, l), "has no pages"),
+    (lambda i, x, l: (i, x, l + 16), "last_page_len\\[.\\] = .* outside"),
+    (lambda i, x, l: (i, x, l * 0), "outside"),
+    (lambda i, x, l: (i, x, l[:1]), "expected batch"),
+    (lambda i, x, l: (i, x[:1], l), "exceeds len\\(indices\\)"),
+    (lambda i, x, l: (i, x - 5, l), "negative page index"),
+    (lambda i, x, l: (i[:1], x, l), "batch \\+ 1 >= 2"),
+])
+def test_page_table_errors(mutate, match):
+    indptr, indices, last = mutate(*page_table())
+    with pytest.raises(V.ArgumentError, match=match):
+        V.check_page_table(indptr, indices, last, 16)
+
+
+@pytest.mark.parametrize("args,match", [
+    ((32, 8, 96, 16), "head_dim 96 is not supported"),
+    ((30, 8, 128, 16), "multiple of num_kv_heads"),
+    ((32, 0, 128, 16), "num_kv_heads must be a positive int"),
+    ((32, 8, 128, 0), "page_size must be a positive int"),
+])
+def test_head_config_errors(args, match):
+    with pytest.raises(V.ArgumentError, match=match):
+        V.check_head_config(*args)
+
+
+def test_index_and_dtype_errors():
+    with pytest.raises(V.ArgumentError, match="int32"):
+        V.require_int_index(torch.zeros(3), "indptr")
+    with pytest.raises(V.ArgumentError, match="1-D"):
+        V.require_int_index(torch.zeros(3, 2, dtype=torch.int32), "indptr")
+    with pytest.raises(V.ArgumentError, match="torch.Tensor"):
+        V.require_int_index([0, 1], "indptr")
+    with pytest.raises(V.ArgumentError, match="unsupported dtype"):
+        V.dtype_name(torch.float32, "q_data_type")
+    assert V.dtype_name("fp8_e4m3", "kv") == "e4m3" and V.dtype_name(torch.bfloat16, "q") == "bf16"
+
+
+def test_scalar_errors():
+    assert V.check_scalar(None, "k_scale") == 1.0
+    with pytest.raises(V.ArgumentError, match="tensor"):
+        V.check_scalar(torch.tensor(2.0), "k_scale")
+    with pytest.raises(V.ArgumentError, match="finite"):
+        V.check_scalar(float("nan"), "v_scale")
+    with pytest.raises(V.ArgumentError, match="must be a float"):
+        V.check_scalar("x", "v_scale")
+
+
+def test_kv_layout_and_shape_errors():
+    k = torch.zeros(10, 16, 2, 128)
+    assert V.kv_strides(k, "NHD", 16, 2, 128) == (k.stride(0), k.stride(1), k.stride(2))
+    h = torch.zeros(10, 2, 16, 128)
+    assert V.kv_strides(h, "HND", 16, 2, 128) == (h.stride(0), h.stride(2), h.stride(1))
+    with pytest.raises(V.ArgumentError, match="does not match layout NHD"):
+        V.kv_strides(h, "NHD", 16, 2, 128)
+    with pytest.raises(V.ArgumentError, match="\\(k_cache, v_cache\\)"):
+        V.split_paged_kv((k, k, k), "NHD")
+    with pytest.raises(V.ArgumentError, match="\\[num_pages, 2"):
+        V.split_paged_kv(torch.zeros(10, 3, 16, 2, 128), "NHD")
+    with pytest.raises(V.ArgumentError, match="same shape"):
+        V.split_paged_kv((k, k[:5]), "NHD")
+    with pytest.raises(V.ArgumentError, match="same dtype"):
+        V.split_paged_kv((k, k.half()), "NHD")
+    kk, vv = V.split_paged_kv(torch.zeros(10, 2, 16, 2, 128), "NHD")
+    assert kk.shape == (10, 16, 2, 128) and vv.data_ptr() > kk.data_ptr()
+
+
+def test_cuda_tensor_check_on_cpu_tensor():
+    with pytest.raises(V.ArgumentError, match="CUDA"):
+        V.check_cuda_tensor(torch.zeros(2), "q", torch.device("cuda", 0))
+
+
+def test_wrapper_rejects_cpu_workspace():
+    from flashinfer_gen import BatchDecodeWithPagedKVCacheWrapper
+    with pytest.raises(V.ArgumentError, match="CUDA uint8"):
+        BatchDecodeWithPagedKVCacheWrapper(torch.zeros(16, dtype=torch.uint8))
