@@ -55,7 +55,7 @@ def main() -> int:
     build_all(jobs=16)
     import bench_decode as bd
     from flashinfer_gen import BatchDecodeWithPagedKVCacheWrapper
-    flush = torch.empty(bd.L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    flush = torch.ones(bd.L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     dtypes = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}
     rows = []

@@ -39,40 +39,71 @@ class DecodeSchedule:
     chunk_tokens: int | None
 
 
-def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_resident_ctas: int) -> DecodeSchedule:
-    """Splits requests into chunks so that the grid fills the GPU once (one wave of resident CTAs).
+PIECE_OVERHEAD_TOKENS = 64    # pipeline fill + epilogue of one CTA, in tokens of streaming time
+SPLIT_OVERHEAD_TOKENS = 128   # the merge kernel's launch and partial traffic
+MAX_PIECES = 64
 
-    With batch * ctas_per_column already >= one wave nothing is split. Otherwise the chunk is the
-    smallest multiple of MIN_CHUNK_TOKENS for which the chunks still fit in one wave: batch 1 with
-    32k tokens is spread over every SM instead of running on one.
+
+def _pieces(lens: np.ndarray, chunk: int) -> np.ndarray:
+    return np.maximum(1, -(-lens // chunk))
+
+
+def estimate_makespan(lens: np.ndarray, chunk: int | None, columns: int) -> float:
+    """Streaming time, in tokens, of the grid when every request is cut into equal pieces of at
+    most `chunk` tokens and `columns` CTA columns run at once (one wave). The block scheduler
+    hands out CTAs in order, so with pieces sorted longest first this is close to LPT; the
+    ceil(n / columns) term is the wave quantisation that a uniform batch suffers."""
+    pieces = np.ones_like(lens) if chunk is None else _pieces(lens, chunk)
+    piece_len = lens / pieces
+    n = int(pieces.sum())
+    waves = -(-n // columns)
+    busy = max(float(piece_len.max()), waves * float(lens.sum()) / n, float(lens.sum()) / columns)
+    return busy + waves * PIECE_OVERHEAD_TOKENS + (SPLIT_OVERHEAD_TOKENS if (pieces > 1).any() else 0)
+
+
+def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_resident_ctas: int) -> DecodeSchedule:
+    """Cuts requests into pieces so that the grid's waves are full and balanced.
+
+    Candidates are "no split" and cutting the longest request into k = 2..64 equal pieces (the
+    same cap applies to every request); the one with the smallest estimated makespan wins. So
+    batch 1 with 32k tokens spreads over every SM, and batch 64 x 4k is cut into 3 pieces when
+    that turns 1.3 waves into 3.9. Pieces are listed longest first, which the block scheduler
+    then dispatches first.
     """
     lens = (end - begin).astype(np.int64)
     batch = lens.size
-    chunk = None
-    if batch * ctas_per_column < max_resident_ctas and lens.max() > MIN_CHUNK_TOKENS:
-        budget = max_resident_ctas // ctas_per_column
-        lo, hi = 1, int(math.ceil(lens.max() / MIN_CHUNK_TOKENS))
-        while lo < hi:  # smallest chunk (in units of MIN_CHUNK_TOKENS) whose chunk count fits the budget
-            mid = (lo + hi) // 2
-            if int(np.ceil(lens / (mid * MIN_CHUNK_TOKENS)).sum()) <= budget:
-                hi = mid
-            else:
-                lo = mid + 1
-        chunk = lo * MIN_CHUNK_TOKENS
-    pieces = np.ones(batch, dtype=np.int64) if chunk is None else np.ceil(lens / chunk).astype(np.int64)
+    columns = max(1, max_resident_ctas // ctas_per_column)
+    best_chunk, best = None, estimate_makespan(lens, None, columns)
+    longest = int(lens.max())
+    for k in range(2, MAX_PIECES + 1):
+        chunk = -(-longest // k)
+        chunk = max(MIN_CHUNK_TOKENS, -(-chunk // STEP_TOKENS) * STEP_TOKENS)
+        if chunk >= longest:
+            continue
+        est = estimate_makespan(lens, chunk, columns)
+        if est < best:
+            best_chunk, best = chunk, est
+    pieces = np.ones(batch, dtype=np.int64) if best_chunk is None else _pieces(lens, best_chunk)
     request = np.repeat(np.arange(batch, dtype=np.int64), pieces)
     first_piece = np.repeat(np.cumsum(pieces) - pieces, pieces)
     piece = np.arange(request.size, dtype=np.int64) - first_piece
-    item_begin = begin[request] + piece * (chunk or 0)
-    item_end = end[request] if chunk is None else np.minimum(item_begin + chunk, end[request])
+    # equal pieces, cut at multiples of the 16-token step so that only a request's last step is partial
+    cut = lambda j: np.minimum(lens[request], (j * lens[request] // pieces[request] + STEP_TOKENS - 1)  # noqa: E731
+                               // STEP_TOKENS * STEP_TOKENS)
+    item_begin = begin[request] + np.where(piece == 0, 0, cut(piece))
+    item_end = begin[request] + np.where(piece == pieces[request] - 1, lens[request], cut(piece + 1))
+    keep = item_end > item_begin
+    request, item_begin, item_end = request[keep], item_begin[keep], item_end[keep]
+    pieces = np.bincount(request, minlength=batch)
     split = pieces[request] > 1
     partial = np.full(request.size, -1, dtype=np.int64)
     partial[split] = np.arange(int(split.sum()))
     split_requests = np.nonzero(pieces > 1)[0]
     merge_indptr = np.concatenate([[0], np.cumsum(pieces[split_requests])])
+    order = np.argsort(-(item_end - item_begin), kind="stable")  # longest first
     i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
-    return DecodeSchedule(i32(request), i32(item_begin), i32(item_end), i32(partial), i32(split_requests),
-                          i32(merge_indptr), int(split.sum()), chunk)
+    return DecodeSchedule(i32(request[order]), i32(item_begin[order]), i32(item_end[order]), i32(partial[order]),
+                          i32(split_requests), i32(merge_indptr), int(split.sum()), best_chunk)
 
 
 def _align(n: int) -> int:

@@ -11,7 +11,7 @@ from generator import InstanceKey, generate
 from generator.render import MANIFEST_NAME
 from flashinfer_gen import validation as V
 from flashinfer_gen.builder import generated_dir, library_dir
-from flashinfer_gen.decode import MIN_CHUNK_TOKENS, make_schedule
+from flashinfer_gen.decode import MIN_CHUNK_TOKENS, STEP_TOKENS, make_schedule
 from flashinfer_gen.registry import InstanceNotBuiltError, Registry, arch_for_capability, build_command
 
 K_HW = InstanceKey("decode", "bf16", "e4m3", 128, "sm90a", "hardware")
@@ -98,18 +98,30 @@ def test_cli_generate_and_selector_errors(tmp_path):
 
 # --- schedule --------------------------------------------------------------------------------
 
-def test_schedule_no_split_when_the_batch_fills_the_gpu():
-    s = make_schedule(np.zeros(64, np.int64), np.full(64, 4096), 8, 396)
-    assert s.chunk_tokens is None and s.request.tolist() == list(range(64)) and s.num_partial == 0
+def test_schedule_no_split_when_the_batch_fills_whole_waves():
+    s = make_schedule(np.zeros(98, np.int64), np.full(98, 4096), 8, 396)  # 49 columns: exactly 2 waves
+    assert s.chunk_tokens is None and sorted(s.request.tolist()) == list(range(98)) and s.num_partial == 0
     assert (s.partial == -1).all() and s.merge_request.size == 0
+
+
+def test_schedule_fills_waves_for_a_uniform_batch():
+    # 64 requests on 49 columns would be 1.3 waves unsplit; the pieces must make the waves nearly full
+    s = make_schedule(np.zeros(64, np.int64), np.full(64, 4096), 8, 396)
+    waves = s.request.size / 49
+    assert s.chunk_tokens is not None and waves / np.ceil(waves) > 0.95
+    lens = s.end - s.begin
+    assert lens.max() - lens.min() <= 16 and (lens % 16 == 0).all()
 
 
 def test_schedule_splits_long_single_request_over_one_wave():
     s = make_schedule(np.array([0]), np.array([32768]), 8, 396)
-    assert s.chunk_tokens % MIN_CHUNK_TOKENS == 0
+    assert s.chunk_tokens % STEP_TOKENS == 0 and s.chunk_tokens >= MIN_CHUNK_TOKENS
     assert s.request.size * 8 <= 396 and s.request.size > 1
-    # the chunks tile [0, 32768) exactly, in order
-    assert s.begin[0] == 0 and s.end[-1] == 32768 and (s.begin[1:] == s.end[:-1]).all()
+    # the chunks tile [0, 32768) exactly; listed longest first
+    order = np.argsort(s.begin)
+    b, e = s.begin[order], s.end[order]
+    assert b[0] == 0 and e[-1] == 32768 and (b[1:] == e[:-1]).all()
+    assert ((s.end - s.begin)[:-1] >= (s.end - s.begin)[1:]).all()
     assert s.merge_request.tolist() == [0] and s.merge_indptr.tolist() == [0, s.request.size]
 
 
@@ -123,6 +135,9 @@ def test_schedule_mixed_lengths_and_window_begin():
         assert (s.end[items] - s.begin[items]).sum() == end[b] - begin[b]
     split = [b for b in range(4) if (s.request == b).sum() > 1]
     assert s.merge_request.tolist() == split
+    for i, b in enumerate(s.merge_request):  # each merge item covers exactly its request's partial slots
+        slots = sorted(s.partial[s.request == b].tolist())
+        assert slots == list(range(s.merge_indptr[i], s.merge_indptr[i + 1]))
     assert sorted(s.partial[s.partial >= 0].tolist()) == list(range(s.num_partial))
 
 
