@@ -49,7 +49,7 @@ def time_graph(fn, reps: int, flush: torch.Tensor) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    for _ in range(3):
+    for _ in range(10):  # warm-up: clocks up, module and graph loaded
         graph.replay()
     times = []
     for _ in range(reps):

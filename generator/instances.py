@@ -132,7 +132,10 @@ SMEM_PER_CTA_MAX = {"sm80": 163 * 1024, "sm90a": 227 * 1024}
 SMEM_RESERVED_PER_CTA = 1024
 DECODE_WARPS = 4
 STEP_TOKENS = 16
-BYTES_IN_FLIGHT_PER_WARP = 16 * 1024  # Little's law: ~3 TB/s x ~2 us loaded latency / (132 SMs x ~12 warps)
+# Little's law: ~3 TB/s x ~2.5 us loaded latency / (132 SMs x 8 warps) ~ 7 KB per warp at least;
+# the tuning sweep (bench/tune_decode.py, notes in issue #3) measured 24 KB best on the H100.
+BYTES_IN_FLIGHT_PER_WARP = 24 * 1024
+MIN_CTAS_FOR_LATENCY = 2  # a lone CTA (4 warps) cannot hide the softmax and conversion latency
 REGISTERS_PER_SM = 65536
 REGISTER_OVERHEAD = 40  # addresses, softmax state, loop counters (read off ptxas -v)
 # Tuning hook for bench/tune_decode.py only: "stages=4,min_ctas=3" overrides the derived constants.
@@ -144,20 +147,24 @@ def step_bytes_per_warp(kv_dtype: str, head_dim: int) -> int:
     return 2 * STEP_TOKENS * head_dim * KV_BYTES[kv_dtype]
 
 
-def pipeline_stages(kv_dtype: str, head_dim: int) -> int:
+def pipeline_stages(kv_dtype: str, head_dim: int, arch: str) -> int:
     """cp.async steps a warp keeps in flight: enough bytes to cover the loaded memory latency,
-    at least 2 (double buffering), at most 8."""
-    return max(2, min(8, BYTES_IN_FLIGHT_PER_WARP // step_bytes_per_warp(kv_dtype, head_dim)))
+    at least 2 (double buffering), at most 8, and few enough that two CTAs share an SM where
+    the step is small enough to allow it (sm80 has 164 KB, not 228)."""
+    step = step_bytes_per_warp(kv_dtype, head_dim)
+    stages = max(2, min(8, BYTES_IN_FLIGHT_PER_WARP // step))
+    fits_two = (SMEM_PER_SM[arch] // MIN_CTAS_FOR_LATENCY - SMEM_RESERVED_PER_CTA) // (DECODE_WARPS * step)
+    return max(2, min(stages, fits_two))
 
 
-def decode_smem_bytes(kv_dtype: str, head_dim: int) -> int:
-    return DECODE_WARPS * pipeline_stages(kv_dtype, head_dim) * step_bytes_per_warp(kv_dtype, head_dim)
+def decode_smem_bytes(kv_dtype: str, head_dim: int, arch: str) -> int:
+    return DECODE_WARPS * pipeline_stages(kv_dtype, head_dim, arch) * step_bytes_per_warp(kv_dtype, head_dim)
 
 
 def min_ctas_per_sm(kv_dtype: str, head_dim: int, arch: str) -> int:
     """CTAs per SM the register cap is set for: as many as shared memory allows, unless the
     registers a lane needs (O: D/4, Q: D/8, one step of K or V words read back) would not fit."""
-    smem = decode_smem_bytes(kv_dtype, head_dim)
+    smem = decode_smem_bytes(kv_dtype, head_dim, arch)
     by_smem = SMEM_PER_SM[arch] // (smem + SMEM_RESERVED_PER_CTA)
     step_words = head_dim * KV_BYTES[kv_dtype] // 4
     regs = head_dim // 4 + head_dim // 8 + step_words + REGISTER_OVERHEAD
@@ -173,7 +180,7 @@ def _tuning_overrides() -> dict:
 def template_context(key: InstanceKey) -> dict:
     check(key)
     tune = _tuning_overrides()
-    if decode_smem_bytes(key.kv_dtype, key.head_dim) > SMEM_PER_CTA_MAX[key.arch] and "stages" not in tune:
+    if decode_smem_bytes(key.kv_dtype, key.head_dim, key.arch) > SMEM_PER_CTA_MAX[key.arch] and "stages" not in tune:
         raise InvalidInstance(f"{key.name}: the copy pipeline needs more shared memory than {key.arch} has")
     if key.is_fp8:
         kv_type = f"fig::KvFp8<{CXX_FP8_FORMAT[key.kv_dtype]}, {CXX_CONVERSION[key.conversion]}>"
@@ -186,7 +193,7 @@ def template_context(key: InstanceKey) -> dict:
         "q_element": CXX_Q_ELEMENT[key.q_dtype],
         "kv_type": kv_type,
         "head_dim": key.head_dim,
-        "stages": tune.get("stages", pipeline_stages(key.kv_dtype, key.head_dim)),
+        "stages": tune.get("stages", pipeline_stages(key.kv_dtype, key.head_dim, key.arch)),
         "min_ctas_per_sm": tune.get("min_ctas", min_ctas_per_sm(key.kv_dtype, key.head_dim, key.arch)),
         "logits": CXX_LOGITS[key.variant],
     }

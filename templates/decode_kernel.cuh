@@ -90,7 +90,7 @@ int decode_run(const FigDecodeParams* p, cudaStream_t stream) {
     constexpr size_t kSmem = decode_smem_bytes<Cfg>();
     const cudaError_t attr = cudaFuncSetAttribute(decode_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
     if (attr != cudaSuccess) return int(attr);
-    const dim3 grid(p->num_work, p->num_kv_heads * args.shape.row_groups);
+    const dim3 grid(p->num_work * p->num_kv_heads * args.shape.row_groups);
     decode_kernel<Cfg><<<grid, Cfg::kThreads, kSmem, stream>>>(args);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return int(err);

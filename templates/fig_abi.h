@@ -71,7 +71,7 @@ const char* fig_instance_name(void);
 int fig_decode_run(const FigDecodeParams* params, void* stream);
 // CTAs of the decode kernel that fit on one SM, and the SM count of the current device.
 int fig_decode_occupancy(int* ctas_per_sm, int* num_sms);
-// gridDim.y of the decode kernel (KV heads x row groups), so plan() sizes its schedule exactly.
+// CTAs per work item (KV heads x row groups), so plan() sizes its schedule exactly.
 int fig_decode_grid_rows(int num_qo_heads, int num_kv_heads);
 // Converts n FP8 codes with the instance's own KV conversion routine (hardware or software),
 // as fp32 values with the routine's exponent bias undone. Returns cudaErrorNotSupported for 16-bit KV.

@@ -1,5 +1,8 @@
-// Decode grid: blockIdx.x walks plan()'s work list (a request's token range, split-KV chunks
-// included), blockIdx.y walks KV heads x row groups. A row group is up to 4 warp tiles of 8 q
+// Decode grid (1-D): blockIdx.x = work item * rows + row, where a work item is one entry of
+// plan()'s list (a request's token range, split-KV pieces included) and a row is a KV head x
+// row group. Rows vary fastest, so the CTAs that the block scheduler starts together read all
+// KV heads of the same pages: with NHD, whole token rows of the pool instead of one 1/Hk slice
+// of each, which keeps the DRAM accesses of concurrent CTAs on the same rows. A row group is up to 4 warp tiles of 8 q
 // heads of one KV head; the CTA's warps split its token range into interleaved 16-token steps.
 // GQA groups above 32 q heads per KV head take several row groups, which re-read the same KV
 // rows from L2 rather than from memory.
@@ -32,13 +35,15 @@ struct DecodeWorkCoord {
 
   __device__ static DecodeWorkCoord from_block(const FigDecodeParams& p, const DecodeGridShape& shape) {
     DecodeWorkCoord w;
-    const int item = blockIdx.x;
+    const int rows = p.num_kv_heads * shape.row_groups;
+    const int item = blockIdx.x / rows;
+    const int row = blockIdx.x % rows;
     w.request = p.work_request[item];
     w.begin = p.work_begin[item];
     w.end = p.work_end[item];
     w.partial_slot = p.work_partial[item];
-    w.kv_head = blockIdx.y / shape.row_groups;
-    w.row_group = blockIdx.y % shape.row_groups;
+    w.kv_head = row / shape.row_groups;
+    w.row_group = row % shape.row_groups;
     return w;
   }
 };

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from generator import InstanceKey, InvalidInstance, check, default_instances, enumerate_instances, generate, render
-from generator.instances import (GENCODE, HEAD_DIMS, min_ctas_per_sm, pipeline_stages, template_context,
-                                 why_invalid)
+from generator.instances import (GENCODE, HEAD_DIMS, SMEM_PER_CTA_MAX, decode_smem_bytes, min_ctas_per_sm,
+                                 pipeline_stages, template_context, why_invalid)
 from generator.render import CMAKE_LIST_NAME, MANIFEST_NAME, headers_digest, source_hash
 
 
@@ -116,9 +116,11 @@ def test_source_hash_covers_headers_and_flags():
 def test_pipeline_constants_fit_the_arch():
     for kv in ("f16", "e4m3"):
         for d in HEAD_DIMS:
-            stages = pipeline_stages(kv, d)
-            assert 2 <= stages <= 8
             for arch in ("sm80", "sm90a"):
+                assert 2 <= pipeline_stages(kv, d, arch) <= 8
                 assert 1 <= min_ctas_per_sm(kv, d, arch) <= 4
+                assert decode_smem_bytes(kv, d, arch) <= SMEM_PER_CTA_MAX[arch]
     # FP8 rows are half as wide, so the same bytes in flight take twice the steps
-    assert pipeline_stages("e4m3", 128) == 2 * pipeline_stages("bf16", 128)
+    assert pipeline_stages("e4m3", 128, "sm90a") == 2 * pipeline_stages("bf16", 128, "sm90a")
+    # two CTAs per SM wherever the step allows it, on both archs
+    assert min_ctas_per_sm("e4m3", 128, "sm80") == 2 and min_ctas_per_sm("e4m3", 128, "sm90a") == 2
