@@ -104,6 +104,7 @@ struct DecodeMainloop {
   uint32_t q_frag[kKSteps][2];  // A fragment of Q (rows 0..7), mma element type
   float o_acc[kNTiles][2];      // O rows g, dims v_dim(2c, nt), v_dim(2c+1, nt)
   OnlineSoftmaxRow softmax;
+  uint32_t special_codes;  // special_bits() of every FP8 word the fast path converted
   int lane, lane_g, lane_c;
   uint4 (*warp_smem)[kStageChunks][32];  // this warp's [kStages][kStageChunks][32] chunks
 
@@ -124,9 +125,14 @@ struct DecodeMainloop {
         q_frag[j][half] = row_ok ? q_pair_to_mma<MmaElement, QElement>(bits) : 0u;
       }
     }
+    reset();
+  }
+
+  __device__ __forceinline__ void reset() {
     CUTE_UNROLL
     for (int nt = 0; nt < kNTiles; ++nt) o_acc[nt][0] = o_acc[nt][1] = 0.0f;
     softmax.init();
+    special_codes = 0;
   }
 
   // Each lane locates token slot lane % 16 of a step (one page-table load per lane per step,
@@ -159,28 +165,28 @@ struct DecodeMainloop {
     }
   }
 
-  // Whether any FP8 code of the step needs the exact (slow) conversion; warp-uniform.
-  __device__ __forceinline__ bool step_has_special_codes(int stage) const {
-    if constexpr (!Kv::kIsFp8) {
-      return false;
-    } else if constexpr (!Kv::Converter::kHasSpecialCodes) {
-      return false;
+  static constexpr bool kMayReplay = Kv::kIsFp8 && Kv::Converter::kHasSpecialCodes;
+
+  // K word -> the two B registers of one k-step. The fast path also records special codes.
+  template <bool kExact>
+  __device__ __forceinline__ void convert_k(uint32_t codes, uint32_t& b0, uint32_t& b1) {
+    if constexpr (kExact) {
+      Kv::Converter::convert(codes, b0, b1);
     } else {
-      uint32_t words[kStageWords];
-      read_words<kStageWords>(stage, 0, words);
-      uint32_t bits = 0;
-      CUTE_UNROLL
-      for (int w = 0; w < kStageWords; ++w) bits |= Kv::Converter::special_bits(words[w]);
-      return __any_sync(0xffffffffu, bits != 0);
+      Kv::Converter::convert_finite(codes, b0, b1);
+      if constexpr (kMayReplay) special_codes |= Kv::Converter::special_bits(codes);
     }
   }
-
+  // Bytes p, p+1 of two V rows -> b registers of n-tiles e, e+1.
   template <bool kExact>
-  __device__ __forceinline__ static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
+  __device__ __forceinline__ void convert_v(uint32_t a, uint32_t b, int p, uint32_t& lo, uint32_t& hi) {
     if constexpr (kExact) {
-      Kv::Converter::convert(codes, lo, hi);
+      Kv::Converter::convert(byte_perm(a, b, interleave_rows_selector(p)), lo, hi);
     } else {
-      Kv::Converter::convert_finite(codes, lo, hi);
+      Kv::Converter::convert_finite_rows(a, b, p, lo, hi);
+      if constexpr (kMayReplay) {
+        if (p == 0) special_codes |= Kv::Converter::special_bits(a) | Kv::Converter::special_bits(b);
+      }
     }
   }
 
@@ -195,7 +201,7 @@ struct DecodeMainloop {
       for (int j = 0; j < kKSteps; ++j) {
         uint32_t b0, b1;
         if constexpr (Kv::kIsFp8) {
-          convert<kExact>(k.w[nt][j], b0, b1);
+          convert_k<kExact>(k.w[nt][j], b0, b1);
         } else {
           b0 = k.w[nt][2 * j];
           b1 = k.w[nt][2 * j + 1];
@@ -225,10 +231,9 @@ struct DecodeMainloop {
       CUTE_UNROLL
       for (int e = 0; e < kNTiles; e += 2) {
         const int w = e / 4;
-        const uint32_t sel = (e % 4) == 0 ? 0x5140u : 0x7362u;
         uint32_t b0_e, b0_e1, b1_e, b1_e1;
-        convert<kExact>(byte_perm(v.w[0][w], v.w[1][w], sel), b0_e, b0_e1);
-        convert<kExact>(byte_perm(v.w[2][w], v.w[3][w], sel), b1_e, b1_e1);
+        convert_v<kExact>(v.w[0][w], v.w[1][w], e % 4, b0_e, b0_e1);
+        convert_v<kExact>(v.w[2][w], v.w[3][w], e % 4, b1_e, b1_e1);
         mma_half_rows<MmaElement>(o_acc[e], p_lo, p_hi, b0_e, b1_e);
         mma_half_rows<MmaElement>(o_acc[e + 1], p_lo, p_hi, b0_e1, b1_e1);
       }
@@ -244,25 +249,14 @@ struct DecodeMainloop {
     }
   }
 
-  __device__ __forceinline__ void compute_step_checked(int stage, const Logits& logits, int tok0, int end) {
-    if (step_has_special_codes(stage)) {
-      compute_step<true>(stage, logits, tok0, end);
-    } else {
-      compute_step<false>(stage, logits, tok0, end);
-    }
-  }
-
   // Runs steps first_step, first_step + step_stride, ... over tokens [begin, end) with kStages
   // steps of copies in flight. Exactly one cp.async group is committed per step slot (empty
   // ones included), so "step i has landed" is always wait_group<kStages - 1>.
   // k_base / v_base already point at this KV head.
-  __device__ __forceinline__ void run(const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
-                                      int page_begin, int begin, int end, int first_step, int step_stride,
-                                      const Logits& logits) {
-    const int num_steps_total = (end - begin + kStepTokens - 1) / kStepTokens;
-    const int my_steps = first_step < num_steps_total
-                             ? (num_steps_total - first_step + step_stride - 1) / step_stride : 0;
-    if (my_steps == 0) return;
+  template <bool kExact>
+  __device__ __forceinline__ void run_range(const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
+                                            int page_begin, int begin, int end, int first_step, int my_steps,
+                                            int step_stride, const Logits& logits) {
     // Steps past my_steps clamp to the last token, so locating them is harmless and branch-free.
     auto step_tok0 = [&](int i) { return begin + (first_step + i * step_stride) * kStepTokens; };
     PagedKv::TokenLocation next = locate_step(kv, page_begin, step_tok0(0), end);
@@ -278,7 +272,7 @@ struct DecodeMainloop {
         const int i = i0 + s;
         if (i < my_steps) {
           cute::cp_async_wait<kStages - 1>();
-          compute_step_checked(s, logits, step_tok0(i), end);
+          compute_step<kExact>(s, logits, step_tok0(i), end);
           if (i + kStages < my_steps) {
             load_step(s, kv, next, k_base, v_base);
             next = locate_step(kv, page_begin, step_tok0(i + kStages + 1), end);
@@ -288,6 +282,23 @@ struct DecodeMainloop {
       }
     }
     cute::cp_async_wait<0>();
+  }
+
+  __device__ __forceinline__ void run(const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
+                                      int page_begin, int begin, int end, int first_step, int step_stride,
+                                      const Logits& logits) {
+    const int num_steps_total = (end - begin + kStepTokens - 1) / kStepTokens;
+    const int my_steps = first_step < num_steps_total
+                             ? (num_steps_total - first_step + step_stride - 1) / step_stride : 0;
+    if (my_steps == 0) return;
+    run_range<false>(kv, k_base, v_base, page_begin, begin, end, first_step, my_steps, step_stride, logits);
+    if constexpr (kMayReplay) {
+      // A NaN code makes the fast conversion wrong: start over with the exact one (rare).
+      if (__any_sync(0xffffffffu, special_codes != 0)) {
+        reset();
+        run_range<true>(kv, k_base, v_base, page_begin, begin, end, first_step, my_steps, step_stride, logits);
+      }
+    }
   }
 };
 

@@ -44,14 +44,18 @@ FIG_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {
 // (byte 4 of {b, a} is 0 when b == 0).
 constexpr uint32_t kSelLowPairToHalves = 0x1404;   // -> [0, b0, 0, b1]
 constexpr uint32_t kSelHighPairToHalves = 0x3424;  // -> [0, b2, 0, b3]
+// V fragments pair byte p of two token rows a, b: [a.p, b.p, a.p+1, b.p+1] for p = 0 / 2.
+FIG_HD constexpr uint32_t interleave_rows_selector(int p) { return p == 0 ? 0x5140u : 0x7362u; }
 
 template <Fp8Format F, Conversion C>
 struct Fp8ToF16;
 
 // Every routine has convert() (exact for every code) and, for the mainloop's fast path,
 // convert_finite() plus special_bits(): convert_finite() is exact whenever special_bits() of
-// the word is 0, so a warp tests its whole step once and takes convert() only when a special
-// code is present, instead of branching per word.
+// the word is 0. The mainloop runs the fast path, ORs special_bits() of what it converted and,
+// in the rare case that a special code was present, replays its range with convert().
+// convert_finite_rows(a, b, p) converts the interleaved pairs (a.p, b.p), (a.p+1, b.p+1) of two
+// token rows, which is what a V fragment needs.
 template <>
 struct Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware> {
   static constexpr float kScale = 1.0f;
@@ -62,6 +66,9 @@ struct Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware> {
     hi = byte_perm(codes, 0u, kSelHighPairToHalves);
   }
   FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) { convert_finite(codes, lo, hi); }
+  FIG_HD static void convert_finite_rows(uint32_t a, uint32_t b, int p, uint32_t& lo, uint32_t& hi) {
+    convert_finite(byte_perm(a, b, interleave_rows_selector(p)), lo, hi);
+  }
 };
 
 template <>
@@ -85,6 +92,12 @@ struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
     lo = place(byte_perm(codes, 0u, kSelLowPairToHalves));
     hi = place(byte_perm(codes, 0u, kSelHighPairToHalves));
   }
+  // place() ignores the low byte of each half, so one permute both interleaves the two rows and
+  // moves the codes into the high bytes: [a.p, a.p, b.p, b.p] -> (a.p, b.p).
+  FIG_HD static void convert_finite_rows(uint32_t a, uint32_t b, int p, uint32_t& lo, uint32_t& hi) {
+    lo = place(byte_perm(a, b, p == 0 ? 0x4400u : 0x6622u));
+    hi = place(byte_perm(a, b, p == 0 ? 0x5511u : 0x7733u));
+  }
   FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
     convert_finite(codes, lo, hi);
     const uint32_t nan_bytes = special_bits(codes);
@@ -107,6 +120,10 @@ struct Fp8ToF16Hardware {
   __device__ __forceinline__ static uint32_t special_bits(uint32_t) { return 0u; }
   __device__ __forceinline__ static void convert_finite(uint32_t codes, uint32_t& lo, uint32_t& hi) {
     convert(codes, lo, hi);
+  }
+  __device__ __forceinline__ static void convert_finite_rows(uint32_t a, uint32_t b, int p, uint32_t& lo,
+                                                             uint32_t& hi) {
+    convert(byte_perm(a, b, interleave_rows_selector(p)), lo, hi);
   }
   template <bool kFalse = false>
   __device__ __forceinline__ static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {

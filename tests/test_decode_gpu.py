@@ -226,3 +226,26 @@ def test_unbuilt_instance_names_the_fix(workspace, monkeypatch):
         w.plan(indptr, indices, last, 8, 2, 64, 16, q_data_type=torch.float16, kv_data_type=torch.float8_e5m2,
                logits_soft_cap=10.0)
     assert info.value.nearest, "the error must list the nearest built instances"
+
+
+@pytest.mark.parametrize("conv", ["hardware", "software"])
+def test_nan_codes_propagate_like_the_reference(conv, workspace):
+    # A NaN code in K poisons its request's rows, one in V its dim; the software path detects them
+    # and replays the range with the exact conversion. Finite requests must be unaffected.
+    lens = [40, 300, 1000]
+    q, k, v, cache, indptr, indices, last = make_case(lens, 16, 8, 2, 128, torch.bfloat16, torch.float8_e4m3fn, "NHD")
+    nan = torch.tensor([0x7F], dtype=torch.uint8, device="cuda").view(torch.float8_e4m3fn)
+    page_of = lambda b, t: int(indices[int(indptr[b]) + t // 16])  # noqa: E731
+    k[page_of(1, 17), 17 % 16, 0, 5] = nan[0]    # request 1, KV head 0
+    v[page_of(2, 999), 999 % 16, 1, 77] = nan[0]  # request 2, KV head 1, dim 77
+    w = BatchDecodeWithPagedKVCacheWrapper(workspace, fp8_conversion=conv)
+    w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.bfloat16, kv_data_type=torch.float8_e4m3fn)
+    out = torch.full_like(q, 123.0)
+    w.run(q, cache, out=out)
+    torch.cuda.synchronize()
+    ref, _ = decode_reference(q, k, v, indptr, indices, last)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    assert torch.isnan(ref[1, :4]).all() and torch.isnan(ref[2, 4:, 77]).all()
+    finite = ~torch.isnan(ref)
+    err = float(torch.linalg.vector_norm(out.double()[finite] - ref[finite]) / torch.linalg.vector_norm(ref[finite]))
+    assert err < 1e-2
