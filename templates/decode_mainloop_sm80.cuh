@@ -165,7 +165,7 @@ struct DecodeMainloop {
     }
   }
 
-  static constexpr bool kMayReplay = Kv::kIsFp8 && Kv::Converter::kHasSpecialCodes;
+  static constexpr bool kMayReplay = Kv::kHasSpecialCodes;
 
   // K word -> the two B registers of one k-step. The fast path also records special codes.
   template <bool kExact>

@@ -15,6 +15,7 @@ struct Kv16 {
   using MmaElement = Elem;
   static constexpr int kBytes = 2;
   static constexpr bool kIsFp8 = false;
+  static constexpr bool kHasSpecialCodes = false;
   static constexpr float kScale = 1.0f;
 };
 
@@ -25,6 +26,7 @@ struct KvFp8 {
   using Converter = Fp8ToF16<F, C>;
   static constexpr int kBytes = 1;
   static constexpr bool kIsFp8 = true;
+  static constexpr bool kHasSpecialCodes = Converter::kHasSpecialCodes;  // codes the fast path gets wrong
   static constexpr float kScale = Converter::kScale;
 };
 
