@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 2
+ABI_VERSION = 1
 
 _c_ptr = ctypes.c_void_p
 _i32p = ctypes.c_void_p
@@ -20,8 +20,8 @@ class FigDecodeParams(ctypes.Structure):
         ("kv_stride_page", _i64), ("kv_stride_slot", _i64), ("kv_stride_head", _i64),
         ("kv_indptr", _i32p), ("kv_indices", _i32p),
         ("work_request", _i32p), ("work_begin", _i32p), ("work_end", _i32p), ("work_partial", _i32p),
-        ("work_merge", _i32p), ("num_work", _i32),
-        ("merge_indptr", _i32p), ("merge_counters", _i32p), ("num_merge", _i32),
+        ("num_work", _i32),
+        ("merge_request", _i32p), ("merge_indptr", _i32p), ("num_merge", _i32),
         ("partial_out", _c_ptr), ("partial_lse", _c_ptr),
         ("out", _c_ptr), ("out_stride_batch", _i64), ("out_stride_head", _i64), ("lse", _c_ptr),
         ("batch", _i32), ("num_qo_heads", _i32), ("num_kv_heads", _i32), ("page_size", _i32),

@@ -33,7 +33,6 @@ class DecodeSchedule:
     begin: np.ndarray
     end: np.ndarray
     partial: np.ndarray   # -1 or partial slot
-    merge_item: np.ndarray  # -1 or the merge item of a split piece
     merge_request: np.ndarray
     merge_indptr: np.ndarray
     num_partial: int
@@ -41,7 +40,7 @@ class DecodeSchedule:
 
 
 PIECE_OVERHEAD_TOKENS = 64    # pipeline fill + epilogue of one CTA, in tokens of streaming time
-SPLIT_OVERHEAD_TOKENS = 64    # partial writes and the last CTA's merge
+SPLIT_OVERHEAD_TOKENS = 128   # the merge kernel's launch and partial traffic
 MAX_PIECES = 64
 
 
@@ -101,13 +100,10 @@ def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_
     partial[split] = np.arange(int(split.sum()))
     split_requests = np.nonzero(pieces > 1)[0]
     merge_indptr = np.concatenate([[0], np.cumsum(pieces[split_requests])])
-    merge_of_request = np.full(batch, -1, dtype=np.int64)
-    merge_of_request[split_requests] = np.arange(split_requests.size)
     order = np.argsort(-(item_end - item_begin), kind="stable")  # longest first
     i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
     return DecodeSchedule(i32(request[order]), i32(item_begin[order]), i32(item_end[order]), i32(partial[order]),
-                          i32(merge_of_request[request[order]]), i32(split_requests), i32(merge_indptr),
-                          int(split.sum()), best_chunk)
+                          i32(split_requests), i32(merge_indptr), int(split.sum()), best_chunk)
 
 
 def _align(n: int) -> int:
@@ -188,25 +184,20 @@ class BatchDecodeWithPagedKVCacheWrapper:
         sched = make_schedule(begin, end, module.grid_rows(num_qo_heads, num_kv_heads),
                               max(1, ctas_per_sm) * num_sms)
 
-        # Workspace: [work list int32 | merge counters int32 | partial lse fp32 | partial out fp32].
-        rows = module.grid_rows(num_qo_heads, num_kv_heads)
-        ints = np.concatenate([sched.request, sched.begin, sched.end, sched.partial, sched.merge_item,
+        # Workspace: [work list int32 | partial lse fp32 | partial out fp32].
+        ints = np.concatenate([sched.request, sched.begin, sched.end, sched.partial, sched.merge_request,
                                sched.merge_indptr]).astype(np.int32)
         ints_bytes = _align(ints.size * 4)
-        counters = sched.merge_request.size * rows
-        counter_bytes = _align(counters * 4)
         lse_bytes = _align(sched.num_partial * num_qo_heads * 4)
         out_bytes = sched.num_partial * num_qo_heads * head_dim * 4
-        need = ints_bytes + counter_bytes + lse_bytes + out_bytes
+        need = ints_bytes + lse_bytes + out_bytes
         if need > self._workspace.numel():
             fail(f"workspace_buffer holds {self._workspace.numel()} bytes; this plan needs {need}")
         ws_ints = self._workspace[: ints.size * 4].view(torch.int32)
         ws_ints.copy_(torch.from_numpy(ints))
-        self._workspace[ints_bytes: ints_bytes + counters * 4].zero_()  # the last CTA of a merge resets its own
         base = ws_ints.data_ptr()
-        n_work = sched.request.size
-        offsets = np.cumsum([0, n_work, n_work, n_work, n_work, n_work]) * 4
-        ws = self._workspace.data_ptr()
+        n_work, n_merge = sched.request.size, sched.merge_request.size
+        offsets = np.cumsum([0, n_work, n_work, n_work, n_work, n_merge]) * 4
 
         self._plan = dict(
             module=module, key=key, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
@@ -215,9 +206,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
             # keep the device copies of the page table alive for as long as the plan is used
             indptr=indptr.to(device=device, dtype=torch.int32), indices=indices.to(device=device, dtype=torch.int32),
             work_ptrs=[base + int(o) for o in offsets],
-            merge_counters=ws + ints_bytes,
-            partial_lse=ws + ints_bytes + counter_bytes,
-            partial_out=ws + ints_bytes + counter_bytes + lse_bytes,
+            partial_lse=self._workspace.data_ptr() + ints_bytes,
+            partial_out=self._workspace.data_ptr() + ints_bytes + lse_bytes,
         )
 
     def run(self, q: torch.Tensor, paged_kv_cache, k_scale: float | None = None, v_scale: float | None = None,
@@ -273,9 +263,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
             k_cache=k.data_ptr(), v_cache=v.data_ptr(),
             kv_stride_page=stride_page, kv_stride_slot=stride_slot, kv_stride_head=stride_head,
             kv_indptr=plan["indptr"].data_ptr(), kv_indices=plan["indices"].data_ptr(),
-            work_request=w[0], work_begin=w[1], work_end=w[2], work_partial=w[3], work_merge=w[4],
-            num_work=sched.request.size, merge_indptr=w[5], merge_counters=plan["merge_counters"],
-            num_merge=sched.merge_request.size,
+            work_request=w[0], work_begin=w[1], work_end=w[2], work_partial=w[3], num_work=sched.request.size,
+            merge_request=w[4], merge_indptr=w[5], num_merge=sched.merge_request.size,
             partial_out=plan["partial_out"], partial_lse=plan["partial_lse"],
             out=out.data_ptr(), out_stride_batch=out.stride(0), out_stride_head=out.stride(1),
             lse=lse.data_ptr() if lse is not None else None,

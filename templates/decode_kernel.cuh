@@ -1,11 +1,12 @@
 // Paged batch decode = scheduler (work list -> coordinates) + mainloop (one warp tile) +
-// epilogue (CTA merge, write, split-KV merge by the last CTA). The host side fills the device
+// epilogue (CTA merge, write) + merge kernel (split-KV). The host side fills the device
 // arguments from the C ABI struct and launches; generated instances only pick the Config.
 #pragma once
 #include <cuda_runtime.h>
 #include "fig_abi.h"
 #include "decode_mainloop_sm80.cuh"
 #include "epilogue.cuh"
+#include "merge.cuh"
 #include "scheduler.cuh"
 #include "variants.cuh"
 
@@ -94,7 +95,11 @@ int decode_run(const FigDecodeParams* p, cudaStream_t stream) {
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return int(err);
   }
-  return int(cudaSuccess);
+  if (p->num_merge > 0) {
+    merge_partials_kernel<typename Cfg::QElement, Cfg::kHeadDim>
+        <<<dim3(p->num_merge, p->num_qo_heads), Cfg::kHeadDim, 0, stream>>>(*p);
+  }
+  return int(cudaGetLastError());
 }
 
 template <class Cfg>

@@ -250,8 +250,8 @@ struct DecodeMainloop {
   }
 
   // Runs steps first_step, first_step + step_stride, ... over tokens [begin, end) with kStages
-  // steps of copies in flight. Exactly one cp.async group is committed per step (empty ones
-  // included), so "step i has landed" is always wait_group<kStages - 1>.
+  // steps of copies in flight. Exactly one cp.async group is committed per step slot (empty
+  // ones included), so "step i has landed" is always wait_group<kStages - 1>.
   // k_base / v_base already point at this KV head.
   template <bool kExact>
   __device__ __forceinline__ void run_range(const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
@@ -266,19 +266,20 @@ struct DecodeMainloop {
       cute::cp_async_fence();
       next = locate_step(kv, page_begin, step_tok0(s + 1), end);
     }
-    // Not unrolled: the stage lives in shared memory, so its index may be a run-time value, and
-    // one copy of the (large) step body keeps the instruction cache warm.
-    int stage = 0;
-#pragma unroll 1
-    for (int i = 0; i < my_steps; ++i) {
-      cute::cp_async_wait<kStages - 1>();
-      compute_step<kExact>(stage, logits, step_tok0(i), end);
-      if (i + kStages < my_steps) {
-        load_step(stage, kv, next, k_base, v_base);
-        next = locate_step(kv, page_begin, step_tok0(i + kStages + 1), end);
+    for (int i0 = 0; i0 < my_steps; i0 += kStages) {
+      CUTE_UNROLL
+      for (int s = 0; s < kStages; ++s) {
+        const int i = i0 + s;
+        if (i < my_steps) {
+          cute::cp_async_wait<kStages - 1>();
+          compute_step<kExact>(s, logits, step_tok0(i), end);
+          if (i + kStages < my_steps) {
+            load_step(s, kv, next, k_base, v_base);
+            next = locate_step(kv, page_begin, step_tok0(i + kStages + 1), end);
+          }
+          cute::cp_async_fence();
+        }
       }
-      cute::cp_async_fence();
-      stage = stage + 1 == kStages ? 0 : stage + 1;
     }
     cute::cp_async_wait<0>();
   }

@@ -1,11 +1,9 @@
 // Decode epilogue: the warps that split one row tile's tokens merge their (max, sum, O) through
-// shared memory, then the CTA writes either the final output and LSE (request not split) or an
-// fp32 partial; the last CTA to finish a split request merges its partials (no second kernel,
-// so no launch and no grid-wide wait). LSE is base 2, as in FlashInfer.
+// shared memory, then the CTA writes either the final output and LSE (request not split) or
+// an fp32 partial for the merge kernel. LSE is base 2, as in FlashInfer.
 #pragma once
 #include <cuda_runtime.h>
 #include "fig_abi.h"
-#include "merge.cuh"
 #include "scheduler.cuh"
 
 namespace fig {
@@ -71,33 +69,6 @@ struct DecodeEpilogue {
         p.partial_out[row_index * kHeadDim + d] = value;
         if (d == 0) p.partial_lse[row_index] = lse;
       }
-    }
-    if (w.merge_item >= 0) merge_if_last(p, shape, w);
-  }
-
-  // The threadfence-reduction pattern: publish the partial, count it, and let the CTA that
-  // completes the count merge; it resets the counter so the next run (or graph replay) starts at 0.
-  __device__ __forceinline__ static void merge_if_last(const FigDecodeParams& p, const DecodeGridShape& shape,
-                                                       const DecodeWorkCoord& w) {
-    __shared__ int is_last;
-    const int first = p.merge_indptr[w.merge_item];
-    const int last = p.merge_indptr[w.merge_item + 1];
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int* counter = p.merge_counters + w.merge_item * (p.num_kv_heads * shape.row_groups) + w.grid_row;
-      is_last = atomicAdd(counter, 1) == last - first - 1;
-      if (is_last) *counter = 0;
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    const int tiles = shape.row_tiles_per_cta;
-    for (int idx = threadIdx.x; idx < tiles * kRows * kHeadDim; idx += blockDim.x) {
-      const int head_in_group = w.row_group * tiles * kRows + idx / kHeadDim;
-      if (head_in_group >= shape.group_size) continue;
-      merge_partials<typename Cfg::QElement, kHeadDim>(p, w.request, first, last,
-                                                       w.kv_head * shape.group_size + head_in_group, idx % kHeadDim);
     }
   }
 };

@@ -4,7 +4,7 @@
 #pragma once
 #include <stdint.h>
 
-#define FIG_ABI_VERSION 2
+#define FIG_ABI_VERSION 1
 
 // Libraries are built with hidden visibility; only the entry points below are exported.
 #define FIG_EXPORT __attribute__((visibility("default")))
@@ -36,14 +36,12 @@ typedef struct FigDecodeParams {
   const int32_t* work_begin;    // [num_work]
   const int32_t* work_end;      // [num_work]
   const int32_t* work_partial;  // [num_work]: -1 writes out/lse directly, else a partial slot
-  const int32_t* work_merge;    // [num_work]: the merge item of a split piece, else -1
   int32_t num_work;
 
-  // Split-KV merge, only for requests that plan() split: merge item i combines partial slots
-  // [merge_indptr[i], merge_indptr[i+1]). The last CTA of an item (counted per grid row in
-  // merge_counters, which must be zero before the first run) merges and resets its counter.
-  const int32_t* merge_indptr;  // [num_merge + 1]
-  int32_t* merge_counters;      // [num_merge * CTAs per work item]
+  // Split-KV merge, only for requests that plan() split: merge item i combines partial
+  // slots [merge_indptr[i], merge_indptr[i+1]) into request merge_request[i].
+  const int32_t* merge_request;  // [num_merge]
+  const int32_t* merge_indptr;   // [num_merge + 1]
   int32_t num_merge;
   float* partial_out;  // [num_partial, num_qo_heads, head_dim] fp32, already divided by the row sum
   float* partial_lse;  // [num_partial, num_qo_heads], base-2 log-sum-exp
@@ -69,7 +67,7 @@ typedef struct FigDecodeParams {
 int fig_abi_version(void);
 int fig_decode_params_size(void);
 const char* fig_instance_name(void);
-// Launches decode; split requests are merged by their last CTA. Returns a cudaError_t value.
+// Launches decode (+ merge when plan() split a request). Returns a cudaError_t value.
 int fig_decode_run(const FigDecodeParams* params, void* stream);
 // CTAs of the decode kernel that fit on one SM, and the SM count of the current device.
 int fig_decode_occupancy(int* ctas_per_sm, int* num_sms);

@@ -30,8 +30,8 @@ struct DecodeGridShape {
 };
 
 struct DecodeWorkCoord {
-  int request, begin, end, partial_slot, merge_item;
-  int grid_row, kv_head, row_group;
+  int request, begin, end, partial_slot;
+  int kv_head, row_group;
 
   __device__ static DecodeWorkCoord from_block(const FigDecodeParams& p, const DecodeGridShape& shape) {
     DecodeWorkCoord w;
@@ -42,8 +42,6 @@ struct DecodeWorkCoord {
     w.begin = p.work_begin[item];
     w.end = p.work_end[item];
     w.partial_slot = p.work_partial[item];
-    w.merge_item = p.work_merge[item];
-    w.grid_row = row;
     w.kv_head = row / shape.row_groups;
     w.row_group = row % shape.row_groups;
     return w;
