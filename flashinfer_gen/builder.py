@@ -92,8 +92,8 @@ def _progress_bar(done: int, total: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
-def _ninja_times(build_dir: Path, since_ms: float) -> dict[str, float]:
-    """Seconds per target from .ninja_log entries that started in this run."""
+def _ninja_times(build_dir: Path) -> dict[str, float]:
+    """Seconds per target in .ninja_log (removed before each build, so: this build)."""
     log = build_dir / ".ninja_log"
     per_target: dict[str, float] = {}
     if not log.exists():
@@ -151,7 +151,7 @@ def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | Non
                     echo(f"{_progress_bar(done, total)}\n")
         if proc.wait() != 0:
             raise RuntimeError("ninja build failed:\n" + "".join(output[-200:]))
-        seconds = _ninja_times(bdir, 0.0)
+        seconds = _ninja_times(bdir)
         sizes = {name: (lib / e["library"]).stat().st_size for name, e in entries.items()
                  if (lib / e["library"]).exists()}
         missing = sorted(set(entries) - set(sizes))

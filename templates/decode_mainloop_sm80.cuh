@@ -34,7 +34,6 @@ struct DecodeMainloop {
   static constexpr int kStages = Cfg::kStages;
   static constexpr int kBytes = Kv::kBytes;
   static constexpr int kStepTokens = 16;   // k of the P.V mma
-  static constexpr int kRowsPerWarp = 8;   // q heads per warp tile (rows 0..7 of m16)
   static constexpr int kVecK = cute::min(16 / kBytes, kHeadDim / 4);  // elements per K load
   static constexpr int kVecV = cute::min(16 / kBytes, kHeadDim / 8);  // elements per V load
   static constexpr int kKElems = kHeadDim / 4;  // K dims a lane owns per token
@@ -49,7 +48,6 @@ struct DecodeMainloop {
   // 2c+9. In shared memory word w of the step lives in 16-byte chunk w / 4 of the lane.
   static constexpr int kStageWords = 2 * kKWords + 4 * kVWords;
   static constexpr int kStageChunks = kStageWords / 4;
-  static constexpr int kKChunks = 2 * kKWords / 4;
   static_assert(kStageWords % 4 == 0 && (2 * kKWords) % 4 == 0);
 
   struct SharedStorage {
