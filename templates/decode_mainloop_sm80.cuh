@@ -264,18 +264,31 @@ struct DecodeMainloop {
       cute::cp_async_fence();
       next = locate_step(kv, page_begin, step_tok0(s + 1), end);
     }
-    for (int i0 = 0; i0 < my_steps; i0 += kStages) {
-      CUTE_UNROLL
-      for (int s = 0; s < kStages; ++s) {
-        const int i = i0 + s;
-        if (i < my_steps) {
-          cute::cp_async_wait<kStages - 1>();
-          compute_step<kExact>(s, logits, step_tok0(i), end);
-          if (i + kStages < my_steps) {
-            load_step(s, kv, next, k_base, v_base);
-            next = locate_step(kv, page_begin, step_tok0(i + kStages + 1), end);
-          }
-          cute::cp_async_fence();
+    auto step = [&](int i, int stage) {
+      cute::cp_async_wait<kStages - 1>();
+      compute_step<kExact>(stage, logits, step_tok0(i), end);
+      if (i + kStages < my_steps) {
+        load_step(stage, kv, next, k_base, v_base);
+        next = locate_step(kv, page_begin, step_tok0(i + kStages + 1), end);
+      }
+      cute::cp_async_fence();
+    };
+    if constexpr (kExact) {
+      // The rare exact replay runs rolled (the stage is in shared memory, so a run-time index is
+      // fine): one copy of its body leaves the instruction cache to the unrolled fast loop.
+      int stage = 0;
+#pragma unroll 1
+      for (int i = 0; i < my_steps; ++i) {
+        step(i, stage);
+        stage = stage + 1 == kStages ? 0 : stage + 1;
+      }
+    } else {
+      // Unrolled by the stage count so that consecutive steps overlap (a rolled fast loop
+      // measured 10-15% slower on the H100).
+      for (int i0 = 0; i0 < my_steps; i0 += kStages) {
+        CUTE_UNROLL
+        for (int s = 0; s < kStages; ++s) {
+          if (i0 + s < my_steps) step(i0 + s, s);
         }
       }
     }
