@@ -5,6 +5,7 @@ instruction is present exactly where the instance asks for hardware conversion."
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -60,16 +61,37 @@ def test_only_the_c_abi_is_exported(smoke_build):
 
 
 def test_every_built_instance_has_its_sass(smoke_build):
+    """cuobjdump -sass of every built library in the cache: the SASS is there for its arch (sm_80
+    for every Ampere-path sm80 instance) and for no other."""
     cuobjdump = _cuda_tool("cuobjdump")
+    env = {"PATH": f"{Path(_cuda_tool('nvdisasm')).parent}:/usr/bin:/bin"}
     entries = [e for e in Registry(cache_root()).entries() if e.built]
-    sm80 = [e for e in entries if e.key.arch == "sm80"]
-    assert sm80, "the smoke set builds at least one Ampere-path (sm80) instance"
+    assert any(e.key.arch == "sm80" for e in entries), "the smoke set builds at least one sm80 instance"
     for e in entries:
-        listing = subprocess.run([cuobjdump, "-lelf", str(e.library)], capture_output=True, text=True,
-                                 check=True).stdout
-        arches = set(re.findall(r"\.(sm_\d+a?)\.cubin", listing))
+        sass = subprocess.run([cuobjdump, "-sass", str(e.library)], capture_output=True, text=True, check=True,
+                              env=env).stdout
+        arches = set(re.findall(r"arch = (sm_\d+a?)", sass))
         expected = {"sm80": "sm_80", "sm90a": "sm_90a"}[e.key.arch]
         assert arches == {expected}, f"{e.library.name}: SASS for {arches}, expected {expected}"
+        assert "HMMA" in sass, f"{e.key.name}: no tensor-core instruction"
+
+
+def test_on_demand_build_from_two_processes(tmp_path):
+    """jit=True builds a missing instance into the cache under the file lock: two processes asking
+    at once both get a loadable library, built once."""
+    script = (
+        "import sys; from generator import InstanceKey; from flashinfer_gen.registry import Registry\n"
+        "m = Registry(sys.argv[1]).lookup(InstanceKey('decode', 'f16', 'f16', 64, 'sm80', 'none'), jit=True)\n"
+        "print(m.lib.fig_instance_name().decode(), m.lib.fig_abi_version())\n")
+    repo = Path(__file__).resolve().parent.parent
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(repo)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert out.split() == ["decode_qf16_kvf16_d64_sm80_none_default", "1"]
+    assert len(list((tmp_path / "lib").glob("*.so"))) == 1
 
 
 def test_fp8_convert_instruction_only_in_hardware_instances(smoke_build):
