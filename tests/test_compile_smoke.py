@@ -2,6 +2,7 @@
 path into the build cache, then inspects the libraries: exported C ABI only, the SASS arch of
 every built instance (sm_80 for every Ampere-path sm80 instance), and whether the FP8 convert
 instruction is present exactly where the instance asks for hardware conversion."""
+import os
 import re
 import shutil
 import subprocess
@@ -64,7 +65,7 @@ def test_every_built_instance_has_its_sass(smoke_build):
     """cuobjdump -sass of every built library in the cache: the SASS is there for its arch (sm_80
     for every Ampere-path sm80 instance) and for no other."""
     cuobjdump = _cuda_tool("cuobjdump")
-    env = {"PATH": f"{Path(_cuda_tool('nvdisasm')).parent}:/usr/bin:/bin"}
+    env = dict(os.environ, PATH=f"{Path(_cuda_tool('nvdisasm')).parent}:{os.environ.get('PATH', '')}")
     entries = [e for e in Registry(cache_root()).entries() if e.built]
     assert any(e.key.arch == "sm80" for e in entries), "the smoke set builds at least one sm80 instance"
     for e in entries:
@@ -84,7 +85,7 @@ def test_on_demand_build_from_two_processes(tmp_path):
         "m = Registry(sys.argv[1]).lookup(InstanceKey('decode', 'f16', 'f16', 64, 'sm80', 'none'), jit=True)\n"
         "print(m.lib.fig_instance_name().decode(), m.lib.fig_abi_version())\n")
     repo = Path(__file__).resolve().parent.parent
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(repo)}
+    env = dict(os.environ, PYTHONPATH=str(repo))  # nvcc, cmake and ninja as the caller finds them
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -97,7 +98,7 @@ def test_on_demand_build_from_two_processes(tmp_path):
 def test_fp8_convert_instruction_only_in_hardware_instances(smoke_build):
     _cuda_tool("nvdisasm")  # cuobjdump -sass needs it on PATH
     cuobjdump = _cuda_tool("cuobjdump")
-    env = {"PATH": f"{Path(_cuda_tool('nvdisasm')).parent}:/usr/bin:/bin"}
+    env = dict(os.environ, PATH=f"{Path(_cuda_tool('nvdisasm')).parent}:{os.environ.get('PATH', '')}")
     for e in Registry(cache_root()).entries():
         if e.key not in SMOKE:
             continue

@@ -1,5 +1,6 @@
 """Registry, dispatch errors, CLI and argument validation: CPU only."""
 import json
+import os
 import subprocess
 import sys
 
@@ -76,7 +77,7 @@ def test_capability_to_arch():
 
 def test_cli_list_shows_the_matrix(tmp_path):
     fake_cache(tmp_path, built=[K_HW], generated=[K_SW])
-    env = {"FLASHINFER_GEN_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = dict(os.environ, FLASHINFER_GEN_CACHE=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "flashinfer_gen.cli", "list"], capture_output=True, text=True,
                          env=env, check=True).stdout
     assert "sm90a" in out and "built" in out and "missing" in out
@@ -85,7 +86,7 @@ def test_cli_list_shows_the_matrix(tmp_path):
 
 def test_cli_generate_and_selector_errors(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "flashinfer_gen.cli", *a], capture_output=True,  # noqa: E731
-                                    text=True, env={"FLASHINFER_GEN_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"})
+                                    text=True, env=dict(os.environ, FLASHINFER_GEN_CACHE=str(tmp_path)))
     r = run("generate", "--arch", "sm80", "--q-dtype", "f16", "--out", str(tmp_path / "g"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "g" / "decode_qf16_kve4m3_d128_sm80_software_default.cu").exists()
