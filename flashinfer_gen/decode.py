@@ -114,8 +114,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  use_tensor_cores: bool = True, fp8_conversion: str | None = None, jit: bool | None = None):
         """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) holding the work list
-        and the split-KV partials. Tensor cores are always used; use_tensor_cores is accepted for
-        FlashInfer compatibility. fp8_conversion: None (hardware where the arch has it),
+        and the split-KV partials. Tensor cores are always used, and run() is always graph-safe after
+        plan(); use_tensor_cores and use_cuda_graph are accepted for FlashInfer compatibility.
+        fp8_conversion: None (hardware where the arch has it),
         "hardware" or "software". jit: build a missing instance on demand."""
         require_tensor(workspace_buffer, "workspace_buffer")
         if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
