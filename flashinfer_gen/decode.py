@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from generator import InstanceKey
+from generator.instances import FP8_DTYPES, conversions_for
 
 from . import abi
 from .registry import Module, arch_for_capability, default_registry
@@ -173,10 +174,10 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if arch is None:
             cap = torch.cuda.get_device_capability(device)
             fail(f"no flashinfer_gen kernels target compute capability {cap[0]}.{cap[1]} (sm80 and sm90a exist)")
-        if kv_name in ("e4m3", "e5m2"):
-            conversion = self._fp8_conversion or ("hardware" if arch == "sm90a" else "software")
-        else:
-            conversion = "none"
+        # The arch's preferred conversion (hardware where it has cvt) unless the caller forces one.
+        conversion = conversions_for(kv_name, arch)[0] if kv_name in FP8_DTYPES else "none"
+        if kv_name in FP8_DTYPES and self._fp8_conversion:
+            conversion = self._fp8_conversion
         key = InstanceKey("decode", q_name, kv_name, head_dim, arch, conversion,
                           "softcap" if soft_cap > 0 else "default")
         module = default_registry().lookup(key, jit=self._jit)
