@@ -22,8 +22,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 VARIANTS = {  # (kv dtype, conversion) -> tuning strings; "" = the generator's default
-    ("e4m3", "hardware"): [""],
-    ("e4m3", "software"): ["", "stages=4,min_ctas=2", "stages=5,min_ctas=2", "stages=6,min_ctas=2"],
+    ("bf16", "none"): ["", "stages=2,min_ctas=2", "stages=4,min_ctas=2"],
+    ("e4m3", "hardware"): ["", "stages=3,min_ctas=2", "stages=4,min_ctas=2", "stages=3,min_ctas=3",
+                           "stages=2,min_ctas=4"],
+    ("e4m3", "software"): ["", "stages=2,min_ctas=2", "stages=4,min_ctas=2", "stages=3,min_ctas=3"],
 }
 SHAPES = [(64, 4096, "NHD"), (1, 32768, "NHD"), (16, 4096, "NHD")]
 

@@ -62,17 +62,13 @@ def estimate_makespan(lens: np.ndarray, chunk: int | None, columns: int) -> floa
     return busy + waves * PIECE_OVERHEAD_TOKENS + (SPLIT_OVERHEAD_TOKENS if (pieces > 1).any() else 0)
 
 
-def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_resident_ctas: int) -> DecodeSchedule:
-    """Cuts requests into pieces so that the grid's waves are full and balanced.
+def choose_chunk(lens: np.ndarray, ctas_per_column: int, max_resident_ctas: int) -> int | None:
+    """The split-KV piece length (None: no split) with the smallest estimated makespan.
 
     Candidates are "no split" and cutting the longest request into k = 2..64 equal pieces (the
-    same cap applies to every request); the one with the smallest estimated makespan wins. So
-    batch 1 with 32k tokens spreads over every SM, and batch 64 x 4k is cut into 3 pieces when
-    that turns 1.3 waves into 3.9. Pieces are listed longest first, which the block scheduler
-    then dispatches first.
+    same cap applies to every request). So batch 1 with 32k tokens spreads over every SM, and a
+    batch whose requests would leave the last wave part-empty is cut finer.
     """
-    lens = (end - begin).astype(np.int64)
-    batch = lens.size
     columns = max(1, max_resident_ctas // ctas_per_column)
     best_chunk, best = None, estimate_makespan(lens, None, columns)
     longest = int(lens.max())
@@ -84,7 +80,20 @@ def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_
         est = estimate_makespan(lens, chunk, columns)
         if est < best:
             best_chunk, best = chunk, est
-    pieces = np.ones(batch, dtype=np.int64) if best_chunk is None else _pieces(lens, best_chunk)
+    return best_chunk
+
+
+def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_resident_ctas: int) -> DecodeSchedule:
+    """Cuts requests into pieces of at most choose_chunk() tokens; pieces are listed longest
+    first, which the block scheduler then dispatches first."""
+    lens = (end - begin).astype(np.int64)
+    return schedule_for_chunk(begin, end, choose_chunk(lens, ctas_per_column, max_resident_ctas))
+
+
+def schedule_for_chunk(begin: np.ndarray, end: np.ndarray, chunk: int | None) -> DecodeSchedule:
+    lens = (end - begin).astype(np.int64)
+    batch = lens.size
+    pieces = np.ones(batch, dtype=np.int64) if chunk is None else _pieces(lens, chunk)
     request = np.repeat(np.arange(batch, dtype=np.int64), pieces)
     first_piece = np.repeat(np.cumsum(pieces) - pieces, pieces)
     piece = np.arange(request.size, dtype=np.int64) - first_piece
@@ -104,7 +113,7 @@ def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_
     order = np.argsort(-(item_end - item_begin), kind="stable")  # longest first
     i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
     return DecodeSchedule(i32(request[order]), i32(item_begin[order]), i32(item_end[order]), i32(partial[order]),
-                          i32(split_requests), i32(merge_indptr), int(split.sum()), best_chunk)
+                          i32(split_requests), i32(merge_indptr), int(split.sum()), chunk)
 
 
 def _align(n: int) -> int:

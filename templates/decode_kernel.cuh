@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include "fig_abi.h"
 #include "decode_mainloop_sm80.cuh"
+#include "launch.cuh"
 #include "epilogue.cuh"
 #include "merge.cuh"
 #include "scheduler.cuh"
@@ -45,6 +46,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kern
   using Epilogue = DecodeEpilogue<Cfg>;
   using QElement = typename Cfg::QElement;
   extern __shared__ __align__(16) uint8_t smem_raw[];
+  // The merge kernel may be scheduled once every CTA has started: it only waits (no smem), and
+  // its launch latency then hides under this grid's last wave.
+  launch_dependents();
 
   const FigDecodeParams& p = args.p;
   const DecodeWorkCoord w = DecodeWorkCoord::from_block(p, args.shape);
@@ -96,8 +100,10 @@ int decode_run(const FigDecodeParams* p, cudaStream_t stream) {
     if (err != cudaSuccess) return int(err);
   }
   if (p->num_merge > 0) {
-    merge_partials_kernel<typename Cfg::QElement, Cfg::kHeadDim>
-        <<<dim3(p->num_merge, p->num_qo_heads), Cfg::kHeadDim, 0, stream>>>(*p);
+    const cudaError_t err = launch_dependent(merge_partials_kernel<typename Cfg::QElement, Cfg::kHeadDim>,
+                                             dim3(p->num_merge, p->num_qo_heads),
+                                             dim3(MergeShape<Cfg::kHeadDim>::kThreads), 0, stream, *p);
+    if (err != cudaSuccess) return int(err);
   }
   return int(cudaGetLastError());
 }

@@ -1,9 +1,9 @@
 // Decode mainloop of one warp (mma.sync, sm_80+): up to 8 q heads of one KV head against a
 // slice of the request's tokens, 16 tokens per step, online softmax in registers.
 //
-// Loads: cp.async (global -> shared, no registers held) kStages steps ahead. Each lane reads
-// back only the bytes it copied itself, so the shared layout is lane-innermost (conflict-free
-// 16-byte accesses) and the pipeline needs no barrier, only cp.async.wait_group.
+// Loads: cp.async (global -> shared, no registers held) kStages steps ahead, into a per-warp
+// ring whose 16-byte slots are lane-innermost (conflict-free reads). Each warp fills and reads
+// only its own ring, so the pipeline needs cp.async.wait_group and __syncwarp, no CTA barrier.
 // Fragments: the reduction dims of both products may be permuted freely, so each lane copies
 // 16-byte vectors of whole token rows and we *define* the mma's k index to be what it holds:
 //   S = Q K^T: lane (g, c) = (lane / 4, lane % 4) owns token g (+8 for the 2nd n-tile) and the
@@ -64,7 +64,18 @@ struct DecodeMainloop {
     return ((e / kVecV) * 8 + g) * kVecV + e % kVecV;
   }
 
-  // Copies kLoadBytes of global memory to word `word` of this lane's share of stage `stage`.
+  // Where the vectors of lane (g, c) live among a chunk's 32 16-byte slots. cp.async merges two
+  // lanes' accesses of one 32-byte sector only when consecutive lanes also write consecutive
+  // shared slots; so each slot is filled by the lane whose global vector continues its
+  // neighbour's. K: lanes (g, 0..3) hold consecutive vectors of token g, slot = lane. V: lanes
+  // (0..7, c) hold consecutive vectors of one token row, so V's slot is c * 8 + g and the copy
+  // of slot L is made by lane L for the reader (g, c) = (L % 8, L / 8). (With slot = lane for
+  // V, ncu counted every V sector requested twice from L2.) A read of a whole chunk is still one
+  // permutation of 32 slots: conflict-free.
+  __device__ __forceinline__ static int k_slot(int g, int c) { return 4 * g + c; }
+  __device__ __forceinline__ static int v_slot(int g, int c) { return 8 * c + g; }
+
+  // Copies kLoadBytes of global memory to word `word` of shared slot `lane` of stage `stage`.
   template <int kLoadBytes>
   __device__ __forceinline__ void copy_async(int stage, int word, const uint8_t* src) const {
     uint32_t* dst = reinterpret_cast<uint32_t*>(&warp_smem[stage][word / 4][lane]) + word % 4;
@@ -79,22 +90,22 @@ struct DecodeMainloop {
   }
 
   template <int kWords>
-  __device__ __forceinline__ void read_words(int stage, int first_word, uint32_t* dst) const {
+  __device__ __forceinline__ void read_words(int stage, int first_word, int slot, uint32_t* dst) const {
     static_assert(kWords % 4 == 0);
     CUTE_UNROLL
     for (int c = 0; c < kWords / 4; ++c) {
-      const uint4 v = warp_smem[stage][first_word / 4 + c][lane];
+      const uint4 v = warp_smem[stage][first_word / 4 + c][slot];
       dst[4 * c] = v.x; dst[4 * c + 1] = v.y; dst[4 * c + 2] = v.z; dst[4 * c + 3] = v.w;
     }
   }
   __device__ __forceinline__ KRows read_k(int stage) const {
     KRows k;
-    read_words<2 * kKWords>(stage, 0, &k.w[0][0]);
+    read_words<2 * kKWords>(stage, 0, k_slot(lane_g, lane_c), &k.w[0][0]);
     return k;
   }
   __device__ __forceinline__ VRows read_v(int stage) const {
     VRows v;
-    read_words<4 * kVWords>(stage, 2 * kKWords, &v.w[0][0]);
+    read_words<4 * kVWords>(stage, 2 * kKWords, v_slot(lane_g, lane_c), &v.w[0][0]);
     return v;
   }
 
@@ -152,14 +163,16 @@ struct DecodeMainloop {
       for (int i = 0; i < kKElems / kVecK; ++i)
         copy_async<kVecK * kBytes>(stage, r * kKWords + i * kVecK * kBytes / 4, row + k_dim(lane_c, i * kVecK) * kBytes);
     }
+    // This lane fills V slot `lane`, which reader (g, c) = (lane % 8, lane / 8) reads back.
+    const int reader_g = lane % 8, reader_c = lane / 8;
     CUTE_UNROLL
     for (int r = 0; r < 4; ++r) {
-      const int slot = 2 * lane_c + (r & 1) + 8 * (r >> 1);
-      const uint8_t* row = v_base + __shfl_sync(0xffffffffu, my_row, slot);
+      const int token_slot = 2 * reader_c + (r & 1) + 8 * (r >> 1);
+      const uint8_t* row = v_base + __shfl_sync(0xffffffffu, my_row, token_slot);
       CUTE_UNROLL
       for (int i = 0; i < kVElems / kVecV; ++i)
         copy_async<kVecV * kBytes>(stage, 2 * kKWords + r * kVWords + i * kVecV * kBytes / 4,
-                                   row + v_dim(lane_g, i * kVecV) * kBytes);
+                                   row + v_dim(reader_g, i * kVecV) * kBytes);
     }
   }
 
@@ -266,8 +279,10 @@ struct DecodeMainloop {
     }
     auto step = [&](int i, int stage) {
       cute::cp_async_wait<kStages - 1>();
+      __syncwarp();  // V slots were copied by other lanes: their waits come first
       compute_step<kExact>(stage, logits, step_tok0(i), end);
       if (i + kStages < my_steps) {
+        __syncwarp();  // and every lane has read this stage before any lane refills it
         load_step(stage, kv, next, k_base, v_base);
         next = locate_step(kv, page_begin, step_tok0(i + kStages + 1), end);
       }

@@ -1,30 +1,90 @@
-// Split-KV merge: combines a request's partial (O, LSE) pairs, one thread per head dim.
+// Split-KV merge: combines a request's partial (O, LSE) pairs into its output, one CTA per
+// (split request, q head). Latency, not bandwidth, is its cost (a few KB per CTA), so every
+// partial's loads are issued before any is used: the CTA's threads are kGroups groups of
+// D / 4 lanes, lane = four head dims (one 16-byte load), group g takes partials g, g + kGroups, ...
+// kUnroll at a time; the groups' sums meet in shared memory.
 #pragma once
 #include <cuda_runtime.h>
 #include "fig_abi.h"
+#include "launch.cuh"
 
 namespace fig {
 
+template <int kHeadDim>
+struct MergeShape {
+  static constexpr int kThreads = 128;
+  static constexpr int kDimLanes = kHeadDim / 4;  // float4 per lane
+  static constexpr int kGroups = kThreads / kDimLanes;
+  static constexpr int kUnroll = 4;
+  static_assert(kThreads % kDimLanes == 0 && kGroups >= 1, "head dim must be 64, 128 or 256..512");
+};
+
 template <class QElement, int kHeadDim>
-__global__ void __launch_bounds__(kHeadDim) merge_partials_kernel(const FigDecodeParams p) {
+__global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials_kernel(const FigDecodeParams p) {
+  using Shape = MergeShape<kHeadDim>;
+  __shared__ float4 group_acc[Shape::kGroups][Shape::kDimLanes];
+  __shared__ float group_sum[Shape::kGroups];
+  __shared__ float warp_max[Shape::kThreads / 32];
+
   const int item = blockIdx.x;
   const int qo_head = blockIdx.y;
-  const int d = threadIdx.x;
-  const int request = p.merge_request[item];
+  const int request = p.merge_request[item];  // written by plan(), not by the decode kernel
   const int first = p.merge_indptr[item];
-  const int last = p.merge_indptr[item + 1];
+  const int count = p.merge_indptr[item + 1] - first;
+  wait_for_primary();  // the partials below are the decode kernel's output
+
+  // partial_lse: [num_partial, num_qo_heads]; partial_out: [num_partial, num_qo_heads, kHeadDim].
+  auto lse_of = [&](int k) { return p.partial_lse[int64_t(first + k) * p.num_qo_heads + qo_head]; };
   float m = -INFINITY;
-  for (int k = first; k < last; ++k) m = fmaxf(m, p.partial_lse[int64_t(k) * p.num_qo_heads + qo_head]);
-  float acc = 0.0f, sum = 0.0f;
-  for (int k = first; k < last; ++k) {
-    const int64_t row = int64_t(k) * p.num_qo_heads + qo_head;
-    const float weight = exp2f(p.partial_lse[row] - m);
-    acc += weight * p.partial_out[row * kHeadDim + d];
-    sum += weight;
+  for (int k = threadIdx.x; k < count; k += Shape::kThreads) m = fmaxf(m, lse_of(k));
+  for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = m;
+  __syncthreads();
+  m = warp_max[0];
+  for (int w = 1; w < Shape::kThreads / 32; ++w) m = fmaxf(m, warp_max[w]);
+
+  const int lane = threadIdx.x % Shape::kDimLanes;
+  const int group = threadIdx.x / Shape::kDimLanes;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float sum = 0.0f;
+  for (int k0 = group; k0 < count; k0 += Shape::kGroups * Shape::kUnroll) {
+    float weight[Shape::kUnroll];
+    float4 value[Shape::kUnroll];
+#pragma unroll
+    for (int u = 0; u < Shape::kUnroll; ++u) {
+      const int k = k0 + u * Shape::kGroups;
+      const bool ok = k < count;
+      const int64_t row = int64_t(first + (ok ? k : 0)) * p.num_qo_heads + qo_head;
+      weight[u] = ok ? exp2f(p.partial_lse[row] - m) : 0.0f;
+      value[u] = reinterpret_cast<const float4*>(p.partial_out + row * kHeadDim)[lane];
+    }
+#pragma unroll
+    for (int u = 0; u < Shape::kUnroll; ++u) {
+      acc.x += weight[u] * value[u].x;
+      acc.y += weight[u] * value[u].y;
+      acc.z += weight[u] * value[u].z;
+      acc.w += weight[u] * value[u].w;
+      sum += weight[u];
+    }
   }
-  QElement* out = static_cast<QElement*>(p.out) + request * p.out_stride_batch + qo_head * p.out_stride_head;
-  out[d] = QElement(acc / sum);
-  if (d == 0 && p.lse != nullptr) p.lse[int64_t(request) * p.num_qo_heads + qo_head] = m + log2f(sum);
+  group_acc[group][lane] = acc;
+  if (lane == 0) group_sum[group] = sum;
+  __syncthreads();
+  if (group == 0) {
+    float total = group_sum[0];
+    for (int g = 1; g < Shape::kGroups; ++g) {
+      const float4 a = group_acc[g][lane];
+      acc.x += a.x; acc.y += a.y; acc.z += a.z; acc.w += a.w;
+      total += group_sum[g];
+    }
+    QElement* out = static_cast<QElement*>(p.out) + request * p.out_stride_batch + qo_head * p.out_stride_head +
+                    4 * lane;
+    out[0] = QElement(acc.x / total);
+    out[1] = QElement(acc.y / total);
+    out[2] = QElement(acc.z / total);
+    out[3] = QElement(acc.w / total);
+    if (lane == 0 && p.lse != nullptr) p.lse[int64_t(request) * p.num_qo_heads + qo_head] = m + log2f(total);
+  }
 }
 
 }  // namespace fig

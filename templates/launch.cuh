@@ -1,0 +1,56 @@
+// Programmatic dependent launch (PDL, sm_90+): lets the split-KV merge kernel be scheduled while
+// the decode kernel's last CTAs are still streaming, instead of after a launch gap. The primary
+// grid signals with launch_dependents(); the dependent grid's wait_for_primary() returns once
+// the primary grid has completed and its writes are visible, so correctness never depends on
+// where the signal is. On sm_80 both are no-ops and the launch is an ordinary stream-ordered one.
+#pragma once
+#include <cuda_runtime.h>
+#include <utility>
+
+namespace fig {
+
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_primary() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether the current device runs PDL (compute capability 9.0+); asked once per process and
+// device ordinal, since run() must not query the driver on every call.
+inline bool device_has_pdl() {
+  static int cached[64];  // 0 unknown, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+  if (cached[device] == 0) {
+    int major = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cached[device] = major >= 9 ? 2 : 1;
+  }
+  return cached[device] == 2;
+}
+
+// Launches `kernel` after the previous work on `stream`, as a programmatic dependent where the
+// device has PDL (the kernel must call wait_for_primary() before reading the primary's output).
+template <class... KernelArgs, class... Args>
+cudaError_t launch_dependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = device_has_pdl() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace fig
