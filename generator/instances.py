@@ -161,7 +161,9 @@ def pipeline_stages(kv_dtype: str, head_dim: int, arch: str, conversion: str = "
     steps (a rolled loop measured 10-15% slower on the H100). The e4m3 software body is about
     twice as long and exists twice (fast path and exact replay), so it takes half the stages to
     keep the unrolled loop in the instruction cache (tune_decode.py on the H100, batch 64 x 4096:
-    3 stages 224 us, 6 stages 250 us)."""
+    3 stages 224 us, 6 stages 250 us at d9e55df; after the V-copy fix of 94a5346, 2 / 3 / 4
+    stages 196 / 199 / 202 us, within the sweep's noise, and the hardware instance's 6 stages
+    205 us against 210 us for 3 or 4: bench/results/decode-tune-94a5346-*.json)."""
     step = step_bytes_per_warp(kv_dtype, head_dim)
     stages = max(2, min(8, BYTES_IN_FLIGHT_PER_WARP // step))
     if has_replay_path(kv_dtype, conversion):
