@@ -46,9 +46,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kern
   using Epilogue = DecodeEpilogue<Cfg>;
   using QElement = typename Cfg::QElement;
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  // The merge kernel may be scheduled once every CTA has started: it only waits (no smem), and
-  // its launch latency then hides under this grid's last wave.
-  launch_dependents();
 
   const FigDecodeParams& p = args.p;
   const DecodeWorkCoord w = DecodeWorkCoord::from_block(p, args.shape);
@@ -70,6 +67,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kern
   mainloop.run(args.kv, static_cast<const uint8_t*>(p.k_cache) + head_bytes,
                static_cast<const uint8_t*>(p.v_cache) + head_bytes, __ldg(p.kv_indptr + w.request), w.begin, end,
                warp / tiles, Cfg::kWarps / tiles, typename Cfg::Logits(args.logits_scale, p.logits_soft_cap));
+  // The merge kernel may be scheduled once every CTA is past its mainloop, so that its launch
+  // latency hides under the epilogues. Not earlier: a merge CTA made resident while decode CTAs
+  // still stream sits in griddepcontrol.wait and took issue slots from them (batch 16 x 4096,
+  // one wave plus 512 waiting merge CTAs: up to 3x slower, in some runs).
+  launch_dependents();
   __syncthreads();  // every warp's pipeline is drained before its buffer is reused
   auto& epilogue_smem = *reinterpret_cast<typename Epilogue::SharedStorage*>(smem_raw);
   Epilogue::stage(epilogue_smem, mainloop, warp);

@@ -1,5 +1,5 @@
 // Programmatic dependent launch (PDL, sm_90+): lets the split-KV merge kernel be scheduled while
-// the decode kernel's last CTAs are still streaming, instead of after a launch gap. The primary
+// the decode kernel's last CTAs finish, instead of after a launch gap. The primary
 // grid signals with launch_dependents(); the dependent grid's wait_for_primary() returns once
 // the primary grid has completed and its writes are visible, so correctness never depends on
 // where the signal is. On sm_80 both are no-ops and the launch is an ordinary stream-ordered one.
