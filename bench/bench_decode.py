@@ -38,6 +38,18 @@ KV_CONFIGS = [  # (name, torch dtype, conversion)
 L2_FLUSH_BYTES = 256 << 20
 
 
+def sweep_setup(doc: str | None = None):
+    """What every timing script starts with: its --out/--reps arguments, the L2-flush buffer and
+    a decode workspace."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--reps", type=int, default=30)
+    args = ap.parse_args()
+    flush = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
+    workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    return args, flush, workspace
+
+
 def time_graph(fn, reps: int, flush: torch.Tensor) -> float:
     """Median microseconds of `fn` captured in a CUDA graph, L2 flushed before each replay."""
     stream = torch.cuda.Stream()

@@ -6,7 +6,6 @@ usage: python bench/sweep_access.py [--out access.json]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -44,12 +43,7 @@ def run(batch, kv_len, dtype, conversion, layout, page, ordered, reps, flush, wo
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--reps", type=int, default=30)
-    args = ap.parse_args()
-    flush = torch.ones(bench_decode.L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
-    workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    args, flush, workspace = bench_decode.sweep_setup(__doc__)
     rows = []
     for batch, kv_len in ((64, 4096), (1, 32768)):
         for name, dtype, conversion in CONFIGS:

@@ -6,7 +6,6 @@ usage: python bench/sweep_split.py [--out sweep.json]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,12 +24,7 @@ CONFIGS = [("e4m3", torch.float8_e4m3fn, "hardware"), ("e4m3", torch.float8_e4m3
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--reps", type=int, default=30)
-    args = ap.parse_args()
-    flush = torch.ones(bench_decode.L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
-    workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    args, flush, workspace = bench_decode.sweep_setup(__doc__)
     auto = decode.choose_chunk
     rows = []
     print(f"{'kv':<5} {'conv':<9} {'B':>4} {'L':>6} {'pieces':>7} {'us':>8} {'TB/s':>6}")
