@@ -68,9 +68,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kern
                static_cast<const uint8_t*>(p.v_cache) + head_bytes, __ldg(p.kv_indptr + w.request), w.begin, end,
                warp / tiles, Cfg::kWarps / tiles, typename Cfg::Logits(args.logits_scale, p.logits_soft_cap));
   // The merge kernel may be scheduled once every CTA is past its mainloop, so that its launch
-  // latency hides under the epilogues. Not earlier: a merge CTA made resident while decode CTAs
-  // still stream sits in griddepcontrol.wait and took issue slots from them (batch 16 x 4096,
-  // one wave plus 512 waiting merge CTAs: up to 3x slower, in some runs).
+  // latency hides under the epilogues. Not earlier: signalled at CTA start, the 512 merge CTAs of
+  // batch 16 x 4096 became resident beside the one-wave decode grid, waiting, and some runs
+  // took 2-3x as long (bench at 8f34fbd); signalled here, no run did (616b701).
   launch_dependents();
   __syncthreads();  // every warp's pipeline is drained before its buffer is reused
   auto& epilogue_smem = *reinterpret_cast<typename Epilogue::SharedStorage*>(smem_raw);
