@@ -2,7 +2,7 @@
 
 Builds each variant of a few instances into its own cache root (in parallel), then times them
 on the shapes that matter for the issue's targets. Results go to stdout and a JSON file; the
-winners become the generator's derived defaults (generator/instances.py), not a table.
+winners become the generator's derived defaults (generator/kind_decode.py), not a table.
 
 usage: python bench/tune_decode.py --out tune.json
 """
@@ -56,6 +56,7 @@ def main() -> int:
     build_all(jobs=16)
     import bench_decode as bd
     from flashinfer_gen import BatchDecodeWithPagedKVCacheWrapper
+    from flashinfer_gen.decode import occupancy as decode_occupancy
     flush = torch.ones(bd.L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     dtypes = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}
@@ -80,7 +81,7 @@ def main() -> int:
                        kv_data_type=dtypes[kv])
                 us = bd.time_graph(lambda: w.run(q, (k, v), out=out), args.reps, flush)
                 nbytes = k.numel() * k.element_size() * 2 * kv_len / (pages_per * bd.PAGE)
-                occ = w.module.occupancy()
+                occ = decode_occupancy(w.module)
                 row = dict(kv=kv, conv=conv, tune=tune or "default", batch=batch, kv_len=kv_len, layout=layout,
                            us=round(us, 1), tbps=round(nbytes / us / 1e6, 3), ctas_per_sm=occ[0])
                 rows.append(row)

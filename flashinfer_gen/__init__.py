@@ -1,7 +1,15 @@
-"""flashinfer_gen: generated CuTe attention kernels behind FlashInfer's Python API."""
-from .decode import BatchDecodeWithPagedKVCacheWrapper
-from .registry import InstanceNotBuiltError, Registry, default_registry
-from .validation import ArgumentError
+"""flashinfer_gen: generated CuTe attention kernels behind FlashInfer's Python API.
 
-__all__ = ["BatchDecodeWithPagedKVCacheWrapper", "InstanceNotBuiltError", "Registry", "default_registry",
-           "ArgumentError"]
+The wrappers need torch; the CLI's generate/build/list do not, so the public names are loaded
+on first use."""
+from importlib import import_module
+
+_PUBLIC = {"BatchDecodeWithPagedKVCacheWrapper": ".decode", "InstanceNotBuiltError": ".registry",
+           "Registry": ".registry", "default_registry": ".registry", "ArgumentError": ".validation"}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name], __name__), name)
+    raise AttributeError(f"module 'flashinfer_gen' has no attribute {name!r}")

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from generator import InstanceKey
-from generator.render import CMAKE_LIST_NAME, REPO_ROOT, generate
+from generator import InstanceKey, toolchain
+from generator.arches import FALLBACK_ARCHES, arch_for_capability
+from generator.render import generate
 
 ENV_CACHE = "FLASHINFER_GEN_CACHE"
 
@@ -45,15 +46,18 @@ def cmake_dir(root: Path | None = None) -> Path:
 
 
 def cutlass_include_dir() -> Path:
-    try:
-        import cutlass_library
-    except ImportError as e:  # pragma: no cover - exercised only without the wheel
-        raise RuntimeError("the nvidia-cutlass wheel is needed for the CuTe headers: "
-                           "pip install nvidia-cutlass") from e
-    include = Path(cutlass_library.__file__).resolve().parent / "source" / "include"
-    if not (include / "cute" / "tensor.hpp").exists():
-        raise RuntimeError(f"CuTe headers not found under {include}")
+    include = toolchain.cutlass_include_dir()
+    if include is None:
+        raise RuntimeError("the nvidia-cutlass wheel is needed for the CuTe headers: pip install nvidia-cutlass")
     return include
+
+
+def nvcc_path() -> str:
+    nvcc = toolchain.find_nvcc()
+    if nvcc is None:
+        raise RuntimeError("nvcc not found (PATH, $CUDACXX, $CUDA_HOME/bin, /usr/local/cuda/bin); "
+                           "building instances needs the CUDA toolkit")
+    return nvcc
 
 
 @contextlib.contextmanager
@@ -118,23 +122,27 @@ def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | Non
     echo = echo or (lambda _msg: None)
     t0 = time.monotonic()
     with build_lock(root):
+        nvcc, cutlass = nvcc_path(), cutlass_include_dir()  # refuse early, with the reason
         entries = generate(keys, generated_dir(root))
         bdir = cmake_dir(root)
         lib = library_dir(root)
         lib.mkdir(parents=True, exist_ok=True)
         configure = [
-            _tool("cmake"), "-S", str(REPO_ROOT), "-B", str(bdir), "-G", "Ninja",
-            f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}",
+            _tool("cmake"), "-S", str(toolchain.CMAKE_DIR), "-B", str(bdir), "-G", "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}", f"-DCMAKE_CUDA_COMPILER={nvcc}",
+            "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
             f"-DFIG_GENERATED_DIR={generated_dir(root)}", f"-DFIG_LIBRARY_DIR={lib}",
-            f"-DFIG_CUTLASS_INCLUDE={cutlass_include_dir()}", "-DCMAKE_BUILD_TYPE=Release",
+            f"-DFIG_TEMPLATE_DIR={toolchain.TEMPLATE_DIR}", f"-DFIG_CUTLASS_INCLUDE={cutlass}",
         ]
-        result = subprocess.run(configure, capture_output=True, text=True)
+        # The flags are the instance list's alone (they are hashed); none from the environment.
+        env = {k: v for k, v in os.environ.items() if k not in ("CUDAFLAGS", "CXXFLAGS", "CFLAGS", "LDFLAGS")}
+        result = subprocess.run(configure, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"CMake configure failed:\n{result.stdout}\n{result.stderr}")
         # Remove the log of earlier runs so the timing summary covers this run only.
         (bdir / ".ninja_log").unlink(missing_ok=True)
         cmd = [_tool("ninja"), "-C", str(bdir), *(["-j", str(jobs)] if jobs else []), *entries.keys()]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         output = []
         assert proc.stdout is not None
         tty = sys.stdout.isatty()
@@ -172,14 +180,14 @@ def format_report(report: BuildReport) -> str:
 
 
 def visible_archs() -> Sequence[str]:
-    """The arch of the visible GPU, or sm80 and sm90a when there is none."""
-    from .registry import arch_for_capability
+    """The archs of the visible GPUs, or the fallback pair (A100, H100) when there is none."""
     try:
         import torch
         if torch.cuda.is_available():
-            arch = arch_for_capability(torch.cuda.get_device_capability())
-            if arch is not None:
-                return (arch,)
+            archs = {arch_for_capability(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())}
+            names = sorted(a.name for a in archs if a is not None)
+            if names:
+                return tuple(names)
     except ImportError:
         pass
-    return ("sm80", "sm90a")
+    return FALLBACK_ARCHES

@@ -5,39 +5,43 @@ import argparse
 import sys
 from pathlib import Path
 
-from generator import enumerate_instances, generate
-from generator.instances import ARCHS, CONVERSIONS, HEAD_DIMS, KINDS, KV_DTYPES, Q_DTYPES, VARIANTS
+from generator import KINDS, enumerate_instances, generate
+from generator.instances import field_values
+from generator.keys import KEY_FIELDS
 
 from .builder import build, cache_root, format_report, generated_dir, visible_archs
 
 
-def _csv(cast=str):
-    return lambda text: tuple(cast(x) for x in text.split(",") if x)
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 def _add_selectors(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kind", type=_csv(), default=None, help=f"kernel kinds ({','.join(KINDS)})")
-    p.add_argument("--arch", type=_csv(), default=None, help=f"archs ({','.join(ARCHS)}); default: the visible GPU's, "
-                   "else sm80,sm90a")
-    p.add_argument("--head-dim", type=_csv(int), default=None, help=f"head dims ({','.join(map(str, HEAD_DIMS))}); default 128")
-    p.add_argument("--q-dtype", type=_csv(), default=None, help=f"q dtypes ({','.join(Q_DTYPES)})")
-    p.add_argument("--kv-dtype", type=_csv(), default=None, help=f"kv dtypes ({','.join(KV_DTYPES)}); default: q dtype, e4m3, e5m2")
-    p.add_argument("--conversion", type=_csv(), default=None, help=f"FP8 conversions ({','.join(CONVERSIONS)}); default: all the arch has")
-    p.add_argument("--variant", type=_csv(), default=None, help=f"variants ({','.join(VARIANTS)}); default: default")
+    """One option per key field, its values and defaults taken from the kind specs."""
+    for field in KEY_FIELDS:
+        values = field_values(field)
+        cast = type(values[0])
+        defaults = sorted({str(v) for spec in KINDS.values() for v in spec.defaults.get(field, ())})
+        note = ("; default: the visible GPU's, else the fallback pair" if field == "arch"
+                else f"; default: {','.join(defaults)}" if defaults else "; default: every valid value")
+        p.add_argument(_option(field), dest=field, default=None,
+                       type=lambda text, cast=cast: tuple(cast(x) for x in text.split(",") if x),
+                       help=f"{field.replace('_', ' ')}s ({','.join(map(str, values))}){note}")
 
 
 def _selected(args) -> list:
-    for field, allowed in (("kind", KINDS), ("arch", ARCHS), ("head_dim", HEAD_DIMS), ("q_dtype", Q_DTYPES),
-                           ("kv_dtype", KV_DTYPES), ("conversion", CONVERSIONS), ("variant", VARIANTS)):
-        for value in getattr(args, field) or ():
-            if value not in allowed:
-                raise SystemExit(f"--{field.replace('_', '-')} {value!r} is not one of {list(allowed)}")
-    keys = enumerate_instances(kinds=args.kind or KINDS, q_dtypes=args.q_dtype or Q_DTYPES, kv_dtypes=args.kv_dtype,
-                               head_dims=args.head_dim or (128,), archs=args.arch or visible_archs(),
-                               conversions=args.conversion, variants=args.variant or ("default",))
+    selection = {}
+    for field in KEY_FIELDS:
+        chosen = getattr(args, field)
+        for value in chosen or ():
+            if value not in field_values(field):
+                raise SystemExit(f"{_option(field)} {value!r} is not one of {list(field_values(field))}")
+        selection[field] = chosen
+    selection["arch"] = selection["arch"] or visible_archs()
+    keys = enumerate_instances(selection, use_defaults=True)
     if not keys:
         raise SystemExit("the selectors match no valid instance (e.g. a 16-bit KV dtype must equal the q dtype, "
-                         "and sm80 has only the software FP8 conversion)")
+                         "and an arch without the FP8 cvt instruction has only the software conversion)")
     return keys
 
 
@@ -66,22 +70,23 @@ def cmd_build(args) -> int:
 
 
 def registry_table() -> str:
+    """The support matrix: one row per key without its arch, one column per arch."""
     from .registry import default_registry
     entries = default_registry().entries()
     if not entries:
         return f"no instances in {cache_root()}; run `flashinfer-gen build`"
-    archs = sorted({e.key.arch for e in entries})
+    row_fields = [f for f in KEY_FIELDS if f != "arch"]
+    archs = [a for a in field_values("arch") if any(e.key.arch == a for e in entries)]
     cells: dict[tuple, dict[str, str]] = {}
     for e in entries:
-        k = e.key
-        row = (k.kind, k.q_dtype, k.kv_dtype, k.head_dim, k.conversion, k.variant)
-        cells.setdefault(row, {})[k.arch] = "built" if e.built else ("stale" if e.stale else "missing")
-    head = f"{'kind':<7} {'q':<5} {'kv':<5} {'dim':>4} {'conversion':<10} {'variant':<8} " + " ".join(f"{a:<8}" for a in archs)
-    lines = [head, "-" * len(head)]
-    for row in sorted(cells):
-        kind, q, kv, d, conv, var = row
-        lines.append(f"{kind:<7} {q:<5} {kv:<5} {d:>4} {conv:<10} {var:<8} "
-                     + " ".join(f"{cells[row].get(a, '-'):<8}" for a in archs))
+        row = tuple(getattr(e.key, f) for f in row_fields)
+        cells.setdefault(row, {})[e.key.arch] = "built" if e.built else ("stale" if e.stale else "missing")
+    widths = [max(len(f), *(len(str(r[i])) for r in cells)) for i, f in enumerate(row_fields)]
+    line = lambda values: " ".join(f"{str(v):<{w}}" for v, w in zip(values, widths + [8] * len(archs)))  # noqa: E731
+    lines = [line(row_fields + archs)]
+    lines.append("-" * len(lines[0]))
+    for row in sorted(cells, key=lambda r: tuple(str(v).zfill(4) for v in r)):
+        lines.append(line(list(row) + [cells[row].get(a, "-") for a in archs]))
     built = sum(e.built for e in entries)
     lines.append(f"{built} of {len(entries)} generated instances built, cache {cache_root()}")
     return "\n".join(lines)
@@ -100,11 +105,12 @@ def cmd_demo(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="flashinfer-gen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="render instances and the manifest")
+    kinds = "; ".join(f"{name}: {spec.summary}" for name, spec in KINDS.items())
+    g = sub.add_parser("generate", help="render instances and the manifest", description=f"kinds: {kinds}")
     _add_selectors(g)
     g.add_argument("--out", default=None, help="output directory (default: the build cache's generated/)")
     g.set_defaults(func=cmd_generate)
-    b = sub.add_parser("build", help="generate + CMake + ninja into the build cache")
+    b = sub.add_parser("build", help="generate + CMake + ninja into the build cache", description=f"kinds: {kinds}")
     _add_selectors(b)
     b.add_argument("--jobs", type=int, default=None)
     b.set_defaults(func=cmd_build)

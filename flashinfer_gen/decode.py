@@ -7,6 +7,7 @@ after plan(); a new plan() changes the work list, so capture again after re-plan
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 
@@ -14,16 +15,16 @@ import numpy as np
 import torch
 
 from generator import InstanceKey
-from generator.instances import FP8_DTYPES, conversions_for
+from generator.abi import fill
+from generator.keys import FP8_DTYPES
+from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
-from . import abi
-from .registry import Module, arch_for_capability, default_registry
+from .registry import Module, default_registry
 from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_cuda_tensor, check_head_config, check_page_table,
-                         check_scalar, dtype_name, fail, kv_strides, require_int_index, require_tensor,
-                         split_paged_kv)
+                         check_scalar, device_arch, dtype_name, fail, kv_strides, require_int_index,
+                         require_tensor, split_paged_kv)
 
-STEP_TOKENS = 16          # tokens per warp step in the kernel
-MIN_CHUNK_TOKENS = 64     # a split-KV chunk gives each of the CTA's 4 warps at least one step
+MIN_CHUNK_TOKENS = WARPS * STEP_TOKENS  # a split-KV chunk gives each of the CTA's warps at least one step
 _ALIGN = 256
 
 
@@ -62,14 +63,14 @@ def estimate_makespan(lens: np.ndarray, chunk: int | None, columns: int) -> floa
     return busy + waves * PIECE_OVERHEAD_TOKENS + (SPLIT_OVERHEAD_TOKENS if (pieces > 1).any() else 0)
 
 
-def choose_chunk(lens: np.ndarray, ctas_per_column: int, max_resident_ctas: int) -> int | None:
+def choose_chunk(lens: np.ndarray, ctas_per_item: int, max_resident_ctas: int) -> int | None:
     """The split-KV piece length (None: no split) with the smallest estimated makespan.
 
     Candidates are "no split" and cutting the longest request into k = 2..64 equal pieces (the
     same cap applies to every request). So batch 1 with 32k tokens spreads over every SM, and a
     batch whose requests would leave the last wave part-empty is cut finer.
     """
-    columns = max(1, max_resident_ctas // ctas_per_column)
+    columns = max(1, max_resident_ctas // ctas_per_item)
     best_chunk, best = None, estimate_makespan(lens, None, columns)
     longest = int(lens.max())
     for k in range(2, MAX_PIECES + 1):
@@ -83,11 +84,11 @@ def choose_chunk(lens: np.ndarray, ctas_per_column: int, max_resident_ctas: int)
     return best_chunk
 
 
-def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_column: int, max_resident_ctas: int) -> DecodeSchedule:
+def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_item: int, max_resident_ctas: int) -> DecodeSchedule:
     """Cuts requests into pieces of at most choose_chunk() tokens; pieces are listed longest
     first, which the block scheduler then dispatches first."""
     lens = (end - begin).astype(np.int64)
-    return schedule_for_chunk(begin, end, choose_chunk(lens, ctas_per_column, max_resident_ctas))
+    return schedule_for_chunk(begin, end, choose_chunk(lens, ctas_per_item, max_resident_ctas))
 
 
 def schedule_for_chunk(begin: np.ndarray, end: np.ndarray, chunk: int | None) -> DecodeSchedule:
@@ -118,6 +119,13 @@ def schedule_for_chunk(begin: np.ndarray, end: np.ndarray, chunk: int | None) ->
 
 def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def occupancy(module: Module) -> tuple[int, int]:
+    """(CTAs per SM, SM count) of the decode kernel on the current device."""
+    ctas, sms = ctypes.c_int(0), ctypes.c_int(0)
+    module.call("occupancy", ctypes.byref(ctas), ctypes.byref(sms))
+    return ctas.value, sms.value
 
 
 class BatchDecodeWithPagedKVCacheWrapper:
@@ -156,7 +164,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         require_int_index(indptr, "indptr")
         require_int_index(indices, "indices")
         require_int_index(last_page_len, "last_page_len")
-        check_head_config(num_qo_heads, num_kv_heads, head_dim, page_size)
+        check_head_config(num_qo_heads, num_kv_heads, head_dim, page_size, HEAD_DIMS)
         if pos_encoding_mode != "NONE":
             fail(f"pos_encoding_mode={pos_encoding_mode!r} is not supported; apply RoPE to q and k before "
                  "writing the cache and pass 'NONE'")
@@ -177,25 +185,32 @@ class BatchDecodeWithPagedKVCacheWrapper:
         end = kv_len.astype(np.int64)
         begin = np.zeros_like(end) if window_left < 0 else np.maximum(end - 1 - window_left, 0)
 
-        if device.type != "cuda":
-            fail("workspace_buffer must be on a CUDA device")
-        arch = arch_for_capability(torch.cuda.get_device_capability(device))
-        if arch is None:
-            cap = torch.cuda.get_device_capability(device)
-            fail(f"no flashinfer_gen kernels target compute capability {cap[0]}.{cap[1]} (sm80 and sm90a exist)")
+        arch = device_arch(device)
         # The arch's preferred conversion (hardware where it has cvt) unless the caller forces one.
-        conversion = conversions_for(kv_name, arch)[0] if kv_name in FP8_DTYPES else "none"
-        if kv_name in FP8_DTYPES and self._fp8_conversion:
-            conversion = self._fp8_conversion
-        key = InstanceKey("decode", q_name, kv_name, head_dim, arch, conversion,
+        conversion = "none"
+        if kv_name in FP8_DTYPES:
+            conversion = self._fp8_conversion or arch.default_conversion
+        key = InstanceKey("decode", q_name, kv_name, head_dim, arch.name, conversion,
                           "softcap" if soft_cap > 0 else "default")
         module = default_registry().lookup(key, jit=self._jit)
 
-        ctas_per_sm, num_sms = module.occupancy()
-        sched = make_schedule(begin, end, module.grid_rows(num_qo_heads, num_kv_heads),
-                              max(1, ctas_per_sm) * num_sms)
+        with torch.cuda.device(device):  # the queries and the copy below act on the current device
+            ctas_per_sm, num_sms = module.per_device("occupancy", device.index, lambda: occupancy(module))
+            sched = make_schedule(begin, end, module.call("ctas_per_work_item", num_qo_heads, num_kv_heads),
+                                  max(1, ctas_per_sm) * num_sms)
+            self._plan = self._lay_out_workspace(sched, num_qo_heads, head_dim)
 
-        # Workspace: [work list int32 | partial lse fp32 | partial out fp32].
+        self._plan.update(
+            module=module, key=key, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
+            head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
+            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device,
+            # keep the device copies of the page table alive for as long as the plan is used
+            indptr=indptr.to(device=device, dtype=torch.int32), indices=indices.to(device=device, dtype=torch.int32),
+        )
+
+    def _lay_out_workspace(self, sched: DecodeSchedule, num_qo_heads: int, head_dim: int) -> dict:
+        """Workspace: [work list int32 | partial lse fp32 | partial out fp32]; one host-to-device
+        copy. Returns the device addresses of each part."""
         ints = np.concatenate([sched.request, sched.begin, sched.end, sched.partial, sched.merge_request,
                                sched.merge_indptr]).astype(np.int32)
         ints_bytes = _align(ints.size * 4)
@@ -206,20 +221,12 @@ class BatchDecodeWithPagedKVCacheWrapper:
             fail(f"workspace_buffer holds {self._workspace.numel()} bytes; this plan needs {need}")
         ws_ints = self._workspace[: ints.size * 4].view(torch.int32)
         ws_ints.copy_(torch.from_numpy(ints))
-        base = ws_ints.data_ptr()
         n_work, n_merge = sched.request.size, sched.merge_request.size
+        names = ("request", "begin", "end", "partial", "merge_row", "merge_indptr")
         offsets = np.cumsum([0, n_work, n_work, n_work, n_work, n_merge]) * 4
-
-        self._plan = dict(
-            module=module, key=key, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
-            head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
-            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device,
-            # keep the device copies of the page table alive for as long as the plan is used
-            indptr=indptr.to(device=device, dtype=torch.int32), indices=indices.to(device=device, dtype=torch.int32),
-            work_ptrs=[base + int(o) for o in offsets],
-            partial_lse=self._workspace.data_ptr() + ints_bytes,
-            partial_out=self._workspace.data_ptr() + ints_bytes + lse_bytes,
-        )
+        return dict(ptr={n: ws_ints.data_ptr() + int(o) for n, o in zip(names, offsets)},
+                    partial_lse=self._workspace.data_ptr() + ints_bytes,
+                    partial_out=self._workspace.data_ptr() + ints_bytes + lse_bytes)
 
     def run(self, q: torch.Tensor, paged_kv_cache, k_scale: float | None = None, v_scale: float | None = None,
             out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
@@ -267,19 +274,20 @@ class BatchDecodeWithPagedKVCacheWrapper:
                 fail(f"lse must be a contiguous float32 tensor of shape {(batch, hq)}, got "
                      f"{tuple(lse.shape)} {lse.dtype}")
 
-        sched = plan["schedule"]
-        w = plan["work_ptrs"]
-        p = abi.FigDecodeParams(
-            q=q.data_ptr(), q_stride_batch=q.stride(0), q_stride_head=q.stride(1),
-            k_cache=k.data_ptr(), v_cache=v.data_ptr(),
-            kv_stride_page=stride_page, kv_stride_slot=stride_slot, kv_stride_head=stride_head,
-            kv_indptr=plan["indptr"].data_ptr(), kv_indices=plan["indices"].data_ptr(),
-            work_request=w[0], work_begin=w[1], work_end=w[2], work_partial=w[3], num_work=sched.request.size,
-            merge_request=w[4], merge_indptr=w[5], num_merge=sched.merge_request.size,
-            partial_out=plan["partial_out"], partial_lse=plan["partial_lse"],
-            out=out.data_ptr(), out_stride_batch=out.stride(0), out_stride_head=out.stride(1),
-            lse=lse.data_ptr() if lse is not None else None,
-            batch=batch, num_qo_heads=hq, num_kv_heads=hk, page_size=plan["page_size"],
-            sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"])
-        plan["module"].run(p, torch.cuda.current_stream(device).cuda_stream)
+        sched, ptr = plan["schedule"], plan["ptr"]
+        params = fill(
+            PARAMS,
+            q=dict(data=q.data_ptr(), stride_row=q.stride(0), stride_head=q.stride(1)),
+            kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=stride_page, stride_slot=stride_slot,
+                    stride_head=stride_head, indptr=plan["indptr"].data_ptr(), indices=plan["indices"].data_ptr(),
+                    page_size=plan["page_size"], num_kv_heads=hk),
+            work=dict(request=ptr["request"], begin=ptr["begin"], end=ptr["end"], partial=ptr["partial"],
+                      num_items=sched.request.size),
+            merge=dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=sched.merge_request.size,
+                       partial_out=plan["partial_out"], partial_lse=plan["partial_lse"]),
+            out=dict(data=out.data_ptr(), stride_row=out.stride(0), stride_head=out.stride(1),
+                     lse=lse.data_ptr() if lse is not None else None, num_heads=hq),
+            scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]))
+        with torch.cuda.device(device):  # cudaFuncSetAttribute and the launch act on the current device
+            plan["module"].call("run", ctypes.byref(params), torch.cuda.current_stream(device).cuda_stream)
         return (out, lse) if return_lse else out

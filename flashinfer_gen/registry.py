@@ -1,10 +1,10 @@
 """Registry: which instances are built, and the ctypes modules that run them.
 
 The registry is derived from the build cache's manifest; an entry counts as built only when
-its library exists *and* its source hash matches the current templates (a stale library is
-never loaded). A missing instance is either built on demand (FLASHINFER_GEN_JIT=1 or
-`jit=True`) or refused with an error that names it, the nearest built keys and the command
-that adds it.
+its library exists *and* its cache key matches the current templates, flags and toolchain (a
+stale library is never loaded). A missing instance is either built on demand
+(FLASHINFER_GEN_JIT=1 or `jit=True`) or refused with an error that names it, the nearest built
+keys and the command that adds it.
 """
 from __future__ import annotations
 
@@ -14,24 +14,29 @@ import os
 import threading
 from pathlib import Path
 
-from generator import InstanceKey, why_invalid
-from generator.render import TEMPLATE_DIR, headers_digest, load_manifest, source_hash
+from generator import KINDS, InstanceKey, toolchain, why_invalid
+from generator.abi import ctypes_struct, declare
+from generator.keys import KEY_FIELDS
+from generator.render import load_manifest, source_hash
 
-from . import abi
 from .builder import build, cache_root, generated_dir, library_dir
 
 ENV_JIT = "FLASHINFER_GEN_JIT"
 
-# Device compute capability -> the arch whose SASS runs there. sm80 SASS runs on every 8.x.
-_CAPABILITY_ARCH = {8: "sm80", 9: "sm90a"}
+# The cudaError_t values a launch can plausibly return, for readable messages.
+_CUDA_ERRORS = {1: "cudaErrorInvalidValue", 2: "cudaErrorMemoryAllocation", 98: "cudaErrorInvalidDeviceFunction",
+                100: "cudaErrorNoDevice", 101: "cudaErrorInvalidDevice", 209: "cudaErrorNoKernelImageForDevice",
+                400: "cudaErrorInvalidResourceHandle", 700: "cudaErrorIllegalAddress",
+                701: "cudaErrorLaunchOutOfResources", 801: "cudaErrorNotSupported"}
 
 
-def _template_files() -> list[Path]:
-    return sorted(TEMPLATE_DIR.iterdir())
+def check_status(code: int, what: str) -> None:
+    if code != 0:
+        raise RuntimeError(f"{what}: CUDA error {code} ({_CUDA_ERRORS.get(code, 'see cudaError_t')})")
 
 
-def arch_for_capability(capability: tuple[int, int]) -> str | None:
-    return _CAPABILITY_ARCH.get(capability[0])
+def build_command(key: InstanceKey) -> str:
+    return "flashinfer-gen build " + " ".join(f"--{f.replace('_', '-')} {getattr(key, f)}" for f in KEY_FIELDS)
 
 
 class InstanceNotBuiltError(RuntimeError):
@@ -40,55 +45,57 @@ class InstanceNotBuiltError(RuntimeError):
         self.nearest = nearest
         near = "\n".join(f"    {k.name}" for k in nearest) or "    (nothing is built yet)"
         super().__init__(
-            f"flashinfer_gen has no built kernel for {key.name}\n"
-            f"  ({key.kind}, q {key.q_dtype}, kv {key.kv_dtype}, head dim {key.head_dim}, {key.arch}, "
-            f"conversion {key.conversion}, variant {key.variant}).\n"
+            f"flashinfer_gen has no built kernel for {key.name}\n  ({key.describe()}).\n"
             f"  Nearest built instances:\n{near}\n"
             f"  Add it with:\n    {build_command(key)}\n"
             f"  or let it build on first use: export {ENV_JIT}=1")
 
 
-def build_command(key: InstanceKey) -> str:
-    return (f"flashinfer-gen build --kind {key.kind} --arch {key.arch} --head-dim {key.head_dim} "
-            f"--q-dtype {key.q_dtype} --kv-dtype {key.kv_dtype} --conversion {key.conversion} "
-            f"--variant {key.variant}")
-
-
 class Module:
-    """One loaded instance library."""
+    """One loaded instance library: its kind's entry points, declared from the kind's ABI spec,
+    after checking that the library was built from the same spec."""
 
     def __init__(self, key: InstanceKey, path: Path):
         self.key = key
         self.path = path
         self.lib = ctypes.CDLL(str(path))
-        abi.declare(self.lib)
-        version, size = self.lib.fig_abi_version(), self.lib.fig_decode_params_size()
-        if version != abi.ABI_VERSION or size != ctypes.sizeof(abi.FigDecodeParams):
-            raise RuntimeError(f"{path}: ABI version {version} / params size {size} does not match "
-                               f"this flashinfer_gen ({abi.ABI_VERSION} / {ctypes.sizeof(abi.FigDecodeParams)}); "
-                               "rebuild it")
-        name = self.lib.fig_instance_name().decode()
+        self.lib.fig_kind.restype = ctypes.c_char_p
+        kind = self.lib.fig_kind().decode()
+        if kind != key.kind or kind not in KINDS:
+            raise RuntimeError(f"{path} is a {kind!r} library, expected {key.kind!r}")
+        self.abi = KINDS[kind].abi
+        self._functions = declare(self.lib, self.abi)
+        version, size = self.call("abi_version"), self.call("params_size")
+        expected = (self.abi.version, ctypes.sizeof(self.params_type))
+        if (version & 0xFFFFFFFF, size) != expected:
+            raise RuntimeError(f"{path}: {kind} ABI version {version & 0xFFFFFFFF} / params size {size} does not "
+                               f"match this flashinfer_gen {expected}; rebuild it")
+        name = self.call("instance_name").decode()
         if name != key.name:
             raise RuntimeError(f"{path} holds instance {name}, expected {key.name}")
-        self._occupancy: tuple[int, int] | None = None
+        self._per_device: dict[tuple[str, int], object] = {}
 
-    def occupancy(self) -> tuple[int, int]:
-        """(CTAs per SM, SM count) of the decode kernel on the current device."""
-        if self._occupancy is None:
-            ctas, sms = ctypes.c_int(0), ctypes.c_int(0)
-            abi.check(self.lib.fig_decode_occupancy(ctypes.byref(ctas), ctypes.byref(sms)), "occupancy query")
-            self._occupancy = (ctas.value, sms.value)
-        return self._occupancy
+    @property
+    def params_type(self) -> type:
+        return ctypes_struct(self.abi.params)
 
-    def grid_rows(self, num_qo_heads: int, num_kv_heads: int) -> int:
-        return int(self.lib.fig_decode_grid_rows(num_qo_heads, num_kv_heads))
+    def call(self, op: str, *args):
+        """Calls entry point `op` of this kind (fig_kind / fig_<kind>_<op>); a cudaError_t result
+        other than success raises."""
+        fn = next((f for f in self.abi.all_functions if f.name == op), None)
+        if fn is None:
+            raise AttributeError(f"{self.key.kind} libraries export no {op!r}")
+        result = getattr(self.lib, self.abi.symbol(fn))(*args)
+        if fn.returns_status:
+            check_status(result, f"{self.key.name} {op}")
+        return result
 
-    def run(self, params: abi.FigDecodeParams, stream: int) -> None:
-        abi.check(self.lib.fig_decode_run(ctypes.byref(params), ctypes.c_void_p(stream)), self.key.name)
-
-    def convert_kv(self, codes_ptr: int, out_ptr: int, n: int, stream: int) -> None:
-        abi.check(self.lib.fig_convert_kv(ctypes.c_void_p(codes_ptr), ctypes.c_void_p(out_ptr), n,
-                                          ctypes.c_void_p(stream)), f"{self.key.name} convert_kv")
+    def per_device(self, what: str, device: int, compute):
+        """A value that depends on the device (occupancy, SM count), computed once per device."""
+        key = (what, device)
+        if key not in self._per_device:
+            self._per_device[key] = compute()
+        return self._per_device[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +115,8 @@ class Registry:
 
     def _state(self) -> tuple:
         # Entries depend on the manifest, the libraries present and the templates.
-        paths = [generated_dir(self.root) / "manifest.json", library_dir(self.root), *_template_files()]
+        paths = [generated_dir(self.root) / "manifest.json", library_dir(self.root),
+                 *sorted(toolchain.TEMPLATE_DIR.iterdir())]
         return tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
 
     def entries(self) -> list[Entry]:
@@ -121,15 +129,20 @@ class Registry:
 
     def _scan(self) -> list[Entry]:
         manifest = load_manifest(generated_dir(self.root))
-        digest = headers_digest()
+        tools_now = toolchain.current()
         out = []
         for item in manifest["instances"].values():
-            key = InstanceKey.from_dict(item["key"])
+            try:
+                key = InstanceKey.from_dict(item["key"])
+                recorded_hash, library = item["source_hash"], item["library"]
+            except (KeyError, TypeError, ValueError):
+                continue  # an entry another version wrote: not loadable, rebuilt when asked for
             if why_invalid(key) is not None:
                 continue
-            current = source_hash(key, digest=digest)
-            path = library_dir(self.root) / item["library"]
-            stale = current != item["source_hash"]
+            # Without nvcc here nothing can be rebuilt; judge the library by the toolchain that built it.
+            tools = tools_now if tools_now is not None else item.get("toolchain")
+            stale = tools is None or source_hash(key, tools=tools) != recorded_hash
+            path = library_dir(self.root) / library
             out.append(Entry(key, path, built=path.exists() and not stale, stale=stale))
         return sorted(out, key=lambda e: e.key)
 
@@ -137,10 +150,8 @@ class Registry:
         return [e.key for e in self.entries() if e.built]
 
     def nearest(self, key: InstanceKey, limit: int = 5) -> list[InstanceKey]:
-        fields = [f.name for f in dataclasses.fields(InstanceKey)]
-
         def distance(other: InstanceKey) -> tuple[int, str]:
-            return (sum(getattr(other, f) != getattr(key, f) for f in fields), other.name)
+            return (sum(getattr(other, f) != getattr(key, f) for f in KEY_FIELDS), other.name)
 
         return sorted(self.built_keys(), key=distance)[:limit]
 

@@ -2,11 +2,11 @@
 expected and what was given. None of these checks synchronises with the GPU."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from generator.instances import HEAD_DIMS
+from generator.arches import Arch, arch_for_capability, capability_error
 
 DTYPE_NAMES = {torch.float16: "f16", torch.bfloat16: "bf16",
                torch.float8_e4m3fn: "e4m3", torch.float8_e5m2: "e5m2"}
@@ -53,15 +53,27 @@ def require_int_index(x: Any, what: str, ndim: int = 1) -> torch.Tensor:
     return x
 
 
-def check_head_config(num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int) -> None:
+def check_head_config(num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
+                      head_dims: Sequence[int]) -> None:
     for value, what in ((num_qo_heads, "num_qo_heads"), (num_kv_heads, "num_kv_heads"),
                         (page_size, "page_size")):
         if not isinstance(value, int) or value < 1:
             fail(f"{what} must be a positive int, got {value!r}")
     if num_qo_heads % num_kv_heads != 0:
         fail(f"num_qo_heads ({num_qo_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
-    if head_dim not in HEAD_DIMS:
-        fail(f"head_dim {head_dim} is not supported; supported head dims: {list(HEAD_DIMS)}")
+    if head_dim not in head_dims:
+        fail(f"head_dim {head_dim} is not supported; supported head dims: {list(head_dims)}")
+
+
+def device_arch(device: torch.device) -> Arch:
+    """The arch whose kernels run on `device` (a CUDA device), or a clear error."""
+    if device.type != "cuda":
+        fail(f"the workspace must be on a CUDA device, got {device}")
+    capability = torch.cuda.get_device_capability(device)
+    arch = arch_for_capability(capability)
+    if arch is None:
+        fail(capability_error(capability))
+    return arch
 
 
 def check_page_table(indptr, indices, last_page_len, page_size: int):

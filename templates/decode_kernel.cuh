@@ -3,7 +3,8 @@
 // arguments from the C ABI struct and launches; generated instances only pick the Config.
 #pragma once
 #include <cuda_runtime.h>
-#include "fig_abi.h"
+#include <cute/atom/mma_traits_sm80.hpp>
+#include "fig_abi_decode.h"
 #include "decode_mainloop_sm80.cuh"
 #include "launch.cuh"
 #include "epilogue.cuh"
@@ -13,16 +14,27 @@
 
 namespace fig {
 
-template <class QElement_, class Kv_, int kHeadDim_, int kStages_, class Logits_, int kMinCtasPerSm_ = 1>
-struct DecodeConfig {
+// The instance's numbers, all from the generator's table (generator/kind_decode.py); the
+// static_asserts below check that the kernel's own types agree with them.
+template <int kHeadDim_, int kStages_, int kWarps_, int kStepTokens_, int kRowsPerTile_, int kMinCtasPerSm_,
+          int kSmemBytes_, int kSmemPerBlock_>
+struct DecodeShape {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kWarps = kWarps_;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kStepTokens = kStepTokens_;     // k of the P.V mma
+  static constexpr int kRowsPerTile = kRowsPerTile_;   // q heads of a warp tile: half the mma's m
+  static constexpr int kMinCtasPerSm = kMinCtasPerSm_; // register cap: 65536 / (kThreads * this)
+  static constexpr int kSmemBytes = kSmemBytes_;       // dynamic shared memory of one CTA
+  static constexpr int kSmemPerBlock = kSmemPerBlock_; // the arch's limit for one CTA
+};
+
+template <class QElement_, class Kv_, class Logits_, class Shape>
+struct DecodeConfig : Shape {
   using QElement = QElement_;
   using Kv = Kv_;
   using Logits = Logits_;
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kStages = kStages_;
-  static constexpr int kMinCtasPerSm = kMinCtasPerSm_;  // register cap: 65536 / (128 * this)
-  static constexpr int kWarps = DecodeGridShape::kMaxTilesPerCta;
-  static constexpr int kThreads = kWarps * 32;
 };
 
 struct DecodeArgs {
@@ -33,11 +45,20 @@ struct DecodeArgs {
   float out_scale;     // v_scale * KV conversion factor
 };
 
-// The mainloop's copy pipeline and the epilogue's merge buffer share one allocation.
+// The mainloop's copy pipeline and the epilogue's merge buffer share one allocation, whose size
+// the generator computed (it sets the pipeline depth and the occupancy from it).
 template <class Cfg>
 constexpr size_t decode_smem_bytes() {
-  return cute::max(sizeof(typename DecodeMainloop<Cfg>::SharedStorage),
-                   sizeof(typename DecodeEpilogue<Cfg>::SharedStorage));
+  constexpr size_t kNeed = cute::max(sizeof(typename DecodeMainloop<Cfg>::SharedStorage),
+                                     sizeof(typename DecodeEpilogue<Cfg>::SharedStorage));
+  static_assert(kNeed == size_t(Cfg::kSmemBytes), "generator/kind_decode.py smem_bytes() disagrees with the kernel");
+  static_assert(Cfg::kSmemBytes <= Cfg::kSmemPerBlock, "the instance needs more shared memory than its arch has");
+  using Atom = typename HalfRowsMma<typename Cfg::Kv::MmaElement>::Atom;
+  using MmaShape = typename cute::MMA_Traits<Atom>::Shape_MNK;
+  static_assert(Cfg::kStepTokens == cute::size<2>(MmaShape{}), "a step is one k16 slab of the P.V mma");
+  static_assert(2 * Cfg::kRowsPerTile == cute::size<0>(MmaShape{}), "a warp tile is rows 0..7 of the m16 tile");
+  static_assert(DecodeMainloop<Cfg>::kStepTokens == Cfg::kStepTokens);
+  return kNeed;
 }
 
 template <class Cfg>
@@ -52,21 +73,21 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kern
   const int warp = threadIdx.x / 32;
   const int tiles = args.shape.row_tiles_per_cta;
   const int tile = warp % tiles;
-  const int head_in_group = (w.row_group * tiles + tile) * DecodeGridShape::kRowsPerTile;
-  const int valid_rows = min(DecodeGridShape::kRowsPerTile, args.shape.group_size - head_in_group);
+  const int head_in_group = (w.row_group * tiles + tile) * Cfg::kRowsPerTile;
+  const int valid_rows = min(Cfg::kRowsPerTile, args.shape.group_size - head_in_group);
   const int qo_head = w.kv_head * args.shape.group_size + head_in_group;
 
   Mainloop mainloop;
-  const QElement* q_rows = static_cast<const QElement*>(p.q) + w.request * p.q_stride_batch +
-                           int64_t(qo_head) * p.q_stride_head;
-  mainloop.init(*reinterpret_cast<typename Mainloop::SharedStorage*>(smem_raw), q_rows, p.q_stride_head,
+  const QElement* q_rows = static_cast<const QElement*>(p.q.data) + w.request * p.q.stride_row +
+                           int64_t(qo_head) * p.q.stride_head;
+  mainloop.init(*reinterpret_cast<typename Mainloop::SharedStorage*>(smem_raw), q_rows, p.q.stride_head,
                 valid_rows);
   // Warp tiles past the group (a group of 17..24 heads pads 3 tiles to 4) take no tokens.
   const int end = valid_rows > 0 ? w.end : w.begin;
   const int64_t head_bytes = args.kv.head_offset(w.kv_head) * Cfg::Kv::kBytes;
-  mainloop.run(args.kv, static_cast<const uint8_t*>(p.k_cache) + head_bytes,
-               static_cast<const uint8_t*>(p.v_cache) + head_bytes, __ldg(p.kv_indptr + w.request), w.begin, end,
-               warp / tiles, Cfg::kWarps / tiles, typename Cfg::Logits(args.logits_scale, p.logits_soft_cap));
+  mainloop.run(args.kv, static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes,
+               static_cast<const uint8_t*>(p.kv.v_cache) + head_bytes, __ldg(p.kv.indptr + w.request), w.begin, end,
+               warp / tiles, Cfg::kWarps / tiles, typename Cfg::Logits(args.logits_scale, p.scales.logits_soft_cap));
   // The merge kernel may be scheduled once every CTA is past its mainloop, so that its launch
   // latency hides under the epilogues. Not earlier: signalled at CTA start, the 512 merge CTAs of
   // batch 16 x 4096 became resident beside the one-wave decode grid, waiting, and some runs
@@ -85,26 +106,26 @@ int decode_run(const FigDecodeParams* p, cudaStream_t stream) {
   DecodeArgs args;
   args.p = *p;
   args.kv.pool = PagedKv::PoolLayout(
-      cute::make_shape(1, p->page_size, p->num_kv_heads),
-      cute::make_stride(p->kv_stride_page, p->kv_stride_slot, p->kv_stride_head));
-  args.kv.page_size = cutlass::FastDivmod(p->page_size);
-  args.kv.indices = p->kv_indices;
-  args.shape = DecodeGridShape::make(p->num_qo_heads, p->num_kv_heads);
-  args.logits_scale = p->sm_scale * p->k_scale * Kv::kScale;
-  args.out_scale = p->v_scale * Kv::kScale;
-  if (p->num_work > 0) {
+      cute::make_shape(1, p->kv.page_size, p->kv.num_kv_heads),
+      cute::make_stride(p->kv.stride_page, p->kv.stride_slot, p->kv.stride_head));
+  args.kv.page_size = cutlass::FastDivmod(p->kv.page_size);
+  args.kv.indices = p->kv.indices;
+  args.shape = DecodeGridShape::make<Cfg>(p->out.num_heads, p->kv.num_kv_heads);
+  args.logits_scale = p->scales.sm_scale * p->scales.k_scale * Kv::kScale;
+  args.out_scale = p->scales.v_scale * Kv::kScale;
+  if (p->work.num_items > 0) {
     constexpr size_t kSmem = decode_smem_bytes<Cfg>();
     const cudaError_t attr = cudaFuncSetAttribute(decode_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
     if (attr != cudaSuccess) return int(attr);
-    const dim3 grid(p->num_work * p->num_kv_heads * args.shape.row_groups);
+    const dim3 grid(p->work.num_items * args.shape.ctas_per_work_item(p->kv.num_kv_heads));
     decode_kernel<Cfg><<<grid, Cfg::kThreads, kSmem, stream>>>(args);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return int(err);
   }
-  if (p->num_merge > 0) {
+  if (p->merge.num_items > 0) {
     const cudaError_t err = launch_dependent(merge_partials_kernel<typename Cfg::QElement, Cfg::kHeadDim>,
-                                             dim3(p->num_merge, p->num_qo_heads),
-                                             dim3(MergeShape<Cfg::kHeadDim>::kThreads), 0, stream, *p);
+                                             dim3(p->merge.num_items, p->out.num_heads),
+                                             dim3(MergeShape<Cfg::kHeadDim>::kThreads), 0, stream, p->merge, p->out);
     if (err != cudaSuccess) return int(err);
   }
   return int(cudaGetLastError());

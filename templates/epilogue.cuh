@@ -3,7 +3,7 @@
 // an fp32 partial for the merge kernel. LSE is base 2, as in FlashInfer.
 #pragma once
 #include <cuda_runtime.h>
-#include "fig_abi.h"
+#include "fig_abi_decode.h"
 #include "scheduler.cuh"
 
 namespace fig {
@@ -12,7 +12,7 @@ template <class Cfg>
 struct DecodeEpilogue {
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kWarps = Cfg::kWarps;
-  static constexpr int kRows = DecodeGridShape::kRowsPerTile;
+  static constexpr int kRows = Cfg::kRowsPerTile;
 
   struct SharedStorage {
     float o[kWarps][kRows][kHeadDim];  // unnormalised O of each warp
@@ -61,13 +61,13 @@ struct DecodeEpilogue {
       const float value = acc / sum * out_scale;
       const float lse = m + log2f(sum);
       if (w.partial_slot < 0) {
-        QElement* out = static_cast<QElement*>(p.out) + w.request * p.out_stride_batch + qo_head * p.out_stride_head;
+        QElement* out = static_cast<QElement*>(p.out.data) + w.request * p.out.stride_row + qo_head * p.out.stride_head;
         out[d] = QElement(value);
-        if (d == 0 && p.lse != nullptr) p.lse[int64_t(w.request) * p.num_qo_heads + qo_head] = lse;
+        if (d == 0 && p.out.lse != nullptr) p.out.lse[int64_t(w.request) * p.out.num_heads + qo_head] = lse;
       } else {
-        const int64_t row_index = int64_t(w.partial_slot) * p.num_qo_heads + qo_head;
-        p.partial_out[row_index * kHeadDim + d] = value;
-        if (d == 0) p.partial_lse[row_index] = lse;
+        const int64_t row_index = int64_t(w.partial_slot) * p.out.num_heads + qo_head;
+        p.merge.partial_out[row_index * kHeadDim + d] = value;
+        if (d == 0) p.merge.partial_lse[row_index] = lse;
       }
     }
   }

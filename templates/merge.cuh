@@ -1,11 +1,12 @@
-// Split-KV merge: combines a request's partial (O, LSE) pairs into its output, one CTA per
-// (split request, q head). Latency, not bandwidth, is its cost (a few KB per CTA), so every
+// Split-KV merge: combines a row's partial (O, LSE) pairs into its output, one CTA per
+// (split row, q head). A row is whatever the kind's output rows are (a decode request, a
+// prefill token); the kind's plan() lists the split rows and their partial slots. Latency, not bandwidth, is its cost (a few KB per CTA), so every
 // partial's loads are issued before any is used: the CTA's threads are kGroups groups of
 // D / 4 lanes, lane = four head dims (one 16-byte load), group g takes partials g, g + kGroups, ...
 // kUnroll at a time; the groups' sums meet in shared memory.
 #pragma once
 #include <cuda_runtime.h>
-#include "fig_abi.h"
+#include "fig_abi_common.h"
 #include "launch.cuh"
 
 namespace fig {
@@ -20,7 +21,7 @@ struct MergeShape {
 };
 
 template <class QElement, int kHeadDim>
-__global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials_kernel(const FigDecodeParams p) {
+__global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials_kernel(const FigSplitMerge merge, const FigOutput out) {
   using Shape = MergeShape<kHeadDim>;
   __shared__ float4 group_acc[Shape::kGroups][Shape::kDimLanes];
   __shared__ float group_sum[Shape::kGroups];
@@ -28,13 +29,13 @@ __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials
 
   const int item = blockIdx.x;
   const int qo_head = blockIdx.y;
-  const int request = p.merge_request[item];  // written by plan(), not by the decode kernel
-  const int first = p.merge_indptr[item];
-  const int count = p.merge_indptr[item + 1] - first;
-  wait_for_primary();  // the partials below are the decode kernel's output
+  const int row = merge.row[item];  // written by plan(), not by the primary kernel
+  const int first = merge.indptr[item];
+  const int count = merge.indptr[item + 1] - first;
+  wait_for_primary();  // the partials below are the primary kernel's output
 
-  // partial_lse: [num_partial, num_qo_heads]; partial_out: [num_partial, num_qo_heads, kHeadDim].
-  auto lse_of = [&](int k) { return p.partial_lse[int64_t(first + k) * p.num_qo_heads + qo_head]; };
+  // partial_lse: [num_partial, num_heads]; partial_out: [num_partial, num_heads, kHeadDim].
+  auto lse_of = [&](int k) { return merge.partial_lse[int64_t(first + k) * out.num_heads + qo_head]; };
   float m = -INFINITY;
   for (int k = threadIdx.x; k < count; k += Shape::kThreads) m = fmaxf(m, lse_of(k));
   for (int offset = 16; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
@@ -54,9 +55,9 @@ __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials
     for (int u = 0; u < Shape::kUnroll; ++u) {
       const int k = k0 + u * Shape::kGroups;
       const bool ok = k < count;
-      const int64_t row = int64_t(first + (ok ? k : 0)) * p.num_qo_heads + qo_head;
-      weight[u] = ok ? exp2f(p.partial_lse[row] - m) : 0.0f;
-      value[u] = reinterpret_cast<const float4*>(p.partial_out + row * kHeadDim)[lane];
+      const int64_t slot = int64_t(first + (ok ? k : 0)) * out.num_heads + qo_head;
+      weight[u] = ok ? exp2f(merge.partial_lse[slot] - m) : 0.0f;
+      value[u] = reinterpret_cast<const float4*>(merge.partial_out + slot * kHeadDim)[lane];
     }
 #pragma unroll
     for (int u = 0; u < Shape::kUnroll; ++u) {
@@ -77,13 +78,12 @@ __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials
       acc.x += a.x; acc.y += a.y; acc.z += a.z; acc.w += a.w;
       total += group_sum[g];
     }
-    QElement* out = static_cast<QElement*>(p.out) + request * p.out_stride_batch + qo_head * p.out_stride_head +
-                    4 * lane;
-    out[0] = QElement(acc.x / total);
-    out[1] = QElement(acc.y / total);
-    out[2] = QElement(acc.z / total);
-    out[3] = QElement(acc.w / total);
-    if (lane == 0 && p.lse != nullptr) p.lse[int64_t(request) * p.num_qo_heads + qo_head] = m + log2f(total);
+    QElement* dst = static_cast<QElement*>(out.data) + row * out.stride_row + qo_head * out.stride_head + 4 * lane;
+    dst[0] = QElement(acc.x / total);
+    dst[1] = QElement(acc.y / total);
+    dst[2] = QElement(acc.z / total);
+    dst[3] = QElement(acc.w / total);
+    if (lane == 0 && out.lse != nullptr) out.lse[int64_t(row) * out.num_heads + qo_head] = m + log2f(total);
   }
 }
 

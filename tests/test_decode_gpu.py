@@ -12,24 +12,27 @@ import math
 import pytest
 import torch
 
-from conftest import requires_gpu
+from conftest import HAS_CUDA, requires_gpu
 from flashinfer_gen import ArgumentError, BatchDecodeWithPagedKVCacheWrapper, InstanceNotBuiltError
 from flashinfer_gen.reference import decode_reference, relative_error
+from generator.arches import ARCH_BY_NAME
 
-pytestmark = [requires_gpu, pytest.mark.gpu]
+pytestmark = [requires_gpu, pytest.mark.gpu, pytest.mark.usefixtures("gpu_instances")]
 
-KV_CASES = [  # (q dtype, kv dtype, fp8 conversion)
-    (torch.float16, torch.float16, None),
-    (torch.bfloat16, torch.bfloat16, None),
-    (torch.float16, torch.float8_e4m3fn, "hardware"),
-    (torch.float16, torch.float8_e4m3fn, "software"),
-    (torch.float16, torch.float8_e5m2, "hardware"),
-    (torch.float16, torch.float8_e5m2, "software"),
-    (torch.bfloat16, torch.float8_e4m3fn, "hardware"),
-    (torch.bfloat16, torch.float8_e4m3fn, "software"),
-    (torch.bfloat16, torch.float8_e5m2, "hardware"),
-    (torch.bfloat16, torch.float8_e5m2, "software"),
-]
+
+def _kv_cases():
+    """(q dtype, kv dtype, fp8 conversion): every pair, with each conversion the GPU's arch runs."""
+    from gpu_instances import visible_arch
+    conversions = ARCH_BY_NAME[visible_arch()].conversions if HAS_CUDA else ("software",)
+    cases = []
+    for q in (torch.float16, torch.bfloat16):
+        cases.append((q, q, None))
+        cases += [(q, kv, conv) for kv in (torch.float8_e4m3fn, torch.float8_e5m2) for conv in conversions]
+    return cases
+
+
+KV_CASES = _kv_cases()
+CONVERSIONS = sorted({c for _, _, c in KV_CASES if c})
 LSE_TOL = 1e-3
 
 
@@ -139,7 +142,7 @@ def test_long_context_batch1_fills_gpu(workspace):
     assert sched.chunk_tokens is not None and sched.request.size > 1, "batch 1 at 32k must be split"
 
 
-@pytest.mark.parametrize("conv", ["hardware", "software"])
+@pytest.mark.parametrize("conv", CONVERSIONS)
 @pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 def test_device_conversion_all_codes(kv_dtype, conv, workspace):
     # The instance's own conversion routine (as the mainloop runs it) over all 256 codes.
@@ -148,7 +151,7 @@ def test_device_conversion_all_codes(kv_dtype, conv, workspace):
     w.plan(indptr, indices, last, 4, 1, 128, 16, q_data_type=torch.float16, kv_data_type=kv_dtype)
     codes = torch.arange(256, dtype=torch.uint8, device="cuda")
     out = torch.full((256,), 12345.0, device="cuda")
-    w.module.convert_kv(codes.data_ptr(), out.data_ptr(), 256, torch.cuda.current_stream().cuda_stream)
+    w.module.call("convert_kv", codes.data_ptr(), out.data_ptr(), 256, torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
     expected = codes.view(kv_dtype).float()
     nan = torch.isnan(expected)
@@ -230,7 +233,7 @@ def test_unbuilt_instance_names_the_fix(workspace, monkeypatch):
     assert info.value.nearest, "the error must list the nearest built instances"
 
 
-@pytest.mark.parametrize("conv", ["hardware", "software"])
+@pytest.mark.parametrize("conv", CONVERSIONS)
 def test_nan_codes_propagate_like_the_reference(conv, workspace):
     # A NaN code in K poisons its request's rows, one in V its dim; the software path detects them
     # and replays the range with the exact conversion. Finite requests must be unaffected.
@@ -251,3 +254,34 @@ def test_nan_codes_propagate_like_the_reference(conv, workspace):
     finite = ~torch.isnan(ref)
     err = float(torch.linalg.vector_norm(out.double()[finite] - ref[finite]) / torch.linalg.vector_norm(ref[finite]))
     assert err < 1e-2
+
+
+def test_side_streams_and_devices(workspace):
+    """run() launches on the current stream of the tensors' device, with that device current:
+    two side streams give the same results as the default one, and on a second GPU (where one
+    exists) plan() and run() work while another device is current."""
+    q, k, v, cache, indptr, indices, last = make_case([7, 300, 2000], 16, 8, 2, 128, torch.bfloat16,
+                                                      torch.float8_e4m3fn, "NHD")
+    ref, _ = decode_reference(q, k, v, indptr, indices, last)
+    w = BatchDecodeWithPagedKVCacheWrapper(workspace)
+    w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.bfloat16, kv_data_type=torch.float8_e4m3fn)
+    outs = []
+    for stream in (torch.cuda.Stream(), torch.cuda.Stream()):
+        with torch.cuda.stream(stream):
+            out = torch.full_like(q, float("nan"))
+            w.run(q, cache, out=out)
+        stream.synchronize()
+        outs.append(out)
+    for out in outs:
+        assert relative_error(out, ref) < 1e-2
+    assert torch.equal(outs[0], outs[1])
+    if torch.cuda.device_count() < 2:
+        return
+    dev1 = torch.device("cuda", 1)
+    ws1 = torch.empty(16 << 20, dtype=torch.uint8, device=dev1)
+    w1 = BatchDecodeWithPagedKVCacheWrapper(ws1)
+    with torch.cuda.device(0):  # the other device is current throughout
+        w1.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.bfloat16, kv_data_type=torch.float8_e4m3fn)
+        out1 = w1.run(q.to(dev1), (k.to(dev1), v.to(dev1)))
+    torch.cuda.synchronize(dev1)
+    assert relative_error(out1.to(q.device), ref) < 1e-2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from generator.render import TEMPLATE_DIR
+from generator.toolchain import TEMPLATE_DIR
 
 PROGRAM = r"""
 #include <cstdio>

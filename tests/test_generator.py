@@ -1,12 +1,21 @@
-"""Instance table, rendering, manifest: CPU only."""
+"""Instance table, arch table, rendering, ABI spec, cache key, manifest: CPU only."""
+import ctypes
+import dataclasses
+import importlib
 import json
+import re
+import shutil
+import subprocess
 
 import pytest
 
 from generator import InstanceKey, InvalidInstance, check, default_instances, enumerate_instances, generate, render
-from generator.instances import (GENCODE, HEAD_DIMS, SMEM_PER_CTA_MAX, decode_smem_bytes, min_ctas_per_sm,
-                                 pipeline_stages, template_context, why_invalid)
-from generator.render import CMAKE_LIST_NAME, MANIFEST_NAME, headers_digest, source_hash
+from generator import abi, arches, kind_decode, toolchain
+from generator.instances import KINDS, why_invalid
+from generator.render import CMAKE_LIST_NAME, MANIFEST_NAME, generated_headers, included_headers, source_hash
+
+
+render_mod = importlib.import_module("generator.render")  # the package re-exports render() under that name
 
 
 def key(**kw):
@@ -16,9 +25,16 @@ def key(**kw):
     return InstanceKey(**base)
 
 
-def test_default_set_matches_the_issue():
+def constant(source: str, name: str) -> int:
+    """The value the template rendered for /*name=*/."""
+    return int(re.search(rf"/\*{name}=\*/(\d+)", source).group(1))
+
+
+# --- instance table --------------------------------------------------------------------------
+
+def test_default_set():
     keys = default_instances(["sm80", "sm90a"])
-    assert {k.head_dim for k in keys} == {128}
+    assert {k.head_dim for k in keys} == {128} and {k.variant for k in keys} == {"default"}
     assert {(k.q_dtype, k.kv_dtype) for k in keys} == {
         ("f16", "f16"), ("f16", "e4m3"), ("f16", "e5m2"), ("bf16", "bf16"), ("bf16", "e4m3"), ("bf16", "e5m2")}
     # sm80 has only the software conversion; sm90a both
@@ -31,12 +47,14 @@ def test_default_set_matches_the_issue():
 @pytest.mark.parametrize("bad,reason", [
     (dict(q_dtype="f16", kv_dtype="bf16", conversion="none"), "16-bit KV cache must have the q dtype"),
     (dict(arch="sm80", conversion="hardware"), "no FP8 convert instruction"),
+    (dict(arch="sm86", conversion="hardware"), "no FP8 convert instruction"),
     (dict(conversion="none"), "needs conversion"),
     (dict(kv_dtype="bf16", conversion="software"), "is not converted"),
     (dict(head_dim=96), "head_dim=96"),
     (dict(q_dtype="e4m3", kv_dtype="e4m3"), "q_dtype"),
     (dict(arch="sm75"), "arch"),
     (dict(variant="alibi"), "variant"),
+    (dict(kind="encode"), "kind"),
 ])
 def test_invalid_combinations_say_why(bad, reason):
     k = key(**bad)
@@ -50,21 +68,81 @@ def test_invalid_combinations_say_why(bad, reason):
 def test_enumeration_is_the_valid_product():
     keys = enumerate_instances()
     assert all(why_invalid(k) is None for k in keys)
-    # 2 q dtypes x 3 head dims x (sm80: 1 + 2 fp8 sw; sm90a: 1 + 2 fp8 x 2 conversions)
-    assert len(keys) == 2 * len(HEAD_DIMS) * (3 + 5)
+    # per q dtype, head dim and variant: sm80/sm86 1 + 2 fp8 software; sm89/sm90a 1 + 2 fp8 x 2
+    per = 3 + 3 + 5 + 5
+    assert len(keys) == 2 * len(kind_decode.HEAD_DIMS) * len(kind_decode.VARIANTS) * per
     assert keys == sorted(keys)
+    # a selection narrows exactly the named fields
+    sel = enumerate_instances({"arch": ("sm89",), "head_dim": (64,), "variant": ("softcap",), "q_dtype": ("f16",)})
+    assert {(k.kv_dtype, k.conversion) for k in sel} == {
+        ("f16", "none"), ("e4m3", "hardware"), ("e4m3", "software"), ("e5m2", "hardware"), ("e5m2", "software")}
 
+
+def test_key_from_older_or_newer_manifest():
+    k = key()
+    assert InstanceKey.from_dict(k.as_dict()) == k
+    old = {f: v for f, v in k.as_dict().items() if f != "variant"}  # written before `variant` existed
+    assert InstanceKey.from_dict(old) == k
+    with pytest.raises(ValueError, match="lacks the field 'head_dim'"):
+        InstanceKey.from_dict({f: v for f, v in k.as_dict().items() if f != "head_dim"})
+    with pytest.raises(ValueError, match="does not know"):
+        InstanceKey.from_dict({**k.as_dict(), "tile": 64})
+
+
+# --- arch table ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cap,name", [((8, 0), "sm80"), ((8, 7), "sm80"), ((8, 6), "sm86"), ((8, 9), "sm89"),
+                                      ((9, 0), "sm90a"), ((7, 5), None), ((10, 0), None), ((12, 0), None)])
+def test_capability_to_arch(cap, name):
+    arch = arches.arch_for_capability(cap)
+    assert (arch.name if arch else None) == name
+    if name is None:
+        assert "compute capability" in arches.capability_error(cap)
+
+
+def test_arch_facts():
+    assert [a.name for a in arches.ARCHES if a.has_fp8_cvt] == ["sm89", "sm90a"]
+    assert arches.arch("sm89").default_conversion == "hardware"
+    assert arches.arch("sm86").conversions == ("software",)
+    caps = [c for a in arches.ARCHES for c in a.capabilities]
+    assert len(caps) == len(set(caps)), "a device is served by one arch"
+    with pytest.raises(ValueError, match="unknown arch"):
+        arches.arch("sm75")
+
+
+@pytest.mark.parametrize("arch", arches.ARCH_NAMES)
+def test_every_instance_fits_its_arch(arch):
+    """Shared memory within the arch's per-CTA limit, pipeline and occupancy in range, for every
+    decode instance (the 100 KB parts included)."""
+    a = arches.arch(arch)
+    for k in enumerate_instances({"arch": (arch,), "variant": ("default",), "q_dtype": ("f16",)}):
+        source = render(k)
+        stages, smem = constant(source, "kStages"), constant(source, "kSmemBytes")
+        assert stages == kind_decode.pipeline_stages(k.kv_dtype, k.head_dim, a, k.conversion)
+        assert 1 <= stages <= 8 and smem <= a.smem_per_block == constant(source, "kSmemPerBlock")
+        assert 1 <= constant(source, "kMinCtasPerSm") <= 4
+    # FP8 rows are half as wide, so the same bytes in flight take twice the steps
+    sm90 = arches.arch("sm90a")
+    assert kind_decode.pipeline_stages("e4m3", 128, sm90) == 2 * kind_decode.pipeline_stages("bf16", 128, sm90)
+    assert kind_decode.min_ctas_per_sm("e4m3", 128, arches.arch("sm80")) == 2
+    # a 16-bit head-dim-256 step leaves a 100 KB part room for one stage only
+    assert kind_decode.pipeline_stages("f16", 256, arches.arch("sm86")) == 1
+    assert kind_decode.pipeline_stages("f16", 256, arches.arch("sm80")) == 2
+
+
+# --- rendering -------------------------------------------------------------------------------
 
 def test_render_is_deterministic_and_only_fills_constants():
     k = key()
     a, b = render(k), render(k)
     assert a == b
-    assert k.name in a
-    ctx = template_context(k)
-    for value in ("cute::bfloat16_t", "fig::Conversion::kHardware", "fig::Fp8Format::kE4M3",
-                  f"{ctx['stages']}", "fig::PlainLogits"):
+    assert f'fig_instance_name(void) {{ return "{k.name}"; }}' in a
+    assert 'fig_kind(void) { return "decode"; }' in a
+    for value in ("cute::bfloat16_t", "fig::Conversion::kHardware", "fig::Fp8Format::kE4M3", "fig::PlainLogits"):
         assert value in a
-    assert "{{" not in a and "{%" not in a
+    assert constant(a, "kStages") == kind_decode.pipeline_stages("e4m3", 128, arches.arch("sm90a"), "hardware")
+    assert constant(a, "kWarps") == kind_decode.WARPS and constant(a, "kStepTokens") == kind_decode.STEP_TOKENS
+    assert "{{" not in a and "{%" not in a and "{#" not in a
 
 
 def test_variants_render_differently():
@@ -72,18 +150,19 @@ def test_variants_render_differently():
     assert len(sources) == 4
 
 
-def test_generate_writes_only_on_change_and_is_byte_identical(tmp_path):
+def test_generate_writes_only_on_change_and_is_byte_identical(tmp_path, fixed_toolchain):
     keys = [key(), key(conversion="software"), key(kv_dtype="bf16", conversion="none")]
     generate(keys, tmp_path / "a")
     generate(keys, tmp_path / "b")
-    for name in [k.filename for k in keys] + [MANIFEST_NAME, CMAKE_LIST_NAME]:
+    names = [k.filename for k in keys] + [MANIFEST_NAME, CMAKE_LIST_NAME, *generated_headers()]
+    for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "a").iterdir()}
     generate(keys, tmp_path / "a")
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "a").iterdir()}
 
 
-def test_manifest_round_trip_and_cmake_list(tmp_path):
+def test_manifest_round_trip_and_cmake_list(tmp_path, fixed_toolchain):
     keys = [key(), key(head_dim=64, q_dtype="f16", kv_dtype="e5m2", arch="sm80", conversion="software")]
     entries = generate(keys, tmp_path)
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
@@ -93,10 +172,13 @@ def test_manifest_round_trip_and_cmake_list(tmp_path):
         assert InstanceKey.from_dict(item["key"]) == k
         assert item["source_hash"] == source_hash(k)
         assert item["library"] == f"libfig_{k.name}_{item['source_hash']}.so"
-        assert GENCODE[k.arch] in item["nvcc_flags"]
+        assert item["nvcc_flags"] == render_mod.nvcc_flags(k) and arches.arch(k.arch).gencode in item["nvcc_flags"]
+        assert item["toolchain"] == fixed_toolchain
+        assert "fig_abi_decode.h" in item["headers"] and "fp8_convert.cuh" in item["headers"]
     cmake = (tmp_path / CMAKE_LIST_NAME).read_text()
     assert cmake.count("fig_add_instance(") == len(keys)
-    assert "compute_80,code=sm_80" in cmake and "compute_90a,code=sm_90a" in cmake
+    for k in keys:  # the flags CMake gets are the hashed list, verbatim
+        assert f'"{";".join(render_mod.nvcc_flags(k))}")' in cmake
     # a second, smaller generation keeps earlier instances in the manifest but builds only its own
     generate([key()], tmp_path)
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
@@ -105,22 +187,125 @@ def test_manifest_round_trip_and_cmake_list(tmp_path):
     assert set(entries) == {k.name for k in keys}
 
 
-def test_source_hash_covers_headers_and_flags():
-    k = key()
-    assert source_hash(k) == source_hash(k)
-    assert source_hash(k, digest="other headers") != source_hash(k)
-    assert source_hash(k) != source_hash(key(arch="sm80", conversion="software"))
-    assert len(headers_digest()) == 64
+# --- cache key -------------------------------------------------------------------------------
+
+KEYS = [key(), key(arch="sm80", conversion="software"), key(kv_dtype="bf16", conversion="none", head_dim=64)]
 
 
-def test_pipeline_constants_fit_the_arch():
-    for kv in ("f16", "e4m3"):
-        for d in HEAD_DIMS:
-            for arch in ("sm80", "sm90a"):
-                assert 2 <= pipeline_stages(kv, d, arch) <= 8
-                assert 1 <= min_ctas_per_sm(kv, d, arch) <= 4
-                assert decode_smem_bytes(kv, d, arch) <= SMEM_PER_CTA_MAX[arch]
-    # FP8 rows are half as wide, so the same bytes in flight take twice the steps
-    assert pipeline_stages("e4m3", 128, "sm90a") == 2 * pipeline_stages("bf16", 128, "sm90a")
-    # two CTAs per SM wherever the step allows it, on both archs
-    assert min_ctas_per_sm("e4m3", 128, "sm80") == 2 and min_ctas_per_sm("e4m3", 128, "sm90a") == 2
+def hashes(template_dir=toolchain.TEMPLATE_DIR, tools=None):
+    tools = tools or {"nvcc": "n", "cutlass": "c"}
+    return [source_hash(k, tools=tools, template_dir=template_dir) for k in KEYS]
+
+
+def test_header_edit_changes_exactly_the_hashes_that_include_it(tmp_path):
+    tdir = tmp_path / "templates"
+    shutil.copytree(toolchain.TEMPLATE_DIR, tdir)
+    before = hashes(tdir)
+    assert len(set(before)) == len(KEYS)
+    (tdir / "unrelated.cuh").write_text("// included by nobody\n")
+    assert hashes(tdir) == before
+    with open(tdir / "softmax.cuh", "a") as fh:  # included by every decode instance
+        fh.write("// edited\n")
+    edited = hashes(tdir)
+    assert all(a != b for a, b in zip(before, edited))
+    # a header the sources do not include, present in the folder: the include graph leaves it out
+    assert "unrelated.cuh" not in included_headers(render(KEYS[0]), tdir)
+
+
+def test_flag_and_toolchain_changes_change_exactly_the_dependent_hashes(monkeypatch):
+    before = hashes()
+    sm80 = arches.ARCH_BY_NAME["sm80"]
+    monkeypatch.setitem(arches.ARCH_BY_NAME, "sm80", dataclasses.replace(sm80, gencode=sm80.gencode + " -lineinfo"))
+    changed = [a != b for a, b in zip(before, hashes())]
+    assert changed == [k.arch == "sm80" for k in KEYS]
+    monkeypatch.setitem(arches.ARCH_BY_NAME, "sm80", sm80)
+    assert hashes() == before
+    monkeypatch.setattr(render_mod, "COMMON_NVCC_FLAGS", render_mod.COMMON_NVCC_FLAGS + ("-lineinfo",))
+    assert all(a != b for a, b in zip(before, hashes()))
+    monkeypatch.undo()
+    assert all(a != b for a, b in zip(before, hashes(tools={"nvcc": "n2", "cutlass": "c"})))
+    assert all(a != b for a, b in zip(before, hashes(tools={"nvcc": "n", "cutlass": "c2"})))
+
+
+# --- C ABI spec ------------------------------------------------------------------------------
+
+OFFSETS_PROGRAM = r"""
+#include <cstddef>
+#include <cstdio>
+#include "fig_abi_decode.h"
+#define SHOW(T, f) std::printf("%s %zu\n", #f, offsetof(T, f))
+int main() {
+  std::printf("size %zu\n", sizeof(FigDecodeParams));
+  %FIELDS%
+}
+"""
+
+
+def _flat_fields(s: abi.Struct, prefix=""):
+    for f in s.fields:
+        if isinstance(f.ctype, abi.Struct):
+            yield from _flat_fields(f.ctype, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name
+
+
+def _ctypes_offset(struct_type, path):
+    offset, t = 0, struct_type
+    for part in path.split("."):
+        field = getattr(t, part)
+        offset += field.offset
+        t = dict(t._fields_)[part]
+    return offset
+
+
+def test_c_header_and_ctypes_mirror_agree(tmp_path):
+    """The C compiler's offsets of every (nested) field and sizeof(FigDecodeParams) equal the ctypes
+    mirror's, both being made from generator/abi.py."""
+    gxx = shutil.which("g++") or shutil.which("c++")
+    if gxx is None:
+        pytest.fail("a host C++ compiler (g++) is needed for this test")
+    for name, text in generated_headers().items():
+        (tmp_path / name).write_text(text)
+    fields = list(_flat_fields(kind_decode.PARAMS))
+    (tmp_path / "main.cpp").write_text(OFFSETS_PROGRAM.replace(
+        "%FIELDS%", "\n  ".join(f"SHOW(FigDecodeParams, {f});" for f in fields)))
+    subprocess.run([gxx, "-std=c++17", f"-I{tmp_path}", str(tmp_path / "main.cpp"), "-o", str(tmp_path / "off")],
+                   check=True)
+    rows = dict(line.split() for line in subprocess.run([str(tmp_path / "off")], check=True, capture_output=True,
+                                                        text=True).stdout.splitlines())
+    mirror = abi.ctypes_struct(kind_decode.PARAMS)
+    assert int(rows.pop("size")) == ctypes.sizeof(mirror)
+    assert {f: int(v) for f, v in rows.items()} == {f: _ctypes_offset(mirror, f) for f in fields}
+
+
+def test_abi_version_follows_the_spec():
+    spec = kind_decode.ABI
+    swapped = dataclasses.replace(spec.params, fields=(spec.params.fields[1], spec.params.fields[0],
+                                                       *spec.params.fields[2:]))
+    other = dataclasses.replace(spec, params=swapped, structs=(spec.structs[0], swapped))
+    assert other.version != spec.version
+    assert f"#define {spec.version_macro} {spec.version}u" in abi.kind_header(spec)
+    assert spec.version == kind_decode.ABI.version  # deterministic
+
+
+def test_fill_requires_every_field():
+    with pytest.raises(TypeError, match="missing"):
+        abi.fill(abi.SCALES, sm_scale=1.0, k_scale=1.0, v_scale=1.0)
+    with pytest.raises(TypeError, match="unknown"):
+        abi.fill(abi.SCALES, sm_scale=1.0, k_scale=1.0, v_scale=1.0, logits_soft_cap=0.0, extra=1)
+    s = abi.fill(abi.SCALES, sm_scale=0.5, k_scale=2.0, v_scale=3.0, logits_soft_cap=0.0)
+    assert (s.sm_scale, s.k_scale, s.v_scale) == (0.5, 2.0, 3.0)
+
+
+def test_every_kind_is_complete():
+    """A kind spec names a template that exists, an ABI whose exports the template defines, and
+    default selections within its axes."""
+    for name, spec in KINDS.items():
+        assert (toolchain.TEMPLATE_DIR / spec.template).is_file()
+        k = enumerate_instances({"kind": (name,), "arch": ("sm90a",)}, use_defaults=True)[0]
+        source = render(k)
+        for fn in spec.abi.all_functions:
+            if fn not in abi.COMMON_FUNCTIONS:
+                assert f" {spec.abi.symbol(fn)}(" in source, f"{name} template does not define {spec.abi.symbol(fn)}"
+        for field, values in spec.defaults.items():
+            assert set(values) <= set(spec.allowed(field))

@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from generator import InstanceKey, generate
-from generator.render import MANIFEST_NAME
+from generator.kind_decode import HEAD_DIMS, STEP_TOKENS
+from generator.render import MANIFEST_NAME, MANIFEST_VERSION
 from flashinfer_gen import validation as V
 from flashinfer_gen.builder import generated_dir, library_dir
-from flashinfer_gen.decode import MIN_CHUNK_TOKENS, STEP_TOKENS, make_schedule
-from flashinfer_gen.registry import InstanceNotBuiltError, Registry, arch_for_capability, build_command
+from flashinfer_gen.decode import MIN_CHUNK_TOKENS, make_schedule
+from flashinfer_gen.registry import InstanceNotBuiltError, Registry, build_command
+
+pytestmark = pytest.mark.usefixtures("fixed_toolchain")
 
 K_HW = InstanceKey("decode", "bf16", "e4m3", 128, "sm90a", "hardware")
 K_SW = InstanceKey("decode", "bf16", "e4m3", 128, "sm90a", "software")
@@ -49,6 +52,15 @@ def test_missing_instance_error_names_key_nearest_and_command(tmp_path):
     assert "--conversion software" in build_command(K_SW)
 
 
+def test_build_command_round_trips_through_the_cli(tmp_path):
+    from flashinfer_gen.cli import _add_selectors, _selected
+    import argparse
+    parser = argparse.ArgumentParser()
+    _add_selectors(parser)
+    args = parser.parse_args(build_command(K_SW).split()[2:])
+    assert _selected(args) == [K_SW]
+
+
 def test_invalid_combination_is_refused_with_reason(tmp_path):
     bad = InstanceKey("decode", "f16", "bf16", 128, "sm90a", "none")
     with pytest.raises(ValueError, match="16-bit KV cache must have the q dtype"):
@@ -56,31 +68,54 @@ def test_invalid_combination_is_refused_with_reason(tmp_path):
 
 
 def test_stale_library_is_not_loaded(tmp_path):
-    entries = fake_cache(tmp_path, built=[K_HW])
+    fake_cache(tmp_path, built=[K_HW, K_SW])
     manifest_path = generated_dir(tmp_path) / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["instances"][K_HW.name]["source_hash"] = "0" * 16  # built from other sources
     manifest_path.write_text(json.dumps(manifest))
-    (entry,) = Registry(tmp_path).entries()
-    assert entry.stale and not entry.built
+    state = {e.key: (e.built, e.stale) for e in Registry(tmp_path).entries()}
+    assert state == {K_HW: (False, True), K_SW: (True, False)}
     with pytest.raises(InstanceNotBuiltError):
         Registry(tmp_path).lookup(K_HW, jit=False)
-    assert entries
 
 
-def test_capability_to_arch():
-    assert arch_for_capability((8, 0)) == "sm80"
-    assert arch_for_capability((8, 9)) == "sm80"
-    assert arch_for_capability((9, 0)) == "sm90a"
-    assert arch_for_capability((7, 5)) is None
+def test_toolchain_change_makes_libraries_stale(tmp_path, monkeypatch):
+    from generator import toolchain
+    fake_cache(tmp_path, built=[K_HW])
+    assert Registry(tmp_path).built_keys() == [K_HW]
+    monkeypatch.setattr(toolchain, "current", lambda: {"nvcc": "release 99.0", "cutlass": "0.0.0"})
+    (entry,) = Registry(tmp_path).entries()
+    assert entry.stale and not entry.built
+    # without nvcc here nothing could be rebuilt: the library is judged by the toolchain that built it
+    monkeypatch.setattr(toolchain, "current", lambda: None)
+    assert Registry(tmp_path).built_keys() == [K_HW]
 
 
-def test_cli_list_shows_the_matrix(tmp_path):
+def test_foreign_manifest_entries_are_skipped_not_fatal(tmp_path):
+    fake_cache(tmp_path, built=[K_HW])
+    path = generated_dir(tmp_path) / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    manifest["instances"]["from_a_newer_version"] = {"key": {**K_SW.as_dict(), "tile": 64}, "library": "x.so",
+                                                     "source_hash": "0"}
+    manifest["instances"]["truncated"] = {"key": {"kind": "decode"}}
+    path.write_text(json.dumps(manifest))
+    assert [e.key for e in Registry(tmp_path).entries()] == [K_HW]
+    # a manifest of another version is read as empty: its instances are rebuilt when asked for
+    path.write_text(json.dumps({**manifest, "version": MANIFEST_VERSION - 1}))
+    assert Registry(tmp_path).entries() == []
+    path.write_text("{ not json")
+    assert Registry(tmp_path).entries() == []
+
+
+def test_cli_list_shows_the_matrix(tmp_path, monkeypatch):
     fake_cache(tmp_path, built=[K_HW], generated=[K_SW])
-    env = dict(os.environ, FLASHINFER_GEN_CACHE=str(tmp_path))
-    out = subprocess.run([sys.executable, "-m", "flashinfer_gen.cli", "list"], capture_output=True, text=True,
-                         env=env, check=True).stdout
-    assert "sm90a" in out and "built" in out and "missing" in out
+    from flashinfer_gen.cli import registry_table
+    monkeypatch.setenv("FLASHINFER_GEN_CACHE", str(tmp_path))
+    out = registry_table()
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["kind", "q_dtype", "kv_dtype", "head_dim", "conversion", "variant", "sm90a"]
+    assert ["decode", "bf16", "e4m3", "128", "hardware", "default", "built"] in rows
+    assert ["decode", "bf16", "e4m3", "128", "software", "default", "missing"] in rows
     assert "1 of 2 generated instances built" in out
 
 
@@ -93,6 +128,10 @@ def test_cli_generate_and_selector_errors(tmp_path):
     assert not list((tmp_path / "g").glob("*hardware*")), "sm80 has no hardware conversion"
     r = run("generate", "--head-dim", "96")
     assert r.returncode != 0 and "96" in r.stderr
+    r = run("generate", "--arch", "sm89", "--q-dtype", "bf16", "--kv-dtype", "e4m3", "--out", str(tmp_path / "h"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "h").glob("*.cu")) == [
+        "decode_qbf16_kve4m3_d128_sm89_hardware_default.cu", "decode_qbf16_kve4m3_d128_sm89_software_default.cu"]
     r = run("generate", "--arch", "sm80", "--conversion", "hardware")
     assert r.returncode != 0 and "no valid instance" in r.stderr
 
@@ -183,7 +222,7 @@ def test_page_table_errors(mutate, match):
 ])
 def test_head_config_errors(args, match):
     with pytest.raises(V.ArgumentError, match=match):
-        V.check_head_config(*args)
+        V.check_head_config(*args, HEAD_DIMS)
 
 
 def test_index_and_dtype_errors():

@@ -1,0 +1,129 @@
+"""The instance key, the dtype facts every kind shares, and what a kernel kind is (`KindSpec`).
+
+A kind is data: its template, its C ABI, the values each key field may take, the predicates that
+refuse combinations (each says why), the constants it renders into its template and its default
+build selection. The renderer, the CLI, the registry and the error messages are derived from the
+specs in `instances.KINDS`; adding a kind adds a spec, its headers and its template.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+from .abi import KindAbi
+from .arches import ARCH_BY_NAME, ARCH_NAMES
+
+Q_DTYPES = ("f16", "bf16")
+KV_DTYPES = ("f16", "bf16", "e4m3", "e5m2")
+FP8_DTYPES = ("e4m3", "e5m2")
+CONVERSIONS = ("none", "hardware", "software")
+KV_BYTES = {"f16": 2, "bf16": 2, "e4m3": 1, "e5m2": 1}
+
+# C++ spellings the templates receive (types only).
+CXX_ELEMENT = {"f16": "cute::half_t", "bf16": "cute::bfloat16_t"}
+CXX_FP8_FORMAT = {"e4m3": "fig::Fp8Format::kE4M3", "e5m2": "fig::Fp8Format::kE5M2"}
+CXX_CONVERSION = {"hardware": "fig::Conversion::kHardware", "software": "fig::Conversion::kSoftware"}
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class InstanceKey:
+    kind: str
+    q_dtype: str
+    kv_dtype: str
+    head_dim: int
+    arch: str
+    conversion: str
+    variant: str = "default"
+
+    @property
+    def name(self) -> str:
+        return (f"{self.kind}_q{self.q_dtype}_kv{self.kv_dtype}_d{self.head_dim}_{self.arch}"
+                f"_{self.conversion}_{self.variant}")
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.cu"
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.kv_dtype in FP8_DTYPES
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        return ", ".join(f"{f} {getattr(self, f)}" for f in KEY_FIELDS)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "InstanceKey":
+        """A key from a manifest entry. A field added after the entry was written takes its
+        default; an entry missing a field without one, or naming a field this version does not
+        know, raises ValueError (the registry then treats it as not built)."""
+        unknown = set(d) - set(KEY_FIELDS)
+        if unknown:
+            raise ValueError(f"manifest key has fields this version does not know: {sorted(unknown)}")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                values[f.name] = d[f.name]
+            elif f.default is not dataclasses.MISSING:
+                values[f.name] = f.default
+            else:
+                raise ValueError(f"manifest key lacks the field {f.name!r}")
+        return cls(**values)
+
+
+KEY_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceKey))
+Predicate = Callable[[InstanceKey], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KindSpec:
+    name: str
+    template: str                                  # the .cu.j2 file in templates/
+    summary: str                                   # one line for the CLI's help
+    abi: KindAbi
+    axes: Mapping[str, tuple]                      # allowed values of every key field but kind and arch
+    defaults: Mapping[str, tuple]                  # the default build; an absent field takes every value
+    predicates: tuple[Predicate, ...]              # the kind's own refusals, after the shared ones
+    context: Callable[[InstanceKey], dict]         # the constants its template renders
+
+    def allowed(self, field: str) -> tuple:
+        if field == "kind":
+            return (self.name,)
+        if field == "arch":
+            return tuple(a for a in ARCH_NAMES if self.name in ARCH_BY_NAME[a].kinds)
+        return self.axes[field]
+
+
+# --- predicates every kind shares: None when fine, else the reason -----------------------------
+
+def kv16_matches_q(key: InstanceKey) -> str | None:
+    if not key.is_fp8 and key.kv_dtype != key.q_dtype:
+        return (f"a 16-bit KV cache must have the q dtype ({key.q_dtype}); "
+                f"got kv {key.kv_dtype}: convert the cache or use an FP8 cache")
+    return None
+
+
+def conversion_matches_kv(key: InstanceKey) -> str | None:
+    if key.is_fp8 and key.conversion == "none":
+        return "an FP8 KV cache needs conversion 'hardware' or 'software'"
+    if not key.is_fp8 and key.conversion != "none":
+        return f"a {key.kv_dtype} KV cache is not converted; conversion must be 'none'"
+    return None
+
+
+def hardware_conversion_needs_cvt(key: InstanceKey) -> str | None:
+    if key.conversion == "hardware" and not ARCH_BY_NAME[key.arch].has_fp8_cvt:
+        return f"{key.arch} has no FP8 convert instruction (sm_89+); use conversion 'software'"
+    return None
+
+
+def kv_element_type(key: InstanceKey) -> str:
+    """The C++ KV element kind of kv_types.cuh for this key."""
+    if key.is_fp8:
+        return f"fig::KvFp8<{CXX_FP8_FORMAT[key.kv_dtype]}, {CXX_CONVERSION[key.conversion]}>"
+    return f"fig::Kv16<{CXX_ELEMENT[key.kv_dtype]}>"
+
+
+SHARED_PREDICATES: tuple[Predicate, ...] = (kv16_matches_q, conversion_matches_kv, hardware_conversion_needs_cvt)

@@ -1,0 +1,44 @@
+"""The instances the GPU tests run, for the visible GPU's arch, and a builder for the missing ones."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from generator import enumerate_instances
+from generator.arches import arch_for_capability
+
+# (selection) -> every valid key of it on the test arch. test_unbuilt_instance_names_the_fix relies
+# on soft-cap at head dim 64 staying out of this list.
+SELECTIONS = (
+    {"kind": ("decode",), "head_dim": (64, 128, 256), "variant": ("default",)},
+    {"kind": ("decode",), "head_dim": (128,), "variant": ("softcap",)},
+)
+
+
+def visible_arch() -> str:
+    import torch
+    arch = arch_for_capability(torch.cuda.get_device_capability())
+    if arch is None:
+        raise RuntimeError(f"no flashinfer_gen arch serves {torch.cuda.get_device_name()}")
+    return arch.name
+
+
+def required_keys(arch: str) -> list:
+    keys = set()
+    for selection in SELECTIONS:
+        keys.update(enumerate_instances({**selection, "arch": (arch,)}))
+    return sorted(keys)
+
+
+def ensure_built() -> list:
+    from flashinfer_gen.builder import build
+    from flashinfer_gen.registry import default_registry
+    keys = required_keys(visible_arch())
+    missing = sorted(set(keys) - set(default_registry().built_keys()))
+    if missing:
+        print(f"\nbuilding the {len(missing)} instances the GPU tests need ({len(keys)} in all) ...", flush=True)
+        t0 = time.monotonic()
+        build(missing, jobs=os.cpu_count(), echo=lambda msg: (sys.stdout.write(msg), sys.stdout.flush()))
+        print(f"built in {time.monotonic() - t0:.0f} s", flush=True)
+    return keys

@@ -1,0 +1,33 @@
+"""A wheel built from this tree installs into a fresh virtual environment and generates sources
+there from its own copy of the templates (package data), away from the checkout."""
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_installs_and_generates(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(REPO)], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("flashinfer_gen-*.whl")
+    venv.create(tmp_path / "env", with_pip=True)
+    python = tmp_path / "env" / "bin" / "python"
+    # generate needs only Jinja2 (no torch, no CUDA); the other dependencies are left out on purpose
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel), "jinja2", "markupsafe"],
+                   check=True, cwd=tmp_path)
+    out = tmp_path / "generated"
+    run = subprocess.run([tmp_path / "env" / "bin" / "flashinfer-gen", "generate", "--arch", "sm80", "--head-dim", "64",
+                          "--q-dtype", "f16", "--kv-dtype", "f16,e4m3", "--out", str(out)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.glob("*.cu")) == ["decode_qf16_kve4m3_d64_sm80_software_default.cu",
+                                                       "decode_qf16_kvf16_d64_sm80_none_default.cu"]
+    assert (out / "fig_abi_decode.h").is_file() and (out / "manifest.json").is_file()
+    where = subprocess.run([python, "-c", "from generator import toolchain; print(toolchain.TEMPLATE_DIR); "
+                            "print(toolchain.CMAKE_DIR)"], capture_output=True, text=True, check=True,
+                           cwd=tmp_path).stdout.split()
+    env_root = str((tmp_path / "env").resolve())
+    assert all(p.startswith(env_root) for p in where), where
+    assert (Path(where[0]) / "decode_kernel.cuh").is_file() and (Path(where[1]) / "CMakeLists.txt").is_file()
