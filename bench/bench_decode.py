@@ -7,7 +7,9 @@ with L2 flushed before each replay by *reading* a 256 MB buffer (so small shapes
 from L2, and no dirty lines are left whose write-back would compete with the timed kernel). TB/s counts the K
 and V bytes read once. Writes bench/results/decode-<gpu>.json.
 
-usage: python bench/bench_decode.py [--quick] [--out PATH]
+usage: python bench/bench_decode.py [--quick] [--head-dim D] [--out PATH]
+An A/B against another checkout (an older commit): FIG_TREE=<its folder> with its own
+FLASHINFER_GEN_CACHE times that checkout's kernels with this script.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, os.environ.get("FIG_TREE") or str(Path(__file__).resolve().parent.parent))
 from flashinfer_gen import BatchDecodeWithPagedKVCacheWrapper  # noqa: E402
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
@@ -128,11 +130,14 @@ def bench_sdpa(batch: int, kv_len: int, reps, flush):
 
 
 def main() -> int:
+    global D
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="batch 64 x 4096 and batch 1 x 32768 only")
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--head-dim", type=int, default=D)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    D = args.head_dim
     gpu = torch.cuda.get_device_name()
     flush = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
@@ -163,7 +168,7 @@ def main() -> int:
         except OSError:
             commit = None
     result = dict(device=gpu, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  commit=commit, torch=torch.__version__, heads=dict(qo=HQ, kv=HK), head_dim=D, page_size=PAGE,
+                  commit=commit, tree=os.environ.get("FIG_TREE"), torch=torch.__version__, heads=dict(qo=HQ, kv=HK), head_dim=D, page_size=PAGE,
                   q_dtype="bf16", method="median of CUDA-event timed CUDA-graph replays, L2 flushed (by a 256 MB read) before each",
                   rows=rows)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"decode-{gpu.replace(' ', '_')}.json"

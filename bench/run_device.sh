@@ -1,30 +1,51 @@
 #!/usr/bin/env bash
-# One device-machine session: install the carried CUTLASS wheel, build the GPU test set, run the
-# GPU tests and the decode benchmark; logs and results go to $OUT (at most 8 files come back).
-# Usage (on the device): FIG_COMMIT=<sha> [FIG_TUNE=1] [FIG_BENCH=0] bash bench/run_device.sh [pytest args]
+# One device-machine session (no network there): the README's two commands, verbatim, on this
+# tree as a fresh checkout would run them, then benchmarks. pip resolves offline from the wheels
+# carried in .wheels/ (nvidia-cutlass, setuptools for the build backend, the cuobjdump/nvdisasm
+# test extras); everything else is on the device image. Logs and results go to $OUT.
+# Usage (on the device): FIG_COMMIT=<sha> bash bench/run_device.sh {readme|bench|ab} ...
+#   readme       the README's main command, then its test command (full suite, log in $OUT)
+#   bench        the decode benchmark (bench/results/decode-*.json shape set) into $OUT
+#   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
-log="$OUT/session.log"
-python -m pip install --no-deps --no-index .wheels/nvidia_cutlass-*.whl >>"$log" 2>&1 || { cat "$log"; exit 1; }
-export FLASHINFER_GEN_CACHE=$PWD/.fig_cache PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv | tee -a "$log"
-t0=$(date +%s)
-python -m flashinfer_gen.cli build --arch sm90a --head-dim 64,128,256 --jobs 16 >"$OUT/build.log" 2>&1 &&
-python -m flashinfer_gen.cli build --arch sm90a --head-dim 128 --variant softcap --jobs 16 >>"$OUT/build.log" 2>&1 \
-  || { tail -50 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$log"
-python -m flashinfer_gen.cli list >>"$OUT/build.log" 2>&1
-for lib in .fig_cache/lib/*sm90a*.so; do cuobjdump -lelf "$lib" | grep -q sm_90a || echo "NO sm_90a SASS in $lib" | tee -a "$log"; done
-python -m flashinfer_gen.cli demo 2>&1 | tee -a "$log"
+export PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.wheels PIP_DISABLE_PIP_VERSION_CHECK=1
 rc=0
-if [ "${FIG_TESTS:-1}" = 1 ]; then
-  python -m pytest tests -q -x -p no:cacheprovider "$@" >"$OUT/pytest.log" 2>&1; rc=$?
-  tail -4 "$OUT/pytest.log"
-fi
-if [ "${FIG_TUNE:-0}" = 1 ]; then
-  python bench/tune_decode.py --out "$OUT/tune.json" >"$OUT/tune.log" 2>&1; tail -30 "$OUT/tune.log"
-fi
-if [ "${FIG_BENCH:-1}" = 1 ]; then
-  python bench/bench_decode.py ${FIG_BENCH_ARGS:-} --out "$OUT/decode.json" 2>&1 | tee "$OUT/bench.log" | tail -70
-fi
+echo "python $(command -v python) pip $(command -v pip) flashinfer-gen after install: $(dirname "$(command -v python)")" >>"$OUT/readme.log"
+for phase in "$@"; do
+  case "$phase" in
+  readme)
+    nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv | tee -a "$OUT/readme.log"
+    t0=$(date +%s)
+    { pip install -e . && flashinfer-gen build && flashinfer-gen list && flashinfer-gen demo; } >>"$OUT/readme.log" 2>&1 \
+      || { tail -60 "$OUT/readme.log"; exit 1; }
+    echo "main command: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/readme.log"
+    grep -A3 "^demo on" "$OUT/readme.log"
+    t0=$(date +%s)
+    { pip install -e '.[test]' && python -m pytest -q -p no:cacheprovider -rfE; } >"$OUT/pytest.log" 2>&1; rc=$?
+    echo "test command: $(( $(date +%s) - t0 )) s, exit $rc" | tee -a "$OUT/readme.log"
+    grep -E "building the|built in" "$OUT/pytest.log"; tail -15 "$OUT/pytest.log"
+    ;;
+  bench)
+    python bench/bench_decode.py --out "$OUT/decode.json" 2>&1 | tee "$OUT/bench.log" | tail -64
+    ;;
+  ab)
+    shift; base=$1; shift
+    for tree in "$PWD" "$base"; do
+      name=$([ "$tree" = "$PWD" ] && echo new || echo base)
+      (cd "$tree" && FLASHINFER_GEN_CACHE=/tmp/fig_ab_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build \
+         --arch sm90a --q-dtype bf16 --head-dim 128,256 --jobs 16 >"$OUT/ab_build_$name.log" 2>&1) \
+        || { tail -30 "$OUT/ab_build_$name.log"; exit 1; }
+    done
+    for hd in 128 256; do
+      for tree in "$PWD" "$base"; do
+        name=$([ "$tree" = "$PWD" ] && echo new || echo base)
+        FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_ab_$name python bench/bench_decode.py --quick --head-dim $hd "$@" \
+          --out "$OUT/ab_${name}_d$hd.json" 2>&1 | tail -11 | sed "s/^/$name d$hd /"
+      done
+    done
+    break
+    ;;
+  esac
+done
 exit $rc

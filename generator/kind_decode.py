@@ -39,9 +39,22 @@ def has_replay_path(kv_dtype: str, conversion: str) -> bool:
     return kv_dtype == "e4m3" and conversion == "software"
 
 
+def q_fragment_in_smem(head_dim: int) -> bool:
+    """Whether a warp keeps Q's mma fragment in shared memory instead of registers. An mma.sync
+    takes A and C/D as register quads, the unused rows 8..15 included, so Q holds 4 registers per
+    k-step and O 4 per n-tile: 3 D / 4 in all. At head dim 256 that is 192 of 255 and ptxas
+    spilled (up to 1 KB per thread, e4m3 software); with Q in shared memory nothing spills."""
+    return 4 * (head_dim // 16 + head_dim // 8) > 128
+
+
+def q_smem_bytes(head_dim: int) -> int:
+    """Q's fragment of every warp, 16 bytes per lane per two k-steps."""
+    return WARPS * 32 * (head_dim // 32) * 16 if q_fragment_in_smem(head_dim) else 0
+
+
 def max_stages(kv_dtype: str, head_dim: int, arch: Arch) -> int:
     """Steps whose copies fit one CTA's shared memory at all (0: the instance cannot exist)."""
-    return arch.smem_per_block // (WARPS * step_bytes_per_warp(kv_dtype, head_dim))
+    return (arch.smem_per_block - q_smem_bytes(head_dim)) // (WARPS * step_bytes_per_warp(kv_dtype, head_dim))
 
 
 def pipeline_stages(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = "none") -> int:
@@ -61,16 +74,17 @@ def pipeline_stages(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = 
     stages = max(2, min(8, BYTES_IN_FLIGHT_PER_WARP // step))
     if has_replay_path(kv_dtype, conversion):
         stages = max(2, stages // 2)
-    fits_two = (arch.smem_per_sm // MIN_CTAS_FOR_LATENCY - SMEM_RESERVED_PER_CTA) // (WARPS * step)
+    fits_two = ((arch.smem_per_sm // MIN_CTAS_FOR_LATENCY - SMEM_RESERVED_PER_CTA - q_smem_bytes(head_dim))
+                // (WARPS * step))
     return min(max(2, min(stages, fits_two)), max_stages(kv_dtype, head_dim, arch))
 
 
 def smem_bytes(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = "none", stages: int | None = None) -> int:
-    """Dynamic shared memory of one CTA: the copy ring, reused by the epilogue's merge buffer
-    (fp32 O of every warp tile row plus its max and sum). The kernel static_asserts that its
-    SharedStorage structs have exactly this size."""
+    """Dynamic shared memory of one CTA: the copy ring (and Q's fragment where it lives there),
+    reused by the epilogue's merge buffer (fp32 O of every warp tile row plus its max and sum).
+    The kernel static_asserts that its SharedStorage structs have exactly this size."""
     stages = pipeline_stages(kv_dtype, head_dim, arch, conversion) if stages is None else stages
-    ring = WARPS * stages * step_bytes_per_warp(kv_dtype, head_dim)
+    ring = WARPS * stages * step_bytes_per_warp(kv_dtype, head_dim) + q_smem_bytes(head_dim)
     merge = WARPS * ROWS_PER_TILE * (head_dim + 2) * 4
     return max(ring, merge)
 
@@ -112,6 +126,7 @@ def template_context(key: InstanceKey) -> dict:
         "warps": WARPS,
         "step_tokens": STEP_TOKENS,
         "rows_per_tile": ROWS_PER_TILE,
+        "q_in_smem": "true" if q_fragment_in_smem(key.head_dim) else "false",
         "min_ctas_per_sm": tune.get("min_ctas", min_ctas_per_sm(key.kv_dtype, key.head_dim, arch, key.conversion,
                                                                 stages)),
         "smem_bytes": smem_bytes(key.kv_dtype, key.head_dim, arch, key.conversion, stages),

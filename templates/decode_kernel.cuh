@@ -16,8 +16,8 @@ namespace fig {
 
 // The instance's numbers, all from the generator's table (generator/kind_decode.py); the
 // static_asserts below check that the kernel's own types agree with them.
-template <int kHeadDim_, int kStages_, int kWarps_, int kStepTokens_, int kRowsPerTile_, int kMinCtasPerSm_,
-          int kSmemBytes_, int kSmemPerBlock_>
+template <int kHeadDim_, int kStages_, int kWarps_, int kStepTokens_, int kRowsPerTile_, bool kQInSmem_,
+          int kMinCtasPerSm_, int kSmemBytes_, int kSmemPerBlock_>
 struct DecodeShape {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kStages = kStages_;
@@ -25,6 +25,7 @@ struct DecodeShape {
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kStepTokens = kStepTokens_;     // k of the P.V mma
   static constexpr int kRowsPerTile = kRowsPerTile_;   // q heads of a warp tile: half the mma's m
+  static constexpr bool kQInSmem = kQInSmem_;          // Q's mma fragment kept in shared memory
   static constexpr int kMinCtasPerSm = kMinCtasPerSm_; // register cap: 65536 / (kThreads * this)
   static constexpr int kSmemBytes = kSmemBytes_;       // dynamic shared memory of one CTA
   static constexpr int kSmemPerBlock = kSmemPerBlock_; // the arch's limit for one CTA
@@ -57,7 +58,6 @@ constexpr size_t decode_smem_bytes() {
   using MmaShape = typename cute::MMA_Traits<Atom>::Shape_MNK;
   static_assert(Cfg::kStepTokens == cute::size<2>(MmaShape{}), "a step is one k16 slab of the P.V mma");
   static_assert(2 * Cfg::kRowsPerTile == cute::size<0>(MmaShape{}), "a warp tile is rows 0..7 of the m16 tile");
-  static_assert(DecodeMainloop<Cfg>::kStepTokens == Cfg::kStepTokens);
   return kNeed;
 }
 

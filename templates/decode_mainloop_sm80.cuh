@@ -13,8 +13,14 @@
 //   O = P V: lane (g, c) provides V[tokens 2c, 2c+1, 2c+8, 2c+9][dim v_dim(g, n-tile)], i.e. four
 //     token rows of D/8 contiguous dims; token pairs are interleaved with one byte permute.
 // Every KV byte is read once per request per KV head, as 16-byte loads (8 for FP8 with D=64).
+// Registers: an mma's A and C/D operands are register quads, their zero / dropped rows 8..15
+// included, so Q's fragment holds 4 registers per k-step and O 4 per n-tile, 3 D / 4 in all.
+// At D=256 that is 192 of 255 and ptxas spilled (K and V words are read from shared memory
+// just in time either way), so there Q's fragment lives in shared memory and is read back two
+// k-steps (one 16-byte slot) at a time. The mma operands, and so the results, are unchanged.
 #pragma once
 #include <cuda_runtime.h>
+#include <type_traits>
 #include <cute/arch/copy_sm80.hpp>
 #include "kv_types.cuh"
 #include "mma_sm80.cuh"
@@ -33,7 +39,7 @@ struct DecodeMainloop {
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kStages = Cfg::kStages;
   static constexpr int kBytes = Kv::kBytes;
-  static constexpr int kStepTokens = 16;   // k of the P.V mma
+  static constexpr int kStepTokens = Cfg::kStepTokens;  // k of the P.V mma
   static constexpr int kVecK = cute::min(16 / kBytes, kHeadDim / 4);  // elements per K load
   static constexpr int kVecV = cute::min(16 / kBytes, kHeadDim / 8);  // elements per V load
   static constexpr int kKElems = kHeadDim / 4;  // K dims a lane owns per token
@@ -50,9 +56,19 @@ struct DecodeMainloop {
   static constexpr int kStageChunks = kStageWords / 4;
   static_assert(kStageWords % 4 == 0 && (2 * kKWords) % 4 == 0);
 
-  struct SharedStorage {
+  // Q's fragment in shared memory where the register quads of Q and O would take more than half
+  // of the 255 registers (D=256); below that, registers. The generator decides (it sizes the
+  // shared memory): generator/kind_decode.py q_fragment_in_smem().
+  static constexpr bool kQInSmem = Cfg::kQInSmem;
+  static constexpr int kQChunks = kKSteps / 2;  // two k-steps (4 words) per 16-byte slot
+
+  struct KvStorage {
     uint4 chunks[Cfg::kWarps][kStages][kStageChunks][32];  // (warp, stage, chunk, lane)
   };
+  struct KvQStorage : KvStorage {
+    uint4 q_chunks[Cfg::kWarps][kQChunks][32];  // (warp, chunk, lane); each lane its own slot
+  };
+  using SharedStorage = std::conditional_t<kQInSmem, KvQStorage, KvStorage>;
 
   struct KRows { uint32_t w[2][kKWords]; };
   struct VRows { uint32_t w[4][kVWords]; };
@@ -109,13 +125,25 @@ struct DecodeMainloop {
     return v;
   }
 
+  // Q's A fragment (rows 0..7) of k-steps 2 i and 2 i + 1.
+  __device__ __forceinline__ void read_q(int i, uint32_t (&a)[2][2]) const {
+    if constexpr (kQInSmem) {
+      const uint4 v = q_smem[i][lane];
+      a[0][0] = v.x; a[0][1] = v.y; a[1][0] = v.z; a[1][1] = v.w;
+    } else {
+      a[0][0] = q_frag[2 * i][0]; a[0][1] = q_frag[2 * i][1];
+      a[1][0] = q_frag[2 * i + 1][0]; a[1][1] = q_frag[2 * i + 1][1];
+    }
+  }
+
   // Per-warp state.
-  uint32_t q_frag[kKSteps][2];  // A fragment of Q (rows 0..7), mma element type
+  uint32_t q_frag[kKSteps][2];  // A fragment of Q (rows 0..7), mma element type; init() only if kQInSmem
   float o_acc[kNTiles][2];      // O rows g, dims v_dim(2c, nt), v_dim(2c+1, nt)
   OnlineSoftmaxRow softmax;
   uint32_t special_codes;  // special_bits() of every FP8 word the fast path converted
   int lane, lane_g, lane_c;
   uint4 (*warp_smem)[kStageChunks][32];  // this warp's [kStages][kStageChunks][32] chunks
+  uint4 (*q_smem)[32];                   // this warp's [kQChunks][32] Q slots (kQInSmem)
 
   __device__ __forceinline__ void init(SharedStorage& smem, const QElement* q_rows, int64_t q_stride_head,
                                        int valid_rows) {
@@ -133,6 +161,13 @@ struct DecodeMainloop {
         if (row_ok) bits = *reinterpret_cast<const uint32_t*>(q_row + k_dim(lane_c, 4 * j + 2 * half));
         q_frag[j][half] = row_ok ? q_pair_to_mma<MmaElement, QElement>(bits) : 0u;
       }
+    }
+    if constexpr (kQInSmem) {
+      // Each lane reads back only the slots it wrote: no synchronisation needed.
+      q_smem = smem.q_chunks[threadIdx.x / 32];
+      CUTE_UNROLL
+      for (int i = 0; i < kQChunks; ++i)
+        q_smem[i][lane] = make_uint4(q_frag[2 * i][0], q_frag[2 * i][1], q_frag[2 * i + 1][0], q_frag[2 * i + 1][1]);
     }
     reset();
   }
@@ -209,15 +244,23 @@ struct DecodeMainloop {
     CUTE_UNROLL
     for (int nt = 0; nt < 2; ++nt) {
       CUTE_UNROLL
-      for (int j = 0; j < kKSteps; ++j) {
-        uint32_t b0, b1;
-        if constexpr (Kv::kIsFp8) {
-          convert_k<kExact>(k.w[nt][j], b0, b1);
-        } else {
-          b0 = k.w[nt][2 * j];
-          b1 = k.w[nt][2 * j + 1];
+      for (int i = 0; i < kKSteps / 2; ++i) {
+        // Both n-tiles read the same Q slots; ptxas merges the reads (one LDS.128 per slot and
+        // step), and this loop order keeps the register path's code as it was.
+        uint32_t a[2][2];
+        read_q(i, a);
+        CUTE_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int j = 2 * i + h;
+          uint32_t b0, b1;
+          if constexpr (Kv::kIsFp8) {
+            convert_k<kExact>(k.w[nt][j], b0, b1);
+          } else {
+            b0 = k.w[nt][2 * j];
+            b1 = k.w[nt][2 * j + 1];
+          }
+          mma_half_rows<MmaElement>(s[nt], a[h][0], a[h][1], b0, b1);
         }
-        mma_half_rows<MmaElement>(s[nt], q_frag[j][0], q_frag[j][1], b0, b1);
       }
     }
     float x[4];

@@ -1,7 +1,8 @@
 // m16n8k16 mma.sync (through CuTe's SM80 atoms) used with only rows 0..7 of A populated.
 // Decode has one query row per q head and at most 8 q heads per warp tile, so rows 8..15 of
-// A are zero registers and the matching accumulator outputs are dropped: the warp keeps half
-// the accumulators a full tile would need, which is what lets head dim 256 stay in registers.
+// A are zero registers and the matching accumulator outputs are dropped. The zero and dropped
+// rows still occupy registers: A and C/D are register quads in SASS (decode_mainloop_sm80.cuh
+// says how head dim 256 fits nevertheless).
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
