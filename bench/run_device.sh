@@ -10,6 +10,10 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.wheels PIP_DISABLE_PIP_VERSION_CHECK=1
+# The image's `pip` (/usr/local/bin) is not the pip of its `python` (the torch venv): make the
+# README's `pip` the interpreter's own, as it is on a machine with one Python.
+shim=$(mktemp -d); printf '#!/bin/sh\nexec %s -m pip "$@"\n' "$(command -v python)" >"$shim/pip"; chmod +x "$shim/pip"
+export PATH=$shim:$PATH
 rc=0
 echo "python $(command -v python) pip $(command -v pip) flashinfer-gen after install: $(dirname "$(command -v python)")" >>"$OUT/readme.log"
 for phase in "$@"; do
