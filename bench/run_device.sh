@@ -14,6 +14,9 @@ export PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.wheels PIP_DISABLE_PIP_VERSION_CHECK=
 # README's `pip` the interpreter's own, as it is on a machine with one Python.
 shim=$(mktemp -d); printf '#!/bin/sh\nexec %s -m pip "$@"\n' "$(command -v python)" >"$shim/pip"; chmod +x "$shim/pip"
 export PATH=$shim:$PATH
+# nvidia-cutlass declares Python dependencies (cuda-python, pydot, ...) that only its Python
+# front end uses and the offline image lacks; the headers need none of them.
+pip install -q --no-deps .wheels/nvidia_cutlass-*.whl
 rc=0
 echo "python $(command -v python) pip $(command -v pip) flashinfer-gen after install: $(dirname "$(command -v python)")" >>"$OUT/readme.log"
 for phase in "$@"; do
