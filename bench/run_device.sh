@@ -14,9 +14,12 @@ export PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.wheels PIP_DISABLE_PIP_VERSION_CHECK=
 # README's `pip` the interpreter's own, as it is on a machine with one Python.
 shim=$(mktemp -d); printf '#!/bin/sh\nexec %s -m pip "$@"\n' "$(command -v python)" >"$shim/pip"; chmod +x "$shim/pip"
 export PATH=$shim:$PATH
-# nvidia-cutlass declares Python dependencies (cuda-python, pydot, ...) that only its Python
-# front end uses and the offline image lacks; the headers need none of them.
+# nvidia-cutlass declares Python dependencies (cuda-python pinned to another cuda-bindings, pydot,
+# treelib) that only its Python front end uses and the offline image lacks; the headers need
+# none of them, and every direct dependency of ours is on the image. So pip installs without
+# resolving dependencies here (PIP_NO_DEPS), which a machine with a network does not need.
 pip install -q --no-deps .wheels/nvidia_cutlass-*.whl
+export PIP_NO_DEPS=1
 rc=0
 echo "python $(command -v python) pip $(command -v pip) flashinfer-gen after install: $(dirname "$(command -v python)")" >>"$OUT/readme.log"
 for phase in "$@"; do
