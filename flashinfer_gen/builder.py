@@ -123,6 +123,9 @@ def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | Non
     t0 = time.monotonic()
     with build_lock(root):
         nvcc, cutlass = nvcc_path(), cutlass_include_dir()  # refuse early, with the reason
+        host = toolchain.find_host_compiler()
+        if host is None:
+            raise RuntimeError("no host C++ compiler for nvcc ($CUDAHOSTCXX, g++ or c++ on PATH)")
         entries = generate(keys, generated_dir(root))
         bdir = cmake_dir(root)
         lib = library_dir(root)
@@ -130,6 +133,7 @@ def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | Non
         configure = [
             _tool("cmake"), "-S", str(toolchain.CMAKE_DIR), "-B", str(bdir), "-G", "Ninja",
             f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}", f"-DCMAKE_CUDA_COMPILER={nvcc}",
+            f"-DCMAKE_CUDA_HOST_COMPILER={host}",
             "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON",
             f"-DFIG_GENERATED_DIR={generated_dir(root)}", f"-DFIG_LIBRARY_DIR={lib}",
             f"-DFIG_TEMPLATE_DIR={toolchain.TEMPLATE_DIR}", f"-DFIG_CUTLASS_INCLUDE={cutlass}",

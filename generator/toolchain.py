@@ -34,16 +34,26 @@ def find_nvcc() -> str | None:
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
+def find_host_compiler() -> str | None:
+    """The C++ compiler nvcc compiles host code with: $CUDAHOSTCXX (as CMake reads it), else g++ or
+    c++ on PATH. The build passes it explicitly, so it is the one whose version the key holds."""
+    for c in (os.environ.get("CUDAHOSTCXX"), shutil.which("g++"), shutil.which("c++")):
+        if c and Path(c).is_file():
+            return str(Path(c))
+    return None
+
+
 @functools.lru_cache(maxsize=8)
-def _nvcc_version(path: str, mtime_ns: int) -> str:
+def _version(path: str, mtime_ns: int) -> str:
     out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
     release = re.search(r"release [^\n]*", out)
     build = re.search(r"Build [^\n]*", out)
-    return " ".join(m.group(0).strip() for m in (release, build) if m) or out.strip().splitlines()[-1]
+    return " ".join(m.group(0).strip() for m in (release, build) if m) or out.strip().splitlines()[0]
 
 
-def nvcc_version(path: str) -> str:
-    return _nvcc_version(path, Path(path).stat().st_mtime_ns)
+def version(path: str) -> str:
+    """What `path --version` says (nvcc: its release and build lines; a host compiler: its first line)."""
+    return _version(path, Path(path).stat().st_mtime_ns)
 
 
 def cutlass_include_dir() -> Path | None:
@@ -63,9 +73,9 @@ def _cutlass_version(include: str) -> str:
 
 
 def current() -> dict | None:
-    """The nvcc and CUTLASS a build would use now, or None where either is missing (a machine
-    that only runs prebuilt libraries)."""
-    nvcc, include = find_nvcc(), cutlass_include_dir()
-    if nvcc is None or include is None:
+    """The nvcc, host compiler and CUTLASS a build would use now, or None where one is missing
+    (a machine that only runs prebuilt libraries)."""
+    nvcc, host, include = find_nvcc(), find_host_compiler(), cutlass_include_dir()
+    if nvcc is None or host is None or include is None:
         return None
-    return {"nvcc": nvcc_version(nvcc), "cutlass": _cutlass_version(str(include))}
+    return {"nvcc": version(nvcc), "host_cxx": f"{host}: {version(host)}", "cutlass": _cutlass_version(str(include))}

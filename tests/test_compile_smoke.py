@@ -105,12 +105,12 @@ def test_no_kernel_spills(built_entries):
 
 def test_compile_commands_carry_exactly_the_hashed_flags(smoke_build):
     """What CMake runs is the instance's hashed flag list plus what the (hashed) CMake module
-    adds by itself: includes, the library's export define, the shared-library -fPIC, and the
-    compile/output/dependency bookkeeping."""
+    adds by itself: includes, the library's export define, the shared-library -fPIC, the host
+    compiler (whose version the key holds), and the compile/output/dependency bookkeeping."""
     commands = {Path(c["file"]).stem: c["command"].split()
                 for c in json.loads((cmake_dir(cache_root()) / "compile_commands.json").read_text())}
     bookkeeping = re.compile(r"^(-I.*|-D\w+_EXPORTS|-forward-unknown-to-host-compiler|-x|cu|-c|-o|-MD|-MT|-MF"
-                             r"|-Xcompiler=-fPIC)$")
+                             r"|-Xcompiler=-fPIC|" + re.escape(f"-ccbin={toolchain.find_host_compiler()}") + ")$")
     for k in SMOKE:
         args = commands[k.name][1:]
         flags = nvcc_flags(k)

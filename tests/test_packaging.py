@@ -1,9 +1,13 @@
 """A wheel built from this tree installs into a fresh virtual environment and generates sources
 there from its own copy of the templates (package data), away from the checkout."""
+import shutil
 import subprocess
 import sys
 import venv
 from pathlib import Path
+
+import jinja2
+import markupsafe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -14,9 +18,15 @@ def test_wheel_installs_and_generates(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("flashinfer_gen-*.whl")
     venv.create(tmp_path / "env", with_pip=True)
     python = tmp_path / "env" / "bin" / "python"
-    # generate needs only Jinja2 (no torch, no CUDA); the other dependencies are left out on purpose
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel), "jinja2", "markupsafe"],
-                   check=True, cwd=tmp_path)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   cwd=tmp_path)
+    # generate needs only Jinja2 (no torch, no CUDA): this interpreter's copy, without a network
+    deps = tmp_path / "deps"
+    for package in (jinja2, markupsafe):
+        shutil.copytree(Path(package.__file__).parent, deps / package.__name__)
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "test_deps.pth").write_text(str(deps) + "\n")
     out = tmp_path / "generated"
     run = subprocess.run([tmp_path / "env" / "bin" / "flashinfer-gen", "generate", "--arch", "sm80", "--head-dim", "64",
                           "--q-dtype", "f16", "--kv-dtype", "f16,e4m3", "--out", str(out)],
