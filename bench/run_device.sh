@@ -22,7 +22,8 @@ pip install -q --no-deps .wheels/nvidia_cutlass-*.whl
 export PIP_NO_DEPS=1
 rc=0
 echo "python $(command -v python) pip $(command -v pip) flashinfer-gen after install: $(dirname "$(command -v python)")" >>"$OUT/readme.log"
-for phase in "$@"; do
+while [ $# -gt 0 ]; do
+  phase=$1; shift
   case "$phase" in
   readme)
     nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv | tee -a "$OUT/readme.log"
@@ -40,7 +41,7 @@ for phase in "$@"; do
     python bench/bench_decode.py --out "$OUT/decode.json" 2>&1 | tee "$OUT/bench.log" | tail -64
     ;;
   ab)
-    shift; base=$1; shift
+    base=$(cd "$1" && pwd); shift
     for tree in "$PWD" "$base"; do
       name=$([ "$tree" = "$PWD" ] && echo new || echo base)
       (cd "$tree" && FLASHINFER_GEN_CACHE=/tmp/fig_ab_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build \
