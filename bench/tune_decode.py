@@ -56,7 +56,7 @@ def main() -> int:
     build_all(jobs=16)
     import bench_decode as bd
     from flashinfer_gen import BatchDecodeWithPagedKVCacheWrapper
-    from flashinfer_gen.decode import occupancy as decode_occupancy
+    from flashinfer_gen.common import resident_ctas
     flush = torch.ones(bd.L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     dtypes = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}
@@ -81,7 +81,7 @@ def main() -> int:
                        kv_data_type=dtypes[kv])
                 us = bd.time_graph(lambda: w.run(q, (k, v), out=out), args.reps, flush)
                 nbytes = k.numel() * k.element_size() * 2 * kv_len / (pages_per * bd.PAGE)
-                occ = decode_occupancy(w.module)
+                occ = (resident_ctas(w.module, q.device) // torch.cuda.get_device_properties(q.device).multi_processor_count,)
                 row = dict(kv=kv, conv=conv, tune=tune or "default", batch=batch, kv_len=kv_len, layout=layout,
                            us=round(us, 1), tbps=round(nbytes / us / 1e6, 3), ctas_per_sm=occ[0])
                 rows.append(row)

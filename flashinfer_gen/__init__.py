@@ -4,7 +4,8 @@ The wrappers need torch; the CLI's generate/build/list do not, so the public nam
 on first use."""
 from importlib import import_module
 
-_PUBLIC = {"BatchDecodeWithPagedKVCacheWrapper": ".decode", "InstanceNotBuiltError": ".registry",
+_PUBLIC = {"BatchDecodeWithPagedKVCacheWrapper": ".decode", "BatchPrefillWithPagedKVCacheWrapper": ".prefill",
+           "BatchPrefillWithRaggedKVCacheWrapper": ".prefill", "InstanceNotBuiltError": ".registry",
            "Registry": ".registry", "default_registry": ".registry", "ArgumentError": ".validation"}
 __all__ = list(_PUBLIC)
 

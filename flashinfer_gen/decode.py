@@ -7,25 +7,21 @@ after plan(); a new plan() changes the work list, so capture again after re-plan
 """
 from __future__ import annotations
 
-import ctypes
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from generator import InstanceKey
 from generator.abi import fill
-from generator.keys import FP8_DTYPES
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
-from .registry import Module, default_registry
-from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_cuda_tensor, check_head_config, check_page_table,
-                         check_scalar, device_arch, dtype_name, fail, kv_strides, require_int_index,
-                         require_tensor, split_paged_kv)
+from .common import (check_kv, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
+                     output_tensors, resident_ctas)
+from .registry import Module
+from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail,
+                         kv_strides, require_int_index, require_tensor, split_paged_kv)
 
 MIN_CHUNK_TOKENS = WARPS * STEP_TOKENS  # a split-KV chunk gives each of the CTA's warps at least one step
-_ALIGN = 256
 
 
 @dataclass
@@ -117,17 +113,6 @@ def schedule_for_chunk(begin: np.ndarray, end: np.ndarray, chunk: int | None) ->
                           i32(split_requests), i32(merge_indptr), int(split.sum()), chunk)
 
 
-def _align(n: int) -> int:
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-def occupancy(module: Module) -> tuple[int, int]:
-    """(CTAs per SM, SM count) of the decode kernel on the current device."""
-    ctas, sms = ctypes.c_int(0), ctypes.c_int(0)
-    module.call("occupancy", ctypes.byref(ctas), ctypes.byref(sms))
-    return ctas.value, sms.value
-
-
 class BatchDecodeWithPagedKVCacheWrapper:
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  use_tensor_cores: bool = True, fp8_conversion: str | None = None, jit: bool | None = None):
@@ -165,68 +150,28 @@ class BatchDecodeWithPagedKVCacheWrapper:
         require_int_index(indices, "indices")
         require_int_index(last_page_len, "last_page_len")
         check_head_config(num_qo_heads, num_kv_heads, head_dim, page_size, HEAD_DIMS)
-        if pos_encoding_mode != "NONE":
-            fail(f"pos_encoding_mode={pos_encoding_mode!r} is not supported; apply RoPE to q and k before "
-                 "writing the cache and pass 'NONE'")
-        if not isinstance(window_left, int) or window_left < -1:
-            fail(f"window_left must be -1 (no window) or >= 0, got {window_left!r}")
-        soft_cap = 0.0 if logits_soft_cap is None else check_scalar(logits_soft_cap, "logits_soft_cap")
-        if soft_cap < 0:
-            fail(f"logits_soft_cap must be > 0 (or None), got {soft_cap}")
-        scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else check_scalar(sm_scale, "sm_scale")
-        q_name = dtype_name(q_data_type, "q_data_type")
-        if q_name not in ("f16", "bf16"):
-            fail(f"q_data_type must be float16 or bfloat16, got {q_data_type!r}")
-        kv_name = q_name if kv_data_type is None else dtype_name(kv_data_type, "kv_data_type")
-
+        window_left, soft_cap, scale = check_variant(head_dim, pos_encoding_mode, window_left, logits_soft_cap,
+                                                     sm_scale)
+        q_name, kv_name = dtype_names(q_data_type, kv_data_type)
         indptr_h, last_h, max_index = check_page_table(indptr, indices, last_page_len, page_size)
         batch = indptr_h.numel() - 1
-        kv_len = ((indptr_h[1:] - indptr_h[:-1] - 1) * page_size + last_h).numpy()
-        end = kv_len.astype(np.int64)
+        end = ((indptr_h[1:] - indptr_h[:-1] - 1) * page_size + last_h).numpy().astype(np.int64)
         begin = np.zeros_like(end) if window_left < 0 else np.maximum(end - 1 - window_left, 0)
 
-        arch = device_arch(device)
-        # The arch's preferred conversion (hardware where it has cvt) unless the caller forces one.
-        conversion = "none"
-        if kv_name in FP8_DTYPES:
-            conversion = self._fp8_conversion or arch.default_conversion
-        key = InstanceKey("decode", q_name, kv_name, head_dim, arch.name, conversion,
-                          "softcap" if soft_cap > 0 else "default")
-        module = default_registry().lookup(key, jit=self._jit)
-
-        with torch.cuda.device(device):  # the queries and the copy below act on the current device
-            ctas_per_sm, num_sms = module.per_device("occupancy", device.index, lambda: occupancy(module))
-            sched = make_schedule(begin, end, module.call("ctas_per_work_item", num_qo_heads, num_kv_heads),
-                                  max(1, ctas_per_sm) * num_sms)
-            self._plan = self._lay_out_workspace(sched, num_qo_heads, head_dim)
-
-        self._plan.update(
-            module=module, key=key, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
+        module = lookup("decode", device, q_name, kv_name, head_dim, soft_cap, self._fp8_conversion, self._jit)
+        sched = make_schedule(begin, end, module.call("ctas_per_work_item", num_qo_heads, num_kv_heads),
+                              resident_ctas(module, device))
+        ptr = lay_out_workspace(self._workspace, dict(request=sched.request, begin=sched.begin, end=sched.end,
+                                                      partial=sched.partial, merge_row=sched.merge_request,
+                                                      merge_indptr=sched.merge_indptr),
+                                sched.num_partial, num_qo_heads, head_dim)
+        self._plan = dict(
+            module=module, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
-            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device,
+            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr,
             # keep the device copies of the page table alive for as long as the plan is used
             indptr=indptr.to(device=device, dtype=torch.int32), indices=indices.to(device=device, dtype=torch.int32),
         )
-
-    def _lay_out_workspace(self, sched: DecodeSchedule, num_qo_heads: int, head_dim: int) -> dict:
-        """Workspace: [work list int32 | partial lse fp32 | partial out fp32]; one host-to-device
-        copy. Returns the device addresses of each part."""
-        ints = np.concatenate([sched.request, sched.begin, sched.end, sched.partial, sched.merge_request,
-                               sched.merge_indptr]).astype(np.int32)
-        ints_bytes = _align(ints.size * 4)
-        lse_bytes = _align(sched.num_partial * num_qo_heads * 4)
-        out_bytes = sched.num_partial * num_qo_heads * head_dim * 4
-        need = ints_bytes + lse_bytes + out_bytes
-        if need > self._workspace.numel():
-            fail(f"workspace_buffer holds {self._workspace.numel()} bytes; this plan needs {need}")
-        ws_ints = self._workspace[: ints.size * 4].view(torch.int32)
-        ws_ints.copy_(torch.from_numpy(ints))
-        n_work, n_merge = sched.request.size, sched.merge_request.size
-        names = ("request", "begin", "end", "partial", "merge_row", "merge_indptr")
-        offsets = np.cumsum([0, n_work, n_work, n_work, n_work, n_merge]) * 4
-        return dict(ptr={n: ws_ints.data_ptr() + int(o) for n, o in zip(names, offsets)},
-                    partial_lse=self._workspace.data_ptr() + ints_bytes,
-                    partial_out=self._workspace.data_ptr() + ints_bytes + lse_bytes)
 
     def run(self, q: torch.Tensor, paged_kv_cache, k_scale: float | None = None, v_scale: float | None = None,
             out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
@@ -235,59 +180,28 @@ class BatchDecodeWithPagedKVCacheWrapper:
             fail("call plan() before run()")
         device = plan["device"]
         batch, hq, hk, d = plan["batch"], plan["num_qo_heads"], plan["num_kv_heads"], plan["head_dim"]
-        require_tensor(q, "q")
-        check_cuda_tensor(q, "q", device)
-        if tuple(q.shape) != (batch, hq, d):
-            fail(f"q must have shape [batch, num_qo_heads, head_dim] = {(batch, hq, d)} from plan(), got {tuple(q.shape)}")
-        if q.dtype != plan["q_dtype"]:
-            fail(f"q has dtype {q.dtype}, plan() was for {plan['q_dtype']}")
+        check_q(q, batch, hq, d, plan["q_dtype"], device, "batch")
         k, v = split_paged_kv(paged_kv_cache, self._layout)
-        for t, what in ((k, "k cache"), (v, "v cache")):
-            check_cuda_tensor(t, what, device)
-        if k.dtype != plan["kv_dtype"]:
-            fail(f"kv cache has dtype {k.dtype}, plan() was for {plan['kv_dtype']}")
-        stride_page, stride_slot, stride_head = kv_strides(k, self._layout, plan["page_size"], hk, d)
+        strides = kv_strides(k, self._layout, plan["page_size"], hk, d)
+        check_kv(k, v, plan["kv_dtype"], device, strides)
         if plan["max_index"] >= k.shape[0]:
             fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
-        elem = k.element_size()
-        for ptr, what in ((k.data_ptr(), "k cache"), (v.data_ptr(), "v cache")):
-            if ptr % 16 or any((s * elem) % 16 for s in (stride_page, stride_slot, stride_head)):
-                fail(f"{what} rows must be 16-byte aligned (data pointer and strides), got strides {k.stride()}")
-        if q.data_ptr() % 4 or any(s % 2 for s in q.stride()[:2]):
-            fail(f"q must be 4-byte aligned with even strides, got strides {q.stride()}")
-        ks = check_scalar(k_scale, "k_scale")
-        vs = check_scalar(v_scale, "v_scale")
-
-        if out is None:
-            out = torch.empty((batch, hq, d), dtype=q.dtype, device=device)
-        else:
-            require_tensor(out, "out")
-            check_cuda_tensor(out, "out", device)
-            if tuple(out.shape) != (batch, hq, d) or out.dtype != q.dtype:
-                fail(f"out must be {(batch, hq, d)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
-        if lse is None and return_lse:
-            lse = torch.empty((batch, hq), dtype=torch.float32, device=device)
-        if lse is not None:
-            require_tensor(lse, "lse")
-            check_cuda_tensor(lse, "lse", device)
-            if tuple(lse.shape) != (batch, hq) or lse.dtype != torch.float32 or not lse.is_contiguous():
-                fail(f"lse must be a contiguous float32 tensor of shape {(batch, hq)}, got "
-                     f"{tuple(lse.shape)} {lse.dtype}")
+        ks, vs = check_scalar(k_scale, "k_scale"), check_scalar(v_scale, "v_scale")
+        out, lse = output_tensors(q, out, lse, return_lse, device)
 
         sched, ptr = plan["schedule"], plan["ptr"]
         params = fill(
             PARAMS,
             q=dict(data=q.data_ptr(), stride_row=q.stride(0), stride_head=q.stride(1)),
-            kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=stride_page, stride_slot=stride_slot,
-                    stride_head=stride_head, indptr=plan["indptr"].data_ptr(), indices=plan["indices"].data_ptr(),
+            kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
+                    stride_head=strides[2], indptr=plan["indptr"].data_ptr(), indices=plan["indices"].data_ptr(),
                     page_size=plan["page_size"], num_kv_heads=hk),
             work=dict(request=ptr["request"], begin=ptr["begin"], end=ptr["end"], partial=ptr["partial"],
                       num_items=sched.request.size),
             merge=dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=sched.merge_request.size,
-                       partial_out=plan["partial_out"], partial_lse=plan["partial_lse"]),
+                       partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"]),
             out=dict(data=out.data_ptr(), stride_row=out.stride(0), stride_head=out.stride(1),
                      lse=lse.data_ptr() if lse is not None else None, num_heads=hq),
             scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]))
-        with torch.cuda.device(device):  # cudaFuncSetAttribute and the launch act on the current device
-            plan["module"].call("run", ctypes.byref(params), torch.cuda.current_stream(device).cuda_stream)
+        launch(plan["module"], params, device)
         return (out, lse) if return_lse else out

@@ -53,3 +53,86 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     if not torch.isfinite(out64).all():
         return float("inf")
     return float(torch.linalg.vector_norm(out64 - ref) / torch.linalg.vector_norm(ref))
+
+
+# --- prefill: many queries per request, causal / sliding-window masks ------------------------------
+
+def visible_keys(qo_len: int, kv_len: int, causal: bool, window_left: int, device=None) -> torch.Tensor:
+    """[qo_len, kv_len] bool: which keys query i of a request sees. Query i sits at position
+    kv_len - qo_len + i of the sequence (its "diagonal"); causal keeps keys j <= diagonal, a
+    window of w >= 0 keeps keys j >= diagonal - w (with or without causal)."""
+    diag = torch.arange(qo_len, device=device)[:, None] + (kv_len - qo_len)
+    j = torch.arange(kv_len, device=device)[None, :]
+    visible = torch.ones(qo_len, kv_len, dtype=torch.bool, device=device)
+    if causal:
+        visible &= j <= diag
+    if window_left is not None and window_left >= 0:
+        visible &= j >= diag - window_left
+    return visible
+
+
+def attention_reference(q, k, v, causal=False, k_scale=1.0, v_scale=1.0, sm_scale=None, logits_soft_cap=None,
+                        window_left=-1):
+    """One request: q [n, Hq, D], k/v [m, Hk, D] (any dtype, upcast exactly) -> (out [n, Hq, D]
+    float64, lse [n, Hq] float64, base 2). q head h uses KV head h // (Hq / Hk).
+
+    Logits s = q.(k * k_scale) * sm_scale (default 1/sqrt(D)), then c * tanh(s / c) with a soft cap
+    c; the output is softmax(s) . (v * v_scale) over the keys visible_keys() keeps. A key that is
+    not visible does not take part at all: a NaN in its K or V leaves the row finite, while a NaN
+    in a visible K poisons the row and one in a visible V poisons that dim of the row."""
+    n, hq, d = q.shape
+    m, hk = k.shape[0], k.shape[1]
+    group = hq // hk
+    scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
+    q64 = q.to(torch.float64).reshape(n, hk, group, d)
+    k64 = k.to(torch.float64) * k_scale
+    v64 = v.to(torch.float64) * v_scale
+    s = torch.einsum("nkgd,mkd->kgnm", q64, k64) * scale
+    if logits_soft_cap:
+        s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
+    visible = visible_keys(n, m, causal, window_left, q.device)
+    s = s.masked_fill(~visible, float("-inf"))  # replaces, so a NaN logit of a hidden key vanishes
+    lse_e = torch.logsumexp(s, dim=-1)  # [Hk, g, n]
+    p = torch.exp(s - lse_e[..., None])
+    v_nan = torch.isnan(v64)
+    out = torch.einsum("kgnm,mkd->nkgd", p, v64.masked_fill(v_nan, 0.0))
+    if v_nan.any():  # 0 * NaN would poison rows that do not see the token; only visible ones are
+        hit = torch.einsum("nm,mkd->nkd", visible.to(torch.float64), v_nan.to(torch.float64)) > 0
+        out = out.masked_fill(hit[:, :, None, :], float("nan"))
+    lse = (lse_e / math.log(2.0)).permute(2, 0, 1)
+    return out.reshape(n, hq, d), lse.reshape(n, hq)
+
+
+def prefill_reference(q, k_cache, v_cache, qo_indptr, kv_indptr, indices, last_page_len, layout="NHD",
+                      k_scale=1.0, v_scale=1.0, sm_scale=None, logits_soft_cap=None, window_left=-1, causal=False):
+    """Paged batch prefill: q [total_qo, Hq, D] cut by qo_indptr, the KV of request b in pages
+    indices[kv_indptr[b]:kv_indptr[b+1]] of a 4-D cache (NHD or HND), its last page holding
+    last_page_len[b] tokens. Returns (out [total_qo, Hq, D] float64, lse [total_qo, Hq] float64,
+    base 2)."""
+    page_size = k_cache.shape[1] if layout == "NHD" else k_cache.shape[2]
+    qo, kvp = qo_indptr.cpu().tolist(), kv_indptr.cpu().tolist()
+    last = last_page_len.cpu().tolist()
+    out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
+    lse = torch.empty(q.shape[:2], dtype=torch.float64, device=q.device)
+    for b in range(len(qo) - 1):
+        kv_len = (kvp[b + 1] - kvp[b] - 1) * page_size + last[b]
+        pages = indices[kvp[b]:kvp[b + 1]]
+        k = gather_request(k_cache, pages, kv_len, layout)
+        v = gather_request(v_cache, pages, kv_len, layout)
+        out[qo[b]:qo[b + 1]], lse[qo[b]:qo[b + 1]] = attention_reference(
+            q[qo[b]:qo[b + 1]], k, v, causal, k_scale, v_scale, sm_scale, logits_soft_cap, window_left)
+    return out, lse
+
+
+def ragged_reference(q, k, v, qo_indptr, kv_indptr, k_scale=1.0, v_scale=1.0, sm_scale=None, logits_soft_cap=None,
+                     window_left=-1, causal=False):
+    """Ragged batch prefill: q [total_qo, Hq, D] cut by qo_indptr, k/v [total_kv, Hk, D] cut by
+    kv_indptr. Returns (out [total_qo, Hq, D] float64, lse [total_qo, Hq] float64, base 2)."""
+    qo, kvp = qo_indptr.cpu().tolist(), kv_indptr.cpu().tolist()
+    out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
+    lse = torch.empty(q.shape[:2], dtype=torch.float64, device=q.device)
+    for b in range(len(qo) - 1):
+        out[qo[b]:qo[b + 1]], lse[qo[b]:qo[b + 1]] = attention_reference(
+            q[qo[b]:qo[b + 1]], k[kvp[b]:kvp[b + 1]], v[kvp[b]:kvp[b + 1]], causal, k_scale, v_scale, sm_scale,
+            logits_soft_cap, window_left)
+    return out, lse

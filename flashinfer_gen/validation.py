@@ -76,6 +76,24 @@ def device_arch(device: torch.device) -> Arch:
     return arch
 
 
+def check_indptr(indptr, what: str, batch: int | None = None) -> torch.Tensor:
+    """A CSR offsets tensor on the host (int64), checked: batch + 1 >= 2 entries, first 0,
+    non-decreasing."""
+    require_int_index(indptr, what)
+    h = indptr.detach().to("cpu", torch.int64)
+    if h.numel() < 2:
+        fail(f"{what} must have batch + 1 >= 2 entries, got {h.numel()}")
+    if batch is not None and h.numel() != batch + 1:
+        fail(f"{what} has {h.numel()} entries, expected batch + 1 = {batch + 1} (from the KV description)")
+    if h[0].item() != 0:
+        fail(f"{what}[0] must be 0, got {h[0].item()}")
+    steps = h[1:] - h[:-1]
+    if (steps < 0).any():
+        b = int(torch.nonzero(steps < 0)[0])
+        fail(f"{what} must be non-decreasing; {what}[{b + 1}] = {h[b + 1].item()} < {what}[{b}] = {h[b].item()}")
+    return h
+
+
 def check_page_table(indptr, indices, last_page_len, page_size: int):
     """Host copies of the page table, checked. Returns (indptr, last_page_len, max index)."""
     indptr_h = indptr.detach().to("cpu", torch.int64)

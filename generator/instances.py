@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 from typing import Iterable, Mapping, Sequence
 
-from . import kind_decode
+from . import kind_decode, kind_prefill
 from .arches import ARCH_BY_NAME, ARCH_NAMES
 from .keys import FP8_DTYPES, KEY_FIELDS, SHARED_PREDICATES, InstanceKey, KindSpec
 
-KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (kind_decode.SPEC,)}
+KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (kind_decode.SPEC, kind_prefill.SPEC)}
 
 
 class InvalidInstance(ValueError):

@@ -10,7 +10,7 @@ import os
 
 from . import abi
 from .arches import ARCH_BY_NAME, Arch
-from .keys import CXX_ELEMENT, KV_BYTES, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
+from .keys import CONVERSIONS, CXX_ELEMENT, KV_BYTES, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
 
 WARPS = 4              # warps per CTA; each owns one warp tile or one slice of a tile's tokens
 STEP_TOKENS = 16       # tokens per warp step: the k of the P.V mma (m16n8k16)
@@ -170,8 +170,8 @@ SPEC = KindSpec(
     template="decode.cu.j2",
     summary="paged batch decode, one query token per request (mma.sync)",
     abi=ABI,
-    axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS,
-          "conversion": ("none", "hardware", "software"), "variant": VARIANTS},
+    axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS, "conversion": CONVERSIONS,
+          "variant": VARIANTS},
     defaults={"head_dim": (128,), "variant": ("default",)},
     predicates=(copy_ring_fits,),
     context=template_context,

@@ -15,9 +15,9 @@ template <int kHeadDim>
 struct MergeShape {
   static constexpr int kThreads = 128;
   static constexpr int kDimLanes = kHeadDim / 4;  // float4 per lane
-  static constexpr int kGroups = kThreads / kDimLanes;
+  static constexpr int kGroups = kThreads / kDimLanes;  // threads past kGroups * kDimLanes idle
   static constexpr int kUnroll = 4;
-  static_assert(kThreads % kDimLanes == 0 && kGroups >= 1, "head dim must be 64, 128 or 256..512");
+  static_assert(kHeadDim % 4 == 0 && kGroups >= 1, "head dim must be a multiple of 4, at most 512");
 };
 
 template <class QElement, int kHeadDim>
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials
   const int group = threadIdx.x / Shape::kDimLanes;
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   float sum = 0.0f;
-  for (int k0 = group; k0 < count; k0 += Shape::kGroups * Shape::kUnroll) {
+  for (int k0 = group; group < Shape::kGroups && k0 < count; k0 += Shape::kGroups * Shape::kUnroll) {
     float weight[Shape::kUnroll];
     float4 value[Shape::kUnroll];
 #pragma unroll
@@ -68,8 +68,10 @@ __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials
       sum += weight[u];
     }
   }
-  group_acc[group][lane] = acc;
-  if (lane == 0) group_sum[group] = sum;
+  if (group < Shape::kGroups) {
+    group_acc[group][lane] = acc;
+    if (lane == 0) group_sum[group] = sum;
+  }
   __syncthreads();
   if (group == 0) {
     float total = group_sum[0];

@@ -41,6 +41,14 @@ __device__ __forceinline__ void mma_half_rows(float (&acc)[2], uint32_t a_lo, ui
                                      a_lo, 0u, a_hi, 0u, b0, b1, acc[0], acc[1], 0.0f, 0.0f);
 }
 
+// The whole m16n8k16 tile (prefill: 16 query rows per warp). a[0..3] = A(row g, k lo), A(row g+8,
+// k lo), A(row g, k hi), A(row g+8, k hi); acc[0..1] row g, acc[2..3] row g+8, columns 2c, 2c+1.
+template <class MmaElement>
+__device__ __forceinline__ void mma_rows16(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  HalfRowsMma<MmaElement>::Atom::fma(acc[0], acc[1], acc[2], acc[3], a[0], a[1], a[2], a[3], b0, b1,
+                                     acc[0], acc[1], acc[2], acc[3]);
+}
+
 // Converts a pair of q elements (as stored) into the mma element type.
 template <class MmaElement, class QElement>
 __device__ __forceinline__ uint32_t q_pair_to_mma(uint32_t bits) {

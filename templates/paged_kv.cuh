@@ -4,6 +4,7 @@
 // with run-time strides and never branches on the layout. The KV head's offset is folded into
 // the base pointer once, outside the loop.
 #pragma once
+#include <cute/arch/copy_sm80.hpp>
 #include <cute/layout.hpp>
 #include <cutlass/fast_math.h>
 
@@ -33,6 +34,39 @@ struct PagedKv {
 
   __device__ __forceinline__ int64_t offset(TokenLocation loc) const { return pool(loc.page, loc.slot, 0); }
   __device__ __forceinline__ int64_t head_offset(int kv_head) const { return pool(0, 0, kv_head); }
+};
+
+// A CTA's cooperative copy of kRows consecutive tokens of K and V (one KV head) into shared
+// rows of kRowBytes (a row of head-dim bytes plus padding), 16 bytes per cp.async. Consecutive
+// threads take consecutive 16-byte chunks of a row, so each row is read as whole sectors.
+// Tokens at or past `end` re-read token end - 1 (the consumer masks them), so no load leaves
+// the request's pages.
+template <int kRows, int kRowBytes, int kDataBytes, int kThreads>
+struct PagedKvTileCopy {
+  static constexpr int kChunksPerRow = kDataBytes / 16;
+  static constexpr int kChunks = kRows * kChunksPerRow;
+  static_assert(kDataBytes % 16 == 0 && kRowBytes % 16 == 0, "rows are copied as 16-byte chunks");
+
+  __device__ __forceinline__ static void copy(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
+                                              const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
+                                              int bytes_per_element, int page_begin, int tile_begin, int end) {
+    CUTE_UNROLL
+    for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
+      const int id = int(threadIdx.x) + i * kThreads;
+      if (kChunks % kThreads == 0 || id < kChunks) {
+        const int row = id / kChunksPerRow;
+        const int chunk = id % kChunksPerRow;
+        const int64_t src = kv.offset(kv.locate(page_begin, min(tile_begin + row, end - 1))) * bytes_per_element +
+                            16 * chunk;
+        cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
+            *reinterpret_cast<const cute::uint128_t*>(k_base + src),
+            *reinterpret_cast<cute::uint128_t*>(&k_rows[row][16 * chunk]));
+        cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
+            *reinterpret_cast<const cute::uint128_t*>(v_base + src),
+            *reinterpret_cast<cute::uint128_t*>(&v_rows[row][16 * chunk]));
+      }
+    }
+  }
 };
 
 }  // namespace fig

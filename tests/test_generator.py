@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from generator import InstanceKey, InvalidInstance, check, default_instances, enumerate_instances, generate, render
-from generator import abi, arches, kind_decode, toolchain
+from generator import abi, arches, kind_decode, kind_prefill, toolchain
 from generator.instances import KINDS, why_invalid
 from generator.render import CMAKE_LIST_NAME, MANIFEST_NAME, generated_headers, included_headers, source_hash
 
@@ -40,8 +40,21 @@ def test_default_set():
     # sm80 has only the software conversion; sm90a both
     assert {k.conversion for k in keys if k.arch == "sm80" and k.is_fp8} == {"software"}
     assert {k.conversion for k in keys if k.arch == "sm90a" and k.is_fp8} == {"hardware", "software"}
-    assert len(keys) == 6 + 10
+    assert len(keys) == 2 * (6 + 10)  # decode and prefill
+    assert {k.kind for k in keys} == {"decode", "prefill"}
     assert len({k.name for k in keys}) == len(keys)
+
+
+def test_prefill_space():
+    keys = enumerate_instances({"kind": ("prefill",), "arch": ("sm90a",), "variant": ("default",), "q_dtype": ("bf16",)})
+    by_dim = {d: sum(k.head_dim == d for k in keys) for d in kind_prefill.HEAD_DIMS}
+    # bf16 + two FP8 kinds x two conversions, except head dim 80, whose FP8 V rows are not whole words
+    assert by_dim == {64: 5, 80: 1, 96: 5, 128: 5, 192: 5, 256: 5}
+    assert "head dim 80 needs a 16-bit cache" in why_invalid(key(kind="prefill", head_dim=80))
+    assert kind_prefill.block_n(128) == 64 and kind_prefill.block_n(256) == 32
+    assert "head_dim=80" in why_invalid(key(head_dim=80))  # decode has no head dim 80
+    names = [k.name for k in enumerate_instances()]
+    assert len(names) == len(set(names))
 
 
 @pytest.mark.parametrize("bad,reason", [
@@ -66,7 +79,7 @@ def test_invalid_combinations_say_why(bad, reason):
 
 
 def test_enumeration_is_the_valid_product():
-    keys = enumerate_instances()
+    keys = enumerate_instances({"kind": ("decode",)})
     assert all(why_invalid(k) is None for k in keys)
     # per q dtype, head dim and variant: sm80/sm86 1 + 2 fp8 software; sm89/sm90a 1 + 2 fp8 x 2
     per = 3 + 3 + 5 + 5
@@ -118,9 +131,13 @@ def test_every_instance_fits_its_arch(arch):
     for k in enumerate_instances({"arch": (arch,), "variant": ("default",), "q_dtype": ("f16",)}):
         source = render(k)
         stages, smem = constant(source, "kStages"), constant(source, "kSmemBytes")
-        assert stages == kind_decode.pipeline_stages(k.kv_dtype, k.head_dim, a, k.conversion)
-        assert 1 <= stages <= 8 and smem <= a.smem_per_block == constant(source, "kSmemPerBlock")
+        assert smem <= a.smem_per_block == constant(source, "kSmemPerBlock"), k.name
         assert 1 <= constant(source, "kMinCtasPerSm") <= 4
+        if k.kind == "decode":
+            assert 1 <= stages <= 8
+        else:  # prefill: two CTAs per SM where it can, the copy ring at least double-buffered
+            assert stages in (2, 3) and constant(source, "kBlockN") in (32, 64)
+            assert stages == 2 or 2 * (smem + 1024) <= a.smem_per_sm
     # FP8 rows are half as wide, so the same bytes in flight take twice the steps
     sm90 = arches.arch("sm90a")
     assert kind_decode.pipeline_stages("e4m3", 128, sm90) == 2 * kind_decode.pipeline_stages("bf16", 128, sm90)

@@ -126,9 +126,12 @@ def test_cli_generate_and_selector_errors(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "g" / "decode_qf16_kve4m3_d128_sm80_software_default.cu").exists()
     assert not list((tmp_path / "g").glob("*hardware*")), "sm80 has no hardware conversion"
-    r = run("generate", "--head-dim", "96")
-    assert r.returncode != 0 and "96" in r.stderr
-    r = run("generate", "--arch", "sm89", "--q-dtype", "bf16", "--kv-dtype", "e4m3", "--out", str(tmp_path / "h"))
+    r = run("generate", "--head-dim", "72")
+    assert r.returncode != 0 and "72" in r.stderr
+    r = run("generate", "--kind", "decode", "--head-dim", "96")
+    assert r.returncode != 0 and "no valid instance" in r.stderr
+    r = run("generate", "--kind", "decode", "--arch", "sm89", "--q-dtype", "bf16", "--kv-dtype", "e4m3", "--out",
+            str(tmp_path / "h"))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "h").glob("*.cu")) == [
         "decode_qbf16_kve4m3_d128_sm89_hardware_default.cu", "decode_qbf16_kve4m3_d128_sm89_software_default.cu"]

@@ -1,0 +1,137 @@
+"""What every wrapper's plan() and run() share: the variant arguments, the instance lookup, the
+device's capacity, the workspace layout, and the checks of q, the KV tensors, out and lse."""
+from __future__ import annotations
+
+import ctypes
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from generator import InstanceKey
+from generator.keys import FP8_DTYPES
+
+from .registry import Module, default_registry
+from .validation import (check_cuda_tensor, check_scalar, device_arch, dtype_name, fail, require_tensor)
+
+_ALIGN = 256
+
+
+def check_variant(head_dim: int, pos_encoding_mode: str, window_left, logits_soft_cap, sm_scale) -> tuple:
+    """(window_left, soft cap (0: off), sm_scale) after checking FlashInfer's variant arguments."""
+    if pos_encoding_mode != "NONE":
+        fail(f"pos_encoding_mode={pos_encoding_mode!r} is not supported; apply RoPE to q and k before "
+             "writing the cache and pass 'NONE'")
+    if not isinstance(window_left, int) or isinstance(window_left, bool) or window_left < -1:
+        fail(f"window_left must be -1 (no window) or >= 0, got {window_left!r}")
+    soft_cap = 0.0 if logits_soft_cap is None else check_scalar(logits_soft_cap, "logits_soft_cap")
+    if soft_cap < 0:
+        fail(f"logits_soft_cap must be > 0 (or None), got {soft_cap}")
+    scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else check_scalar(sm_scale, "sm_scale")
+    return window_left, soft_cap, scale
+
+
+def dtype_names(q_data_type, kv_data_type) -> tuple[str, str]:
+    q_name = dtype_name(q_data_type, "q_data_type")
+    if q_name not in ("f16", "bf16"):
+        fail(f"q_data_type must be float16 or bfloat16, got {q_data_type!r}")
+    return q_name, q_name if kv_data_type is None else dtype_name(kv_data_type, "kv_data_type")
+
+
+def lookup(kind: str, device: torch.device, q_name: str, kv_name: str, head_dim: int, soft_cap: float,
+           fp8_conversion: str | None, jit: bool | None) -> Module:
+    """The instance for this call on `device`'s arch: the arch's preferred FP8 conversion
+    (hardware where it has cvt) unless the caller forces one."""
+    arch = device_arch(device)
+    conversion = (fp8_conversion or arch.default_conversion) if kv_name in FP8_DTYPES else "none"
+    key = InstanceKey(kind, q_name, kv_name, head_dim, arch.name, conversion, "softcap" if soft_cap > 0 else "default")
+    return default_registry().lookup(key, jit=jit)
+
+
+def resident_ctas(module: Module, device: torch.device) -> int:
+    """CTAs of the module's kernel the device runs at once (queried once per device)."""
+    def query() -> tuple[int, int]:
+        ctas, sms = ctypes.c_int(0), ctypes.c_int(0)
+        with torch.cuda.device(device):
+            module.call("occupancy", ctypes.byref(ctas), ctypes.byref(sms))
+        return ctas.value, sms.value
+    ctas_per_sm, num_sms = module.per_device("occupancy", device.index, query)
+    return max(1, ctas_per_sm) * num_sms
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def lay_out_workspace(workspace: torch.Tensor, ints: Mapping[str, np.ndarray], num_partial: int, num_heads: int,
+                      head_dim: int) -> dict:
+    """Workspace: [int32 arrays | partial lse fp32 | partial out fp32], filled by one host-to-device
+    copy (on the workspace's device). Returns the device address of each array, and of
+    partial_lse / partial_out."""
+    names = list(ints)
+    flat = np.concatenate([np.asarray(ints[n], dtype=np.int32).ravel() for n in names] + [np.zeros(0, np.int32)])
+    ints_bytes = _align(flat.size * 4)
+    lse_bytes = _align(num_partial * num_heads * 4)
+    need = ints_bytes + lse_bytes + num_partial * num_heads * head_dim * 4
+    if need > workspace.numel():
+        fail(f"workspace_buffer holds {workspace.numel()} bytes; this plan needs {need}")
+    with torch.cuda.device(workspace.device):
+        ws_ints = workspace[: flat.size * 4].view(torch.int32)
+        ws_ints.copy_(torch.from_numpy(flat))
+    offsets = np.cumsum([0] + [np.asarray(ints[n]).size for n in names]) * 4
+    ptr = {n: workspace.data_ptr() + int(o) for n, o in zip(names, offsets)}
+    ptr["partial_lse"] = workspace.data_ptr() + ints_bytes
+    ptr["partial_out"] = workspace.data_ptr() + ints_bytes + lse_bytes
+    return ptr
+
+
+def check_q(q, rows: int, num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, what: str) -> None:
+    require_tensor(q, "q")
+    check_cuda_tensor(q, "q", device)
+    if tuple(q.shape) != (rows, num_heads, head_dim):
+        fail(f"q must have shape [{what}, num_qo_heads, head_dim] = {(rows, num_heads, head_dim)} from plan(), "
+             f"got {tuple(q.shape)}")
+    if q.dtype != dtype:
+        fail(f"q has dtype {q.dtype}, plan() was for {dtype}")
+    if q.data_ptr() % 4 or any(s % 2 for s in q.stride()[:2]):
+        fail(f"q must be 4-byte aligned with even strides, got strides {q.stride()}")
+
+
+def check_kv(k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype, device: torch.device, strides) -> None:
+    """Device, dtype and 16-byte row alignment of K and V (the kernels copy 16-byte chunks)."""
+    for t, what in ((k, "k cache"), (v, "v cache")):
+        check_cuda_tensor(t, what, device)
+    if k.dtype != dtype:
+        fail(f"kv cache has dtype {k.dtype}, plan() was for {dtype}")
+    elem = k.element_size()
+    for ptr, what in ((k.data_ptr(), "k cache"), (v.data_ptr(), "v cache")):
+        if ptr % 16 or any((s * elem) % 16 for s in strides):
+            fail(f"{what} rows must be 16-byte aligned (data pointer and strides), got strides {k.stride()}")
+
+
+def output_tensors(q: torch.Tensor, out, lse, return_lse: bool, device: torch.device):
+    """`out` (allocated if None) and `lse` (allocated if asked for), checked against q."""
+    rows, hq, d = q.shape
+    if out is None:
+        out = torch.empty((rows, hq, d), dtype=q.dtype, device=device)
+    else:
+        require_tensor(out, "out")
+        check_cuda_tensor(out, "out", device)
+        if tuple(out.shape) != (rows, hq, d) or out.dtype != q.dtype:
+            fail(f"out must be {(rows, hq, d)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
+    if lse is None and return_lse:
+        lse = torch.empty((rows, hq), dtype=torch.float32, device=device)
+    if lse is not None:
+        require_tensor(lse, "lse")
+        check_cuda_tensor(lse, "lse", device)
+        if tuple(lse.shape) != (rows, hq) or lse.dtype != torch.float32 or not lse.is_contiguous():
+            fail(f"lse must be a contiguous float32 tensor of shape {(rows, hq)}, got {tuple(lse.shape)} {lse.dtype}")
+    return out, lse
+
+
+def launch(module: Module, params: ctypes.Structure, device: torch.device) -> None:
+    """Runs the module on the current stream of `device`, with `device` current (cudaFuncSetAttribute
+    and the launch act on the current device)."""
+    with torch.cuda.device(device):
+        module.call("run", ctypes.byref(params), torch.cuda.current_stream(device).cuda_stream)

@@ -1,0 +1,241 @@
+"""BatchPrefillWithPagedKVCacheWrapper and BatchPrefillWithRaggedKVCacheWrapper, FlashInfer's API:
+plan() once per batch layout (validation, instance lookup, the work list, one host-to-device copy),
+run() per layer (checks shapes, launches; graph-capturable, allocates nothing but `out`/`lse`
+when they are not given).
+
+The ragged wrapper's contiguous K/V [tokens, heads, dim] are handed to the same kernel as a paged
+cache with one page per request: page index = the request's first row, page size 2^30.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from generator.abi import fill
+from generator.kind_prefill import BLOCK_M, HEAD_DIMS, PARAMS, block_n
+
+from .common import (check_kv, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
+                     output_tensors, resident_ctas)
+from .registry import Module
+from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
+                         check_scalar, fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
+
+MAX_PIECES = 64
+RAGGED_PAGE_SIZE = 1 << 30  # one page holds a whole request's contiguous rows
+
+
+@dataclass
+class PrefillSchedule:
+    """Work list (one CTA per item and KV head) and the split-KV merge of split requests."""
+    request: np.ndarray
+    row_begin: np.ndarray
+    kv_begin: np.ndarray
+    kv_end: np.ndarray
+    partial: np.ndarray   # -1, or the request's first partial slot + the item's piece
+    pieces: np.ndarray
+    merge_row: np.ndarray
+    merge_indptr: np.ndarray
+    num_partial: int
+
+
+def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bool, window_left: int,
+                  kv_heads: int, resident_ctas: int, tile_keys: int) -> PrefillSchedule:
+    """Cuts every request into BLOCK_M packed rows (token x group + head) with the keys those rows
+    see (causal rows stop at their diagonal, windowed rows start at their window). Where the items
+    would not fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES
+    pieces (whole tiles) whose partial results a merge kernel combines. Longest items first."""
+    items = []  # (request, row_begin, begin, end)
+    for b, (n, m) in enumerate(zip(qo_len.tolist(), kv_len.tolist())):
+        rows = n * group
+        for row0 in range(0, rows, BLOCK_M):
+            first, last = row0 // group, (min(rows, row0 + BLOCK_M) - 1) // group
+            begin = max(0, m - n + first - window_left) if window_left >= 0 else 0
+            end = min(m, m - n + last + 1) if causal else m
+            items.append((b, row0, begin, end))
+    pieces_of = np.ones(len(qo_len), dtype=np.int64)
+    if items and len(items) * kv_heads < resident_ctas:
+        want = min(MAX_PIECES, -(-resident_ctas // (len(items) * kv_heads)))
+        for b in range(len(qo_len)):
+            longest = max((e - s for r, _, s, e in items if r == b), default=0)
+            pieces_of[b] = max(1, min(want, longest // (2 * tile_keys)))
+    slot_base = np.zeros(len(qo_len), dtype=np.int64)
+    split = pieces_of > 1
+    slot_base[split] = np.cumsum(np.concatenate([[0], (qo_len * pieces_of)[split]]))[:-1]
+    work = []
+    for b, row0, begin, end in items:
+        p = int(pieces_of[b])
+        if p == 1:
+            work.append((b, row0, begin, end, -1, 1))
+            continue
+        chunk = -(-max(1, -(-(end - begin) // p)) // tile_keys) * tile_keys
+        for i in range(p):  # a piece may be empty: its rows then write O = 0, LSE = -inf
+            lo = min(end, begin + i * chunk)
+            work.append((b, row0, lo, min(end, lo + chunk), int(slot_base[b]) + i, p))
+    work.sort(key=lambda w: -(w[3] - w[2]))
+    cols = np.array(work, dtype=np.int64).reshape(-1, 6).T
+    qo_start = np.concatenate([[0], np.cumsum(qo_len)])
+    merge_row = np.concatenate([qo_start[b] + np.arange(qo_len[b]) for b in np.nonzero(split)[0]] + [np.zeros(0)])
+    counts = np.concatenate([np.full(qo_len[b], pieces_of[b]) for b in np.nonzero(split)[0]] + [np.zeros(0)])
+    i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
+    return PrefillSchedule(*(i32(c) for c in cols), i32(merge_row), i32(np.concatenate([[0], np.cumsum(counts)])),
+                           int((qo_len * pieces_of)[split].sum()))
+
+
+class _BatchPrefill:
+    """plan()/run() of both wrappers; they differ in how the keys are described."""
+
+    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
+                 jit: bool | None = None):
+        """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) for the work list and
+        split-KV partials. fp8_conversion: None (hardware where the arch has it), "hardware" or
+        "software". jit: build a missing instance on demand."""
+        require_tensor(workspace_buffer, "workspace_buffer")
+        if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
+            fail(f"workspace_buffer must be a contiguous CUDA uint8 tensor, got {workspace_buffer.dtype} "
+                 f"on {workspace_buffer.device}")
+        if kv_layout not in KV_LAYOUTS:
+            fail(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
+        if fp8_conversion not in (None, "hardware", "software"):
+            fail(f"fp8_conversion must be None, 'hardware' or 'software', got {fp8_conversion!r}")
+        self._workspace = workspace_buffer
+        self._layout = kv_layout
+        self._fp8_conversion = fp8_conversion
+        self._jit = jit
+        self._plan = None
+
+    @property
+    def module(self) -> Module:
+        if self._plan is None:
+            fail("call plan() before run()")
+        return self._plan["module"]
+
+    def _plan_common(self, qo_indptr, kv_len: np.ndarray, num_qo_heads, num_kv_heads, head_dim, page_size, causal,
+                     pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
+                     page_table: dict) -> None:
+        device = self._workspace.device
+        window_left, soft_cap, scale = check_variant(head_dim, pos_encoding_mode, window_left, logits_soft_cap,
+                                                     sm_scale)
+        if not isinstance(causal, bool):
+            fail(f"causal must be a bool, got {causal!r}")
+        q_name, kv_name = dtype_names(q_data_type, kv_data_type)
+        qo_h = check_indptr(qo_indptr, "qo_indptr", batch=kv_len.size)
+        qo_len = np.diff(qo_h.numpy()).astype(np.int64)
+        if causal and (qo_len > kv_len).any():
+            b = int(np.nonzero(qo_len > kv_len)[0][0])
+            fail(f"causal: request {b} has qo_len {qo_len[b]} > kv_len {kv_len[b]}; its first queries would see no key")
+        module = lookup("prefill", device, q_name, kv_name, head_dim, soft_cap, self._fp8_conversion, self._jit)
+        sched = make_schedule(qo_len, kv_len, num_qo_heads // num_kv_heads, causal, window_left, num_kv_heads,
+                              resident_ctas(module, device), block_n(head_dim))
+        arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
+                      partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
+                      merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len, **page_table)
+        ptr = lay_out_workspace(self._workspace, arrays, sched.num_partial, num_qo_heads, head_dim)
+        self._plan = dict(module=module, total_qo=int(qo_h[-1]), num_qo_heads=num_qo_heads,
+                          num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=causal,
+                          window_left=window_left, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
+                          sm_scale=scale, soft_cap=soft_cap, schedule=sched, device=device, ptr=ptr)
+
+    def _run_common(self, q, k, v, strides, k_scale, v_scale, out, lse, return_lse):
+        plan = self._plan
+        device, hq, d = plan["device"], plan["num_qo_heads"], plan["head_dim"]
+        check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]")
+        check_kv(k, v, plan["kv_dtype"], device, strides)
+        ks, vs = check_scalar(k_scale, "k_scale"), check_scalar(v_scale, "v_scale")
+        out, lse = output_tensors(q, out, lse, return_lse, device)
+        sched, ptr = plan["schedule"], plan["ptr"]
+        params = fill(
+            PARAMS,
+            q=dict(data=q.data_ptr(), stride_row=q.stride(0), stride_head=q.stride(1)),
+            kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
+                    stride_head=strides[2], indptr=ptr["page_indptr"], indices=ptr["page_indices"],
+                    page_size=plan["page_size"], num_kv_heads=plan["num_kv_heads"]),
+            qo_indptr=ptr["qo_indptr"], kv_len=ptr["kv_len"],
+            work=dict(request=ptr["request"], row_begin=ptr["row_begin"], kv_begin=ptr["kv_begin"],
+                      kv_end=ptr["kv_end"], partial=ptr["partial"], pieces=ptr["pieces"],
+                      num_items=sched.request.size),
+            merge=dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=sched.merge_row.size,
+                       partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"]),
+            out=dict(data=out.data_ptr(), stride_row=out.stride(0), stride_head=out.stride(1),
+                     lse=lse.data_ptr() if lse is not None else None, num_heads=hq),
+            scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]),
+            causal=int(plan["causal"]), window_left=plan["window_left"])
+        launch(plan["module"], params, device)
+        return (out, lse) if return_lse else out
+
+
+class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
+    def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
+             paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
+             page_size: int, causal: bool = False, pos_encoding_mode: str = "NONE", sm_scale: float | None = None,
+             window_left: int = -1, logits_soft_cap: float | None = None, q_data_type="float16",
+             kv_data_type=None) -> None:
+        for t, what in ((qo_indptr, "qo_indptr"), (paged_kv_indptr, "paged_kv_indptr"),
+                        (paged_kv_indices, "paged_kv_indices"), (paged_kv_last_page_len, "paged_kv_last_page_len")):
+            require_int_index(t, what)
+        check_head_config(num_qo_heads, num_kv_heads, head_dim_qk, page_size, HEAD_DIMS)
+        indptr_h, last_h, max_index = check_page_table(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len,
+                                                       page_size)
+        kv_len = ((indptr_h[1:] - indptr_h[:-1] - 1) * page_size + last_h).numpy().astype(np.int64)
+        indices = paged_kv_indices.detach()[: int(indptr_h[-1])].to("cpu", torch.int64).numpy()
+        self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, page_size, causal,
+                          pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
+                          dict(page_indptr=indptr_h.numpy(), page_indices=indices))
+        self._plan["max_index"] = max_index
+
+    def run(self, q: torch.Tensor, paged_kv_cache, k_scale: float | None = None, v_scale: float | None = None,
+            out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
+        plan = self._plan
+        if plan is None:
+            fail("call plan() before run()")
+        k, v = split_paged_kv(paged_kv_cache, self._layout)
+        strides = kv_strides(k, self._layout, plan["page_size"], plan["num_kv_heads"], plan["head_dim"])
+        if plan["max_index"] >= k.shape[0]:
+            fail(f"paged_kv_indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
+        return self._run_common(q, k, v, strides, k_scale, v_scale, out, lse, return_lse)
+
+
+class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
+    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
+                 jit: bool | None = None):
+        if kv_layout != "NHD":
+            fail(f"ragged K/V are [tokens, num_kv_heads, head_dim]: kv_layout must be 'NHD', got {kv_layout!r}")
+        super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
+
+    def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
+             head_dim_qk: int, causal: bool = False, pos_encoding_mode: str = "NONE", sm_scale: float | None = None,
+             window_left: int = -1, logits_soft_cap: float | None = None, q_data_type="float16",
+             kv_data_type=None) -> None:
+        require_int_index(qo_indptr, "qo_indptr")
+        require_int_index(kv_indptr, "kv_indptr")
+        check_head_config(num_qo_heads, num_kv_heads, head_dim_qk, RAGGED_PAGE_SIZE, HEAD_DIMS)
+        kv_h = check_indptr(kv_indptr, "kv_indptr").numpy().astype(np.int64)
+        kv_len = np.diff(kv_h)
+        if (kv_len < 1).any():
+            b = int(np.nonzero(kv_len < 1)[0][0])
+            fail(f"request {b} has no keys (kv_indptr[{b}] == kv_indptr[{b + 1}]); prefill needs at least one")
+        self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, RAGGED_PAGE_SIZE, causal,
+                          pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
+                          dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1]))
+        self._plan["total_kv"] = int(kv_h[-1])
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: float | None = None,
+            v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+            return_lse: bool = False):
+        plan = self._plan
+        if plan is None:
+            fail("call plan() before run()")
+        shape = (plan["total_kv"], plan["num_kv_heads"], plan["head_dim"])
+        for t, what in ((k, "k"), (v, "v")):
+            require_tensor(t, what)
+            if tuple(t.shape) != shape:
+                fail(f"{what} must be [kv_indptr[-1], num_kv_heads, head_dim] = {shape} from plan(), "
+                     f"got {tuple(t.shape)}")
+        if k.stride() != v.stride():
+            fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
+        if k.dtype != v.dtype:
+            fail(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
+        # page = a request's first row, slot = its row within the request
+        strides = (k.stride(0), k.stride(0), k.stride(1))
+        return self._run_common(q, k, v, strides, k_scale, v_scale, out, lse, return_lse)

@@ -1,0 +1,117 @@
+"""Batch prefill (Ampere path, mma.sync): its key space, its constants and its C ABI.
+
+Queries are ragged by qo_indptr; keys come from the paged cache, or from contiguous K/V (the
+ragged wrapper), which the runtime describes to the same kernel as one page per request. The
+numbers the host and the kernel share (rows per CTA, keys per tile) are defined here only.
+"""
+from __future__ import annotations
+
+from . import abi
+from .arches import ARCH_BY_NAME, Arch
+from .keys import CONVERSIONS, CXX_ELEMENT, KV_BYTES, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
+from .kind_decode import CXX_LOGITS, SMEM_RESERVED_PER_CTA, VARIANTS
+
+WARPS = 4
+ROWS_PER_WARP = 16           # one m16 tile of packed query rows per warp
+BLOCK_M = WARPS * ROWS_PER_WARP
+HEAD_DIMS = (64, 80, 96, 128, 192, 256)
+ROW_PADDING = 16             # bytes after each shared K/V row (bank spread, prefill_mainloop_sm80.cuh)
+
+
+def block_n(head_dim: int) -> int:
+    """Keys per shared tile: 64, or 32 from head dim 192 on, where S's accumulators would
+    otherwise crowd out O's (4 registers per n-tile each)."""
+    return 64 if head_dim <= 128 else 32
+
+
+def _ring_bytes(kv_dtype: str, head_dim: int, stages: int) -> int:
+    """K and V tiles of every stage, plus Q's fragments (16 bytes per lane per k-step)."""
+    rows = stages * 2 * block_n(head_dim)
+    return rows * (head_dim * KV_BYTES[kv_dtype] + ROW_PADDING) + WARPS * 32 * (head_dim // 16) * 16
+
+
+def smem_bytes(kv_dtype: str, head_dim: int, stages: int) -> int:
+    """The tile ring (plus Q where it lives there), reused by the epilogue's fp32 staging of the
+    CTA's output rows and their LSE. The kernel static_asserts the same size."""
+    return max(_ring_bytes(kv_dtype, head_dim, stages), BLOCK_M * (head_dim + 1) * 4)
+
+
+def pipeline_stages(kv_dtype: str, head_dim: int, arch: Arch) -> int:
+    """3 tiles in flight where two CTAs of that size still share an SM, else 2 (0: none fits)."""
+    for stages in (3, 2):
+        if 2 * (smem_bytes(kv_dtype, head_dim, stages) + SMEM_RESERVED_PER_CTA) <= arch.smem_per_sm:
+            return stages
+    return 2 if smem_bytes(kv_dtype, head_dim, 2) <= arch.smem_per_block else 0
+
+
+def fp8_rows_are_words(key: InstanceKey) -> str | None:
+    if key.is_fp8 and (key.head_dim // 8) % 4:
+        return f"an FP8 V row gives each lane head_dim / 8 = {key.head_dim // 8} codes, not whole words; head dim 80 needs a 16-bit cache"
+    return None
+
+
+def tiles_fit(key: InstanceKey) -> str | None:
+    if pipeline_stages(key.kv_dtype, key.head_dim, ARCH_BY_NAME[key.arch]) == 0:
+        return f"two K/V tiles of head dim {key.head_dim} do not fit the {key.arch} shared memory"
+    return None
+
+
+def template_context(key: InstanceKey) -> dict:
+    arch = ARCH_BY_NAME[key.arch]
+    stages = pipeline_stages(key.kv_dtype, key.head_dim, arch)
+    smem = smem_bytes(key.kv_dtype, key.head_dim, stages)
+    return {
+        "q_element": CXX_ELEMENT[key.q_dtype],
+        "kv_type": kv_element_type(key),
+        "logits": CXX_LOGITS[key.variant],
+        "head_dim": key.head_dim,
+        "block_n": block_n(key.head_dim),
+        "stages": stages,
+        "warps": WARPS,
+        "min_ctas_per_sm": max(1, min(2, arch.smem_per_sm // (smem + SMEM_RESERVED_PER_CTA))),
+        "smem_bytes": smem,
+        "smem_per_block": arch.smem_per_block,
+    }
+
+
+WORK = abi.Struct("FigPrefillWork", (
+    abi.Field("request", "const int32_t*", "[num_items]"),
+    abi.Field("row_begin", "const int32_t*", "[num_items]: first packed query row (token x group + head)"),
+    abi.Field("kv_begin", "const int32_t*", "[num_items]: keys [kv_begin, kv_end) of the request"),
+    abi.Field("kv_end", "const int32_t*", "[num_items]"),
+    abi.Field("partial", "const int32_t*", "[num_items]: -1 writes the output, else slot base + piece"),
+    abi.Field("pieces", "const int32_t*", "[num_items]: split pieces of the request (slot of token t = partial + t x pieces)"),
+    abi.Field("num_items", "int32_t"),
+), "Prefill work list from plan(): one CTA per item and KV head.")
+
+PARAMS = abi.Struct("FigPrefillParams", (
+    abi.Field("q", abi.QUERY, "rows = query tokens"),
+    abi.Field("kv", abi.PAGED_KV, "ragged K/V: one page per request, page_size 2^30"),
+    abi.Field("qo_indptr", "const int32_t*", "[batch + 1]: query tokens of request b"),
+    abi.Field("kv_len", "const int32_t*", "[batch]: keys of request b"),
+    abi.Field("work", WORK),
+    abi.Field("merge", abi.SPLIT_MERGE, "rows = query tokens"),
+    abi.Field("out", abi.OUTPUT, "rows = query tokens"),
+    abi.Field("scales", abi.SCALES),
+    abi.Field("causal", "int32_t", "query i of a request sees keys <= kv_len - qo_len + i"),
+    abi.Field("window_left", "int32_t", ">= 0: and keys >= that bound - window_left; -1: no window"),
+), "Everything one prefill launch reads.")
+
+ABI = abi.KindAbi("prefill", PARAMS, (WORK, PARAMS), (
+    abi.Function("run", "int", (("const FigPrefillParams*", "params"), ("void*", "stream")),
+                 "Launches prefill (+ the split-KV merge where plan() split a request); a cudaError_t value."),
+    abi.Function("occupancy", "int", (("int*", "ctas_per_sm"), ("int*", "num_sms")),
+                 "CTAs of the prefill kernel that fit one SM, and the SM count, of the current device."),
+))
+
+SPEC = KindSpec(
+    name="prefill",
+    template="prefill.cu.j2",
+    summary="batch prefill, ragged queries against a paged or contiguous KV cache (mma.sync)",
+    abi=ABI,
+    axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS, "conversion": CONVERSIONS,
+          "variant": VARIANTS},
+    defaults={"head_dim": (128,), "variant": ("default",)},
+    predicates=(fp8_rows_are_words, tiles_fit),
+    context=template_context,
+)

@@ -1,0 +1,79 @@
+// Prefill epilogue: each warp normalises its rows' O and puts the permuted columns back in place in
+// shared memory; then the CTA writes whole rows, coalesced, as the final output and LSE (base 2)
+// or, for a split-KV piece, as an fp32 partial for the merge kernel. A row that saw no key (an
+// empty split piece) writes O = 0 and LSE = -inf, which the merge weighs as nothing.
+#pragma once
+#include <cuda_runtime.h>
+#include "fig_abi_prefill.h"
+
+namespace fig {
+
+struct PrefillRows {
+  const FigPrefillParams* p;
+  int request, kv_head, row_begin, rows_total, group, qo_start, partial, pieces;
+
+  // Packed row r of the request = (query token r / group, q head kv_head * group + r % group).
+  __device__ __forceinline__ int token(int r) const { return r / group; }
+  __device__ __forceinline__ int qo_head(int r) const { return kv_head * group + r % group; }
+};
+
+template <class Cfg>
+struct PrefillEpilogue {
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kBlockM = Cfg::kBlockM;
+
+  struct SharedStorage {
+    float o[kBlockM][kHeadDim];
+    float lse[kBlockM];
+  };
+
+  template <class Mainloop>
+  __device__ __forceinline__ static void stage(SharedStorage& smem, const Mainloop& ml, int warp, float out_scale) {
+    using Frag = typename Mainloop::Frag;
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const float sum = ml.softmax[r].row_sum();
+      const int row = warp * 16 + ml.lane_g + 8 * r;
+      const float scale = sum > 0.0f ? out_scale / sum : 0.0f;
+      CUTE_UNROLL
+      for (int e = 0; e < Frag::kNTiles; ++e) {
+        CUTE_UNROLL
+        for (int i = 0; i < 2; ++i) smem.o[row][Frag::v_dim(2 * ml.lane_c + i, e)] = ml.o_acc[e][2 * r + i] * scale;
+      }
+      if (ml.lane_c == 0) smem.lse[row] = sum > 0.0f ? ml.softmax[r].row_max + log2f(sum) : -INFINITY;
+    }
+  }
+
+  // Call after a __syncthreads() that follows every warp's stage(). Four values per thread.
+  __device__ __forceinline__ static void write(const SharedStorage& smem, const PrefillRows& rows) {
+    using QElement = typename Cfg::QElement;
+    const FigPrefillParams& p = *rows.p;
+    constexpr int kQuads = kHeadDim / 4;
+    for (int idx = threadIdx.x; idx < kBlockM * kQuads; idx += Cfg::kThreads) {
+      const int local = idx / kQuads;
+      const int d = 4 * (idx % kQuads);
+      const int r = rows.row_begin + local;
+      if (r >= rows.rows_total) continue;
+      const int qtoken = rows.token(r);
+      const int head = rows.qo_head(r);
+      const float4 v = *reinterpret_cast<const float4*>(&smem.o[local][d]);
+      if (rows.partial < 0) {
+        const int64_t token = rows.qo_start + qtoken;
+        QElement* out = static_cast<QElement*>(p.out.data) + token * p.out.stride_row + head * p.out.stride_head + d;
+        out[0] = QElement(v.x);
+        out[1] = QElement(v.y);
+        out[2] = QElement(v.z);
+        out[3] = QElement(v.w);
+        if (d == 0 && p.out.lse != nullptr) p.out.lse[token * p.out.num_heads + head] = smem.lse[local];
+      } else {
+        // Slots are token-major, so a token's pieces are the merge kernel's contiguous range.
+        const int64_t slot = int64_t(rows.partial) + int64_t(qtoken) * rows.pieces;
+        const int64_t index = slot * p.out.num_heads + head;
+        *reinterpret_cast<float4*>(p.merge.partial_out + index * kHeadDim + d) = v;
+        if (d == 0) p.merge.partial_lse[index] = smem.lse[local];
+      }
+    }
+  }
+};
+
+}  // namespace fig

@@ -1,0 +1,209 @@
+// Batch prefill (Ampere path) = work item -> rows and keys + shared K/V tile pipeline + warp
+// mainloop (prefill_mainloop_sm80.cuh) + epilogue + split-KV merge kernel (merge.cuh). A work item
+// is (request, 64 packed query rows, key range) from plan(); the grid is items x KV heads, KV
+// heads fastest, so CTAs that start together read the same pages. GQA packs a KV head's q heads
+// into the tile's rows (row = token x group + head), so every K/V tile serves the whole group.
+#pragma once
+#include <cuda_runtime.h>
+#include <cute/atom/mma_traits_sm80.hpp>
+#include "fig_abi_prefill.h"
+#include "launch.cuh"
+#include "merge.cuh"
+#include "prefill_epilogue.cuh"
+#include "prefill_mainloop_sm80.cuh"
+#include "variants.cuh"
+
+namespace fig {
+
+// The instance's numbers, all from the generator's table (generator/kind_prefill.py).
+template <int kHeadDim_, int kBlockN_, int kStages_, int kWarps_, int kMinCtasPerSm_, int kSmemBytes_,
+          int kSmemPerBlock_>
+struct PrefillShape {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockN = kBlockN_;             // keys per shared tile
+  static constexpr int kStages = kStages_;             // tiles in flight
+  static constexpr int kWarps = kWarps_;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kBlockM = kWarps * 16;          // packed query rows per CTA: one m16 tile a warp
+  static constexpr int kMinCtasPerSm = kMinCtasPerSm_;
+  static constexpr int kSmemBytes = kSmemBytes_;
+  static constexpr int kSmemPerBlock = kSmemPerBlock_;
+};
+
+template <class QElement_, class Kv_, class Logits_, class Shape>
+struct PrefillConfig : Shape {
+  using QElement = QElement_;
+  using Kv = Kv_;
+  using Logits = Logits_;
+};
+
+struct PrefillArgs {
+  FigPrefillParams p;
+  PagedKv kv;
+  float logits_scale;  // sm_scale * k_scale * KV conversion factor
+  float out_scale;     // v_scale * KV conversion factor
+};
+
+template <class Cfg>
+constexpr size_t prefill_smem_bytes() {
+  constexpr size_t kNeed = cute::max(sizeof(typename PrefillMainloop<Cfg>::SharedStorage),
+                                     sizeof(typename PrefillEpilogue<Cfg>::SharedStorage));
+  static_assert(kNeed == size_t(Cfg::kSmemBytes), "generator/kind_prefill.py smem_bytes() disagrees with the kernel");
+  static_assert(Cfg::kSmemBytes <= Cfg::kSmemPerBlock, "the instance needs more shared memory than its arch has");
+  using Atom = typename HalfRowsMma<typename Cfg::Kv::MmaElement>::Atom;
+  using MmaShape = typename cute::MMA_Traits<Atom>::Shape_MNK;
+  static_assert(Cfg::kBlockM == Cfg::kWarps * cute::size<0>(MmaShape{}), "a warp owns one m16 tile of rows");
+  return kNeed;
+}
+
+// Runs the tiles of keys [begin, end) through the pipeline: kStages - 1 tiles ahead, one barrier
+// per tile (it also frees the stage the next copy overwrites).
+template <class Cfg, bool kExact>
+__device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename PrefillMainloop<Cfg>::SharedStorage& smem,
+                                              const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
+                                              int page_begin, int begin, int end, int hi_min, int lo_max,
+                                              const typename Cfg::Logits& logits) {
+  using Mainloop = PrefillMainloop<Cfg>;
+  constexpr int kN = Cfg::kBlockN;
+  const int tiles = (end - begin + kN - 1) / kN;
+  auto copy = [&](int t) {
+    Mainloop::TileCopy::copy(smem.k[t % Cfg::kStages], smem.v[t % Cfg::kStages], kv, k_base, v_base,
+                             Cfg::Kv::kBytes, page_begin, begin + t * kN, end);
+  };
+  CUTE_UNROLL
+  for (int t = 0; t < Cfg::kStages - 1; ++t) {
+    if (t < tiles) copy(t);
+    cute::cp_async_fence();
+  }
+#pragma unroll 1
+  for (int t = 0; t < tiles; ++t) {
+    cute::cp_async_wait<Cfg::kStages - 2>();
+    __syncthreads();
+    if (t + Cfg::kStages - 1 < tiles) copy(t + Cfg::kStages - 1);
+    cute::cp_async_fence();
+    const int tile_begin = begin + t * kN;
+    // Only tiles that reach past a row's last key or before its first need the per-key test.
+    if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max)
+      ml.template compute_tile<kExact, true>(smem, t % Cfg::kStages, tile_begin, logits);
+    else
+      ml.template compute_tile<kExact, false>(smem, t % Cfg::kStages, tile_begin, logits);
+  }
+  cute::cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the stages before they are reused
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_kernel(const PrefillArgs args) {
+  using Mainloop = PrefillMainloop<Cfg>;
+  using Epilogue = PrefillEpilogue<Cfg>;
+  using QElement = typename Cfg::QElement;
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  auto& smem = *reinterpret_cast<typename Mainloop::SharedStorage*>(smem_raw);
+
+  const FigPrefillParams& p = args.p;
+  const int item = blockIdx.x / p.kv.num_kv_heads;
+  PrefillRows rows;
+  rows.p = &p;
+  rows.kv_head = blockIdx.x % p.kv.num_kv_heads;
+  rows.request = p.work.request[item];
+  rows.row_begin = p.work.row_begin[item];
+  rows.partial = p.work.partial[item];
+  rows.pieces = p.work.pieces[item];
+  rows.group = p.out.num_heads / p.kv.num_kv_heads;
+  rows.qo_start = p.qo_indptr[rows.request];
+  const int qo_len = p.qo_indptr[rows.request + 1] - rows.qo_start;
+  rows.rows_total = qo_len * rows.group;
+  const int kv_len = p.kv_len[rows.request];
+  const int begin = p.work.kv_begin[item];
+  const int end = p.work.kv_end[item];
+  const int shift = kv_len - qo_len;  // query i sits at key position shift + i
+
+  // Keys a packed row sees: the item's range, cut by the causal bound and the window.
+  auto key_range = [&](int r, int& lo, int& hi) {
+    const int diagonal = shift + rows.token(r);  // the query's own position among the keys
+    hi = min(end - 1, p.causal ? diagonal : kv_len - 1);
+    lo = max(begin, p.window_left >= 0 ? diagonal - p.window_left : 0);
+  };
+  const int warp = threadIdx.x / 32;
+  const int lane_g = (threadIdx.x % 32) / 4;
+  const QElement* q_rows[2];
+  int lo[2], hi[2];
+  CUTE_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    const int r = rows.row_begin + warp * 16 + lane_g + 8 * i;
+    const bool valid = r < rows.rows_total;
+    q_rows[i] = valid ? static_cast<const QElement*>(p.q.data) + int64_t(rows.qo_start + rows.token(r)) * p.q.stride_row +
+                            int64_t(rows.qo_head(r)) * p.q.stride_head
+                      : nullptr;
+    key_range(valid ? r : rows.row_begin, lo[i], hi[i]);
+  }
+  // Bounds shared by every row of the CTA: tiles inside them need no per-key test.
+  int lo_first, hi_first, lo_last, hi_last;
+  key_range(rows.row_begin, lo_first, hi_first);
+  key_range(min(rows.rows_total, rows.row_begin + Cfg::kBlockM) - 1, lo_last, hi_last);
+
+  Mainloop ml;
+  ml.init(smem, q_rows[0], q_rows[1], lo, hi);
+  const int64_t head_bytes = args.kv.head_offset(rows.kv_head) * Cfg::Kv::kBytes;
+  const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
+  const uint8_t* v_base = static_cast<const uint8_t*>(p.kv.v_cache) + head_bytes;
+  const int page_begin = __ldg(p.kv.indptr + rows.request);
+  const typename Cfg::Logits logits(args.logits_scale, p.scales.logits_soft_cap);
+  prefill_tiles<Cfg, false>(ml, smem, args.kv, k_base, v_base, page_begin, begin, end, hi_first, lo_last, logits);
+  if constexpr (Mainloop::Frag::kMayReplay) {
+    // A NaN code makes the fast conversion wrong: the CTA starts over with the exact one (rare).
+    if (__syncthreads_or(ml.special_codes != 0)) {
+      ml.reset();
+      prefill_tiles<Cfg, true>(ml, smem, args.kv, k_base, v_base, page_begin, begin, end, hi_first, lo_last, logits);
+    }
+  }
+  launch_dependents();  // the merge kernel may be scheduled now (see decode_kernel.cuh)
+  auto& out_smem = *reinterpret_cast<typename Epilogue::SharedStorage*>(smem_raw);
+  Epilogue::stage(out_smem, ml, warp, args.out_scale);
+  __syncthreads();
+  Epilogue::write(out_smem, rows);
+}
+
+template <class Cfg>
+int prefill_run(const FigPrefillParams* p, cudaStream_t stream) {
+  using Kv = typename Cfg::Kv;
+  PrefillArgs args;
+  args.p = *p;
+  args.kv.pool = PagedKv::PoolLayout(cute::make_shape(1, p->kv.page_size, p->kv.num_kv_heads),
+                                     cute::make_stride(p->kv.stride_page, p->kv.stride_slot, p->kv.stride_head));
+  args.kv.page_size = cutlass::FastDivmod(p->kv.page_size);
+  args.kv.indices = p->kv.indices;
+  args.logits_scale = p->scales.sm_scale * p->scales.k_scale * Kv::kScale;
+  args.out_scale = p->scales.v_scale * Kv::kScale;
+  if (p->work.num_items > 0) {
+    constexpr size_t kSmem = prefill_smem_bytes<Cfg>();
+    const cudaError_t attr = cudaFuncSetAttribute(prefill_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  int(kSmem));
+    if (attr != cudaSuccess) return int(attr);
+    prefill_kernel<Cfg><<<dim3(p->work.num_items * p->kv.num_kv_heads), Cfg::kThreads, kSmem, stream>>>(args);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return int(err);
+  }
+  if (p->merge.num_items > 0) {
+    const cudaError_t err = launch_dependent(merge_partials_kernel<typename Cfg::QElement, Cfg::kHeadDim>,
+                                             dim3(p->merge.num_items, p->out.num_heads),
+                                             dim3(MergeShape<Cfg::kHeadDim>::kThreads), 0, stream, p->merge, p->out);
+    if (err != cudaSuccess) return int(err);
+  }
+  return int(cudaGetLastError());
+}
+
+template <class Cfg>
+int prefill_occupancy(int* ctas_per_sm, int* num_sms) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device);
+  constexpr size_t kSmem = prefill_smem_bytes<Cfg>();
+  if (err == cudaSuccess)
+    err = cudaFuncSetAttribute(prefill_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, prefill_kernel<Cfg>, Cfg::kThreads, kSmem);
+  return int(err);
+}
+
+}  // namespace fig
