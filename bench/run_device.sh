@@ -3,9 +3,11 @@
 # tree as a fresh checkout would run them, then benchmarks. pip resolves offline from the wheels
 # carried in .wheels/ (nvidia-cutlass, setuptools for the build backend, the cuobjdump/nvdisasm
 # test extras); everything else is on the device image. Logs and results go to $OUT.
-# Usage (on the device): FIG_COMMIT=<sha> bash bench/run_device.sh {readme|bench|ab} ...
+# Usage (on the device): FIG_COMMIT=<sha> bash bench/run_device.sh {readme|install|tests|bench|prefill|ab} ...
 #   readme       the README's main command, then its test command (full suite, log in $OUT)
+#   install      the README's install step only; tests: pytest with $FIG_PYTEST_ARGS
 #   bench        the decode benchmark (bench/results/decode-*.json shape set) into $OUT
+#   prefill      the prefill benchmark with $FIG_PREFILL_ARGS into $OUT
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
@@ -39,6 +41,17 @@ while [ $# -gt 0 ]; do
     ;;
   bench)
     python bench/bench_decode.py --out "$OUT/decode.json" 2>&1 | tee "$OUT/bench.log" | tail -64
+    ;;
+  install)  # the README's install step alone, for phases run without `readme`
+    pip install -q -e '.[test]' >>"$OUT/readme.log" 2>&1 || { tail -30 "$OUT/readme.log"; exit 1; }
+    ;;
+  tests)  # FIG_PYTEST_ARGS selects
+    python -m pytest -q -p no:cacheprovider -rfE ${FIG_PYTEST_ARGS:-} >"$OUT/pytest_sel.log" 2>&1; rc=$?
+    tail -8 "$OUT/pytest_sel.log"
+    ;;
+  prefill)  # the prefill benchmark (FIG_PREFILL_ARGS), missing instances built on first use
+    FLASHINFER_GEN_JIT=1 python bench/bench_prefill.py ${FIG_PREFILL_ARGS:-} --out "$OUT/prefill.json" 2>&1 \
+      | tee "$OUT/prefill.log" | tail -60
     ;;
   ab)
     base=$(cd "$1" && pwd); shift

@@ -9,7 +9,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from generator import InstanceKey
+from generator import InstanceKey, why_invalid
 from generator.keys import FP8_DTYPES
 
 from .registry import Module, default_registry
@@ -46,6 +46,9 @@ def lookup(kind: str, device: torch.device, q_name: str, kv_name: str, head_dim:
     arch = device_arch(device)
     conversion = (fp8_conversion or arch.default_conversion) if kv_name in FP8_DTYPES else "none"
     key = InstanceKey(kind, q_name, kv_name, head_dim, arch.name, conversion, "softcap" if soft_cap > 0 else "default")
+    reason = why_invalid(key)
+    if reason is not None:
+        fail(f"unsupported combination {key.name}: {reason}")
     return default_registry().lookup(key, jit=jit)
 
 
@@ -98,12 +101,16 @@ def check_q(q, rows: int, num_heads: int, head_dim: int, dtype: torch.dtype, dev
         fail(f"q must be 4-byte aligned with even strides, got strides {q.stride()}")
 
 
-def check_kv(k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype, device: torch.device, strides) -> None:
-    """Device, dtype and 16-byte row alignment of K and V (the kernels copy 16-byte chunks)."""
+def check_kv(k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
+    """Device, contiguous head dim and dtype of K and V."""
     for t, what in ((k, "k cache"), (v, "v cache")):
         check_cuda_tensor(t, what, device)
     if k.dtype != dtype:
         fail(f"kv cache has dtype {k.dtype}, plan() was for {dtype}")
+
+
+def check_kv_alignment(k: torch.Tensor, v: torch.Tensor, strides) -> None:
+    """16-byte alignment of every K and V row (the kernels copy 16-byte chunks)."""
     elem = k.element_size()
     for ptr, what in ((k.data_ptr(), "k cache"), (v.data_ptr(), "v cache")):
         if ptr % 16 or any((s * elem) % 16 for s in strides):

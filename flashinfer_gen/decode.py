@@ -15,7 +15,7 @@ import torch
 from generator.abi import fill
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
-from .common import (check_kv, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
+from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
                      output_tensors, resident_ctas)
 from .registry import Module
 from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail,
@@ -182,8 +182,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
         batch, hq, hk, d = plan["batch"], plan["num_qo_heads"], plan["num_kv_heads"], plan["head_dim"]
         check_q(q, batch, hq, d, plan["q_dtype"], device, "batch")
         k, v = split_paged_kv(paged_kv_cache, self._layout)
+        check_kv(k, v, plan["kv_dtype"], device)
         strides = kv_strides(k, self._layout, plan["page_size"], hk, d)
-        check_kv(k, v, plan["kv_dtype"], device, strides)
+        check_kv_alignment(k, v, strides)
         if plan["max_index"] >= k.shape[0]:
             fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
         ks, vs = check_scalar(k_scale, "k_scale"), check_scalar(v_scale, "v_scale")

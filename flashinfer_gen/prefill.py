@@ -16,7 +16,7 @@ import torch
 from generator.abi import fill
 from generator.kind_prefill import BLOCK_M, HEAD_DIMS, PARAMS, block_n
 
-from .common import (check_kv, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
+from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
                      output_tensors, resident_ctas)
 from .registry import Module
 from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
@@ -141,7 +141,7 @@ class _BatchPrefill:
         plan = self._plan
         device, hq, d = plan["device"], plan["num_qo_heads"], plan["head_dim"]
         check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]")
-        check_kv(k, v, plan["kv_dtype"], device, strides)
+        check_kv_alignment(k, v, strides)
         ks, vs = check_scalar(k_scale, "k_scale"), check_scalar(v_scale, "v_scale")
         out, lse = output_tensors(q, out, lse, return_lse, device)
         sched, ptr = plan["schedule"], plan["ptr"]
@@ -190,6 +190,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
         if plan is None:
             fail("call plan() before run()")
         k, v = split_paged_kv(paged_kv_cache, self._layout)
+        check_kv(k, v, plan["kv_dtype"], plan["device"])
         strides = kv_strides(k, self._layout, plan["page_size"], plan["num_kv_heads"], plan["head_dim"])
         if plan["max_index"] >= k.shape[0]:
             fail(f"paged_kv_indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
@@ -229,13 +230,15 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
         shape = (plan["total_kv"], plan["num_kv_heads"], plan["head_dim"])
         for t, what in ((k, "k"), (v, "v")):
             require_tensor(t, what)
-            if tuple(t.shape) != shape:
-                fail(f"{what} must be [kv_indptr[-1], num_kv_heads, head_dim] = {shape} from plan(), "
-                     f"got {tuple(t.shape)}")
-        if k.stride() != v.stride():
-            fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
         if k.dtype != v.dtype:
             fail(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
+        check_kv(k, v, plan["kv_dtype"], plan["device"])
+        for t, what in ((k, "k"), (v, "v")):
+            if tuple(t.shape) != shape:
+                fail(f"{what} has shape {tuple(t.shape)}; plan() needs [kv_indptr[-1], num_kv_heads, head_dim] = "
+                     f"{shape}")
+        if k.stride() != v.stride():
+            fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
         # page = a request's first row, slot = its row within the request
         strides = (k.stride(0), k.stride(0), k.stride(1))
         return self._run_common(q, k, v, strides, k_scale, v_scale, out, lse, return_lse)

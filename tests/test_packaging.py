@@ -32,9 +32,11 @@ def test_wheel_installs_and_generates(tmp_path):
                           "--q-dtype", "f16", "--kv-dtype", "f16,e4m3", "--out", str(out)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in out.glob("*.cu")) == ["decode_qf16_kve4m3_d64_sm80_software_default.cu",
-                                                       "decode_qf16_kvf16_d64_sm80_none_default.cu"]
-    assert (out / "fig_abi_decode.h").is_file() and (out / "manifest.json").is_file()
+    assert sorted(p.name for p in out.glob("*.cu")) == [f"{kind}_qf16_kv{kv}_d64_sm80_{conv}_default.cu"
+                                                       for kind in ("decode", "prefill")
+                                                       for kv, conv in (("e4m3", "software"), ("f16", "none"))]
+    assert all((out / f"fig_abi_{kind}.h").is_file() for kind in ("decode", "prefill"))
+    assert (out / "manifest.json").is_file()
     where = subprocess.run([python, "-c", "from generator import toolchain; print(toolchain.TEMPLATE_DIR); "
                             "print(toolchain.CMAKE_DIR)"], capture_output=True, text=True, check=True,
                            cwd=tmp_path).stdout.split()
