@@ -19,15 +19,18 @@ ROW_PADDING = 16             # bytes after each shared K/V row (bank spread, pre
 
 
 def block_n(head_dim: int) -> int:
-    """Keys per shared tile: 64, or 32 from head dim 192 on, where S's accumulators would
-    otherwise crowd out O's (4 registers per n-tile each)."""
-    return 64 if head_dim <= 128 else 32
+    """Keys per shared tile: 64, or 16 from head dim 192 on, where O's accumulators (4 registers
+    per n-tile of 8 dims) leave S and the loads so little room that ptxas spilled at 32
+    (e4m3 software, head dim 256: 255 registers, up to 112 bytes of stack)."""
+    return 64 if head_dim <= 128 else 16
 
 
 def _ring_bytes(kv_dtype: str, head_dim: int, stages: int) -> int:
-    """K and V tiles of every stage, plus Q's fragments (16 bytes per lane per k-step)."""
+    """K and V tiles of every stage, Q's fragments (16 bytes per lane per k-step) and the stages'
+    row offsets (8 bytes per key)."""
     rows = stages * 2 * block_n(head_dim)
-    return rows * (head_dim * KV_BYTES[kv_dtype] + ROW_PADDING) + WARPS * 32 * (head_dim // 16) * 16
+    return (rows * (head_dim * KV_BYTES[kv_dtype] + ROW_PADDING) + WARPS * 32 * (head_dim // 16) * 16
+            + stages * block_n(head_dim) * 8)
 
 
 def smem_bytes(kv_dtype: str, head_dim: int, stages: int) -> int:

@@ -9,8 +9,7 @@
 //   O = P V: lane (g, c) supplies V[tokens 2c, 2c+1, 2c+8, 2c+9 of a 16-token k-step][dim v_dim(g, n-tile)]:
 //     four token rows of D/8 dims; token pairs are interleaved with one byte permute. The output
 //     column of n-tile e that lane g supplies is dim v_dim(g, e); the epilogue puts it back.
-// Lane c's K vectors are chunks c, c+4, c+8, ... of a row and lane g's V vectors chunks g, g+8,
-// ...: within one warp's read of 8 (K) or 4 (V) rows the lanes spread over all banks.
+// Lane c's K vectors are vectors c, c+4, c+8, ... of a row and lane g's V vectors g, g+8, ...
 #pragma once
 #include <cute/numeric/numeric_types.hpp>
 #include "fp8_convert.cuh"
@@ -21,12 +20,17 @@ namespace fig {
 // Largest power of two <= cap that divides n.
 constexpr int pow2_divisor(int n, int cap) { return (cap > 1 && n % cap != 0) ? pow2_divisor(n, cap / 2) : cap; }
 
-template <class Kv, int kHeadDim>
+// kKVec: K elements a lane reads at once; by default as many as one 16-byte load holds (decode
+// reads a token's K row whole). Prefill reads one k-step (4 elements) at a time and passes 4:
+// lane c then owns dims 16j + 4c .. 16j + 4c + 3, so the 4 lanes of a row read one contiguous
+// 16 (FP8) or 32 (16-bit) bytes and a warp's 8 padded rows spread over all banks; with 16-byte
+// vectors the four lanes' reads of a k-step would sit 16 bytes apart and share banks 4 ways.
+template <class Kv, int kHeadDim, int kKVec = 0>
 struct KvFragments {
   static constexpr int kBytes = Kv::kBytes;
   static constexpr int kKElems = kHeadDim / 4;  // K dims a lane owns per token
   static constexpr int kVElems = kHeadDim / 8;  // V dims a lane owns per token
-  static constexpr int kVecK = pow2_divisor(kKElems, 16 / kBytes);  // elements per K load (<= 16 bytes)
+  static constexpr int kVecK = kKVec ? kKVec : pow2_divisor(kKElems, 16 / kBytes);  // elements per K load
   static constexpr int kVecV = pow2_divisor(kVElems, 16 / kBytes);  // elements per V load
   static constexpr int kKWords = kKElems * kBytes / 4;
   static constexpr int kVWords = kVElems * kBytes / 4;

@@ -39,6 +39,8 @@ struct PagedKv {
 // A CTA's cooperative copy of kRows consecutive tokens of K and V (one KV head) into shared
 // rows of kRowBytes (a row of head-dim bytes plus padding), 16 bytes per cp.async. Consecutive
 // threads take consecutive 16-byte chunks of a row, so each row is read as whole sectors.
+// The rows' page-table lookups are done a tile ahead (lookup() / store()) into shared offsets,
+// so a copy never waits for a page index: a lookup's latency hides under a tile's compute.
 // Tokens at or past `end` re-read token end - 1 (the consumer masks them), so no load leaves
 // the request's pages.
 template <int kRows, int kRowBytes, int kDataBytes, int kThreads>
@@ -46,18 +48,30 @@ struct PagedKvTileCopy {
   static constexpr int kChunksPerRow = kDataBytes / 16;
   static constexpr int kChunks = kRows * kChunksPerRow;
   static_assert(kDataBytes % 16 == 0 && kRowBytes % 16 == 0, "rows are copied as 16-byte chunks");
+  static_assert(kRows <= kThreads, "one thread looks up each row");
 
+  // Byte offset (from the KV head's base) of row threadIdx.x of the tile at tile_begin; 0 for
+  // threads past the tile's rows.
+  __device__ __forceinline__ static int64_t lookup(const PagedKv& kv, int bytes_per_element, int page_begin,
+                                                   int tile_begin, int end) {
+    if (int(threadIdx.x) >= kRows) return 0;
+    return kv.offset(kv.locate(page_begin, min(tile_begin + int(threadIdx.x), end - 1))) * bytes_per_element;
+  }
+  __device__ __forceinline__ static void store(int64_t (&row_offsets)[kRows], int64_t offset) {
+    if (int(threadIdx.x) < kRows) row_offsets[threadIdx.x] = offset;
+  }
+
+  // Call after a barrier that follows the store() of these offsets.
   __device__ __forceinline__ static void copy(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
-                                              const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
-                                              int bytes_per_element, int page_begin, int tile_begin, int end) {
+                                              const int64_t (&row_offsets)[kRows], const uint8_t* k_base,
+                                              const uint8_t* v_base) {
     CUTE_UNROLL
     for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
       const int id = int(threadIdx.x) + i * kThreads;
       if (kChunks % kThreads == 0 || id < kChunks) {
         const int row = id / kChunksPerRow;
         const int chunk = id % kChunksPerRow;
-        const int64_t src = kv.offset(kv.locate(page_begin, min(tile_begin + row, end - 1))) * bytes_per_element +
-                            16 * chunk;
+        const int64_t src = row_offsets[row] + 16 * chunk;
         cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
             *reinterpret_cast<const cute::uint128_t*>(k_base + src),
             *reinterpret_cast<cute::uint128_t*>(&k_rows[row][16 * chunk]));

@@ -56,37 +56,44 @@ constexpr size_t prefill_smem_bytes() {
   return kNeed;
 }
 
-// Runs the tiles of keys [begin, end) through the pipeline: kStages - 1 tiles ahead, one barrier
-// per tile (it also frees the stage the next copy overwrites).
+// Runs the tiles of keys [begin, end) through the pipeline: kStages - 1 tiles copied ahead, one
+// barrier per tile (it also frees the stage the next copy overwrites), and each tile's page-table
+// lookups issued a stage earlier still, their latency hidden under a tile's compute.
 template <class Cfg, bool kExact>
 __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename PrefillMainloop<Cfg>::SharedStorage& smem,
                                               const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
                                               int page_begin, int begin, int end, int hi_min, int lo_max,
                                               const typename Cfg::Logits& logits) {
-  using Mainloop = PrefillMainloop<Cfg>;
+  using Copy = typename PrefillMainloop<Cfg>::TileCopy;
   constexpr int kN = Cfg::kBlockN;
+  constexpr int kS = Cfg::kStages;
   const int tiles = (end - begin + kN - 1) / kN;
-  auto copy = [&](int t) {
-    Mainloop::TileCopy::copy(smem.k[t % Cfg::kStages], smem.v[t % Cfg::kStages], kv, k_base, v_base,
-                             Cfg::Kv::kBytes, page_begin, begin + t * kN, end);
-  };
+  auto lookup = [&](int t) { return Copy::lookup(kv, Cfg::Kv::kBytes, page_begin, begin + t * kN, end); };
+  auto copy = [&](int t) { Copy::copy(smem.k[t % kS], smem.v[t % kS], smem.row_offsets[t % kS], k_base, v_base); };
   CUTE_UNROLL
-  for (int t = 0; t < Cfg::kStages - 1; ++t) {
+  for (int t = 0; t < kS; ++t) Copy::store(smem.row_offsets[t], t < tiles ? lookup(t) : 0);
+  __syncthreads();
+  CUTE_UNROLL
+  for (int t = 0; t < kS - 1; ++t) {
     if (t < tiles) copy(t);
     cute::cp_async_fence();
   }
 #pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
-    cute::cp_async_wait<Cfg::kStages - 2>();
+    const int64_t ahead = t + kS < tiles ? lookup(t + kS) : 0;  // used only after this tile's compute
+    cute::cp_async_wait<kS - 2>();
     __syncthreads();
-    if (t + Cfg::kStages - 1 < tiles) copy(t + Cfg::kStages - 1);
+    if (t + kS - 1 < tiles) copy(t + kS - 1);
     cute::cp_async_fence();
     const int tile_begin = begin + t * kN;
     // Only tiles that reach past a row's last key or before its first need the per-key test.
     if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max)
-      ml.template compute_tile<kExact, true>(smem, t % Cfg::kStages, tile_begin, logits);
+      ml.template compute_tile<kExact, true>(smem, t % kS, tile_begin, logits);
     else
-      ml.template compute_tile<kExact, false>(smem, t % Cfg::kStages, tile_begin, logits);
+      ml.template compute_tile<kExact, false>(smem, t % kS, tile_begin, logits);
+    // Slot t % kS last served tile t's copy, issued kS - 1 barriers ago; tile t + kS's copy reads
+    // it after the next barrier.
+    Copy::store(smem.row_offsets[t % kS], ahead);
   }
   cute::cp_async_wait<0>();
   __syncthreads();  // every warp is done with the stages before they are reused

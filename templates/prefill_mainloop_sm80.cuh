@@ -4,9 +4,9 @@
 // fragments follow kv_fragments.cuh, so an FP8 row goes from shared memory to the tensor core
 // through one conversion in registers.
 //
-// Shared rows are head-dim bytes plus 16 bytes of padding: a warp's K read (8 rows, lane c at
-// chunks c, c+4, ...) and V read (4 rows, lane g at chunks g, g+8, ...) then touch every bank
-// equally (row r starts r 16-byte chunks further round the banks).
+// Shared rows are head-dim bytes plus 16 bytes of padding, so row r starts r 16-byte chunks further
+// round the banks: a warp's K read (8 rows, the 4 lanes of a row on one contiguous k-step) and
+// V read (4 rows, lane g at vectors g, g+8, ...) then touch every bank equally.
 #pragma once
 #include <cuda_runtime.h>
 #include "kv_fragments.cuh"
@@ -22,7 +22,7 @@ struct PrefillMainloop {
   using Kv = typename Cfg::Kv;
   using MmaElement = typename Kv::MmaElement;
   using Logits = typename Cfg::Logits;
-  using Frag = KvFragments<Kv, Cfg::kHeadDim>;
+  using Frag = KvFragments<Kv, Cfg::kHeadDim, /*kKVec=*/4>;  // one k-step per K read (bank spread)
 
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kBlockN = Cfg::kBlockN;
@@ -42,6 +42,7 @@ struct PrefillMainloop {
     uint8_t k[kStages][kBlockN][kRowBytes];
     uint8_t v[kStages][kBlockN][kRowBytes];
     uint4 q[Cfg::kWarps][Frag::kKSteps][32];  // (warp, k-step, lane)
+    int64_t row_offsets[kStages][kBlockN];    // page-table lookups of the tiles being copied
   };
 
   // Per-warp state. Rows: r0 = lane_g, r1 = lane_g + 8 of the warp's 16.

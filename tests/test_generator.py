@@ -51,7 +51,7 @@ def test_prefill_space():
     # bf16 + two FP8 kinds x two conversions, except head dim 80, whose FP8 V rows are not whole words
     assert by_dim == {64: 5, 80: 1, 96: 5, 128: 5, 192: 5, 256: 5}
     assert "head dim 80 needs a 16-bit cache" in why_invalid(key(kind="prefill", head_dim=80))
-    assert kind_prefill.block_n(128) == 64 and kind_prefill.block_n(256) == 32
+    assert kind_prefill.block_n(128) == 64 and kind_prefill.block_n(256) == 16
     assert "head_dim=80" in why_invalid(key(head_dim=80))  # decode has no head dim 80
     names = [k.name for k in enumerate_instances()]
     assert len(names) == len(set(names))
@@ -136,7 +136,7 @@ def test_every_instance_fits_its_arch(arch):
         if k.kind == "decode":
             assert 1 <= stages <= 8
         else:  # prefill: two CTAs per SM where it can, the copy ring at least double-buffered
-            assert stages in (2, 3) and constant(source, "kBlockN") in (32, 64)
+            assert stages in (2, 3) and constant(source, "kBlockN") in (16, 64)
             assert stages == 2 or 2 * (smem + 1024) <= a.smem_per_sm
     # FP8 rows are half as wide, so the same bytes in flight take twice the steps
     sm90 = arches.arch("sm90a")
