@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from generator import InstanceKey, toolchain
-from generator.arches import FALLBACK_ARCHES, arch_for_capability
+from generator.arches import FALLBACK_ARCHES, arch_for_capability, capability_error
 from generator.render import generate
 
 ENV_CACHE = "FLASHINFER_GEN_CACHE"
@@ -115,6 +115,11 @@ def _ninja_times(build_dir: Path) -> dict[str, float]:
     return per_target
 
 
+def spill_warnings(lines: Iterable[str]) -> list[str]:
+    """ptxas's -warn-spills reports ("Registers are spilled to local memory in function ...")."""
+    return [line.strip() for line in lines if "ptxas" in line and "spilled" in line]
+
+
 def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | None = None,
           echo: Callable[[str], None] | None = print) -> BuildReport:
     keys = sorted(set(keys))
@@ -139,7 +144,10 @@ def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | Non
             f"-DFIG_TEMPLATE_DIR={toolchain.TEMPLATE_DIR}", f"-DFIG_CUTLASS_INCLUDE={cutlass}",
         ]
         # The flags are the instance list's alone (they are hashed); none from the environment.
-        env = {k: v for k, v in os.environ.items() if k not in ("CUDAFLAGS", "CXXFLAGS", "CFLAGS", "LDFLAGS")}
+        # nvcc itself reads NVCC_PREPEND_FLAGS / NVCC_APPEND_FLAGS / NVCC_CCBIN: not those either.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("CUDAFLAGS", "CXXFLAGS", "CFLAGS", "LDFLAGS", "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS",
+                            "NVCC_CCBIN")}
         result = subprocess.run(configure, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"CMake configure failed:\n{result.stdout}\n{result.stderr}")
@@ -163,6 +171,9 @@ def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | Non
                     echo(f"{_progress_bar(done, total)}\n")
         if proc.wait() != 0:
             raise RuntimeError("ninja build failed:\n" + "".join(output[-200:]))
+        spills = spill_warnings(output)
+        if spills:  # the flags ask ptxas to report every spill; no shipped instance may have one
+            raise RuntimeError("register spills (ptxas):\n" + "\n".join(spills[:20]))
         seconds = _ninja_times(bdir)
         sizes = {name: (lib / e["library"]).stat().st_size for name, e in entries.items()
                  if (lib / e["library"]).exists()}
@@ -187,11 +198,12 @@ def visible_archs() -> Sequence[str]:
     """The archs of the visible GPUs, or the fallback pair (A100, H100) when there is none."""
     try:
         import torch
-        if torch.cuda.is_available():
-            archs = {arch_for_capability(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())}
-            names = sorted(a.name for a in archs if a is not None)
-            if names:
-                return tuple(names)
     except ImportError:
-        pass
-    return FALLBACK_ARCHES
+        return FALLBACK_ARCHES
+    if not torch.cuda.is_available():
+        return FALLBACK_ARCHES
+    caps = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    names = sorted({a.name for a in map(arch_for_capability, caps) if a is not None})
+    if not names:
+        raise RuntimeError(capability_error(caps[0]) + "; name --arch to build for another GPU")
+    return tuple(names)

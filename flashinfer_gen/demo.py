@@ -1,11 +1,12 @@
-"""A short decode on the visible GPU: random paged caches, bf16 and FP8, checked against the
-float64 reference and timed with CUDA events."""
+"""A short decode and a short causal prefill on the visible GPU: random paged caches, bf16 and FP8,
+checked against the float64 reference and timed with CUDA events."""
 from __future__ import annotations
 
 import torch
 
 from .decode import BatchDecodeWithPagedKVCacheWrapper
-from .reference import decode_reference, relative_error
+from .prefill import BatchPrefillWithPagedKVCacheWrapper
+from .reference import decode_reference, prefill_reference, relative_error
 
 
 def run_demo() -> int:
@@ -24,6 +25,10 @@ def run_demo() -> int:
     q = torch.randn(batch, hq, d, dtype=torch.bfloat16, device=dev)
     ws = torch.empty(128 << 20, dtype=torch.uint8, device=dev)
     print(f"demo on {torch.cuda.get_device_name()}: batch {batch}, {hq}/{hk} heads, head dim {d}, page {page}")
+    # prefill: each request's last qo_len tokens are new (causal), up to 256 of them
+    qo_lens = torch.minimum(kv_lens, torch.randint(1, 257, (batch,)))
+    qo_indptr = torch.cat([torch.zeros(1, dtype=torch.int64), qo_lens.cumsum(0)]).to(torch.int32)
+    q_prefill = torch.randn(int(qo_indptr[-1]), hq, d, dtype=torch.bfloat16, device=dev)
     for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
         k = torch.randn(num_pages, page, hk, d, device=dev).to(kv_dtype)
         v = torch.randn(num_pages, page, hk, d, device=dev).to(kv_dtype)
@@ -31,6 +36,14 @@ def run_demo() -> int:
         w.plan(indptr, indices, last, hq, hk, d, page, q_data_type=torch.bfloat16, kv_data_type=kv_dtype)
         out = w.run(q, (k, v), k_scale=0.5, v_scale=2.0)
         ref, _ = decode_reference(q, k, v, indptr.to(dev), indices.to(dev), last, "NHD", 0.5, 2.0)
+        p = BatchPrefillWithPagedKVCacheWrapper(ws, "NHD")
+        p.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, q_data_type=torch.bfloat16,
+               kv_data_type=kv_dtype)
+        out_p = p.run(q_prefill, (k, v), k_scale=0.5, v_scale=2.0)
+        ref_p, _ = prefill_reference(q_prefill, k, v, qo_indptr, indptr.to(dev), indices.to(dev), last, "NHD", 0.5,
+                                     2.0, causal=True)
+        print(f"  kv {str(kv_dtype).replace('torch.', ''):<14} instance {p.module.key.name}: "
+              f"rel. error {relative_error(out_p, ref_p):.2e} ({int(qo_indptr[-1])} query tokens, causal)")
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         for _ in range(3):
             w.run(q, (k, v), k_scale=0.5, v_scale=2.0, out=out)

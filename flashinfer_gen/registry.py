@@ -64,12 +64,15 @@ class Module:
         if kind != key.kind or kind not in KINDS:
             raise RuntimeError(f"{path} is a {kind!r} library, expected {key.kind!r}")
         self.abi = KINDS[kind].abi
-        self._functions = declare(self.lib, self.abi)
+        # The version and size first: a library built from another spec may lack entry points.
+        identity = [fn for fn in self.abi.all_functions if fn.name in ("abi_version", "params_size")]
+        self._ops = declare(self.lib, self.abi, identity)
         version, size = self.call("abi_version"), self.call("params_size")
         expected = (self.abi.version, ctypes.sizeof(self.params_type))
         if (version & 0xFFFFFFFF, size) != expected:
             raise RuntimeError(f"{path}: {kind} ABI version {version & 0xFFFFFFFF} / params size {size} does not "
                                f"match this flashinfer_gen {expected}; rebuild it")
+        self._ops = declare(self.lib, self.abi)
         name = self.call("instance_name").decode()
         if name != key.name:
             raise RuntimeError(f"{path} holds instance {name}, expected {key.name}")
@@ -82,10 +85,10 @@ class Module:
     def call(self, op: str, *args):
         """Calls entry point `op` of this kind (fig_kind / fig_<kind>_<op>); a cudaError_t result
         other than success raises."""
-        fn = next((f for f in self.abi.all_functions if f.name == op), None)
-        if fn is None:
+        if op not in self._ops:
             raise AttributeError(f"{self.key.kind} libraries export no {op!r}")
-        result = getattr(self.lib, self.abi.symbol(fn))(*args)
+        cfunc, fn = self._ops[op]
+        result = cfunc(*args)
         if fn.returns_status:
             check_status(result, f"{self.key.name} {op}")
         return result

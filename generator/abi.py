@@ -27,21 +27,23 @@ _CTYPES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+# Specs are module-level constants: compared and hashed by identity, so the ctypes cache is a
+# pointer lookup on every run(), not a hash of the whole nested spec.
+@dataclasses.dataclass(frozen=True, eq=False)
 class Struct:
     name: str
     fields: tuple["Field", ...]
     comment: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Field:
     name: str
     ctype: "str | Struct"
     comment: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Function:
     name: str                          # without the fig_<kind>_ prefix
     restype: str
@@ -193,13 +195,14 @@ def fill(s: Struct, **values) -> ctypes.Structure:
     return ctypes_struct(s)(**args)
 
 
-def declare(lib: ctypes.CDLL, abi: KindAbi) -> dict[str, Function]:
-    """Sets restype/argtypes of every export of `abi` on `lib`; returns them by symbol."""
+def declare(lib: ctypes.CDLL, abi: KindAbi, functions=None) -> dict[str, tuple]:
+    """Sets restype/argtypes of `functions` (default: every export of `abi`) on `lib`; returns
+    {name without the fig_<kind>_ prefix: (ctypes function, spec)}."""
     table = {}
-    for fn in abi.all_functions:
+    for fn in abi.all_functions if functions is None else functions:
         cfunc = getattr(lib, abi.symbol(fn))
         cfunc.restype = _CTYPES[fn.restype]
         cfunc.argtypes = [ctypes.POINTER(ctypes_struct(abi.params)) if t == f"const {abi.params.name}*" else _CTYPES[t]
                           for t, _ in fn.args]
-        table[abi.symbol(fn)] = fn
+        table[fn.name] = (cfunc, fn)
     return table

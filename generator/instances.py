@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 from . import kind_decode, kind_prefill
 from .arches import ARCH_BY_NAME, ARCH_NAMES
-from .keys import FP8_DTYPES, KEY_FIELDS, SHARED_PREDICATES, InstanceKey, KindSpec
+from .keys import KEY_FIELDS, SHARED_PREDICATES, InstanceKey, KindSpec
 
 KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (kind_decode.SPEC, kind_prefill.SPEC)}
 
@@ -66,16 +66,11 @@ def template_context(key: InstanceKey) -> dict:
     library exports."""
     spec = KINDS[check(key).kind]
     return {"kind": key.kind, "name": key.name, "description": key.describe(),
-            "abi_header": spec.abi.header, "abi_version_macro": spec.abi.version_macro,
+            "abi_version_macro": spec.abi.version_macro,
             "params_struct": spec.abi.params.name, **spec.context(key)}
 
 
 # --- selections ----------------------------------------------------------------------------
-
-def conversions_for(kv_dtype: str, arch: str) -> tuple[str, ...]:
-    """FP8 conversions the arch runs, preferred first; ("none",) for a 16-bit cache."""
-    return ARCH_BY_NAME[arch].conversions if kv_dtype in FP8_DTYPES else ("none",)
-
 
 def enumerate_instances(selection: Mapping[str, Sequence] | None = None, *,
                         use_defaults: bool = False) -> list[InstanceKey]:

@@ -59,9 +59,9 @@ def max_stages(kv_dtype: str, head_dim: int, arch: Arch) -> int:
 
 def pipeline_stages(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = "none") -> int:
     """cp.async steps a warp keeps in flight: enough bytes to cover the loaded memory latency,
-    at least 2 (double buffering), at most 8, and few enough that two CTAs share an SM where
-    the step is small enough to allow it; on a 100 KB part a 16-bit head-dim-256 step leaves
-    room for one stage, whose latency the CTA's other three warps then hide.
+    2 (double buffering) to 8, and few enough that two CTAs share an SM where the step is small
+    enough to allow it. The one exception is a 100 KB part with a 16-bit head-dim-256 step: it
+    leaves room for one stage, whose latency the CTA's other three warps then hide.
 
     The step loop is unrolled by the stage count, which lets the compiler overlap consecutive
     steps (a rolled loop measured 10-15% slower on the H100). The e4m3 software body is about
@@ -92,7 +92,8 @@ def smem_bytes(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = "none
 def min_ctas_per_sm(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = "none",
                     stages: int | None = None) -> int:
     """CTAs per SM the register cap is set for: as many as shared memory allows, unless the
-    registers a lane needs (O: D/4, Q: D/8, one step of K or V words read back) would not fit."""
+    registers a lane needs (O: D/4, Q: D/8 (an estimate kept where Q lives in shared memory),
+    one step of K or V words read back) would not fit."""
     by_smem = arch.smem_per_sm // (smem_bytes(kv_dtype, head_dim, arch, conversion, stages) + SMEM_RESERVED_PER_CTA)
     step_words = head_dim * KV_BYTES[kv_dtype] // 4
     regs = head_dim // 4 + head_dim // 8 + step_words + REGISTER_OVERHEAD
@@ -107,7 +108,7 @@ def _tuning_overrides() -> dict:
 
 def copy_ring_fits(key: InstanceKey) -> str | None:
     arch = ARCH_BY_NAME[key.arch]
-    if key.kv_dtype in KV_BYTES and key.head_dim in HEAD_DIMS and max_stages(key.kv_dtype, key.head_dim, arch) < 1:
+    if max_stages(key.kv_dtype, key.head_dim, arch) < 1:
         need = WARPS * step_bytes_per_warp(key.kv_dtype, key.head_dim)
         return f"one copy step needs {need} bytes of shared memory; {key.arch} gives a CTA {arch.smem_per_block}"
     return None

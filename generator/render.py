@@ -4,7 +4,8 @@ Output is deterministic (same keys and templates -> byte-identical files) and fi
 rewritten when their content changes, so ninja rebuilds exactly the instances that changed.
 An instance's cache key (`source_hash`, part of its library's file name) covers its rendered
 source, the headers it includes (followed from its own #include lines), the exact nvcc flags
-the CMake module passes, the CMake module itself, and the nvcc and CUTLASS versions: a stale
+the CMake module passes, the CMake module itself, and the nvcc, host compiler and CUTLASS
+versions: a stale
 binary is never loaded, and an edit of one kind's header rebuilds only the instances that
 include it.
 """
@@ -25,9 +26,10 @@ from .instances import KINDS, InstanceKey, check, template_context
 
 # Flags every instance is compiled with, besides its arch's gencode; the CMake module passes
 # exactly this list (and CMake's own CUDA flags are cleared), so what is hashed is what is used.
-# -DNDEBUG keeps CUTLASS's asserts (function calls) out of the kernels.
+# -DNDEBUG keeps CUTLASS's asserts (function calls) out of the kernels; -warn-spills makes ptxas
+# report any register spill, which the build driver then refuses.
 COMMON_NVCC_FLAGS = ("-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr",
-                     "-Xcompiler=-fPIC", "-Xcompiler=-fvisibility=hidden")
+                     "-Xcompiler=-fPIC", "-Xcompiler=-fvisibility=hidden", "-Xptxas=-warn-spills")
 MANIFEST_NAME = "manifest.json"
 CMAKE_LIST_NAME = "instances.cmake"
 MANIFEST_VERSION = 2
@@ -86,13 +88,13 @@ def tools_or_unknown(tools: dict | None = None) -> dict:
     """`tools`, else the toolchain found now, else placeholders (sources can be generated on a
     machine without nvcc; their hashes then match no library built anywhere)."""
     tools = toolchain.current() if tools is None else tools
-    return tools if tools is not None else {"nvcc": "unknown", "cutlass": "unknown"}
+    return tools if tools is not None else {"nvcc": "unknown", "host_cxx": "unknown", "cutlass": "unknown"}
 
 
 def source_hash(key: InstanceKey, source: str | None = None, tools: dict | None = None,
                 template_dir: Path = toolchain.TEMPLATE_DIR) -> str:
-    """The cache key of one instance. `tools` is {"nvcc": ..., "cutlass": ...} (default: the
-    toolchain found now)."""
+    """The cache key of one instance. `tools` is {"nvcc": ..., "host_cxx": ..., "cutlass": ...}
+    (default: the toolchain found now)."""
     source = render(key, template_dir) if source is None else source
     tools = tools_or_unknown(tools)
     h = hashlib.sha256()

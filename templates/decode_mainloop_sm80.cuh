@@ -4,15 +4,8 @@
 // Loads: cp.async (global -> shared, no registers held) kStages steps ahead, into a per-warp
 // ring whose 16-byte slots are lane-innermost (conflict-free reads). Each warp fills and reads
 // only its own ring, so the pipeline needs cp.async.wait_group and __syncwarp, no CTA barrier.
-// Fragments: the reduction dims of both products may be permuted freely, so each lane copies
-// 16-byte vectors of whole token rows and we *define* the mma's k index to be what it holds:
-//   S = Q K^T: lane (g, c) = (lane / 4, lane % 4) owns token g (+8 for the 2nd n-tile) and the
-//     head dims k_dim(c, e), e < D/4. Its k-step j uses its elements 4j..4j+3, which are one
-//     32-bit word of FP8 codes -> exactly the two f16x2 B registers. Q's A fragment is loaded
-//     with the same permutation, so the dot product is unchanged.
-//   O = P V: lane (g, c) provides V[tokens 2c, 2c+1, 2c+8, 2c+9][dim v_dim(g, n-tile)], i.e. four
-//     token rows of D/8 contiguous dims; token pairs are interleaved with one byte permute.
-// Every KV byte is read once per request per KV head, as 16-byte loads (8 for FP8 with D=64).
+// Fragments as kv_fragments.cuh defines them, each lane copying 16-byte vectors of whole token
+// rows (lane (g, c) holds K rows g, g+8 and V rows 2c, 2c+1, 2c+8, 2c+9 of a step). Every KV byte is read once per request per KV head, as 16-byte loads (8 for FP8 with D=64).
 // Registers: an mma's A and C/D operands are register quads, their zero / dropped rows 8..15
 // included, so Q's fragment holds 4 registers per k-step and O 4 per n-tile, 3 D / 4 in all.
 // At D=256 that is 192 of 255 and ptxas spilled (K and V words are read from shared memory
@@ -22,7 +15,7 @@
 #include <cuda_runtime.h>
 #include <type_traits>
 #include <cute/arch/copy_sm80.hpp>
-#include "kv_types.cuh"
+#include "kv_fragments.cuh"
 #include "mma_sm80.cuh"
 #include "paged_kv.cuh"
 #include "softmax.cuh"
@@ -40,14 +33,15 @@ struct DecodeMainloop {
   static constexpr int kStages = Cfg::kStages;
   static constexpr int kBytes = Kv::kBytes;
   static constexpr int kStepTokens = Cfg::kStepTokens;  // k of the P.V mma
-  static constexpr int kVecK = cute::min(16 / kBytes, kHeadDim / 4);  // elements per K load
-  static constexpr int kVecV = cute::min(16 / kBytes, kHeadDim / 8);  // elements per V load
-  static constexpr int kKElems = kHeadDim / 4;  // K dims a lane owns per token
-  static constexpr int kVElems = kHeadDim / 8;  // V dims a lane owns per token
-  static constexpr int kKWords = kKElems * kBytes / 4;
-  static constexpr int kVWords = kVElems * kBytes / 4;
-  static constexpr int kKSteps = kHeadDim / 16;  // mma k-steps of Q K^T
-  static constexpr int kNTiles = kHeadDim / 8;   // mma n-tiles of P V
+  using Frag = KvFragments<Kv, kHeadDim>;  // a whole 16-byte load of a K row per lane
+  static constexpr int kVecK = Frag::kVecK;
+  static constexpr int kVecV = Frag::kVecV;
+  static constexpr int kKElems = Frag::kKElems;
+  static constexpr int kVElems = Frag::kVElems;
+  static constexpr int kKWords = Frag::kKWords;
+  static constexpr int kVWords = Frag::kVWords;
+  static constexpr int kKSteps = Frag::kKSteps;
+  static constexpr int kNTiles = Frag::kNTiles;
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
 
   // One 16-token step as a lane holds it: K rows of tokens g and g+8, V rows of 2c, 2c+1, 2c+8,
@@ -73,12 +67,8 @@ struct DecodeMainloop {
   struct KRows { uint32_t w[2][kKWords]; };
   struct VRows { uint32_t w[4][kVWords]; };
 
-  __device__ __forceinline__ static int k_dim(int c, int e) {
-    return ((e / kVecK) * 4 + c) * kVecK + e % kVecK;
-  }
-  __device__ __forceinline__ static int v_dim(int g, int e) {
-    return ((e / kVecV) * 8 + g) * kVecV + e % kVecV;
-  }
+  __device__ __forceinline__ static int k_dim(int c, int e) { return Frag::k_dim(c, e); }
+  __device__ __forceinline__ static int v_dim(int g, int e) { return Frag::v_dim(g, e); }
 
   // Where the vectors of lane (g, c) live among a chunk's 32 16-byte slots. cp.async merges two
   // lanes' accesses of one 32-byte sector only when consecutive lanes also write consecutive
@@ -211,30 +201,7 @@ struct DecodeMainloop {
     }
   }
 
-  static constexpr bool kMayReplay = Kv::kHasSpecialCodes;
-
-  // K word -> the two B registers of one k-step. The fast path also records special codes.
-  template <bool kExact>
-  __device__ __forceinline__ void convert_k(uint32_t codes, uint32_t& b0, uint32_t& b1) {
-    if constexpr (kExact) {
-      Kv::Converter::convert(codes, b0, b1);
-    } else {
-      Kv::Converter::convert_finite(codes, b0, b1);
-      if constexpr (kMayReplay) special_codes |= Kv::Converter::special_bits(codes);
-    }
-  }
-  // Bytes p, p+1 of two V rows -> b registers of n-tiles e, e+1.
-  template <bool kExact>
-  __device__ __forceinline__ void convert_v(uint32_t a, uint32_t b, int p, uint32_t& lo, uint32_t& hi) {
-    if constexpr (kExact) {
-      Kv::Converter::convert(byte_perm(a, b, interleave_rows_selector(p)), lo, hi);
-    } else {
-      Kv::Converter::convert_finite_rows(a, b, p, lo, hi);
-      if constexpr (kMayReplay) {
-        if (p == 0) special_codes |= Kv::Converter::special_bits(a) | Kv::Converter::special_bits(b);
-      }
-    }
-  }
+  static constexpr bool kMayReplay = Frag::kMayReplay;
 
   template <bool kExact>
   __device__ __forceinline__ void compute_step(int stage, const Logits& logits, int tok0, int end) {
@@ -251,14 +218,8 @@ struct DecodeMainloop {
         read_q(i, a);
         CUTE_UNROLL
         for (int h = 0; h < 2; ++h) {
-          const int j = 2 * i + h;
           uint32_t b0, b1;
-          if constexpr (Kv::kIsFp8) {
-            convert_k<kExact>(k.w[nt][j], b0, b1);
-          } else {
-            b0 = k.w[nt][2 * j];
-            b1 = k.w[nt][2 * j + 1];
-          }
+          Frag::template k_fragment<kExact>(k.w[nt], 2 * i + h, b0, b1, special_codes);
           mma_half_rows<MmaElement>(s[nt], a[h][0], a[h][1], b0, b1);
         }
       }
@@ -284,20 +245,16 @@ struct DecodeMainloop {
       // One permute gathers dims e, e+1 of token pairs (2c, 2c+1) -> b0 of n-tiles e and e+1.
       CUTE_UNROLL
       for (int e = 0; e < kNTiles; e += 2) {
-        const int w = e / 4;
         uint32_t b0_e, b0_e1, b1_e, b1_e1;
-        convert_v<kExact>(v.w[0][w], v.w[1][w], e % 4, b0_e, b0_e1);
-        convert_v<kExact>(v.w[2][w], v.w[3][w], e % 4, b1_e, b1_e1);
+        Frag::template v_fragments8<kExact>(v.w, e, b0_e, b0_e1, b1_e, b1_e1, special_codes);
         mma_half_rows<MmaElement>(o_acc[e], p_lo, p_hi, b0_e, b1_e);
         mma_half_rows<MmaElement>(o_acc[e + 1], p_lo, p_hi, b0_e1, b1_e1);
       }
     } else {
       CUTE_UNROLL
       for (int e = 0; e < kNTiles; ++e) {
-        const int w = e / 2;
-        const uint32_t sel = (e % 2) == 0 ? 0x5410u : 0x7632u;
-        const uint32_t b0 = byte_perm(v.w[0][w], v.w[1][w], sel);
-        const uint32_t b1 = byte_perm(v.w[2][w], v.w[3][w], sel);
+        uint32_t b0, b1;
+        Frag::v_fragment16(v.w, e, b0, b1);
         mma_half_rows<MmaElement>(o_acc[e], p_lo, p_hi, b0, b1);
       }
     }

@@ -301,6 +301,9 @@ def test_abi_version_follows_the_spec():
                                                        *spec.params.fields[2:]))
     other = dataclasses.replace(spec, params=swapped, structs=(spec.structs[0], swapped))
     assert other.version != spec.version
+    renamed = dataclasses.replace(spec.params, fields=(dataclasses.replace(spec.params.fields[0], name="query"),
+                                                       *spec.params.fields[1:]))
+    assert dataclasses.replace(spec, params=renamed, structs=(spec.structs[0], renamed)).version != spec.version
     assert f"#define {spec.version_macro} {spec.version}u" in abi.kind_header(spec)
     assert spec.version == kind_decode.ABI.version  # deterministic
 

@@ -278,3 +278,12 @@ def test_wrapper_rejects_cpu_workspace():
     from flashinfer_gen import BatchDecodeWithPagedKVCacheWrapper
     with pytest.raises(V.ArgumentError, match="CUDA uint8"):
         BatchDecodeWithPagedKVCacheWrapper(torch.zeros(16, dtype=torch.uint8))
+
+
+def test_spill_reports_are_found():
+    from flashinfer_gen.builder import spill_warnings
+    out = ["[1/2] Building CUDA object ...\n",
+           "ptxas warning : Registers are spilled to local memory in function '_Z3foov', 32 bytes spill stores, "
+           "32 bytes spill loads\n", "[2/2] Linking CUDA shared library\n"]
+    assert spill_warnings(out) == [out[1].strip()]
+    assert spill_warnings(out[::2]) == []
