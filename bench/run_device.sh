@@ -8,6 +8,8 @@
 #   install      the README's install step only; tests: pytest with $FIG_PYTEST_ARGS
 #   bench        the decode benchmark (bench/results/decode-*.json shape set) into $OUT
 #   prefill      the prefill benchmark with $FIG_PREFILL_ARGS into $OUT
+#   sanitize     compute-sanitizer memcheck / racecheck / synccheck on small prefills
+#   tune         bench/tune_prefill.sh over $FIG_TUNE_VARIANTS
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
@@ -52,6 +54,17 @@ while [ $# -gt 0 ]; do
   prefill)  # the prefill benchmark (FIG_PREFILL_ARGS), missing instances built on first use
     FLASHINFER_GEN_JIT=1 python bench/bench_prefill.py ${FIG_PREFILL_ARGS:-} --out "$OUT/prefill.json" 2>&1 \
       | tee "$OUT/prefill.log" | tail -60
+    ;;
+  sanitize)  # compute-sanitizer over one small prefill per dtype (the instances are built first)
+    python bench/sanitize_prefill.py >"$OUT/sanitize.log" 2>&1 || { tail -20 "$OUT/sanitize.log"; rc=1; }
+    for tool in memcheck racecheck synccheck; do
+      compute-sanitizer --tool $tool --error-exitcode 9 python bench/sanitize_prefill.py >>"$OUT/sanitize.log" 2>&1
+      echo "compute-sanitizer $tool: exit $?" | tee -a "$OUT/sanitize.log"
+    done
+    grep -E "ERROR SUMMARY|rel. error|within|FAILED" "$OUT/sanitize.log" | sort | uniq -c | head -20
+    ;;
+  tune)  # the prefill tile-shape sweep, variants in $FIG_TUNE_VARIANTS
+    bash bench/tune_prefill.sh $FIG_TUNE_VARIANTS
     ;;
   ab)
     base=$(cd "$1" && pwd); shift

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from generator.abi import fill
-from generator.kind_prefill import BLOCK_M, HEAD_DIMS, PARAMS, block_n
+from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, block_n
 
 from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
                      output_tensors, resident_ctas)
@@ -41,16 +41,16 @@ class PrefillSchedule:
 
 
 def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bool, window_left: int,
-                  kv_heads: int, resident_ctas: int, tile_keys: int) -> PrefillSchedule:
-    """Cuts every request into BLOCK_M packed rows (token x group + head) with the keys those rows
+                  kv_heads: int, resident_ctas: int, tile_rows: int, tile_keys: int) -> PrefillSchedule:
+    """Cuts every request into tile_rows packed rows (token x group + head) with the keys those rows
     see (causal rows stop at their diagonal, windowed rows start at their window). Where the items
     would not fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES
     pieces (whole tiles) whose partial results a merge kernel combines. Longest items first."""
     items = []  # (request, row_begin, begin, end)
     for b, (n, m) in enumerate(zip(qo_len.tolist(), kv_len.tolist())):
         rows = n * group
-        for row0 in range(0, rows, BLOCK_M):
-            first, last = row0 // group, (min(rows, row0 + BLOCK_M) - 1) // group
+        for row0 in range(0, rows, tile_rows):
+            first, last = row0 // group, (min(rows, row0 + tile_rows) - 1) // group
             begin = max(0, m - n + first - window_left) if window_left >= 0 else 0
             end = min(m, m - n + last + 1) if causal else m
             items.append((b, row0, begin, end))
@@ -127,7 +127,7 @@ class _BatchPrefill:
             fail(f"causal: request {b} has qo_len {qo_len[b]} > kv_len {kv_len[b]}; its first queries would see no key")
         module = lookup("prefill", device, q_name, kv_name, head_dim, soft_cap, self._fp8_conversion, self._jit)
         sched = make_schedule(qo_len, kv_len, num_qo_heads // num_kv_heads, causal, window_left, num_kv_heads,
-                              resident_ctas(module, device), block_n(head_dim))
+                              resident_ctas(module, device), block_m(head_dim), block_n(head_dim))
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
                       partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
                       merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len, **page_table)

@@ -11,36 +11,59 @@ from .arches import ARCH_BY_NAME, Arch
 from .keys import CONVERSIONS, CXX_ELEMENT, KV_BYTES, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
 from .kind_decode import CXX_LOGITS, SMEM_RESERVED_PER_CTA, VARIANTS
 
+import os
+
 WARPS = 4
-ROWS_PER_WARP = 16           # one m16 tile of packed query rows per warp
-BLOCK_M = WARPS * ROWS_PER_WARP
 HEAD_DIMS = (64, 80, 96, 128, 192, 256)
 ROW_PADDING = 16             # bytes after each shared K/V row (bank spread, prefill_mainloop_sm80.cuh)
+# Tuning hook for bench/ only: "m_tiles=1,block_n=32" overrides the tile shape below, for the
+# generator and the runtime's schedule alike (set it for both).
+TUNE_ENV = "FIG_PREFILL_TUNE"
+
+
+def _tune() -> dict:
+    text = os.environ.get(TUNE_ENV, "")
+    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
+
+
+def m_tiles(head_dim: int) -> int:
+    """m16 tiles of packed query rows per warp. Two would let each K/V fragment read from shared
+    memory feed two mma (FA2's 32 rows a warp), but with 64-key tiles ptxas spilled from head dim
+    64 on (100-440 bytes), and 16-key tiles pay an O rescale per 16 keys: one tile a warp is
+    the default until a variant measures faster (bench/tune_prefill.sh)."""
+    return _tune().get("m_tiles", 1)
+
+
+def block_m(head_dim: int) -> int:
+    """Packed query rows (token x q head of a KV head's group) per CTA."""
+    return WARPS * 16 * m_tiles(head_dim)
 
 
 def block_n(head_dim: int) -> int:
     """Keys per shared tile: 64, or 16 from head dim 192 on, where O's accumulators (4 registers
     per n-tile of 8 dims) leave S and the loads so little room that ptxas spilled at 32
     (e4m3 software, head dim 256: 255 registers, up to 112 bytes of stack)."""
-    return 64 if head_dim <= 128 else 16
+    return _tune().get("block_n", 64 if head_dim <= 128 else 16)
 
 
 def _ring_bytes(kv_dtype: str, head_dim: int, stages: int) -> int:
     """K and V tiles of every stage, Q's fragments (16 bytes per lane per k-step) and the stages'
     row offsets (8 bytes per key)."""
     rows = stages * 2 * block_n(head_dim)
-    return (rows * (head_dim * KV_BYTES[kv_dtype] + ROW_PADDING) + WARPS * 32 * (head_dim // 16) * 16
+    return (rows * (head_dim * KV_BYTES[kv_dtype] + ROW_PADDING) + WARPS * m_tiles(head_dim) * 32 * (head_dim // 16) * 16
             + stages * block_n(head_dim) * 8)
 
 
 def smem_bytes(kv_dtype: str, head_dim: int, stages: int) -> int:
     """The tile ring (plus Q where it lives there), reused by the epilogue's fp32 staging of the
     CTA's output rows and their LSE. The kernel static_asserts the same size."""
-    return max(_ring_bytes(kv_dtype, head_dim, stages), BLOCK_M * (head_dim + 1) * 4)
+    return max(_ring_bytes(kv_dtype, head_dim, stages), block_m(head_dim) * (head_dim + 1) * 4)
 
 
 def pipeline_stages(kv_dtype: str, head_dim: int, arch: Arch) -> int:
     """3 tiles in flight where two CTAs of that size still share an SM, else 2 (0: none fits)."""
+    if "stages" in _tune():
+        return _tune()["stages"]
     for stages in (3, 2):
         if 2 * (smem_bytes(kv_dtype, head_dim, stages) + SMEM_RESERVED_PER_CTA) <= arch.smem_per_sm:
             return stages
@@ -68,6 +91,7 @@ def template_context(key: InstanceKey) -> dict:
         "kv_type": kv_element_type(key),
         "logits": CXX_LOGITS[key.variant],
         "head_dim": key.head_dim,
+        "m_tiles": m_tiles(key.head_dim),
         "block_n": block_n(key.head_dim),
         "stages": stages,
         "warps": WARPS,

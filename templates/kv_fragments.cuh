@@ -64,8 +64,10 @@ struct KvFragments {
   }
 
   // B registers of P.V for lane element e of 16-bit V: b0 pairs tokens (2c, 2c+1), b1 (2c+8, 2c+9).
-  // rows[r]: the lane's words of token rows 2c, 2c+1, 2c+8, 2c+9.
-  __device__ __forceinline__ static void v_fragment16(const uint32_t (&rows)[4][kVWords], int e, uint32_t& b0,
+  // rows[r]: the lane's words of token rows 2c, 2c+1, 2c+8, 2c+9 (all of them, or one load's
+  // worth, e then counting from that load's first element).
+  template <int kWords>
+  __device__ __forceinline__ static void v_fragment16(const uint32_t (&rows)[4][kWords], int e, uint32_t& b0,
                                                       uint32_t& b1) {
     const int w = e / 2;
     const uint32_t sel = (e % 2) == 0 ? 0x5410u : 0x7632u;
@@ -74,8 +76,8 @@ struct KvFragments {
   }
 
   // FP8 V: one permute gathers elements e, e+1 of a token pair -> b0 (or b1) of n-tiles e and e+1.
-  template <bool kExact>
-  __device__ __forceinline__ static void v_fragments8(const uint32_t (&rows)[4][kVWords], int e, uint32_t& b0_e,
+  template <bool kExact, int kWords>
+  __device__ __forceinline__ static void v_fragments8(const uint32_t (&rows)[4][kWords], int e, uint32_t& b0_e,
                                                       uint32_t& b0_e1, uint32_t& b1_e, uint32_t& b1_e1,
                                                       uint32_t& special) {
     const int w = e / 4;

@@ -31,16 +31,20 @@ struct PrefillEpilogue {
   __device__ __forceinline__ static void stage(SharedStorage& smem, const Mainloop& ml, int warp, float out_scale) {
     using Frag = typename Mainloop::Frag;
     CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      const float sum = ml.softmax[r].row_sum();
-      const int row = warp * 16 + ml.lane_g + 8 * r;
-      const float scale = sum > 0.0f ? out_scale / sum : 0.0f;
+    for (int m = 0; m < Mainloop::kMTiles; ++m) {
       CUTE_UNROLL
-      for (int e = 0; e < Frag::kNTiles; ++e) {
+      for (int r = 0; r < 2; ++r) {
+        const float sum = ml.softmax[m][r].row_sum();
+        const int row = (warp * Mainloop::kMTiles + m) * 16 + ml.lane_g + 8 * r;
+        const float scale = sum > 0.0f ? out_scale / sum : 0.0f;
         CUTE_UNROLL
-        for (int i = 0; i < 2; ++i) smem.o[row][Frag::v_dim(2 * ml.lane_c + i, e)] = ml.o_acc[e][2 * r + i] * scale;
+        for (int e = 0; e < Frag::kNTiles; ++e) {
+          CUTE_UNROLL
+          for (int i = 0; i < 2; ++i)
+            smem.o[row][Frag::v_dim(2 * ml.lane_c + i, e)] = ml.o_acc[m][e][2 * r + i] * scale;
+        }
+        if (ml.lane_c == 0) smem.lse[row] = sum > 0.0f ? ml.softmax[m][r].row_max + log2f(sum) : -INFINITY;
       }
-      if (ml.lane_c == 0) smem.lse[row] = sum > 0.0f ? ml.softmax[r].row_max + log2f(sum) : -INFINITY;
     }
   }
 

@@ -16,7 +16,7 @@
 namespace fig {
 
 // The instance's numbers, all from the generator's table (generator/kind_prefill.py).
-template <int kHeadDim_, int kBlockN_, int kStages_, int kWarps_, int kMinCtasPerSm_, int kSmemBytes_,
+template <int kHeadDim_, int kMTiles_, int kBlockN_, int kStages_, int kWarps_, int kMinCtasPerSm_, int kSmemBytes_,
           int kSmemPerBlock_>
 struct PrefillShape {
   static constexpr int kHeadDim = kHeadDim_;
@@ -24,7 +24,8 @@ struct PrefillShape {
   static constexpr int kStages = kStages_;             // tiles in flight
   static constexpr int kWarps = kWarps_;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBlockM = kWarps * 16;          // packed query rows per CTA: one m16 tile a warp
+  static constexpr int kMTiles = kMTiles_;             // m16 tiles of query rows per warp
+  static constexpr int kBlockM = kWarps * kMTiles * 16;  // packed query rows per CTA
   static constexpr int kMinCtasPerSm = kMinCtasPerSm_;
   static constexpr int kSmemBytes = kSmemBytes_;
   static constexpr int kSmemPerBlock = kSmemPerBlock_;
@@ -52,7 +53,7 @@ constexpr size_t prefill_smem_bytes() {
   static_assert(Cfg::kSmemBytes <= Cfg::kSmemPerBlock, "the instance needs more shared memory than its arch has");
   using Atom = typename HalfRowsMma<typename Cfg::Kv::MmaElement>::Atom;
   using MmaShape = typename cute::MMA_Traits<Atom>::Shape_MNK;
-  static_assert(Cfg::kBlockM == Cfg::kWarps * cute::size<0>(MmaShape{}), "a warp owns one m16 tile of rows");
+  static_assert(Cfg::kBlockM == Cfg::kWarps * Cfg::kMTiles * cute::size<0>(MmaShape{}), "a warp owns kMTiles m16 tiles");
   return kNeed;
 }
 
@@ -133,16 +134,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   };
   const int warp = threadIdx.x / 32;
   const int lane_g = (threadIdx.x % 32) / 4;
-  const QElement* q_rows[2];
-  int lo[2], hi[2];
+  const QElement* q_rows[Cfg::kMTiles][2];
+  int lo[Cfg::kMTiles][2], hi[Cfg::kMTiles][2];
   CUTE_UNROLL
-  for (int i = 0; i < 2; ++i) {
-    const int r = rows.row_begin + warp * 16 + lane_g + 8 * i;
-    const bool valid = r < rows.rows_total;
-    q_rows[i] = valid ? static_cast<const QElement*>(p.q.data) + int64_t(rows.qo_start + rows.token(r)) * p.q.stride_row +
-                            int64_t(rows.qo_head(r)) * p.q.stride_head
-                      : nullptr;
-    key_range(valid ? r : rows.row_begin, lo[i], hi[i]);
+  for (int m = 0; m < Cfg::kMTiles; ++m) {
+    CUTE_UNROLL
+    for (int i = 0; i < 2; ++i) {
+      const int r = rows.row_begin + (warp * Cfg::kMTiles + m) * 16 + lane_g + 8 * i;
+      const bool valid = r < rows.rows_total;
+      q_rows[m][i] = valid ? static_cast<const QElement*>(p.q.data) +
+                                 int64_t(rows.qo_start + rows.token(r)) * p.q.stride_row +
+                                 int64_t(rows.qo_head(r)) * p.q.stride_head
+                           : nullptr;
+      key_range(valid ? r : rows.row_begin, lo[m][i], hi[m][i]);
+    }
   }
   // Bounds shared by every row of the CTA: tiles inside them need no per-key test.
   int lo_first, hi_first, lo_last, hi_last;
@@ -150,7 +155,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   key_range(min(rows.rows_total, rows.row_begin + Cfg::kBlockM) - 1, lo_last, hi_last);
 
   Mainloop ml;
-  ml.init(smem, q_rows[0], q_rows[1], lo, hi);
+  ml.init(smem, q_rows, lo, hi);
   const int64_t head_bytes = args.kv.head_offset(rows.kv_head) * Cfg::Kv::kBytes;
   const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
   const uint8_t* v_base = static_cast<const uint8_t*>(p.kv.v_cache) + head_bytes;

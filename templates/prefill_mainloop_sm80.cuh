@@ -1,5 +1,5 @@
-// Prefill mainloop of one warp (mma.sync, sm_80+): 16 packed query rows (token x q head of one
-// KV head's group) against the CTA's shared K/V tiles, kBlockN tokens per tile, online softmax in
+// Prefill mainloop of one warp (mma.sync, sm_80+): kMTiles x 16 packed query rows (token x q head
+// of one KV head's group) against the CTA's shared K/V tiles, kBlockN tokens per tile, online softmax in
 // registers. The CTA's warps share each tile, which every thread helped copy (paged_kv.cuh);
 // fragments follow kv_fragments.cuh, so an FP8 row goes from shared memory to the tensor core
 // through one conversion in registers.
@@ -29,29 +29,30 @@ struct PrefillMainloop {
   static constexpr int kStages = Cfg::kStages;
   static constexpr int kBytes = Kv::kBytes;
   static constexpr int kRowBytes = kHeadDim * kBytes + 16;
+  static constexpr int kMTiles = Cfg::kMTiles;   // m16 tiles of rows per warp: each K/V fragment feeds kMTiles mma
   static constexpr int kSTiles = kBlockN / 8;    // n-tiles of S per tile
   static constexpr int kPvSteps = kBlockN / 16;  // k-steps of P.V per tile
   static_assert(kBlockN % 16 == 0 && kStages >= 2);
 
   using TileCopy = PagedKvTileCopy<kBlockN, kRowBytes, kHeadDim * kBytes, Cfg::kThreads>;
 
-  // Q's A fragments live in shared memory, each lane's own 16-byte slot per k-step, read once per
-  // k-step of every tile: in registers they would take D / 4 more per thread, which with O's
-  // 4 per n-tile spilled at head dim 128 (255 registers, 48 B of stack).
+  // Q's A fragments live in shared memory, each lane's own 16-byte slot per m-tile and k-step,
+  // read once per k-step of every tile: in registers they would take D / 4 more per thread and
+  // m-tile, which with O's 4 per n-tile spilled at head dim 128 (255 registers, 48 B of stack).
   struct SharedStorage {
     uint8_t k[kStages][kBlockN][kRowBytes];
     uint8_t v[kStages][kBlockN][kRowBytes];
-    uint4 q[Cfg::kWarps][Frag::kKSteps][32];  // (warp, k-step, lane)
-    int64_t row_offsets[kStages][kBlockN];    // page-table lookups of the tiles being copied
+    uint4 q[Cfg::kWarps][kMTiles][Frag::kKSteps][32];  // (warp, m-tile, k-step, lane)
+    int64_t row_offsets[kStages][kBlockN];             // page-table lookups of the tiles being copied
   };
 
-  // Per-warp state. Rows: r0 = lane_g, r1 = lane_g + 8 of the warp's 16.
-  float o_acc[Frag::kNTiles][4];  // O rows r0 / r1, columns v_dim(2c, 2c+1)
-  OnlineSoftmaxRow softmax[2];
-  int key_lo[2], key_hi[2];  // keys a row sees: [lo, hi] (causal, window, the item's range)
-  uint32_t special_codes;    // special_bits() of every FP8 word the fast path converted
+  // Per-warp state. Rows of m-tile m: 16 m + lane_g (r = 0) and 16 m + lane_g + 8 (r = 1).
+  float o_acc[kMTiles][Frag::kNTiles][4];  // O rows r = 0 / 1, columns v_dim(2c, 2c+1)
+  OnlineSoftmaxRow softmax[kMTiles][2];
+  int key_lo[kMTiles][2], key_hi[kMTiles][2];  // keys a row sees: [lo, hi] (causal, window, the item's range)
+  uint32_t special_codes;                      // special_bits() of every FP8 word the fast path converted
   int lane, lane_g, lane_c;
-  uint4 (*q_smem)[32];
+  uint4 (*q_smem)[Frag::kKSteps][32];
 
   template <int kVecBytes>
   __device__ __forceinline__ static void load_words(const uint8_t* src, uint32_t* dst) {
@@ -67,48 +68,53 @@ struct PrefillMainloop {
     }
   }
 
-  // q_rows[i]: row r_i of Q (head dim contiguous), or nullptr for a row past the request's.
+  // q_rows[m][r]: that row of Q (head dim contiguous), or nullptr for a row past the request's.
   // Each lane writes only the shared slots it reads back later: no barrier needed.
-  __device__ __forceinline__ void init(SharedStorage& smem, const QElement* q_row0, const QElement* q_row1,
-                                       const int (&lo)[2], const int (&hi)[2]) {
+  __device__ __forceinline__ void init(SharedStorage& smem, const QElement* const (&q_rows)[kMTiles][2],
+                                       const int (&lo)[kMTiles][2], const int (&hi)[kMTiles][2]) {
     lane = threadIdx.x % 32;
     lane_g = lane / 4;
     lane_c = lane % 4;
-    const QElement* rows[2] = {q_row0, q_row1};
     q_smem = smem.q[threadIdx.x / 32];
     CUTE_UNROLL
-    for (int j = 0; j < Frag::kKSteps; ++j) {
-      uint32_t a[4];
+    for (int m = 0; m < kMTiles; ++m) {
       CUTE_UNROLL
-      for (int half = 0; half < 2; ++half) {
+      for (int j = 0; j < Frag::kKSteps; ++j) {
+        uint32_t a[4];
         CUTE_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          uint32_t bits = 0;
-          if (rows[r] != nullptr)
-            bits = *reinterpret_cast<const uint32_t*>(rows[r] + Frag::k_dim(lane_c, 4 * j + 2 * half));
-          a[2 * half + r] = rows[r] != nullptr ? q_pair_to_mma<MmaElement, QElement>(bits) : 0u;
+        for (int half = 0; half < 2; ++half) {
+          CUTE_UNROLL
+          for (int r = 0; r < 2; ++r) {
+            const QElement* row = q_rows[m][r];
+            uint32_t bits = 0;
+            if (row != nullptr) bits = *reinterpret_cast<const uint32_t*>(row + Frag::k_dim(lane_c, 4 * j + 2 * half));
+            a[2 * half + r] = row != nullptr ? q_pair_to_mma<MmaElement, QElement>(bits) : 0u;
+          }
         }
+        q_smem[m][j][lane] = make_uint4(a[0], a[1], a[2], a[3]);
       }
-      q_smem[j][lane] = make_uint4(a[0], a[1], a[2], a[3]);
-    }
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      key_lo[r] = lo[r];
-      key_hi[r] = hi[r];
+      CUTE_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        key_lo[m][r] = lo[m][r];
+        key_hi[m][r] = hi[m][r];
+      }
     }
     reset();
   }
 
   __device__ __forceinline__ void reset() {
     CUTE_UNROLL
-    for (int e = 0; e < Frag::kNTiles; ++e) o_acc[e][0] = o_acc[e][1] = o_acc[e][2] = o_acc[e][3] = 0.0f;
-    softmax[0].init();
-    softmax[1].init();
+    for (int m = 0; m < kMTiles; ++m) {
+      CUTE_UNROLL
+      for (int e = 0; e < Frag::kNTiles; ++e) o_acc[m][e][0] = o_acc[m][e][1] = o_acc[m][e][2] = o_acc[m][e][3] = 0.0f;
+      softmax[m][0].init();
+      softmax[m][1].init();
+    }
     special_codes = 0;
   }
 
-  __device__ __forceinline__ void q_fragment(int j, uint32_t (&a)[4]) const {
-    const uint4 v = q_smem[j][lane];
+  __device__ __forceinline__ void q_fragment(int m, int j, uint32_t (&a)[4]) const {
+    const uint4 v = q_smem[m][j][lane];
     a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
   }
 
@@ -117,73 +123,94 @@ struct PrefillMainloop {
   template <bool kExact, bool kMask>
   __device__ __forceinline__ void compute_tile(const SharedStorage& smem, int stage, int tile_begin,
                                                const Logits& logits) {
-    // S = Q K^T; lane holds rows r0 / r1, tokens 8 nt + 2c + {0, 1}. k-steps outermost, so Q's
-    // fragment is read once per k-step; a k-step's four K elements are contiguous in a row.
-    float s[kSTiles][4];
+    // S = Q K^T; lane holds rows (m, r), tokens 8 nt + 2c + {0, 1}. k-steps outermost, so Q's
+    // fragments are read once per k-step; a k-step's four K elements are contiguous in a row.
+    float s[kMTiles][kSTiles][4];
     CUTE_UNROLL
-    for (int nt = 0; nt < kSTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    for (int m = 0; m < kMTiles; ++m) {
+      CUTE_UNROLL
+      for (int nt = 0; nt < kSTiles; ++nt) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
+    }
     CUTE_UNROLL
     for (int j = 0; j < Frag::kKSteps; ++j) {
-      uint32_t a[4];
-      q_fragment(j, a);
+      uint32_t a[kMTiles][4];
+      CUTE_UNROLL
+      for (int m = 0; m < kMTiles; ++m) q_fragment(m, j, a[m]);
       CUTE_UNROLL
       for (int nt = 0; nt < kSTiles; ++nt) {
         uint32_t k_words[Frag::kIsFp8Words ? 1 : 2];
         load_words<4 * kBytes>(smem.k[stage][8 * nt + lane_g] + Frag::k_dim(lane_c, 4 * j) * kBytes, k_words);
         uint32_t b0, b1;
         Frag::template k_fragment<kExact>(k_words, 0, b0, b1, special_codes);
-        mma_rows16<MmaElement>(s[nt], a, b0, b1);
+        CUTE_UNROLL
+        for (int m = 0; m < kMTiles; ++m) mma_rows16<MmaElement>(s[m][nt], a[m], b0, b1);
       }
     }
-    float x[2][2 * kSTiles];
+    // Online softmax per row; P in place of S.
+    float x[kMTiles][2][2 * kSTiles];
     CUTE_UNROLL
-    for (int nt = 0; nt < kSTiles; ++nt) {
+    for (int m = 0; m < kMTiles; ++m) {
       CUTE_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int r = i / 2;
-        const int token = tile_begin + 8 * nt + 2 * lane_c + (i % 2);
-        const float logit = logits(s[nt][i]);
-        x[r][2 * nt + i % 2] = (!kMask || (token >= key_lo[r] && token <= key_hi[r])) ? logit : -INFINITY;
+      for (int nt = 0; nt < kSTiles; ++nt) {
+        CUTE_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          const int r = i / 2;
+          const int token = tile_begin + 8 * nt + 2 * lane_c + (i % 2);
+          const float logit = logits(s[m][nt][i]);
+          x[m][r][2 * nt + i % 2] =
+              (!kMask || (token >= key_lo[m][r] && token <= key_hi[m][r])) ? logit : -INFINITY;
+        }
       }
-    }
-    const float rescale[2] = {softmax[0].update(x[0]), softmax[1].update(x[1])};
-    CUTE_UNROLL
-    for (int e = 0; e < Frag::kNTiles; ++e) {
-      o_acc[e][0] *= rescale[0];
-      o_acc[e][1] *= rescale[0];
-      o_acc[e][2] *= rescale[1];
-      o_acc[e][3] *= rescale[1];
+      const float rescale[2] = {softmax[m][0].update(x[m][0]), softmax[m][1].update(x[m][1])};
+      CUTE_UNROLL
+      for (int e = 0; e < Frag::kNTiles; ++e) {
+        o_acc[m][e][0] *= rescale[0];
+        o_acc[m][e][1] *= rescale[0];
+        o_acc[m][e][2] *= rescale[1];
+        o_acc[m][e][3] *= rescale[1];
+      }
     }
     // O += P V. S's accumulators of n-tiles 2t, 2t+1 are the A fragment of k-step t.
     CUTE_UNROLL
     for (int t = 0; t < kPvSteps; ++t) {
-      const uint32_t a[4] = {HalfRowsMma<MmaElement>::pack(x[0][4 * t], x[0][4 * t + 1]),
-                             HalfRowsMma<MmaElement>::pack(x[1][4 * t], x[1][4 * t + 1]),
-                             HalfRowsMma<MmaElement>::pack(x[0][4 * t + 2], x[0][4 * t + 3]),
-                             HalfRowsMma<MmaElement>::pack(x[1][4 * t + 2], x[1][4 * t + 3])};
-      uint32_t v_rows[4][Frag::kVWords];  // tokens 2c, 2c+1, 2c+8, 2c+9 of the k-step
+      uint32_t a[kMTiles][4];
+      CUTE_UNROLL
+      for (int m = 0; m < kMTiles; ++m) {
+        a[m][0] = HalfRowsMma<MmaElement>::pack(x[m][0][4 * t], x[m][0][4 * t + 1]);
+        a[m][1] = HalfRowsMma<MmaElement>::pack(x[m][1][4 * t], x[m][1][4 * t + 1]);
+        a[m][2] = HalfRowsMma<MmaElement>::pack(x[m][0][4 * t + 2], x[m][0][4 * t + 3]);
+        a[m][3] = HalfRowsMma<MmaElement>::pack(x[m][1][4 * t + 2], x[m][1][4 * t + 3]);
+      }
+      // V one load (kVecV elements, as many n-tiles) at a time: tokens 2c, 2c+1, 2c+8, 2c+9 of the
+      // k-step. The lane's whole D/8 at once would hold D/4 more registers.
       constexpr int kVecBytes = Frag::kVecV * kBytes;
       CUTE_UNROLL
-      for (int r = 0; r < 4; ++r) {
-        const uint8_t* row = smem.v[stage][16 * t + 2 * lane_c + (r & 1) + 8 * (r >> 1)];
+      for (int i = 0; i < Frag::kVElems / Frag::kVecV; ++i) {
+        uint32_t v_rows[4][kVecBytes / 4];
         CUTE_UNROLL
-        for (int i = 0; i < Frag::kVElems / Frag::kVecV; ++i)
-          load_words<kVecBytes>(row + Frag::v_dim(lane_g, i * Frag::kVecV) * kBytes, v_rows[r] + i * kVecBytes / 4);
-      }
-      if constexpr (Kv::kIsFp8) {
-        CUTE_UNROLL
-        for (int e = 0; e < Frag::kNTiles; e += 2) {
-          uint32_t b0_e, b0_e1, b1_e, b1_e1;
-          Frag::template v_fragments8<kExact>(v_rows, e, b0_e, b0_e1, b1_e, b1_e1, special_codes);
-          mma_rows16<MmaElement>(o_acc[e], a, b0_e, b1_e);
-          mma_rows16<MmaElement>(o_acc[e + 1], a, b0_e1, b1_e1);
-        }
-      } else {
-        CUTE_UNROLL
-        for (int e = 0; e < Frag::kNTiles; ++e) {
-          uint32_t b0, b1;
-          Frag::v_fragment16(v_rows, e, b0, b1);
-          mma_rows16<MmaElement>(o_acc[e], a, b0, b1);
+        for (int r = 0; r < 4; ++r)
+          load_words<kVecBytes>(smem.v[stage][16 * t + 2 * lane_c + (r & 1) + 8 * (r >> 1)] +
+                                    Frag::v_dim(lane_g, i * Frag::kVecV) * kBytes,
+                                v_rows[r]);
+        if constexpr (Kv::kIsFp8) {
+          CUTE_UNROLL
+          for (int e = 0; e < Frag::kVecV; e += 2) {
+            uint32_t b0_e, b0_e1, b1_e, b1_e1;
+            Frag::template v_fragments8<kExact>(v_rows, e, b0_e, b0_e1, b1_e, b1_e1, special_codes);
+            CUTE_UNROLL
+            for (int m = 0; m < kMTiles; ++m) {
+              mma_rows16<MmaElement>(o_acc[m][i * Frag::kVecV + e], a[m], b0_e, b1_e);
+              mma_rows16<MmaElement>(o_acc[m][i * Frag::kVecV + e + 1], a[m], b0_e1, b1_e1);
+            }
+          }
+        } else {
+          CUTE_UNROLL
+          for (int e = 0; e < Frag::kVecV; ++e) {
+            uint32_t b0, b1;
+            Frag::v_fragment16(v_rows, e, b0, b1);
+            CUTE_UNROLL
+            for (int m = 0; m < kMTiles; ++m) mma_rows16<MmaElement>(o_acc[m][i * Frag::kVecV + e], a[m], b0, b1);
+          }
         }
       }
     }

@@ -1,0 +1,52 @@
+"""One small paged prefill per KV dtype and conversion (causal, GQA 4, ragged lengths, a split-KV
+case), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
+bench/sanitize_prefill.py`. Checks each result against the float64 reference as well."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper  # noqa: E402
+from flashinfer_gen.reference import prefill_reference, relative_error  # noqa: E402
+from generator.arches import arch_for_capability  # noqa: E402
+
+
+def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16):
+    gen = torch.Generator().manual_seed(1)
+    kv = torch.tensor(kv_lens)
+    pages = (kv + page - 1) // page
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), pages.cumsum(0)]).to(torch.int32)
+    indices = torch.randperm(int(indptr[-1]) + 3, generator=gen)[: int(indptr[-1])].to(torch.int32)
+    last = (kv - (pages - 1) * page).to(torch.int32)
+    qo_indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.tensor(qo_lens).cumsum(0)]).to(torch.int32)
+    num_pages = int(indptr[-1]) + 3
+    k = torch.randn(num_pages, page, hk, d, generator=gen).cuda().to(kv_dtype)
+    v = torch.randn(num_pages, page, hk, d, generator=gen).cuda().to(kv_dtype)
+    q = torch.randn(int(qo_indptr[-1]), hq, d, generator=gen).cuda().to(torch.bfloat16)
+    ws = torch.empty(32 << 20, dtype=torch.uint8, device="cuda")
+    w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion)
+    w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, q_data_type=torch.bfloat16,
+           kv_data_type=kv_dtype)
+    out = w.run(q, (k, v))
+    torch.cuda.synchronize()
+    ref, _ = prefill_reference(q, k, v, qo_indptr, indptr.cuda(), indices.cuda(), last, causal=True)
+    err = relative_error(out, ref)
+    print(f"{w.module.key.name}: {w._plan['schedule'].request.size} items, {w._plan['schedule'].num_partial} "
+          f"partial slots, rel. error {err:.2e}")
+    return err < 1e-2
+
+
+def main() -> int:
+    arch = arch_for_capability(torch.cuda.get_device_capability())
+    ok = True
+    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
+        for conversion in (arch.conversions if kv_dtype != torch.bfloat16 else (None,)):
+            ok &= case(kv_dtype, conversion, [1, 70, 33], [40, 200, 33])
+    ok &= case(torch.bfloat16, None, [16], [3000])  # few items: split-KV and the merge kernel
+    print("all within tolerance" if ok else "SOME CASE FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
