@@ -173,7 +173,10 @@ def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | Non
             raise RuntimeError("ninja build failed:\n" + "".join(output[-200:]))
         spills = spill_warnings(output)
         if spills:  # the flags ask ptxas to report every spill; no shipped instance may have one
-            raise RuntimeError("register spills (ptxas):\n" + "\n".join(spills[:20]))
+            for e in entries.values():  # ninja linked them: remove them, or the registry would load them
+                (lib / e["library"]).unlink(missing_ok=True)
+            raise RuntimeError("register spills (ptxas); the libraries of this build were removed:\n"
+                               + "\n".join(spills[:20]))
         seconds = _ninja_times(bdir)
         sizes = {name: (lib / e["library"]).stat().st_size for name, e in entries.items()
                  if (lib / e["library"]).exists()}

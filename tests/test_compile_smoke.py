@@ -23,12 +23,14 @@ from flashinfer_gen.registry import Registry
 pytestmark = [pytest.mark.compile,
               pytest.mark.skipif(toolchain.find_nvcc() is None, reason="nvcc not found: no CUDA toolkit to compile with")]
 
-# The worst register pressure (head dim 256, the e4m3 software routine with its exact replay), the
-# hardware convert on Hopper, and a 100 KB part.
+# The worst register pressure (head dim 256, the e4m3 software routine with its exact replay; a
+# 16-bit prefill at 255 registers), the hardware convert on Hopper, a 100 KB part, both kinds.
 SMOKE = [
     InstanceKey("decode", "bf16", "e4m3", 256, "sm80", "software"),
     InstanceKey("decode", "f16", "e5m2", 64, "sm90a", "hardware"),
     InstanceKey("decode", "f16", "f16", 128, "sm89", "none"),
+    InstanceKey("prefill", "bf16", "e4m3", 256, "sm80", "software"),
+    InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none"),
 ]
 
 
