@@ -67,26 +67,29 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def lay_out_workspace(workspace: torch.Tensor, ints: Mapping[str, np.ndarray], num_partial: int, num_heads: int,
-                      head_dim: int) -> dict:
-    """Workspace: [int32 arrays | partial lse fp32 | partial out fp32], filled by one host-to-device
-    copy (on the workspace's device). Returns the device address of each array, and of
-    partial_lse / partial_out."""
+def lay_out_plan(workspace: torch.Tensor, int_buffer: torch.Tensor | None, ints: Mapping[str, np.ndarray],
+                 num_partial: int, num_heads: int, head_dim: int) -> tuple[torch.Tensor, dict]:
+    """The plan's int32 arrays go to a device buffer the wrapper owns (`int_buffer`, reused when
+    large enough, else replaced), by one host-to-device copy; the split-KV partials (fp32 lse, then
+    out) to the user's workspace. So several wrappers may share one workspace, as serving engines
+    share FlashInfer's: the partials live only within one run() on the stream, while each plan's
+    work list stays its own. Returns (the int buffer, the device address of each array and of
+    partial_lse / partial_out)."""
     names = list(ints)
     flat = np.concatenate([np.asarray(ints[n], dtype=np.int32).ravel() for n in names] + [np.zeros(0, np.int32)])
-    ints_bytes = _align(flat.size * 4)
     lse_bytes = _align(num_partial * num_heads * 4)
-    need = ints_bytes + lse_bytes + num_partial * num_heads * head_dim * 4
+    need = lse_bytes + num_partial * num_heads * head_dim * 4
     if need > workspace.numel():
-        fail(f"workspace_buffer holds {workspace.numel()} bytes; this plan needs {need}")
+        fail(f"workspace_buffer holds {workspace.numel()} bytes; this plan's split-KV partials need {need}")
+    if int_buffer is None or int_buffer.numel() < flat.size or int_buffer.device != workspace.device:
+        int_buffer = torch.empty(max(flat.size, 1024), dtype=torch.int32, device=workspace.device)
     with torch.cuda.device(workspace.device):
-        ws_ints = workspace[: flat.size * 4].view(torch.int32)
-        ws_ints.copy_(torch.from_numpy(flat))
+        int_buffer[: flat.size].copy_(torch.from_numpy(flat))
     offsets = np.cumsum([0] + [np.asarray(ints[n]).size for n in names]) * 4
-    ptr = {n: workspace.data_ptr() + int(o) for n, o in zip(names, offsets)}
-    ptr["partial_lse"] = workspace.data_ptr() + ints_bytes
-    ptr["partial_out"] = workspace.data_ptr() + ints_bytes + lse_bytes
-    return ptr
+    ptr = {n: int_buffer.data_ptr() + int(o) for n, o in zip(names, offsets)}
+    ptr["partial_lse"] = workspace.data_ptr()
+    ptr["partial_out"] = workspace.data_ptr() + lse_bytes
+    return int_buffer, ptr
 
 
 def check_q(q, rows: int, num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, what: str) -> None:

@@ -15,8 +15,8 @@ import torch
 from generator.abi import fill
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
-from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
-                     output_tensors, resident_ctas)
+from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_plan,
+                     lookup, output_tensors, resident_ctas)
 from .registry import Module
 from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail,
                          kv_strides, require_int_index, require_tensor, split_paged_kv)
@@ -116,9 +116,10 @@ def schedule_for_chunk(begin: np.ndarray, end: np.ndarray, chunk: int | None) ->
 class BatchDecodeWithPagedKVCacheWrapper:
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  use_tensor_cores: bool = True, fp8_conversion: str | None = None, jit: bool | None = None):
-        """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) holding the work list
-        and the split-KV partials. Tensor cores are always used, and run() is always graph-safe after
-        plan(); use_tensor_cores and use_cuda_graph are accepted for FlashInfer compatibility.
+        """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) for the split-KV
+        partials; wrappers may share one (each keeps its own work list). Tensor cores are always
+        used, and run() is always graph-safe after plan(); use_tensor_cores and use_cuda_graph are
+        accepted for FlashInfer compatibility.
         fp8_conversion: None (hardware where the arch has it),
         "hardware" or "software". jit: build a missing instance on demand."""
         require_tensor(workspace_buffer, "workspace_buffer")
@@ -134,6 +135,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._fp8_conversion = fp8_conversion
         self._jit = jit
         self._plan = None
+        self._ints = None  # the plan's work list on the device (the workspace may be shared)
 
     @property
     def module(self) -> Module:
@@ -161,10 +163,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
         module = lookup("decode", device, q_name, kv_name, head_dim, soft_cap, self._fp8_conversion, self._jit)
         sched = make_schedule(begin, end, module.call("ctas_per_work_item", num_qo_heads, num_kv_heads),
                               resident_ctas(module, device))
-        ptr = lay_out_workspace(self._workspace, dict(request=sched.request, begin=sched.begin, end=sched.end,
-                                                      partial=sched.partial, merge_row=sched.merge_request,
-                                                      merge_indptr=sched.merge_indptr),
-                                sched.num_partial, num_qo_heads, head_dim)
+        work = dict(request=sched.request, begin=sched.begin, end=sched.end, partial=sched.partial,
+                    merge_row=sched.merge_request, merge_indptr=sched.merge_indptr)
+        self._ints, ptr = lay_out_plan(self._workspace, self._ints, work, sched.num_partial, num_qo_heads, head_dim)
         self._plan = dict(
             module=module, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],

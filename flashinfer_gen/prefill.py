@@ -16,8 +16,8 @@ import torch
 from generator.abi import fill
 from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, block_n
 
-from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_workspace, lookup,
-                     output_tensors, resident_ctas)
+from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_plan,
+                     lookup, output_tensors, resident_ctas)
 from .registry import Module
 from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
                          check_scalar, fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
@@ -88,9 +88,10 @@ class _BatchPrefill:
 
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
                  jit: bool | None = None):
-        """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) for the work list and
-        split-KV partials. fp8_conversion: None (hardware where the arch has it), "hardware" or
-        "software". jit: build a missing instance on demand."""
+        """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) for the split-KV
+        partials; wrappers may share one (each keeps its own work list). fp8_conversion: None
+        (hardware where the arch has it), "hardware" or "software". jit: build a missing instance
+        on demand."""
         require_tensor(workspace_buffer, "workspace_buffer")
         if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
             fail(f"workspace_buffer must be a contiguous CUDA uint8 tensor, got {workspace_buffer.dtype} "
@@ -104,6 +105,7 @@ class _BatchPrefill:
         self._fp8_conversion = fp8_conversion
         self._jit = jit
         self._plan = None
+        self._ints = None  # the plan's work list on the device (the workspace may be shared)
 
     @property
     def module(self) -> Module:
@@ -131,7 +133,7 @@ class _BatchPrefill:
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
                       partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
                       merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len, **page_table)
-        ptr = lay_out_workspace(self._workspace, arrays, sched.num_partial, num_qo_heads, head_dim)
+        self._ints, ptr = lay_out_plan(self._workspace, self._ints, arrays, sched.num_partial, num_qo_heads, head_dim)
         self._plan = dict(module=module, total_qo=int(qo_h[-1]), num_qo_heads=num_qo_heads,
                           num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=causal,
                           window_left=window_left, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],

@@ -561,3 +561,26 @@ def test_nan_codes_propagate_like_the_reference(conv, causal, workspace):
     finite = ~torch.isnan(ref)
     err = float(torch.linalg.vector_norm(out.double()[finite] - ref[finite]) / torch.linalg.vector_norm(ref[finite]))
     assert err < 1e-2
+
+
+def test_wrappers_share_one_workspace(workspace):
+    """A serving engine plans a prefill and a decode wrapper on one workspace, then runs both:
+    each keeps its own work list (split-KV on both sides, so both use the shared partials)."""
+    from flashinfer_gen import BatchDecodeWithPagedKVCacheWrapper
+    from flashinfer_gen.reference import decode_reference
+    c = make_paged([16], [6000], 16, 8, 2, 128, torch.bfloat16, torch.float8_e4m3fn, seed=3)
+    p = paged_wrapper(workspace)
+    plan_paged(p, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
+    d = BatchDecodeWithPagedKVCacheWrapper(workspace)
+    d.plan(c["kv_indptr"], c["indices"], c["last"], c["hq"], c["hk"], c["d"], c["page_size"],
+           q_data_type=torch.bfloat16, kv_data_type=torch.float8_e4m3fn)
+    assert p._plan["schedule"].num_partial > 0 and d._plan["schedule"].num_partial > 0
+    q_decode = torch.randn(1, c["hq"], c["d"], device="cuda").to(torch.bfloat16)
+    for _ in range(2):  # interleaved, as a model's layers would run them
+        out_p = p.run(c["q"], c["cache"])
+        out_d = d.run(q_decode, c["cache"])
+    torch.cuda.synchronize()
+    ref_p, _ = paged_ref(c, causal=True)
+    ref_d, _ = decode_reference(q_decode, c["k"], c["v"], c["kv_indptr"], c["indices"], c["last"])
+    assert relative_error(out_p, ref_p) < 1e-2
+    assert relative_error(out_d, ref_d) < 1e-2
