@@ -106,7 +106,7 @@ def _ninja_times(build_dir: Path) -> dict[str, float]:
         parts = line.split("\t")
         if len(parts) != 5 or line.startswith("#"):
             continue
-        start, end, mtime, output = int(parts[0]), int(parts[1]), parts[2], parts[3]
+        start, end, output = int(parts[0]), int(parts[1]), parts[3]
         match = re.search(r"CMakeFiles/([^/]+)\.dir/", output) or re.search(r"libfig_(.+)_[0-9a-f]{16}\.so$", output)
         if not match:
             continue

@@ -13,9 +13,46 @@ from generator import InstanceKey, why_invalid
 from generator.keys import FP8_DTYPES
 
 from .registry import Module, default_registry
-from .validation import (check_cuda_tensor, check_scalar, device_arch, dtype_name, fail, require_tensor)
+from .validation import KV_LAYOUTS, check_cuda_tensor, check_scalar, device_arch, dtype_name, fail, require_tensor
 
 _ALIGN = 256
+
+
+class Wrapper:
+    """What every wrapper holds: the workspace (split-KV partials; wrappers may share one), the KV
+    layout, the FP8 conversion asked for (None: the arch's preferred), whether to build a missing
+    instance on demand, and its own plan and device work list."""
+
+    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str, fp8_conversion: str | None, jit: bool | None):
+        require_tensor(workspace_buffer, "workspace_buffer")
+        if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
+            fail(f"workspace_buffer must be a contiguous CUDA uint8 tensor, got {workspace_buffer.dtype} "
+                 f"on {workspace_buffer.device}")
+        if kv_layout not in KV_LAYOUTS:
+            fail(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
+        if fp8_conversion not in (None, "hardware", "software"):
+            fail(f"fp8_conversion must be None, 'hardware' or 'software', got {fp8_conversion!r}")
+        self._workspace = workspace_buffer
+        self._layout = kv_layout
+        self._fp8_conversion = fp8_conversion
+        self._jit = jit
+        self._plan: dict | None = None
+        self._ints: torch.Tensor | None = None  # the plan's work list on the device
+
+    @property
+    def module(self) -> Module:
+        if self._plan is None:
+            fail("call plan() before run()")
+        return self._plan["module"]
+
+
+def query_fields(q: torch.Tensor) -> dict:
+    return dict(data=q.data_ptr(), stride_row=q.stride(0), stride_head=q.stride(1))
+
+
+def output_fields(out: torch.Tensor, lse: torch.Tensor | None) -> dict:
+    return dict(data=out.data_ptr(), stride_row=out.stride(0), stride_head=out.stride(1),
+                lse=lse.data_ptr() if lse is not None else None, num_heads=out.shape[1])
 
 
 def check_variant(head_dim: int, pos_encoding_mode: str, window_left, logits_soft_cap, sm_scale) -> tuple:

@@ -15,11 +15,10 @@ import torch
 from generator.abi import fill
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
-from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_plan,
-                     lookup, output_tensors, resident_ctas)
-from .registry import Module
-from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail,
-                         kv_strides, require_int_index, require_tensor, split_paged_kv)
+from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
+                     lay_out_plan, lookup, output_fields, output_tensors, query_fields, resident_ctas)
+from .validation import (TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail, kv_strides,
+                         require_int_index, split_paged_kv)
 
 MIN_CHUNK_TOKENS = WARPS * STEP_TOKENS  # a split-KV chunk gives each of the CTA's warps at least one step
 
@@ -113,7 +112,7 @@ def schedule_for_chunk(begin: np.ndarray, end: np.ndarray, chunk: int | None) ->
                           i32(split_requests), i32(merge_indptr), int(split.sum()), chunk)
 
 
-class BatchDecodeWithPagedKVCacheWrapper:
+class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  use_tensor_cores: bool = True, fp8_conversion: str | None = None, jit: bool | None = None):
         """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) for the split-KV
@@ -122,26 +121,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         accepted for FlashInfer compatibility.
         fp8_conversion: None (hardware where the arch has it),
         "hardware" or "software". jit: build a missing instance on demand."""
-        require_tensor(workspace_buffer, "workspace_buffer")
-        if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
-            fail(f"workspace_buffer must be a contiguous CUDA uint8 tensor, got {workspace_buffer.dtype} "
-                 f"on {workspace_buffer.device}")
-        if kv_layout not in KV_LAYOUTS:
-            fail(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
-        if fp8_conversion not in (None, "hardware", "software"):
-            fail(f"fp8_conversion must be None, 'hardware' or 'software', got {fp8_conversion!r}")
-        self._workspace = workspace_buffer
-        self._layout = kv_layout
-        self._fp8_conversion = fp8_conversion
-        self._jit = jit
-        self._plan = None
-        self._ints = None  # the plan's work list on the device (the workspace may be shared)
-
-    @property
-    def module(self) -> Module:
-        if self._plan is None:
-            fail("call plan() before run()")
-        return self._plan["module"]
+        super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
 
     def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, num_qo_heads: int,
              num_kv_heads: int, head_dim: int, page_size: int, pos_encoding_mode: str = "NONE",
@@ -194,7 +174,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         sched, ptr = plan["schedule"], plan["ptr"]
         params = fill(
             PARAMS,
-            q=dict(data=q.data_ptr(), stride_row=q.stride(0), stride_head=q.stride(1)),
+            q=query_fields(q),
             kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
                     stride_head=strides[2], indptr=plan["indptr"].data_ptr(), indices=plan["indices"].data_ptr(),
                     page_size=plan["page_size"], num_kv_heads=hk),
@@ -202,8 +182,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                       num_items=sched.request.size),
             merge=dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=sched.merge_request.size,
                        partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"]),
-            out=dict(data=out.data_ptr(), stride_row=out.stride(0), stride_head=out.stride(1),
-                     lse=lse.data_ptr() if lse is not None else None, num_heads=hq),
+            out=output_fields(out, lse),
             scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]))
         launch(plan["module"], params, device)
         return (out, lse) if return_lse else out

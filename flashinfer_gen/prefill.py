@@ -16,10 +16,9 @@ import torch
 from generator.abi import fill
 from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, block_n
 
-from .common import (check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch, lay_out_plan,
-                     lookup, output_tensors, resident_ctas)
-from .registry import Module
-from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
+from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
+                     lay_out_plan, lookup, output_fields, output_tensors, query_fields, resident_ctas)
+from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
                          check_scalar, fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
 
 MAX_PIECES = 64
@@ -83,7 +82,7 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
                            int((qo_len * pieces_of)[split].sum()))
 
 
-class _BatchPrefill:
+class _BatchPrefill(Wrapper):
     """plan()/run() of both wrappers; they differ in how the keys are described."""
 
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
@@ -92,26 +91,7 @@ class _BatchPrefill:
         partials; wrappers may share one (each keeps its own work list). fp8_conversion: None
         (hardware where the arch has it), "hardware" or "software". jit: build a missing instance
         on demand."""
-        require_tensor(workspace_buffer, "workspace_buffer")
-        if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
-            fail(f"workspace_buffer must be a contiguous CUDA uint8 tensor, got {workspace_buffer.dtype} "
-                 f"on {workspace_buffer.device}")
-        if kv_layout not in KV_LAYOUTS:
-            fail(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
-        if fp8_conversion not in (None, "hardware", "software"):
-            fail(f"fp8_conversion must be None, 'hardware' or 'software', got {fp8_conversion!r}")
-        self._workspace = workspace_buffer
-        self._layout = kv_layout
-        self._fp8_conversion = fp8_conversion
-        self._jit = jit
-        self._plan = None
-        self._ints = None  # the plan's work list on the device (the workspace may be shared)
-
-    @property
-    def module(self) -> Module:
-        if self._plan is None:
-            fail("call plan() before run()")
-        return self._plan["module"]
+        super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
 
     def _plan_common(self, qo_indptr, kv_len: np.ndarray, num_qo_heads, num_kv_heads, head_dim, page_size, causal,
                      pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
@@ -149,7 +129,7 @@ class _BatchPrefill:
         sched, ptr = plan["schedule"], plan["ptr"]
         params = fill(
             PARAMS,
-            q=dict(data=q.data_ptr(), stride_row=q.stride(0), stride_head=q.stride(1)),
+            q=query_fields(q),
             kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
                     stride_head=strides[2], indptr=ptr["page_indptr"], indices=ptr["page_indices"],
                     page_size=plan["page_size"], num_kv_heads=plan["num_kv_heads"]),
@@ -159,8 +139,7 @@ class _BatchPrefill:
                       num_items=sched.request.size),
             merge=dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=sched.merge_row.size,
                        partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"]),
-            out=dict(data=out.data_ptr(), stride_row=out.stride(0), stride_head=out.stride(1),
-                     lse=lse.data_ptr() if lse is not None else None, num_heads=hq),
+            out=output_fields(out, lse),
             scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]),
             causal=int(plan["causal"]), window_left=plan["window_left"])
         launch(plan["module"], params, device)

@@ -105,43 +105,21 @@ int decode_run(const FigDecodeParams* p, cudaStream_t stream) {
   using Kv = typename Cfg::Kv;
   DecodeArgs args;
   args.p = *p;
-  args.kv.pool = PagedKv::PoolLayout(
-      cute::make_shape(1, p->kv.page_size, p->kv.num_kv_heads),
-      cute::make_stride(p->kv.stride_page, p->kv.stride_slot, p->kv.stride_head));
-  args.kv.page_size = cutlass::FastDivmod(p->kv.page_size);
-  args.kv.indices = p->kv.indices;
+  args.kv = PagedKv::from(p->kv);
   args.shape = DecodeGridShape::make<Cfg>(p->out.num_heads, p->kv.num_kv_heads);
   args.logits_scale = p->scales.sm_scale * p->scales.k_scale * Kv::kScale;
   args.out_scale = p->scales.v_scale * Kv::kScale;
   if (p->work.num_items > 0) {
-    constexpr size_t kSmem = decode_smem_bytes<Cfg>();
-    const cudaError_t attr = cudaFuncSetAttribute(decode_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
-    if (attr != cudaSuccess) return int(attr);
     const dim3 grid(p->work.num_items * args.shape.ctas_per_work_item(p->kv.num_kv_heads));
-    decode_kernel<Cfg><<<grid, Cfg::kThreads, kSmem, stream>>>(args);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return int(err);
+    const int err = launch_with_smem(decode_kernel<Cfg>, grid, Cfg::kThreads, decode_smem_bytes<Cfg>(), stream, args);
+    if (err != 0) return err;
   }
-  if (p->merge.num_items > 0) {
-    const cudaError_t err = launch_dependent(merge_partials_kernel<typename Cfg::QElement, Cfg::kHeadDim>,
-                                             dim3(p->merge.num_items, p->out.num_heads),
-                                             dim3(MergeShape<Cfg::kHeadDim>::kThreads), 0, stream, p->merge, p->out);
-    if (err != cudaSuccess) return int(err);
-  }
-  return int(cudaGetLastError());
+  return launch_merge<typename Cfg::QElement, Cfg::kHeadDim>(p->merge, p->out, stream);
 }
 
 template <class Cfg>
 int decode_occupancy(int* ctas_per_sm, int* num_sms) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device);
-  constexpr size_t kSmem = decode_smem_bytes<Cfg>();
-  if (err == cudaSuccess)
-    err = cudaFuncSetAttribute(decode_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
-  if (err == cudaSuccess)
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, decode_kernel<Cfg>, Cfg::kThreads, kSmem);
-  return int(err);
+  return kernel_occupancy(decode_kernel<Cfg>, Cfg::kThreads, decode_smem_bytes<Cfg>(), ctas_per_sm, num_sms);
 }
 
 // Test hook: runs the instance's KV conversion on raw codes, four per thread, as the mainloop does.

@@ -53,4 +53,26 @@ cudaError_t launch_dependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 bloc
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
+// Launches `kernel` on `grid` with kSmem bytes of dynamic shared memory (raising the CTA's limit
+// first, on the current device). Returns a cudaError_t value.
+template <class Args>
+int launch_with_smem(void (*kernel)(Args), dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                     const Args& args) {
+  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (attr != cudaSuccess) return int(attr);
+  kernel<<<grid, threads, smem, stream>>>(args);
+  return int(cudaGetLastError());
+}
+
+// CTAs of `kernel` that fit one SM of the current device, and its SM count.
+template <class Args>
+int kernel_occupancy(void (*kernel)(Args), int threads, size_t smem, int* ctas_per_sm, int* num_sms) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, kernel, threads, smem);
+  return int(err);
+}
+
 }  // namespace fig

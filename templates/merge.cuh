@@ -89,4 +89,13 @@ __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials
   }
 }
 
+// Launches the merge of `merge`'s split rows (if any) as a programmatic dependent of the kernel
+// before it on `stream`. Returns a cudaError_t value.
+template <class QElement, int kHeadDim>
+int launch_merge(const FigSplitMerge& merge, const FigOutput& out, cudaStream_t stream) {
+  if (merge.num_items == 0) return int(cudaSuccess);
+  return int(launch_dependent(merge_partials_kernel<QElement, kHeadDim>, dim3(merge.num_items, out.num_heads),
+                              dim3(MergeShape<kHeadDim>::kThreads), 0, stream, merge, out));
+}
+
 }  // namespace fig

@@ -7,6 +7,7 @@
 #include <cute/arch/copy_sm80.hpp>
 #include <cute/layout.hpp>
 #include <cutlass/fast_math.h>
+#include "fig_abi_common.h"
 
 namespace fig {
 
@@ -21,6 +22,15 @@ struct PagedKv {
     int page;
     int slot;
   };
+
+  static PagedKv from(const FigPagedKv& p) {
+    PagedKv kv;
+    kv.pool = PoolLayout(cute::make_shape(1, p.page_size, p.num_kv_heads),
+                         cute::make_stride(p.stride_page, p.stride_slot, p.stride_head));
+    kv.page_size = cutlass::FastDivmod(p.page_size);
+    kv.indices = p.indices;
+    return kv;
+  }
 
   // Starts the page-table load of `token` of the request whose pages start at
   // indices[page_begin]; the caller uses the result a pipeline step later.

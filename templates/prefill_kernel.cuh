@@ -181,41 +181,20 @@ int prefill_run(const FigPrefillParams* p, cudaStream_t stream) {
   using Kv = typename Cfg::Kv;
   PrefillArgs args;
   args.p = *p;
-  args.kv.pool = PagedKv::PoolLayout(cute::make_shape(1, p->kv.page_size, p->kv.num_kv_heads),
-                                     cute::make_stride(p->kv.stride_page, p->kv.stride_slot, p->kv.stride_head));
-  args.kv.page_size = cutlass::FastDivmod(p->kv.page_size);
-  args.kv.indices = p->kv.indices;
+  args.kv = PagedKv::from(p->kv);
   args.logits_scale = p->scales.sm_scale * p->scales.k_scale * Kv::kScale;
   args.out_scale = p->scales.v_scale * Kv::kScale;
   if (p->work.num_items > 0) {
-    constexpr size_t kSmem = prefill_smem_bytes<Cfg>();
-    const cudaError_t attr = cudaFuncSetAttribute(prefill_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  int(kSmem));
-    if (attr != cudaSuccess) return int(attr);
-    prefill_kernel<Cfg><<<dim3(p->work.num_items * p->kv.num_kv_heads), Cfg::kThreads, kSmem, stream>>>(args);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return int(err);
+    const int err = launch_with_smem(prefill_kernel<Cfg>, dim3(p->work.num_items * p->kv.num_kv_heads), Cfg::kThreads,
+                                     prefill_smem_bytes<Cfg>(), stream, args);
+    if (err != 0) return err;
   }
-  if (p->merge.num_items > 0) {
-    const cudaError_t err = launch_dependent(merge_partials_kernel<typename Cfg::QElement, Cfg::kHeadDim>,
-                                             dim3(p->merge.num_items, p->out.num_heads),
-                                             dim3(MergeShape<Cfg::kHeadDim>::kThreads), 0, stream, p->merge, p->out);
-    if (err != cudaSuccess) return int(err);
-  }
-  return int(cudaGetLastError());
+  return launch_merge<typename Cfg::QElement, Cfg::kHeadDim>(p->merge, p->out, stream);
 }
 
 template <class Cfg>
 int prefill_occupancy(int* ctas_per_sm, int* num_sms) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device);
-  constexpr size_t kSmem = prefill_smem_bytes<Cfg>();
-  if (err == cudaSuccess)
-    err = cudaFuncSetAttribute(prefill_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem));
-  if (err == cudaSuccess)
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, prefill_kernel<Cfg>, Cfg::kThreads, kSmem);
-  return int(err);
+  return kernel_occupancy(prefill_kernel<Cfg>, Cfg::kThreads, prefill_smem_bytes<Cfg>(), ctas_per_sm, num_sms);
 }
 
 }  // namespace fig

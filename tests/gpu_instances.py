@@ -28,6 +28,19 @@ def visible_arch() -> str:
     return arch.name
 
 
+def kv_cases() -> list:
+    """(q dtype, kv dtype, fp8 conversion) for the GPU tests: every pair, with each conversion the
+    visible GPU's arch runs (the software one alone where there is no GPU: the tests skip there)."""
+    import torch
+    from generator.arches import ARCH_BY_NAME
+    conversions = ARCH_BY_NAME[visible_arch()].conversions if torch.cuda.is_available() else ("software",)
+    cases = []
+    for q in (torch.float16, torch.bfloat16):
+        cases.append((q, q, None))
+        cases += [(q, kv, conv) for kv in (torch.float8_e4m3fn, torch.float8_e5m2) for conv in conversions]
+    return cases
+
+
 def required_keys(arch: str) -> list:
     keys = set()
     for selection in SELECTIONS:

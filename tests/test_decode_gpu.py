@@ -7,31 +7,18 @@ when either P or the output is bf16, 2e-3 when both are fp16 (about 4x the round
 seen, far below what a wrong index or a missed token gives, which is O(1)).
 LSE (base 2) comes from fp32 logits of exactly representable inputs: absolute 1e-3.
 """
-import math
-
 import pytest
 import torch
 
-from conftest import HAS_CUDA, requires_gpu
+from conftest import requires_gpu
+from gpu_instances import kv_cases
 from flashinfer_gen import ArgumentError, BatchDecodeWithPagedKVCacheWrapper, InstanceNotBuiltError
 from flashinfer_gen.reference import decode_reference, relative_error
-from generator.arches import ARCH_BY_NAME
 
 pytestmark = [requires_gpu, pytest.mark.gpu, pytest.mark.usefixtures("gpu_instances")]
 
 
-def _kv_cases():
-    """(q dtype, kv dtype, fp8 conversion): every pair, with each conversion the GPU's arch runs."""
-    from gpu_instances import visible_arch
-    conversions = ARCH_BY_NAME[visible_arch()].conversions if HAS_CUDA else ("software",)
-    cases = []
-    for q in (torch.float16, torch.bfloat16):
-        cases.append((q, q, None))
-        cases += [(q, kv, conv) for kv in (torch.float8_e4m3fn, torch.float8_e5m2) for conv in conversions]
-    return cases
-
-
-KV_CASES = _kv_cases()
+KV_CASES = kv_cases()
 CONVERSIONS = sorted({c for _, _, c in KV_CASES if c})
 LSE_TOL = 1e-3
 
