@@ -21,6 +21,7 @@ class Arch:
     has_fp8_cvt: bool                          # cvt.rn.f16x2.e4m3x2 / e5m2x2 exist (sm_89+)
     kinds: tuple[str, ...]                     # kernel kinds this arch builds
     registers_per_sm: int = 64 * KB
+    smem_reserved_per_block: int = 1 * KB      # the system's share of every CTA's shared memory
 
     @property
     def default_conversion(self) -> str:

@@ -93,6 +93,9 @@ class KindSpec:
             return (self.name,)
         if field == "arch":
             return tuple(a for a in ARCH_NAMES if self.name in ARCH_BY_NAME[a].kinds)
+        if field not in self.axes:  # a key field this kind does not vary: its default only
+            default = next(f.default for f in dataclasses.fields(InstanceKey) if f.name == field)
+            return () if default is dataclasses.MISSING else (default,)
         return self.axes[field]
 
 

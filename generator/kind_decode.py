@@ -23,7 +23,6 @@ CXX_LOGITS = {"default": "fig::PlainLogits", "softcap": "fig::SoftCapLogits"}
 # the tuning sweep (bench/tune_decode.py, notes in issue #3) measured 24 KB best on the H100.
 BYTES_IN_FLIGHT_PER_WARP = 24 * 1024
 MIN_CTAS_FOR_LATENCY = 2  # a lone CTA (4 warps) cannot hide the softmax and conversion latency
-SMEM_RESERVED_PER_CTA = 1024  # the system's share of every CTA's shared memory
 REGISTER_OVERHEAD = 100  # addresses, softmax state, converted fragments (ptxas -v: 188 uncapped, fp8 d128)
 # Tuning hook for bench/tune_decode.py only: "stages=4,min_ctas=3" overrides the derived constants.
 TUNE_ENV = "FIG_DECODE_TUNE"
@@ -74,7 +73,7 @@ def pipeline_stages(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = 
     stages = max(2, min(8, BYTES_IN_FLIGHT_PER_WARP // step))
     if has_replay_path(kv_dtype, conversion):
         stages = max(2, stages // 2)
-    fits_two = ((arch.smem_per_sm // MIN_CTAS_FOR_LATENCY - SMEM_RESERVED_PER_CTA - q_smem_bytes(head_dim))
+    fits_two = ((arch.smem_per_sm // MIN_CTAS_FOR_LATENCY - arch.smem_reserved_per_block - q_smem_bytes(head_dim))
                 // (WARPS * step))
     return min(max(2, min(stages, fits_two)), max_stages(kv_dtype, head_dim, arch))
 
@@ -94,7 +93,7 @@ def min_ctas_per_sm(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = 
     """CTAs per SM the register cap is set for: as many as shared memory allows, unless the
     registers a lane needs (O: D/4, Q: D/8 (an estimate kept where Q lives in shared memory),
     one step of K or V words read back) would not fit."""
-    by_smem = arch.smem_per_sm // (smem_bytes(kv_dtype, head_dim, arch, conversion, stages) + SMEM_RESERVED_PER_CTA)
+    by_smem = arch.smem_per_sm // (smem_bytes(kv_dtype, head_dim, arch, conversion, stages) + arch.smem_reserved_per_block)
     step_words = head_dim * KV_BYTES[kv_dtype] // 4
     regs = head_dim // 4 + head_dim // 8 + step_words + REGISTER_OVERHEAD
     by_regs = arch.registers_per_sm // (WARPS * 32 * regs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import abi
 from .arches import ARCH_BY_NAME, Arch
 from .keys import CONVERSIONS, CXX_ELEMENT, KV_BYTES, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
-from .kind_decode import CXX_LOGITS, SMEM_RESERVED_PER_CTA, VARIANTS
+from .kind_decode import CXX_LOGITS, VARIANTS
 
 import os
 
@@ -65,7 +65,7 @@ def pipeline_stages(kv_dtype: str, head_dim: int, arch: Arch) -> int:
     if "stages" in _tune():
         return _tune()["stages"]
     for stages in (3, 2):
-        if 2 * (smem_bytes(kv_dtype, head_dim, stages) + SMEM_RESERVED_PER_CTA) <= arch.smem_per_sm:
+        if 2 * (smem_bytes(kv_dtype, head_dim, stages) + arch.smem_reserved_per_block) <= arch.smem_per_sm:
             return stages
     return 2 if smem_bytes(kv_dtype, head_dim, 2) <= arch.smem_per_block else 0
 
@@ -95,7 +95,7 @@ def template_context(key: InstanceKey) -> dict:
         "block_n": block_n(key.head_dim),
         "stages": stages,
         "warps": WARPS,
-        "min_ctas_per_sm": max(1, min(2, arch.smem_per_sm // (smem + SMEM_RESERVED_PER_CTA))),
+        "min_ctas_per_sm": max(1, min(2, arch.smem_per_sm // (smem + arch.smem_reserved_per_block))),
         "smem_bytes": smem,
         "smem_per_block": arch.smem_per_block,
     }
