@@ -50,6 +50,21 @@ def query_fields(q: torch.Tensor) -> dict:
     return dict(data=q.data_ptr(), stride_row=q.stride(0), stride_head=q.stride(1))
 
 
+def paged_kv_fields(k: torch.Tensor, v: torch.Tensor, strides, ptr: Mapping[str, int], page_size: int,
+                    num_kv_heads: int) -> dict:
+    """FigPagedKv: the caches, their (page, slot, head) element strides, the page table in the plan's
+    int buffer (page_indptr, page_indices)."""
+    return dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
+                stride_head=strides[2], indptr=ptr["page_indptr"], indices=ptr["page_indices"], page_size=page_size,
+                num_kv_heads=num_kv_heads)
+
+
+def merge_fields(ptr: Mapping[str, int], num_items: int) -> dict:
+    """FigSplitMerge from the plan's int buffer (merge_row, merge_indptr) and the workspace's partials."""
+    return dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=num_items,
+                partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"])
+
+
 def output_fields(out: torch.Tensor, lse: torch.Tensor | None) -> dict:
     return dict(data=out.data_ptr(), stride_row=out.stride(0), stride_head=out.stride(1),
                 lse=lse.data_ptr() if lse is not None else None, num_heads=out.shape[1])

@@ -16,7 +16,8 @@ from generator.abi import fill
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
 from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
-                     lay_out_plan, lookup, output_fields, output_tensors, query_fields, resident_ctas)
+                     lay_out_plan, lookup, merge_fields, output_fields, output_tensors, paged_kv_fields, query_fields,
+                     resident_ctas)
 from .validation import (TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail, kv_strides,
                          require_int_index, split_paged_kv)
 
@@ -144,15 +145,13 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
         sched = make_schedule(begin, end, module.call("ctas_per_work_item", num_qo_heads, num_kv_heads),
                               resident_ctas(module, device))
         work = dict(request=sched.request, begin=sched.begin, end=sched.end, partial=sched.partial,
-                    merge_row=sched.merge_request, merge_indptr=sched.merge_indptr)
+                    merge_row=sched.merge_request, merge_indptr=sched.merge_indptr, page_indptr=indptr_h.numpy(),
+                    page_indices=indices.detach()[: int(indptr_h[-1])].to("cpu", torch.int64).numpy())
         self._ints, ptr = lay_out_plan(self._workspace, self._ints, work, sched.num_partial, num_qo_heads, head_dim)
         self._plan = dict(
             module=module, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
-            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr,
-            # keep the device copies of the page table alive for as long as the plan is used
-            indptr=indptr.to(device=device, dtype=torch.int32), indices=indices.to(device=device, dtype=torch.int32),
-        )
+            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr)
 
     def run(self, q: torch.Tensor, paged_kv_cache, k_scale: float | None = None, v_scale: float | None = None,
             out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
@@ -175,13 +174,10 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
         params = fill(
             PARAMS,
             q=query_fields(q),
-            kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
-                    stride_head=strides[2], indptr=plan["indptr"].data_ptr(), indices=plan["indices"].data_ptr(),
-                    page_size=plan["page_size"], num_kv_heads=hk),
+            kv=paged_kv_fields(k, v, strides, ptr, plan["page_size"], hk),
             work=dict(request=ptr["request"], begin=ptr["begin"], end=ptr["end"], partial=ptr["partial"],
                       num_items=sched.request.size),
-            merge=dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=sched.merge_request.size,
-                       partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"]),
+            merge=merge_fields(ptr, sched.merge_request.size),
             out=output_fields(out, lse),
             scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]))
         launch(plan["module"], params, device)

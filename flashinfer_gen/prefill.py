@@ -17,7 +17,8 @@ from generator.abi import fill
 from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, block_n
 
 from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
-                     lay_out_plan, lookup, output_fields, output_tensors, query_fields, resident_ctas)
+                     lay_out_plan, lookup, merge_fields, output_fields, output_tensors, paged_kv_fields, query_fields,
+                     resident_ctas)
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
                          check_scalar, fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
 
@@ -130,15 +131,12 @@ class _BatchPrefill(Wrapper):
         params = fill(
             PARAMS,
             q=query_fields(q),
-            kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
-                    stride_head=strides[2], indptr=ptr["page_indptr"], indices=ptr["page_indices"],
-                    page_size=plan["page_size"], num_kv_heads=plan["num_kv_heads"]),
+            kv=paged_kv_fields(k, v, strides, ptr, plan["page_size"], plan["num_kv_heads"]),
             qo_indptr=ptr["qo_indptr"], kv_len=ptr["kv_len"],
             work=dict(request=ptr["request"], row_begin=ptr["row_begin"], kv_begin=ptr["kv_begin"],
                       kv_end=ptr["kv_end"], partial=ptr["partial"], pieces=ptr["pieces"],
                       num_items=sched.request.size),
-            merge=dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=sched.merge_row.size,
-                       partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"]),
+            merge=merge_fields(ptr, sched.merge_row.size),
             out=output_fields(out, lse),
             scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]),
             causal=int(plan["causal"]), window_left=plan["window_left"])
