@@ -39,35 +39,40 @@ def block_m(head_dim: int) -> int:
     return WARPS * 16 * m_tiles(head_dim)
 
 
-def block_n(head_dim: int) -> int:
-    """Keys per shared tile: 64, or 16 from head dim 192 on, where O's accumulators (4 registers
-    per n-tile of 8 dims) leave S and the loads so little room that ptxas spilled at 32
-    (e4m3 software, head dim 256: 255 registers, up to 112 bytes of stack)."""
-    return _tune().get("block_n", 64 if head_dim <= 128 else 16)
+def block_n(head_dim: int, kv_dtype: str = "f16", conversion: str = "none", variant: str = "default") -> int:
+    """Keys per shared tile: 64; 16 from head dim 192 on, where O's accumulators (4 registers per
+    n-tile of 8 dims) leave S and the loads so little room that ptxas spilled at 32 (e4m3
+    software, head dim 256: up to 112 bytes of stack); 32 for the e4m3 software routine with
+    soft-cap (its exact replay and tanh spilled 8 bytes at 64 on sm_80 and sm_86)."""
+    if "block_n" in _tune():
+        return _tune()["block_n"]
+    if head_dim >= 192:
+        return 16
+    return 32 if (kv_dtype, conversion, variant) == ("e4m3", "software", "softcap") else 64
 
 
-def _ring_bytes(kv_dtype: str, head_dim: int, stages: int) -> int:
-    """K and V tiles of every stage, Q's fragments (16 bytes per lane per k-step) and the stages'
-    row offsets (8 bytes per key)."""
-    rows = stages * 2 * block_n(head_dim)
-    return (rows * (head_dim * KV_BYTES[kv_dtype] + ROW_PADDING) + WARPS * m_tiles(head_dim) * 32 * (head_dim // 16) * 16
-            + stages * block_n(head_dim) * 8)
+def key_block_n(key: InstanceKey) -> int:
+    return block_n(key.head_dim, key.kv_dtype, key.conversion, key.variant)
 
 
-def smem_bytes(kv_dtype: str, head_dim: int, stages: int) -> int:
-    """The tile ring (plus Q where it lives there), reused by the epilogue's fp32 staging of the
-    CTA's output rows and their LSE. The kernel static_asserts the same size."""
-    return max(_ring_bytes(kv_dtype, head_dim, stages), block_m(head_dim) * (head_dim + 1) * 4)
+def smem_bytes(key: InstanceKey, stages: int) -> int:
+    """K and V tiles of every stage, Q's fragments (16 bytes per lane per m-tile and k-step) and the
+    stages' row offsets (8 bytes per key), reused by the epilogue's fp32 staging of the CTA's
+    output rows and their LSE. The kernel static_asserts the same size."""
+    d, n = key.head_dim, key_block_n(key)
+    ring = (stages * 2 * n * (d * KV_BYTES[key.kv_dtype] + ROW_PADDING) + WARPS * m_tiles(d) * 32 * (d // 16) * 16
+            + stages * n * 8)
+    return max(ring, block_m(d) * (d + 1) * 4)
 
 
-def pipeline_stages(kv_dtype: str, head_dim: int, arch: Arch) -> int:
+def pipeline_stages(key: InstanceKey, arch: Arch) -> int:
     """3 tiles in flight where two CTAs of that size still share an SM, else 2 (0: none fits)."""
     if "stages" in _tune():
         return _tune()["stages"]
     for stages in (3, 2):
-        if 2 * (smem_bytes(kv_dtype, head_dim, stages) + arch.smem_reserved_per_block) <= arch.smem_per_sm:
+        if 2 * (smem_bytes(key, stages) + arch.smem_reserved_per_block) <= arch.smem_per_sm:
             return stages
-    return 2 if smem_bytes(kv_dtype, head_dim, 2) <= arch.smem_per_block else 0
+    return 2 if smem_bytes(key, 2) <= arch.smem_per_block else 0
 
 
 def fp8_rows_are_words(key: InstanceKey) -> str | None:
@@ -77,22 +82,22 @@ def fp8_rows_are_words(key: InstanceKey) -> str | None:
 
 
 def tiles_fit(key: InstanceKey) -> str | None:
-    if pipeline_stages(key.kv_dtype, key.head_dim, ARCH_BY_NAME[key.arch]) == 0:
+    if pipeline_stages(key, ARCH_BY_NAME[key.arch]) == 0:
         return f"two K/V tiles of head dim {key.head_dim} do not fit the {key.arch} shared memory"
     return None
 
 
 def template_context(key: InstanceKey) -> dict:
     arch = ARCH_BY_NAME[key.arch]
-    stages = pipeline_stages(key.kv_dtype, key.head_dim, arch)
-    smem = smem_bytes(key.kv_dtype, key.head_dim, stages)
+    stages = pipeline_stages(key, arch)
+    smem = smem_bytes(key, stages)
     return {
         "q_element": CXX_ELEMENT[key.q_dtype],
         "kv_type": kv_element_type(key),
         "logits": CXX_LOGITS[key.variant],
         "head_dim": key.head_dim,
         "m_tiles": m_tiles(key.head_dim),
-        "block_n": block_n(key.head_dim),
+        "block_n": key_block_n(key),
         "stages": stages,
         "warps": WARPS,
         "min_ctas_per_sm": max(1, min(2, arch.smem_per_sm // (smem + arch.smem_reserved_per_block))),

@@ -52,6 +52,8 @@ def test_prefill_space():
     assert by_dim == {64: 5, 80: 1, 96: 5, 128: 5, 192: 5, 256: 5}
     assert "head dim 80 needs a 16-bit cache" in why_invalid(key(kind="prefill", head_dim=80))
     assert kind_prefill.block_n(128) == 64 and kind_prefill.block_n(256) == 16
+    soft_e4m3_sw = key(kind="prefill", conversion="software", variant="softcap")
+    assert kind_prefill.key_block_n(soft_e4m3_sw) == 32 and "/*kBlockN=*/32" in render(soft_e4m3_sw)
     assert "head_dim=80" in why_invalid(key(head_dim=80))  # decode has no head dim 80
     names = [k.name for k in enumerate_instances()]
     assert len(names) == len(set(names))
@@ -136,7 +138,7 @@ def test_every_instance_fits_its_arch(arch):
         if k.kind == "decode":
             assert 1 <= stages <= 8
         else:  # prefill: two CTAs per SM where it can, the copy ring at least double-buffered
-            assert stages in (2, 3) and constant(source, "kBlockN") in (16, 64)
+            assert stages in (2, 3) and constant(source, "kBlockN") == kind_prefill.key_block_n(k) in (16, 32, 64)
             assert stages == 2 or 2 * (smem + 1024) <= a.smem_per_sm
     # FP8 rows are half as wide, so the same bytes in flight take twice the steps
     sm90 = arches.arch("sm90a")
