@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     b.set_defaults(func=cmd_build)
     ls = sub.add_parser("list", help="the registry as a support matrix")
     ls.set_defaults(func=cmd_list)
-    d = sub.add_parser("demo", help="a short decode on the GPU, checked against a reference")
+    d = sub.add_parser("demo", help="a short decode and prefill on the GPU, checked against a reference")
     d.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -16,6 +16,7 @@ from .registry import Module, default_registry
 from .validation import KV_LAYOUTS, check_cuda_tensor, check_scalar, device_arch, dtype_name, fail, require_tensor
 
 _ALIGN = 256
+INT32_MAX = 2**31 - 1
 
 
 class Wrapper:
@@ -28,6 +29,9 @@ class Wrapper:
         if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
             fail(f"workspace_buffer must be a contiguous CUDA uint8 tensor, got {workspace_buffer.dtype} "
                  f"on {workspace_buffer.device}")
+        if workspace_buffer.data_ptr() % 16:
+            fail("workspace_buffer must be 16-byte aligned (the split-KV partials are read and written as float4); "
+                 "a slice of a larger buffer may not be")
         if kv_layout not in KV_LAYOUTS:
             fail(f"kv_layout must be one of {KV_LAYOUTS}, got {kv_layout!r}")
         if fp8_conversion not in (None, "hardware", "software"):
@@ -77,6 +81,7 @@ def check_variant(head_dim: int, pos_encoding_mode: str, window_left, logits_sof
              "writing the cache and pass 'NONE'")
     if not isinstance(window_left, int) or isinstance(window_left, bool) or window_left < -1:
         fail(f"window_left must be -1 (no window) or >= 0, got {window_left!r}")
+    window_left = min(window_left, INT32_MAX)  # a window past any key count is no window; it travels as int32
     soft_cap = 0.0 if logits_soft_cap is None else check_scalar(logits_soft_cap, "logits_soft_cap")
     if soft_cap < 0:
         fail(f"logits_soft_cap must be > 0 (or None), got {soft_cap}")

@@ -1,7 +1,9 @@
 """BatchPrefillWithPagedKVCacheWrapper and BatchPrefillWithRaggedKVCacheWrapper, FlashInfer's API:
 plan() once per batch layout (validation, instance lookup, the work list, one host-to-device copy),
-run() per layer (checks shapes, launches; graph-capturable, allocates nothing but `out`/`lse`
-when they are not given).
+run() per layer (checks shapes, launches; allocates nothing but `out`/`lse` when they are not
+given). run() can be captured in a CUDA graph after plan(); a later plan() changes the work list's
+size and addresses, so capture again after re-planning (a graph replayed across plans would read
+the wrong items).
 
 The ragged wrapper's contiguous K/V [tokens, heads, dim] are handed to the same kernel as a paged
 cache with one page per request: page index = the request's first row, page size 2^30.
@@ -16,7 +18,7 @@ import torch
 from generator.abi import fill
 from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, key_block_n
 
-from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
+from .common import (INT32_MAX, Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
                      lay_out_plan, lookup, merge_fields, output_fields, output_tensors, paged_kv_fields, query_fields,
                      resident_ctas)
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
@@ -195,6 +197,10 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
         if (kv_len < 1).any():
             b = int(np.nonzero(kv_len < 1)[0][0])
             fail(f"request {b} has no keys (kv_indptr[{b}] == kv_indptr[{b + 1}]); prefill needs at least one")
+        # A request is one page of RAGGED_PAGE_SIZE rows, addressed by its first row as an int32.
+        if kv_len.max() >= RAGGED_PAGE_SIZE or kv_h[-1] > INT32_MAX:
+            fail(f"ragged K/V: at most {RAGGED_PAGE_SIZE - 1} keys per request and {INT32_MAX} in all, got "
+                 f"{int(kv_len.max())} and {int(kv_h[-1])}")
         self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, RAGGED_PAGE_SIZE, causal,
                           pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
                           dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1]))

@@ -78,8 +78,11 @@ def attention_reference(q, k, v, causal=False, k_scale=1.0, v_scale=1.0, sm_scal
 
     Logits s = q.(k * k_scale) * sm_scale (default 1/sqrt(D)), then c * tanh(s / c) with a soft cap
     c; the output is softmax(s) . (v * v_scale) over the keys visible_keys() keeps. A key that is
-    not visible does not take part at all: a NaN in its K or V leaves the row finite, while a NaN
-    in a visible K poisons the row and one in a visible V poisons that dim of the row."""
+    not visible does not take part at all here: a NaN in its K or V leaves the row finite, while a
+    NaN in a visible K poisons the row and one in a visible V poisons that dim of the row. (The
+    kernels, like FlashInfer's, mask a hidden key's K but still multiply its zero probability by
+    its V inside a tile: a NaN V at a hidden key of a processed tile poisons that dim. The tests
+    place V NaNs at visible keys only.)"""
     n, hq, d = q.shape
     m, hk = k.shape[0], k.shape[1]
     group = hq // hk

@@ -17,6 +17,8 @@ SELECTIONS = (
     {"kind": ("decode",), "head_dim": (128,), "variant": ("softcap",)},
     {"kind": ("prefill",), "head_dim": (64, 128, 256), "variant": ("default",)},
     {"kind": ("prefill",), "head_dim": (128,), "variant": ("softcap",)},
+    # the other prefill head dims (tiles, fragments and the merge off powers of two), q bf16
+    {"kind": ("prefill",), "head_dim": (80, 96, 192), "variant": ("default",), "q_dtype": ("bf16",)},
 )
 
 

@@ -573,3 +573,30 @@ def test_wrappers_share_one_workspace(workspace):
     ref_d, _ = decode_reference(q_decode, c["k"], c["v"], c["kv_indptr"], c["indices"], c["last"])
     assert relative_error(out_p, ref_p) < 1e-2
     assert relative_error(out_d, ref_d) < 1e-2
+
+
+@pytest.mark.parametrize("d", [80, 96, 192])
+@pytest.mark.parametrize("kv_dtype,conv", [(torch.bfloat16, None), (torch.float8_e4m3fn, None),
+                                           (torch.float8_e5m2, "software")], ids=_ids)
+def test_other_head_dims(d, kv_dtype, conv, workspace):
+    """Head dims off the default set: 80 (16-bit cache only: FP8 is refused), 96 and 192, causal
+    and not, with GQA 7 and a batch of 1 long request whose keys are split (the merge kernel at a
+    head dim that is not a power of two)."""
+    if d == 80 and kv_dtype != torch.bfloat16:
+        with pytest.raises(ArgumentError, match="head dim 80 needs a 16-bit cache"):
+            plan_paged(paged_wrapper(workspace), make_paged([5], [40], 16, 2, 2, d, torch.bfloat16, kv_dtype),
+                       torch.bfloat16, kv_dtype)
+        return
+    for causal in (False, True):
+        check_paged(torch.bfloat16, kv_dtype, conv, d, "NHD", 16, 7, [1, 70, 33, 0], [40, 200, 33, 9], workspace,
+                    causal=causal, seed=d)
+    w, _ = check_paged(torch.bfloat16, kv_dtype, conv, d, "HND", 16, 4, [16], [6000], workspace, hk=2, causal=True)
+    assert w._plan["schedule"].num_partial > 0, "the long request must be split"
+
+
+def test_unaligned_workspace_is_refused():
+    ws = torch.empty((1 << 20) + 8, dtype=torch.uint8, device="cuda")[8:]
+    with pytest.raises(ArgumentError, match="16-byte aligned"):
+        paged_wrapper(ws)
+    with pytest.raises(ArgumentError, match="16-byte aligned"):
+        flashinfer_gen.BatchDecodeWithPagedKVCacheWrapper(ws)
