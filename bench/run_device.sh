@@ -10,6 +10,7 @@
 #   prefill      the prefill benchmark with $FIG_PREFILL_ARGS into $OUT
 #   sanitize     compute-sanitizer memcheck / racecheck / synccheck on small prefills
 #   tune         bench/tune_prefill.sh over $FIG_TUNE_VARIANTS
+#   ncu          Nsight Compute reports of the d128 prefill kernel ($FIG_NCU_CASES, bench/ncu_prefill.py)
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
@@ -62,6 +63,18 @@ while [ $# -gt 0 ]; do
       echo "compute-sanitizer $tool: exit $?" | tee -a "$OUT/sanitize.log"
     done
     grep -E "ERROR SUMMARY|rel. error|within|FAILED" "$OUT/sanitize.log" | sort | uniq -c | head -20
+    ;;
+  ncu)  # one report per case ("kv[:conversion]", space separated), details as text in $OUT
+    for case in ${FIG_NCU_CASES:-bf16 e4m3:hardware e4m3:software}; do
+      kv=${case%%:*}; conv=$([ "$case" != "$kv" ] && echo "${case#*:}" || true)
+      ncu --clock-control none -k regex:prefill_kernel -s 1 -c 1 --section SpeedOfLight \
+        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section InstructionStats \
+        --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum \
+        python bench/ncu_prefill.py $kv $conv >"$OUT/ncu_${kv}_${conv:-none}.txt" 2>&1 || rc=1
+      grep -E "profiled|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|hmma_cycles|bank_conflicts|pipe_lsu|No Eligible|Stall" \
+        "$OUT/ncu_${kv}_${conv:-none}.txt" | head -20 | sed "s/^/$case: /"
+    done
     ;;
   tune)  # the prefill tile-shape sweep, variants in $FIG_TUNE_VARIANTS
     bash bench/tune_prefill.sh $FIG_TUNE_VARIANTS

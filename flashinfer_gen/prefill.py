@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from generator.abi import fill
-from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, key_block_n
+from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, block_n
 
 from .common import (INT32_MAX, Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
                      lay_out_plan, lookup, merge_fields, output_fields, output_tensors, paged_kv_fields, query_fields,
@@ -112,7 +112,7 @@ class _BatchPrefill(Wrapper):
             fail(f"causal: request {b} has qo_len {qo_len[b]} > kv_len {kv_len[b]}; its first queries would see no key")
         module = lookup("prefill", device, q_name, kv_name, head_dim, soft_cap, self._fp8_conversion, self._jit)
         sched = make_schedule(qo_len, kv_len, num_qo_heads // num_kv_heads, causal, window_left, num_kv_heads,
-                              resident_ctas(module, device), block_m(head_dim), key_block_n(module.key))
+                              resident_ctas(module, device), block_m(head_dim), block_n(module.key))
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
                       partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
                       merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len, **page_table)

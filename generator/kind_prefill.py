@@ -15,6 +15,7 @@ import os
 
 WARPS = 4
 HEAD_DIMS = (64, 80, 96, 128, 192, 256)
+WORK_ITEM_BYTES = 32         # the CTA's work item (PrefillRows, 8 ints) ahead of the mainloop's storage
 ROW_PADDING = 16             # bytes after each shared K/V row (bank spread, prefill_mainloop_sm80.cuh)
 # Tuning hook for bench/ only: "m_tiles=1,block_n=32" overrides the tile shape below, for the
 # generator and the runtime's schedule alike (set it for both).
@@ -27,11 +28,10 @@ def _tune() -> dict:
 
 
 def m_tiles(head_dim: int) -> int:
-    """m16 tiles of packed query rows per warp. Two would let each K/V fragment read from shared
-    memory feed two mma (FA2's 32 rows a warp), but with 64-key tiles ptxas spilled from head dim
-    64 on (100-440 bytes), and 16-key tiles pay an O rescale per 16 keys: one tile a warp is
-    the default until a variant measures faster (bench/tune_prefill.sh)."""
-    return _tune().get("m_tiles", 1)
+    """m16 tiles of packed query rows per warp. Two (FA2's 32 rows a warp) let each K/V fragment
+    read from shared memory feed two mma; from head dim 192 on, O alone would take 2 x D / 2
+    registers a thread, so one."""
+    return _tune().get("m_tiles", 2 if head_dim <= 128 else 1)
 
 
 def block_m(head_dim: int) -> int:
@@ -39,46 +39,57 @@ def block_m(head_dim: int) -> int:
     return WARPS * 16 * m_tiles(head_dim)
 
 
-def block_n(head_dim: int, kv_dtype: str = "f16", conversion: str = "none", variant: str = "default") -> int:
-    """Keys per shared tile: 64; 16 from head dim 192 on, where O's accumulators (4 registers per
-    n-tile of 8 dims) leave S and the loads so little room that ptxas spilled at 32 (e4m3
-    software, head dim 256: up to 112 bytes of stack); 32 for the e4m3 software routine with
-    soft-cap (its exact replay and tanh spilled 8 bytes at 64 on sm_80 and sm_86)."""
+def _smem_bytes(head_dim: int, fp8: bool, n: int, stages: int) -> int:
+    """The work item, then the mainloop's shared storage (prefill_mainloop_sm80.cuh), reused by the epilogue's fp32
+    staging of the CTA's output rows and their LSE; the kernel static_asserts the same size.
+    Mainloop: the copy ring of `stages` K and V tiles (16-bit rows padded by ROW_PADDING; FP8
+    rows as stored, plus the one padded 16-bit tile they are upcast into), Q's fragments (16
+    bytes per lane per m-tile and k-step), the ring's row offsets (8 bytes per key) and each
+    packed row's key bounds (8 bytes)."""
+    d, bm = head_dim, block_m(head_dim)
+    mma_row = 2 * d + ROW_PADDING
+    copy_row = d if fp8 else mma_row
+    mainloop = ((2 * n * mma_row if fp8 else 0) + stages * 2 * n * copy_row + WARPS * m_tiles(d) * 32 * (d // 16) * 16
+                + stages * n * 8 + bm * 8)
+    return WORK_ITEM_BYTES + max(mainloop, bm * (d + 1) * 4)
+
+
+def _two_ctas_fit(smem: int, arch: Arch) -> bool:
+    return 2 * (smem + arch.smem_reserved_per_block) <= arch.smem_per_sm
+
+
+def block_n(key: InstanceKey) -> int:
+    """Keys per shared tile: the largest of the head dim's candidates with which two CTAs of two
+    stages share an SM of the key's arch; where none does (the 100 KB parts at large head dims),
+    the largest that fits one CTA. The candidates are what the registers allow: S takes
+    m_tiles x kBlockN / 2 per thread next to O's m_tiles x D / 2, and 64 keys spilled from head
+    dim 128 on (two m-tiles) and at 256 (one)."""
     if "block_n" in _tune():
         return _tune()["block_n"]
-    if head_dim >= 192:
-        return 16
-    return 32 if (kv_dtype, conversion, variant) == ("e4m3", "software", "softcap") else 64
-
-
-def key_block_n(key: InstanceKey) -> int:
-    return block_n(key.head_dim, key.kv_dtype, key.conversion, key.variant)
+    arch = ARCH_BY_NAME[key.arch]
+    candidates = (64, 32, 16) if key.head_dim < 128 else (32, 16)
+    sizes = {n: _smem_bytes(key.head_dim, key.is_fp8, n, 2) for n in candidates}
+    for n in candidates:
+        if _two_ctas_fit(sizes[n], arch):
+            return n
+    for n in candidates:
+        if sizes[n] <= arch.smem_per_block:
+            return n
+    return candidates[-1]
 
 
 def smem_bytes(key: InstanceKey, stages: int) -> int:
-    """K and V tiles of every stage, Q's fragments (16 bytes per lane per m-tile and k-step) and the
-    stages' row offsets (8 bytes per key), reused by the epilogue's fp32 staging of the CTA's
-    output rows and their LSE. The kernel static_asserts the same size."""
-    d, n = key.head_dim, key_block_n(key)
-    ring = (stages * 2 * n * (d * KV_BYTES[key.kv_dtype] + ROW_PADDING) + WARPS * m_tiles(d) * 32 * (d // 16) * 16
-            + stages * n * 8)
-    return max(ring, block_m(d) * (d + 1) * 4)
+    return _smem_bytes(key.head_dim, key.is_fp8, block_n(key), stages)
 
 
 def pipeline_stages(key: InstanceKey, arch: Arch) -> int:
-    """3 tiles in flight where two CTAs of that size still share an SM, else 2 (0: none fits)."""
+    """Up to 4 tiles in flight where two CTAs of that size still share an SM, else 2 (0: none fits)."""
     if "stages" in _tune():
         return _tune()["stages"]
-    for stages in (3, 2):
-        if 2 * (smem_bytes(key, stages) + arch.smem_reserved_per_block) <= arch.smem_per_sm:
+    for stages in (4, 3, 2):
+        if _two_ctas_fit(smem_bytes(key, stages), arch):
             return stages
     return 2 if smem_bytes(key, 2) <= arch.smem_per_block else 0
-
-
-def fp8_rows_are_words(key: InstanceKey) -> str | None:
-    if key.is_fp8 and (key.head_dim // 8) % 4:
-        return f"an FP8 V row gives each lane head_dim / 8 = {key.head_dim // 8} codes, not whole words; head dim 80 needs a 16-bit cache"
-    return None
 
 
 def tiles_fit(key: InstanceKey) -> str | None:
@@ -97,7 +108,7 @@ def template_context(key: InstanceKey) -> dict:
         "logits": CXX_LOGITS[key.variant],
         "head_dim": key.head_dim,
         "m_tiles": m_tiles(key.head_dim),
-        "block_n": key_block_n(key),
+        "block_n": block_n(key),
         "stages": stages,
         "warps": WARPS,
         "min_ctas_per_sm": max(1, min(2, arch.smem_per_sm // (smem + arch.smem_reserved_per_block))),
@@ -144,6 +155,6 @@ SPEC = KindSpec(
     axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS, "conversion": CONVERSIONS,
           "variant": VARIANTS},
     defaults={"head_dim": (128,), "variant": ("default",)},
-    predicates=(fp8_rows_are_words, tiles_fit),
+    predicates=(tiles_fit,),
     context=template_context,
 )

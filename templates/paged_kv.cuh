@@ -47,12 +47,23 @@ struct PagedKv {
 };
 
 // A CTA's cooperative copy of kRows consecutive tokens of K and V (one KV head) into shared
-// rows of kRowBytes (a row of head-dim bytes plus padding), 16 bytes per cp.async. Consecutive
-// threads take consecutive 16-byte chunks of a row, so each row is read as whole sectors.
-// The rows' page-table lookups are done a tile ahead (lookup() / store()) into shared offsets,
-// so a copy never waits for a page index: a lookup's latency hides under a tile's compute.
+// rows of kRowBytes (a row of head-dim bytes plus any padding), 16 bytes per cp.async.
+// Consecutive threads take consecutive 16-byte chunks of a row, so each row is read as whole
+// sectors. The rows' page-table lookups are done a tile ahead (lookup() / store()) into shared
+// memory as K row addresses, so a copy never waits for a page index: a lookup's latency hides
+// under a tile's compute. A V row sits at a fixed distance from its K row (v_minus_k: the two
+// pools share strides), so the copy holds no base pointers in registers across the mainloop.
 // Tokens at or past `end` re-read token end - 1 (the consumer masks them), so no load leaves
 // the request's pages.
+// threadIdx.x, read where it is used. An asm volatile read stays inside the loop that contains it,
+// so what the copy derives from the thread index is recomputed each tile (a few integer ops)
+// instead of being hoisted and held in registers, or spilled, across the whole mainloop.
+__device__ __forceinline__ int thread_index_here() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return t;
+}
+
 template <int kRows, int kRowBytes, int kDataBytes, int kThreads>
 struct PagedKvTileCopy {
   static constexpr int kChunksPerRow = kDataBytes / 16;
@@ -60,36 +71,51 @@ struct PagedKvTileCopy {
   static_assert(kDataBytes % 16 == 0 && kRowBytes % 16 == 0, "rows are copied as 16-byte chunks");
   static_assert(kRows <= kThreads, "one thread looks up each row");
 
-  // Byte offset (from the KV head's base) of row threadIdx.x of the tile at tile_begin; 0 for
+  // K address of row threadIdx.x of the tile at tile_begin (k_base: the KV head's K base); 0 for
   // threads past the tile's rows.
-  __device__ __forceinline__ static int64_t lookup(const PagedKv& kv, int bytes_per_element, int page_begin,
-                                                   int tile_begin, int end) {
-    if (int(threadIdx.x) >= kRows) return 0;
-    return kv.offset(kv.locate(page_begin, min(tile_begin + int(threadIdx.x), end - 1))) * bytes_per_element;
+  __device__ __forceinline__ static int64_t lookup(const PagedKv& kv, int bytes_per_element, const uint8_t* k_base,
+                                                   int page_begin, int tile_begin, int end) {
+    if (thread_index_here() >= kRows) return 0;
+    const int64_t offset = kv.offset(kv.locate(page_begin, min(tile_begin + thread_index_here(), end - 1)));
+    return reinterpret_cast<int64_t>(k_base + offset * bytes_per_element);
   }
-  __device__ __forceinline__ static void store(int64_t (&row_offsets)[kRows], int64_t offset) {
-    if (int(threadIdx.x) < kRows) row_offsets[threadIdx.x] = offset;
+  __device__ __forceinline__ static void store(int64_t (&row_addrs)[kRows], int64_t addr) {
+    if (thread_index_here() < kRows) row_addrs[threadIdx.x] = addr;
   }
 
-  // Call after a barrier that follows the store() of these offsets.
+  // Call after a barrier that follows the store() of these addresses.
   __device__ __forceinline__ static void copy(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
-                                              const int64_t (&row_offsets)[kRows], const uint8_t* k_base,
-                                              const uint8_t* v_base) {
-    CUTE_UNROLL
-    for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
-      const int id = int(threadIdx.x) + i * kThreads;
-      if (kChunks % kThreads == 0 || id < kChunks) {
-        const int row = id / kChunksPerRow;
-        const int chunk = id % kChunksPerRow;
-        const int64_t src = row_offsets[row] + 16 * chunk;
-        cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
-            *reinterpret_cast<const cute::uint128_t*>(k_base + src),
-            *reinterpret_cast<cute::uint128_t*>(&k_rows[row][16 * chunk]));
-        cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(
-            *reinterpret_cast<const cute::uint128_t*>(v_base + src),
-            *reinterpret_cast<cute::uint128_t*>(&v_rows[row][16 * chunk]));
+                                              const int64_t (&row_addrs)[kRows], int64_t v_minus_k) {
+    if constexpr (kThreads % kChunksPerRow == 0) {
+      // A thread keeps its chunk column on every pass: one row index and one column, and each
+      // pass is a constant number of rows further.
+      constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+      const int row = thread_index_here() / kChunksPerRow;
+      const int column = 16 * (thread_index_here() % kChunksPerRow);
+      CUTE_UNROLL
+      for (int i = 0; i < (kRows + kRowsPerPass - 1) / kRowsPerPass; ++i) {
+        if (kRows % kRowsPerPass == 0 || row + i * kRowsPerPass < kRows)
+          chunk(k_rows, v_rows, row_addrs, v_minus_k, row + i * kRowsPerPass, column);
+      }
+    } else {
+      CUTE_UNROLL
+      for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
+        const int id = thread_index_here() + i * kThreads;
+        if (kChunks % kThreads == 0 || id < kChunks)
+          chunk(k_rows, v_rows, row_addrs, v_minus_k, id / kChunksPerRow, 16 * (id % kChunksPerRow));
       }
     }
+  }
+
+ private:
+  __device__ __forceinline__ static void chunk(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
+                                               const int64_t (&row_addrs)[kRows], int64_t v_minus_k, int row,
+                                               int column) {
+    const int64_t k_src = row_addrs[row] + column;
+    cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(k_src),
+                                                          *reinterpret_cast<cute::uint128_t*>(&k_rows[row][column]));
+    cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(k_src + v_minus_k),
+                                                          *reinterpret_cast<cute::uint128_t*>(&v_rows[row][column]));
   }
 };
 

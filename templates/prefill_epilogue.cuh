@@ -1,5 +1,4 @@
-// Prefill epilogue: each warp normalises its rows' O and puts the permuted columns back in place in
-// shared memory; then the CTA writes whole rows, coalesced, as the final output and LSE (base 2)
+// Prefill epilogue: each warp normalises its rows' O into fp32 rows in shared memory; then the CTA writes whole rows, coalesced, as the final output and LSE (base 2)
 // or, for a split-KV piece, as an fp32 partial for the merge kernel. A row that saw no key (an
 // empty split piece) writes O = 0 and LSE = -inf, which the merge weighs as nothing.
 #pragma once
@@ -8,8 +7,8 @@
 
 namespace fig {
 
+// The CTA's work item. Kept in shared memory across the mainloop, so it holds no registers there.
 struct PrefillRows {
-  const FigPrefillParams* p;
   int request, kv_head, row_begin, rows_total, group, qo_start, partial, pieces;
 
   // Packed row r of the request = (query token r / group, q head kv_head * group + r % group).
@@ -28,30 +27,28 @@ struct PrefillEpilogue {
   };
 
   template <class Mainloop>
-  __device__ __forceinline__ static void stage(SharedStorage& smem, const Mainloop& ml, int warp, float out_scale) {
-    using Frag = typename Mainloop::Frag;
+  __device__ __forceinline__ static void stage(SharedStorage& smem, const Mainloop& ml, float out_scale) {
     CUTE_UNROLL
     for (int m = 0; m < Mainloop::kMTiles; ++m) {
       CUTE_UNROLL
       for (int r = 0; r < 2; ++r) {
         const float sum = ml.softmax[m][r].row_sum();
-        const int row = (warp * Mainloop::kMTiles + m) * 16 + ml.lane_g + 8 * r;
+        const int row = ml.first_row() + 16 * m + ml.lane_g() + 8 * r;
         const float scale = sum > 0.0f ? out_scale / sum : 0.0f;
         CUTE_UNROLL
-        for (int e = 0; e < Frag::kNTiles; ++e) {
+        for (int e = 0; e < Mainloop::kNTiles; ++e) {
           CUTE_UNROLL
-          for (int i = 0; i < 2; ++i)
-            smem.o[row][Frag::v_dim(2 * ml.lane_c + i, e)] = ml.o_acc[m][e][2 * r + i] * scale;
+          for (int i = 0; i < 2; ++i) smem.o[row][8 * e + 2 * ml.lane_c() + i] = ml.o_acc[m][e][2 * r + i] * scale;
         }
-        if (ml.lane_c == 0) smem.lse[row] = sum > 0.0f ? ml.softmax[m][r].row_max + log2f(sum) : -INFINITY;
+        if (ml.lane_c() == 0) smem.lse[row] = sum > 0.0f ? ml.softmax[m][r].row_max + log2f(sum) : -INFINITY;
       }
     }
   }
 
   // Call after a __syncthreads() that follows every warp's stage(). Four values per thread.
-  __device__ __forceinline__ static void write(const SharedStorage& smem, const PrefillRows& rows) {
+  __device__ __forceinline__ static void write(const SharedStorage& smem, const PrefillRows& rows,
+                                               const FigPrefillParams& p) {
     using QElement = typename Cfg::QElement;
-    const FigPrefillParams& p = *rows.p;
     constexpr int kQuads = kHeadDim / 4;
     for (int idx = threadIdx.x; idx < kBlockM * kQuads; idx += Cfg::kThreads) {
       const int local = idx / kQuads;

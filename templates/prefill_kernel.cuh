@@ -45,10 +45,19 @@ struct PrefillArgs {
   float out_scale;     // v_scale * KV conversion factor
 };
 
+// Dynamic shared memory: the work item, then the mainloop's storage, which the epilogue reuses.
+template <class Cfg>
+struct PrefillSharedStorage {
+  PrefillRows rows;
+  union {
+    typename PrefillMainloop<Cfg>::SharedStorage mainloop;
+    typename PrefillEpilogue<Cfg>::SharedStorage epilogue;
+  };
+};
+
 template <class Cfg>
 constexpr size_t prefill_smem_bytes() {
-  constexpr size_t kNeed = cute::max(sizeof(typename PrefillMainloop<Cfg>::SharedStorage),
-                                     sizeof(typename PrefillEpilogue<Cfg>::SharedStorage));
+  constexpr size_t kNeed = sizeof(PrefillSharedStorage<Cfg>);
   static_assert(kNeed == size_t(Cfg::kSmemBytes), "generator/kind_prefill.py smem_bytes() disagrees with the kernel");
   static_assert(Cfg::kSmemBytes <= Cfg::kSmemPerBlock, "the instance needs more shared memory than its arch has");
   using Atom = typename HalfRowsMma<typename Cfg::Kv::MmaElement>::Atom;
@@ -59,20 +68,23 @@ constexpr size_t prefill_smem_bytes() {
 
 // Runs the tiles of keys [begin, end) through the pipeline: kStages - 1 tiles copied ahead, one
 // barrier per tile (it also frees the stage the next copy overwrites), and each tile's page-table
-// lookups issued a stage earlier still, their latency hidden under a tile's compute.
-template <class Cfg, bool kExact>
+// lookups issued a stage earlier still, their latency hidden under a tile's compute. An FP8 tile
+// is upcast by the CTA after that barrier, and a second barrier publishes the 16-bit rows.
+template <class Cfg>
 __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename PrefillMainloop<Cfg>::SharedStorage& smem,
-                                              const PagedKv& kv, const uint8_t* k_base, const uint8_t* v_base,
+                                              const PagedKv& kv, const uint8_t* k_base, int64_t v_minus_k,
                                               int page_begin, int begin, int end, int hi_min, int lo_max,
                                               const typename Cfg::Logits& logits) {
-  using Copy = typename PrefillMainloop<Cfg>::TileCopy;
+  using Mainloop = PrefillMainloop<Cfg>;
+  using Copy = typename Mainloop::TileCopy;
+  using Kv = typename Cfg::Kv;
   constexpr int kN = Cfg::kBlockN;
   constexpr int kS = Cfg::kStages;
   const int tiles = (end - begin + kN - 1) / kN;
-  auto lookup = [&](int t) { return Copy::lookup(kv, Cfg::Kv::kBytes, page_begin, begin + t * kN, end); };
-  auto copy = [&](int t) { Copy::copy(smem.k[t % kS], smem.v[t % kS], smem.row_offsets[t % kS], k_base, v_base); };
+  auto lookup = [&](int t) { return Copy::lookup(kv, Kv::kBytes, k_base, page_begin, begin + t * kN, end); };
+  auto copy = [&](int t) { Copy::copy(smem.k[t % kS], smem.v[t % kS], smem.row_addrs[t % kS], v_minus_k); };
   CUTE_UNROLL
-  for (int t = 0; t < kS; ++t) Copy::store(smem.row_offsets[t], t < tiles ? lookup(t) : 0);
+  for (int t = 0; t < kS; ++t) Copy::store(smem.row_addrs[t], t < tiles ? lookup(t) : 0);
   __syncthreads();
   CUTE_UNROLL
   for (int t = 0; t < kS - 1; ++t) {
@@ -86,15 +98,26 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     __syncthreads();
     if (t + kS - 1 < tiles) copy(t + kS - 1);
     cute::cp_async_fence();
+    const uint8_t(*k_rows)[Mainloop::kMmaRowBytes];
+    const uint8_t(*v_rows)[Mainloop::kMmaRowBytes];
+    if constexpr (Kv::kIsFp8) {
+      // Every warp finished the previous tile before the barrier above, so the 16-bit rows are free.
+      KvTileConvert<typename Kv::Converter, kN, Cfg::kHeadDim, Mainloop::kCopyRowBytes, Mainloop::kMmaRowBytes,
+                    Cfg::kThreads>::run(smem.k[t % kS], smem.v[t % kS], smem.k16, smem.v16);
+      __syncthreads();
+      k_rows = smem.k16;
+      v_rows = smem.v16;
+    } else {
+      k_rows = smem.k[t % kS];
+      v_rows = smem.v[t % kS];
+    }
     const int tile_begin = begin + t * kN;
     // Only tiles that reach past a row's last key or before its first need the per-key test.
-    if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max)
-      ml.template compute_tile<kExact, true>(smem, t % kS, tile_begin, logits);
-    else
-      ml.template compute_tile<kExact, false>(smem, t % kS, tile_begin, logits);
+    const bool mask = tile_begin + kN - 1 > hi_min || tile_begin < lo_max;
+    ml.compute_tile(smem, k_rows, v_rows, tile_begin, mask, logits);
     // Slot t % kS last served tile t's copy, issued kS - 1 barriers ago; tile t + kS's copy reads
     // it after the next barrier.
-    Copy::store(smem.row_offsets[t % kS], ahead);
+    Copy::store(smem.row_addrs[t % kS], ahead);
   }
   cute::cp_async_wait<0>();
   __syncthreads();  // every warp is done with the stages before they are reused
@@ -106,12 +129,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   using Epilogue = PrefillEpilogue<Cfg>;
   using QElement = typename Cfg::QElement;
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  auto& smem = *reinterpret_cast<typename Mainloop::SharedStorage*>(smem_raw);
+  auto& shared = *reinterpret_cast<PrefillSharedStorage<Cfg>*>(smem_raw);
+  auto& smem = shared.mainloop;
 
   const FigPrefillParams& p = args.p;
   const int item = blockIdx.x / p.kv.num_kv_heads;
   PrefillRows rows;
-  rows.p = &p;
   rows.kv_head = blockIdx.x % p.kv.num_kv_heads;
   rows.request = p.work.request[item];
   rows.row_begin = p.work.row_begin[item];
@@ -135,7 +158,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   const int warp = threadIdx.x / 32;
   const int lane_g = (threadIdx.x % 32) / 4;
   const QElement* q_rows[Cfg::kMTiles][2];
-  int lo[Cfg::kMTiles][2], hi[Cfg::kMTiles][2];
+  int2 bounds[Cfg::kMTiles][2];
   CUTE_UNROLL
   for (int m = 0; m < Cfg::kMTiles; ++m) {
     CUTE_UNROLL
@@ -146,7 +169,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
                                  int64_t(rows.qo_start + rows.token(r)) * p.q.stride_row +
                                  int64_t(rows.qo_head(r)) * p.q.stride_head
                            : nullptr;
-      key_range(valid ? r : rows.row_begin, lo[m][i], hi[m][i]);
+      key_range(valid ? r : rows.row_begin, bounds[m][i].x, bounds[m][i].y);
     }
   }
   // Bounds shared by every row of the CTA: tiles inside them need no per-key test.
@@ -154,26 +177,20 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   key_range(rows.row_begin, lo_first, hi_first);
   key_range(min(rows.rows_total, rows.row_begin + Cfg::kBlockM) - 1, lo_last, hi_last);
 
+  if (threadIdx.x == 0) shared.rows = rows;  // published by the pipeline's first barrier
   Mainloop ml;
-  ml.init(smem, q_rows, lo, hi);
+  ml.init(smem, q_rows, bounds);
   const int64_t head_bytes = args.kv.head_offset(rows.kv_head) * Cfg::Kv::kBytes;
   const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
-  const uint8_t* v_base = static_cast<const uint8_t*>(p.kv.v_cache) + head_bytes;
+  const int64_t v_minus_k = static_cast<const uint8_t*>(p.kv.v_cache) - static_cast<const uint8_t*>(p.kv.k_cache);
   const int page_begin = __ldg(p.kv.indptr + rows.request);
   const typename Cfg::Logits logits(args.logits_scale, p.scales.logits_soft_cap);
-  prefill_tiles<Cfg, false>(ml, smem, args.kv, k_base, v_base, page_begin, begin, end, hi_first, lo_last, logits);
-  if constexpr (Mainloop::Frag::kMayReplay) {
-    // A NaN code makes the fast conversion wrong: the CTA starts over with the exact one (rare).
-    if (__syncthreads_or(ml.special_codes != 0)) {
-      ml.reset();
-      prefill_tiles<Cfg, true>(ml, smem, args.kv, k_base, v_base, page_begin, begin, end, hi_first, lo_last, logits);
-    }
-  }
+  prefill_tiles<Cfg>(ml, smem, args.kv, k_base, v_minus_k, page_begin, begin, end, hi_first, lo_last, logits);
   launch_dependents();  // the merge kernel may be scheduled now (see decode_kernel.cuh)
-  auto& out_smem = *reinterpret_cast<typename Epilogue::SharedStorage*>(smem_raw);
-  Epilogue::stage(out_smem, ml, warp, args.out_scale);
+  const PrefillRows item_rows = shared.rows;  // after prefill_tiles' last barrier, before the epilogue's writes
+  Epilogue::stage(shared.epilogue, ml, args.out_scale);
   __syncthreads();
-  Epilogue::write(out_smem, rows);
+  Epilogue::write(shared.epilogue, item_rows, p);
 }
 
 template <class Cfg>

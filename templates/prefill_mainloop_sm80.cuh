@@ -1,20 +1,33 @@
 // Prefill mainloop of one warp (mma.sync, sm_80+): kMTiles x 16 packed query rows (token x q head
-// of one KV head's group) against the CTA's shared K/V tiles, kBlockN tokens per tile, online softmax in
-// registers. The CTA's warps share each tile, which every thread helped copy (paged_kv.cuh);
-// fragments follow kv_fragments.cuh, so an FP8 row goes from shared memory to the tensor core
-// through one conversion in registers.
+// of one KV head's group) against the CTA's shared K/V tiles, kBlockN tokens per tile, online
+// softmax in registers. The CTA's warps share each tile, which every thread helped copy
+// (paged_kv.cuh); an FP8 tile is first upcast once, by the whole CTA, into 16-bit rows
+// (kv_tile_convert.cuh), so every KV dtype reaches the tensor cores through the same loads.
 //
-// Shared rows are head-dim bytes plus 16 bytes of padding, so row r starts r 16-byte chunks further
-// round the banks: a warp's K read (8 rows, the 4 lanes of a row on one contiguous k-step) and
-// V read (4 rows, lane g at vectors g, g+8, ...) then touch every bank equally.
+// Fragments come from ldmatrix: K rows (tokens) as the B operand of S = Q K^T, and V rows,
+// transposed in the load, as the B operand of O += P V. One ldmatrix.x4 feeds two n-tiles, and
+// each fragment feeds kMTiles mma (FA2's 32 rows a warp at kMTiles = 2), so shared-memory
+// traffic per mma halves against one m-tile. Shared 16-bit rows are head-dim x 2 bytes plus 16
+// bytes of padding, an odd number of 16-byte chunks: the 8 row addresses of one 8x8 matrix
+// then fall on 8 different chunk positions of the 128-byte bank window (no bank conflict).
 #pragma once
 #include <cuda_runtime.h>
-#include "kv_fragments.cuh"
+#include "kv_tile_convert.cuh"
+#include "kv_types.cuh"
 #include "mma_sm80.cuh"
 #include "paged_kv.cuh"
 #include "softmax.cuh"
 
 namespace fig {
+
+// The 16-bit tile an FP8 tile is converted into; a 16-bit cache is read from the copy ring.
+template <bool kFp8, int kRows, int kRowBytes>
+struct ConvertedKvTile {
+  uint8_t k16[kRows][kRowBytes];
+  uint8_t v16[kRows][kRowBytes];
+};
+template <int kRows, int kRowBytes>
+struct ConvertedKvTile<false, kRows, kRowBytes> {};
 
 template <class Cfg>
 struct PrefillMainloop {
@@ -22,64 +35,71 @@ struct PrefillMainloop {
   using Kv = typename Cfg::Kv;
   using MmaElement = typename Kv::MmaElement;
   using Logits = typename Cfg::Logits;
-  using Frag = KvFragments<Kv, Cfg::kHeadDim, /*kKVec=*/4>;  // one k-step per K read (bank spread)
 
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kBlockN = Cfg::kBlockN;
+  static constexpr int kBlockM = Cfg::kBlockM;
   static constexpr int kStages = Cfg::kStages;
-  static constexpr int kBytes = Kv::kBytes;
-  static constexpr int kRowBytes = kHeadDim * kBytes + 16;
-  static constexpr int kMTiles = Cfg::kMTiles;   // m16 tiles of rows per warp: each K/V fragment feeds kMTiles mma
-  static constexpr int kSTiles = kBlockN / 8;    // n-tiles of S per tile
-  static constexpr int kPvSteps = kBlockN / 16;  // k-steps of P.V per tile
-  static_assert(kBlockN % 16 == 0 && kStages >= 2);
+  static constexpr int kMTiles = Cfg::kMTiles;     // m16 tiles of rows per warp
+  static constexpr int kKSteps = kHeadDim / 16;    // k-steps of Q K^T
+  static constexpr int kNTiles = kHeadDim / 8;     // n-tiles of P V (O's columns)
+  static constexpr int kSTiles = kBlockN / 8;      // n-tiles of S per tile
+  static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
+  static constexpr int kMmaRowBytes = kHeadDim * 2 + 16;                         // 16-bit rows, padded
+  static constexpr int kCopyRowBytes = Kv::kIsFp8 ? kHeadDim : kMmaRowBytes;    // rows as copied
+  static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0 && kStages >= 2, "x4 loads cover two n-tiles");
+  static_assert((kMmaRowBytes / 16) % 2 == 1, "an odd chunk stride keeps ldmatrix free of bank conflicts");
 
-  using TileCopy = PagedKvTileCopy<kBlockN, kRowBytes, kHeadDim * kBytes, Cfg::kThreads>;
+  using TileCopy = PagedKvTileCopy<kBlockN, kCopyRowBytes, kHeadDim * Kv::kBytes, Cfg::kThreads>;
 
   // Q's A fragments live in shared memory, each lane's own 16-byte slot per m-tile and k-step,
-  // read once per k-step of every tile: in registers they would take D / 4 more per thread and
-  // m-tile, which with O's 4 per n-tile spilled at head dim 128 (255 registers, 48 B of stack).
-  struct SharedStorage {
-    uint8_t k[kStages][kBlockN][kRowBytes];
-    uint8_t v[kStages][kBlockN][kRowBytes];
-    uint4 q[Cfg::kWarps][kMTiles][Frag::kKSteps][32];  // (warp, m-tile, k-step, lane)
-    int64_t row_offsets[kStages][kBlockN];             // page-table lookups of the tiles being copied
+  // read once per k-step of every tile: in registers they would take D / 2 per thread at two
+  // m-tiles, next to O's D and S's kBlockN / 2.
+  struct SharedStorage : ConvertedKvTile<Kv::kIsFp8, kBlockN, kMmaRowBytes> {
+    uint8_t k[kStages][kBlockN][kCopyRowBytes];  // the cp.async ring, as the cache stores it
+    uint8_t v[kStages][kBlockN][kCopyRowBytes];
+    uint4 q[Cfg::kWarps][kMTiles][kKSteps][32];  // (warp, m-tile, k-step, lane)
+    int64_t row_addrs[kStages][kBlockN];         // K row addresses of the tiles being copied
+    int2 key_bounds[kBlockM];                    // keys [x, y] each packed row sees, for masked tiles
   };
 
-  // Per-warp state. Rows of m-tile m: 16 m + lane_g (r = 0) and 16 m + lane_g + 8 (r = 1).
-  float o_acc[kMTiles][Frag::kNTiles][4];  // O rows r = 0 / 1, columns v_dim(2c, 2c+1)
+  // Per-warp state. Rows of m-tile m: 16 m + g and 16 m + g + 8 (r = 0, 1) for lane = 4 g + c;
+  // O's n-tile e holds columns 8 e + 2 c, 8 e + 2 c + 1. Nothing else is held across tiles:
+  // what derives from the thread index is recomputed per tile (thread_index_here(), paged_kv.cuh),
+  // which keeps two m-tiles of O and 64 keys of S within the 255 registers without spills.
+  float o_acc[kMTiles][kNTiles][4];
   OnlineSoftmaxRow softmax[kMTiles][2];
-  int key_lo[kMTiles][2], key_hi[kMTiles][2];  // keys a row sees: [lo, hi] (causal, window, the item's range)
-  uint32_t special_codes;                      // special_bits() of every FP8 word the fast path converted
-  int lane, lane_g, lane_c;
-  uint4 (*q_smem)[Frag::kKSteps][32];
 
-  template <int kVecBytes>
-  __device__ __forceinline__ static void load_words(const uint8_t* src, uint32_t* dst) {
-    if constexpr (kVecBytes == 16) {
-      const uint4 v = *reinterpret_cast<const uint4*>(src);
-      dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; dst[3] = v.w;
-    } else if constexpr (kVecBytes == 8) {
-      const uint2 v = *reinterpret_cast<const uint2*>(src);
-      dst[0] = v.x; dst[1] = v.y;
-    } else {
-      static_assert(kVecBytes == 4);
-      dst[0] = *reinterpret_cast<const uint32_t*>(src);
-    }
+  __device__ __forceinline__ static int lane() { return thread_index_here() % 32; }
+  __device__ __forceinline__ static int lane_g() { return lane() / 4; }
+  __device__ __forceinline__ static int lane_c() { return lane() % 4; }
+  __device__ __forceinline__ static int first_row() { return thread_index_here() / 32 * kMTiles * 16; }
+  // Shared address of the lane's Q slot of (m-tile 0, k-step 0).
+  __device__ __forceinline__ static uint32_t q_addr(const SharedStorage& smem) {
+    return smem_address(&smem.q[thread_index_here() / 32][0][0][lane()]);
+  }
+  // Byte offset of the lane's ldmatrix row in a K tile: matrices (tokens 0-7 | 8-15 of two
+  // n-tiles) x (dims 0-7 | 8-15 of a k-step).
+  __device__ __forceinline__ static uint32_t k_lane() {
+    return (lane() % 8 + 8 * (lane() / 16)) * kMmaRowBytes + 16 * ((lane() / 8) % 2);
+  }
+  // And in a V tile: matrices (tokens 0-7 | 8-15 of a k-step) x (dims of two n-tiles).
+  __device__ __forceinline__ static uint32_t v_lane() {
+    return (lane() % 8 + 8 * ((lane() / 8) % 2)) * kMmaRowBytes + 16 * (lane() / 16);
   }
 
-  // q_rows[m][r]: that row of Q (head dim contiguous), or nullptr for a row past the request's.
-  // Each lane writes only the shared slots it reads back later: no barrier needed.
+  // q_rows[m][r]: that row of Q (head dim contiguous), or nullptr for a row past the request's;
+  // bounds[m][r]: its keys. Each lane writes only the slots it reads back later; the bounds are
+  // read by other lanes of the warp after the pipeline's first barrier.
   __device__ __forceinline__ void init(SharedStorage& smem, const QElement* const (&q_rows)[kMTiles][2],
-                                       const int (&lo)[kMTiles][2], const int (&hi)[kMTiles][2]) {
-    lane = threadIdx.x % 32;
-    lane_g = lane / 4;
-    lane_c = lane % 4;
-    q_smem = smem.q[threadIdx.x / 32];
+                                       const int2 (&bounds)[kMTiles][2]) {
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
       CUTE_UNROLL
-      for (int j = 0; j < Frag::kKSteps; ++j) {
+      for (int j = 0; j < kKSteps; ++j) {
+        // a[2 half + r] = Q(row r, dims 16 j + 8 half + 2 c, +1), the layout K's fragments expect
         uint32_t a[4];
         CUTE_UNROLL
         for (int half = 0; half < 2; ++half) {
@@ -87,16 +107,15 @@ struct PrefillMainloop {
           for (int r = 0; r < 2; ++r) {
             const QElement* row = q_rows[m][r];
             uint32_t bits = 0;
-            if (row != nullptr) bits = *reinterpret_cast<const uint32_t*>(row + Frag::k_dim(lane_c, 4 * j + 2 * half));
+            if (row != nullptr) bits = *reinterpret_cast<const uint32_t*>(row + 16 * j + 8 * half + 2 * lane_c());
             a[2 * half + r] = row != nullptr ? q_pair_to_mma<MmaElement, QElement>(bits) : 0u;
           }
         }
-        q_smem[m][j][lane] = make_uint4(a[0], a[1], a[2], a[3]);
+        smem.q[warp][m][j][lane] = make_uint4(a[0], a[1], a[2], a[3]);
       }
-      CUTE_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        key_lo[m][r] = lo[m][r];
-        key_hi[m][r] = hi[m][r];
+      if (lane_c() == 0) {
+        smem.key_bounds[first_row() + 16 * m + lane_g()] = bounds[m][0];
+        smem.key_bounds[first_row() + 16 * m + lane_g() + 8] = bounds[m][1];
       }
     }
     reset();
@@ -106,25 +125,31 @@ struct PrefillMainloop {
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
       CUTE_UNROLL
-      for (int e = 0; e < Frag::kNTiles; ++e) o_acc[m][e][0] = o_acc[m][e][1] = o_acc[m][e][2] = o_acc[m][e][3] = 0.0f;
+      for (int e = 0; e < kNTiles; ++e) o_acc[m][e][0] = o_acc[m][e][1] = o_acc[m][e][2] = o_acc[m][e][3] = 0.0f;
       softmax[m][0].init();
       softmax[m][1].init();
     }
-    special_codes = 0;
   }
 
-  __device__ __forceinline__ void q_fragment(int m, int j, uint32_t (&a)[4]) const {
-    const uint4 v = q_smem[m][j][lane];
+  __device__ __forceinline__ static void q_fragment(uint32_t q_addr, int m, int j, uint32_t (&a)[4]) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(q_addr + (m * kKSteps + j) * 32 * 16));
     a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
   }
 
-  // One tile of kBlockN keys starting at token tile_begin, from stage `stage`. kMask: some key
-  // of the tile is outside some row's [key_lo, key_hi] (the caller knows which tiles).
-  template <bool kExact, bool kMask>
-  __device__ __forceinline__ void compute_tile(const SharedStorage& smem, int stage, int tile_begin,
+  // One tile of kBlockN keys starting at token tile_begin, from 16-bit rows k_rows / v_rows.
+  // mask: some key of the tile is outside some row's bounds (the caller knows which tiles). It
+  // is a branch inside the one tile body rather than a second instantiation of the body: two
+  // bodies in the loop made ptxas keep more values live across both and spill.
+  __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
+                                               const uint8_t (*v_rows)[kMmaRowBytes], int tile_begin, bool mask,
                                                const Logits& logits) {
+    const uint32_t k_addr = smem_address(k_rows) + k_lane();
+    const uint32_t v_addr = smem_address(v_rows) + v_lane();
+    const uint32_t q_base = q_addr(smem);
     // S = Q K^T; lane holds rows (m, r), tokens 8 nt + 2c + {0, 1}. k-steps outermost, so Q's
-    // fragments are read once per k-step; a k-step's four K elements are contiguous in a row.
+    // fragments are read once per k-step.
     float s[kMTiles][kSTiles][4];
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
@@ -132,42 +157,54 @@ struct PrefillMainloop {
       for (int nt = 0; nt < kSTiles; ++nt) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
     }
     CUTE_UNROLL
-    for (int j = 0; j < Frag::kKSteps; ++j) {
+    for (int j = 0; j < kKSteps; ++j) {
       uint32_t a[kMTiles][4];
       CUTE_UNROLL
-      for (int m = 0; m < kMTiles; ++m) q_fragment(m, j, a[m]);
+      for (int m = 0; m < kMTiles; ++m) q_fragment(q_base, m, j, a[m]);
       CUTE_UNROLL
-      for (int nt = 0; nt < kSTiles; ++nt) {
-        uint32_t k_words[Frag::kIsFp8Words ? 1 : 2];
-        load_words<4 * kBytes>(smem.k[stage][8 * nt + lane_g] + Frag::k_dim(lane_c, 4 * j) * kBytes, k_words);
-        uint32_t b0, b1;
-        Frag::template k_fragment<kExact>(k_words, 0, b0, b1, special_codes);
+      for (int nt = 0; nt < kSTiles; nt += 2) {
+        uint32_t b[4];  // b0, b1 of n-tile nt, then of nt + 1
+        ldsm_x4(k_addr + 8 * nt * kMmaRowBytes + 32 * j, b);
         CUTE_UNROLL
-        for (int m = 0; m < kMTiles; ++m) mma_rows16<MmaElement>(s[m][nt], a[m], b0, b1);
+        for (int m = 0; m < kMTiles; ++m) {
+          mma_rows16<MmaElement>(s[m][nt], a[m], b[0], b[1]);
+          mma_rows16<MmaElement>(s[m][nt + 1], a[m], b[2], b[3]);
+        }
       }
     }
     // Online softmax per row; P in place of S.
-    float x[kMTiles][2][2 * kSTiles];
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
       CUTE_UNROLL
       for (int nt = 0; nt < kSTiles; ++nt) {
         CUTE_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          const int r = i / 2;
-          const int token = tile_begin + 8 * nt + 2 * lane_c + (i % 2);
-          const float logit = logits(s[m][nt][i]);
-          x[m][r][2 * nt + i % 2] =
-              (!kMask || (token >= key_lo[m][r] && token <= key_hi[m][r])) ? logit : -INFINITY;
+        for (int i = 0; i < 4; ++i) s[m][nt][i] = logits(s[m][nt][i]);
+      }
+      if (mask) {
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const int2 bounds = smem.key_bounds[first_row() + 16 * m + lane_g() + 8 * r];
+          CUTE_UNROLL
+          for (int nt = 0; nt < kSTiles; ++nt) {
+            CUTE_UNROLL
+            for (int i = 0; i < 2; ++i) {
+              const int token = tile_begin + 8 * nt + 2 * lane_c() + i;
+              if (token < bounds.x || token > bounds.y) s[m][nt][2 * r + i] = -INFINITY;
+            }
+          }
         }
       }
-      const float rescale[2] = {softmax[m][0].update(x[m][0]), softmax[m][1].update(x[m][1])};
-      CUTE_UNROLL
-      for (int e = 0; e < Frag::kNTiles; ++e) {
-        o_acc[m][e][0] *= rescale[0];
-        o_acc[m][e][1] *= rescale[0];
-        o_acc[m][e][2] *= rescale[1];
-        o_acc[m][e][3] *= rescale[1];
+      const float rescale[2] = {softmax[m][0].update_rows(s[m], 0), softmax[m][1].update_rows(s[m], 1)};
+      // Once the rows' maxima settle (most tiles of a long row), no factor differs from 1 and
+      // the warp skips O's m_tiles x D / 2 multiplies.
+      if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
+        CUTE_UNROLL
+        for (int e = 0; e < kNTiles; ++e) {
+          o_acc[m][e][0] *= rescale[0];
+          o_acc[m][e][1] *= rescale[0];
+          o_acc[m][e][2] *= rescale[1];
+          o_acc[m][e][3] *= rescale[1];
+        }
       }
     }
     // O += P V. S's accumulators of n-tiles 2t, 2t+1 are the A fragment of k-step t.
@@ -176,41 +213,19 @@ struct PrefillMainloop {
       uint32_t a[kMTiles][4];
       CUTE_UNROLL
       for (int m = 0; m < kMTiles; ++m) {
-        a[m][0] = HalfRowsMma<MmaElement>::pack(x[m][0][4 * t], x[m][0][4 * t + 1]);
-        a[m][1] = HalfRowsMma<MmaElement>::pack(x[m][1][4 * t], x[m][1][4 * t + 1]);
-        a[m][2] = HalfRowsMma<MmaElement>::pack(x[m][0][4 * t + 2], x[m][0][4 * t + 3]);
-        a[m][3] = HalfRowsMma<MmaElement>::pack(x[m][1][4 * t + 2], x[m][1][4 * t + 3]);
+        a[m][0] = HalfRowsMma<MmaElement>::pack(s[m][2 * t][0], s[m][2 * t][1]);
+        a[m][1] = HalfRowsMma<MmaElement>::pack(s[m][2 * t][2], s[m][2 * t][3]);
+        a[m][2] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][0], s[m][2 * t + 1][1]);
+        a[m][3] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][2], s[m][2 * t + 1][3]);
       }
-      // V one load (kVecV elements, as many n-tiles) at a time: tokens 2c, 2c+1, 2c+8, 2c+9 of the
-      // k-step. The lane's whole D/8 at once would hold D/4 more registers.
-      constexpr int kVecBytes = Frag::kVecV * kBytes;
       CUTE_UNROLL
-      for (int i = 0; i < Frag::kVElems / Frag::kVecV; ++i) {
-        uint32_t v_rows[4][kVecBytes / 4];
+      for (int e = 0; e < kNTiles; e += 2) {
+        uint32_t b[4];  // b0, b1 of n-tile e, then of e + 1
+        ldsm_x4_trans(v_addr + 16 * t * kMmaRowBytes + 16 * e, b);
         CUTE_UNROLL
-        for (int r = 0; r < 4; ++r)
-          load_words<kVecBytes>(smem.v[stage][16 * t + 2 * lane_c + (r & 1) + 8 * (r >> 1)] +
-                                    Frag::v_dim(lane_g, i * Frag::kVecV) * kBytes,
-                                v_rows[r]);
-        if constexpr (Kv::kIsFp8) {
-          CUTE_UNROLL
-          for (int e = 0; e < Frag::kVecV; e += 2) {
-            uint32_t b0_e, b0_e1, b1_e, b1_e1;
-            Frag::template v_fragments8<kExact>(v_rows, e, b0_e, b0_e1, b1_e, b1_e1, special_codes);
-            CUTE_UNROLL
-            for (int m = 0; m < kMTiles; ++m) {
-              mma_rows16<MmaElement>(o_acc[m][i * Frag::kVecV + e], a[m], b0_e, b1_e);
-              mma_rows16<MmaElement>(o_acc[m][i * Frag::kVecV + e + 1], a[m], b0_e1, b1_e1);
-            }
-          }
-        } else {
-          CUTE_UNROLL
-          for (int e = 0; e < Frag::kVecV; ++e) {
-            uint32_t b0, b1;
-            Frag::v_fragment16(v_rows, e, b0, b1);
-            CUTE_UNROLL
-            for (int m = 0; m < kMTiles; ++m) mma_rows16<MmaElement>(o_acc[m][i * Frag::kVecV + e], a[m], b0, b1);
-          }
+        for (int m = 0; m < kMTiles; ++m) {
+          mma_rows16<MmaElement>(o_acc[m][e], a[m], b[0], b[1]);
+          mma_rows16<MmaElement>(o_acc[m][e + 1], a[m], b[2], b[3]);
         }
       }
     }

@@ -6,6 +6,15 @@
 
 namespace fig {
 
+// 2^x on the SFU. exp2f() without fast-math wraps the same instruction in range fix-ups (about
+// three more instructions per element); the inputs here are <= 0 and a result below 2^-126,
+// flushed to 0, is that far below the row's largest term, which is 1.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 struct OnlineSoftmaxRow {
   float row_max;  // of all logits seen so far, log2 units; -inf before the first valid one
   float lane_sum; // sum of exp2(logit - row_max) over this lane's columns
@@ -19,23 +28,14 @@ struct OnlineSoftmaxRow {
   // the previously accumulated output must be scaled.
   template <int N>
   __device__ __forceinline__ float update(float (&x)[N]) {
-    float step_max = x[0];
-    CUTE_UNROLL
-    for (int i = 1; i < N; ++i) step_max = fmaxf(step_max, x[i]);
-    step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 1));
-    step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 2));
-    const float new_max = fmaxf(row_max, step_max);
-    // A row with no valid logit yet keeps max -inf; subtract 0 then so that exp2 gives 0, not NaN.
-    const float shift = new_max == -INFINITY ? 0.0f : new_max;
-    const float rescale = exp2f(row_max - shift);
-    lane_sum *= rescale;
-    CUTE_UNROLL
-    for (int i = 0; i < N; ++i) {
-      x[i] = exp2f(x[i] - shift);
-      lane_sum += x[i];
-    }
-    row_max = new_max;
-    return rescale;
+    return update_each<N>([&](int i) -> float& { return x[i]; });
+  }
+
+  // The same for row r of a lane's mma accumulator n-tiles (s[n][2r], s[n][2r + 1] are its two
+  // columns of n-tile n), so prefill needs no copy of its logits.
+  template <int N>
+  __device__ __forceinline__ float update_rows(float (&s)[N][4], int r) {
+    return update_each<2 * N>([&](int i) -> float& { return s[i / 2][2 * r + i % 2]; });
   }
 
   __device__ __forceinline__ float row_sum() const {
@@ -43,6 +43,28 @@ struct OnlineSoftmaxRow {
     s += __shfl_xor_sync(0xffffffffu, s, 1);
     s += __shfl_xor_sync(0xffffffffu, s, 2);
     return s;
+  }
+
+ private:
+  template <int N, class At>
+  __device__ __forceinline__ float update_each(At&& at) {
+    float step_max = at(0);
+    CUTE_UNROLL
+    for (int i = 1; i < N; ++i) step_max = fmaxf(step_max, at(i));
+    step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 1));
+    step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 2));
+    const float new_max = fmaxf(row_max, step_max);
+    // A row with no valid logit yet keeps max -inf; subtract 0 then so that exp2 gives 0, not NaN.
+    const float shift = new_max == -INFINITY ? 0.0f : new_max;
+    const float rescale = fast_exp2(row_max - shift);
+    lane_sum *= rescale;
+    CUTE_UNROLL
+    for (int i = 0; i < N; ++i) {
+      at(i) = fast_exp2(at(i) - shift);
+      lane_sum += at(i);
+    }
+    row_max = new_max;
+    return rescale;
   }
 };
 

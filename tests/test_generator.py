@@ -48,12 +48,19 @@ def test_default_set():
 def test_prefill_space():
     keys = enumerate_instances({"kind": ("prefill",), "arch": ("sm90a",), "variant": ("default",), "q_dtype": ("bf16",)})
     by_dim = {d: sum(k.head_dim == d for k in keys) for d in kind_prefill.HEAD_DIMS}
-    # bf16 + two FP8 kinds x two conversions, except head dim 80, whose FP8 V rows are not whole words
-    assert by_dim == {64: 5, 80: 1, 96: 5, 128: 5, 192: 5, 256: 5}
-    assert "head dim 80 needs a 16-bit cache" in why_invalid(key(kind="prefill", head_dim=80))
-    assert kind_prefill.block_n(128) == 64 and kind_prefill.block_n(256) == 16
+    # bf16 + two FP8 kinds x two conversions at every head dim (FP8 tiles are upcast in shared memory)
+    assert by_dim == {64: 5, 80: 5, 96: 5, 128: 5, 192: 5, 256: 5}
+    assert why_invalid(key(kind="prefill", head_dim=80)) is None
+    # two m-tiles a warp up to head dim 128; the largest key tile the registers allow with which
+    # two CTAs share an SM (64 keys below head dim 128, 32 from there on)
+    assert kind_prefill.block_m(128) == 128 and kind_prefill.block_m(256) == 64
+    assert kind_prefill.block_n(key(kind="prefill", head_dim=64)) == 64
+    assert kind_prefill.block_n(key(kind="prefill", kv_dtype="bf16", conversion="none", q_dtype="bf16")) == 32
+    assert kind_prefill.block_n(key(kind="prefill", head_dim=256)) == 32
     soft_e4m3_sw = key(kind="prefill", conversion="software", variant="softcap")
-    assert kind_prefill.key_block_n(soft_e4m3_sw) == 32 and "/*kBlockN=*/32" in render(soft_e4m3_sw)
+    assert kind_prefill.block_n(soft_e4m3_sw) == 32 and "/*kBlockN=*/32" in render(soft_e4m3_sw)
+    # a 100 KB part: head dim 96 keeps two CTAs only with 16-key tiles
+    assert kind_prefill.block_n(key(kind="prefill", head_dim=96, arch="sm86", conversion="software")) == 16
     assert "head_dim=80" in why_invalid(key(head_dim=80))  # decode has no head dim 80
     names = [k.name for k in enumerate_instances()]
     assert len(names) == len(set(names))
@@ -138,7 +145,7 @@ def test_every_instance_fits_its_arch(arch):
         if k.kind == "decode":
             assert 1 <= stages <= 8
         else:  # prefill: two CTAs per SM where it can, the copy ring at least double-buffered
-            assert stages in (2, 3) and constant(source, "kBlockN") == kind_prefill.key_block_n(k) in (16, 32, 64)
+            assert stages in (2, 3, 4) and constant(source, "kBlockN") == kind_prefill.block_n(k) in (16, 32, 64)
             assert stages == 2 or 2 * (smem + 1024) <= a.smem_per_sm
     # FP8 rows are half as wide, so the same bytes in flight take twice the steps
     sm90 = arches.arch("sm90a")

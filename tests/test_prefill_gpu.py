@@ -523,8 +523,8 @@ def test_unbuilt_instance_names_the_fix(workspace, monkeypatch):
 def test_nan_codes_propagate_like_the_reference(conv, causal, workspace):
     """A NaN code in a visible K poisons the rows that see it, one in V that dim of those rows;
     with causal, a NaN K that a row does not see leaves it finite. NaN codes in the unused slots
-    of a last page and in pages no request uses must change nothing (the software path detects
-    NaN codes and replays the range exactly)."""
+    of a last page and in pages no request uses must change nothing (the software conversion
+    detects a word with a NaN code and converts that word exactly)."""
     qo, kv = [5, 40, 64], [40, 300, 1000]
     c = make_paged(qo, kv, 16, 8, 2, 128, torch.bfloat16, torch.float8_e4m3fn)
     k, v, indices, kv_indptr = c["k"], c["v"], c["indices"], c["kv_indptr"]
@@ -579,14 +579,9 @@ def test_wrappers_share_one_workspace(workspace):
 @pytest.mark.parametrize("kv_dtype,conv", [(torch.bfloat16, None), (torch.float8_e4m3fn, None),
                                            (torch.float8_e5m2, "software")], ids=_ids)
 def test_other_head_dims(d, kv_dtype, conv, workspace):
-    """Head dims off the default set: 80 (16-bit cache only: FP8 is refused), 96 and 192, causal
-    and not, with GQA 7 and a batch of 1 long request whose keys are split (the merge kernel at a
-    head dim that is not a power of two)."""
-    if d == 80 and kv_dtype != torch.bfloat16:
-        with pytest.raises(ArgumentError, match="head dim 80 needs a 16-bit cache"):
-            plan_paged(paged_wrapper(workspace), make_paged([5], [40], 16, 2, 2, d, torch.bfloat16, kv_dtype),
-                       torch.bfloat16, kv_dtype)
-        return
+    """Head dims off the default set: 80, 96 and 192, every KV dtype (an FP8 tile is upcast in
+    shared memory, so 80 works with FP8 too), causal and not, with GQA 7 and a batch of 1 long
+    request whose keys are split (the merge kernel at a head dim that is not a power of two)."""
     for causal in (False, True):
         check_paged(torch.bfloat16, kv_dtype, conv, d, "NHD", 16, 7, [1, 70, 33, 0], [40, 200, 33, 9], workspace,
                     causal=causal, seed=d)
