@@ -85,7 +85,7 @@ def check_variant(head_dim: int, pos_encoding_mode: str, window_left, logits_sof
     soft_cap = 0.0 if logits_soft_cap is None else check_scalar(logits_soft_cap, "logits_soft_cap")
     if soft_cap < 0:
         fail(f"logits_soft_cap must be > 0 (or None), got {soft_cap}")
-    scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else check_scalar(sm_scale, "sm_scale")
+    scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else check_scalar(sm_scale, "sm_scale", positive=True)
     return window_left, soft_cap, scale
 
 

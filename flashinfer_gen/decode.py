@@ -167,7 +167,7 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
         check_kv_alignment(k, v, strides)
         if plan["max_index"] >= k.shape[0]:
             fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
-        ks, vs = check_scalar(k_scale, "k_scale"), check_scalar(v_scale, "v_scale")
+        ks, vs = check_scalar(k_scale, "k_scale", positive=True), check_scalar(v_scale, "v_scale")
         out, lse = output_tensors(q, out, lse, return_lse, device)
 
         sched, ptr = plan["schedule"], plan["ptr"]

@@ -127,7 +127,7 @@ class _BatchPrefill(Wrapper):
         device, hq, d = plan["device"], plan["num_qo_heads"], plan["head_dim"]
         check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]")
         check_kv_alignment(k, v, strides)
-        ks, vs = check_scalar(k_scale, "k_scale"), check_scalar(v_scale, "v_scale")
+        ks, vs = check_scalar(k_scale, "k_scale", positive=True), check_scalar(v_scale, "v_scale")
         out, lse = output_tensors(q, out, lse, return_lse, device)
         sched, ptr = plan["schedule"], plan["ptr"]
         params = fill(

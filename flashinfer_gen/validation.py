@@ -126,7 +126,9 @@ def check_page_table(indptr, indices, last_page_len, page_size: int):
     return indptr_h, last_h, max_index
 
 
-def check_scalar(value: Any, what: str) -> float:
+def check_scalar(value: Any, what: str, positive: bool = False) -> float:
+    """A finite Python float (None: 1.0). positive: also > 0, as the logit scales must be: the
+    kernels take a row's largest logit from the unscaled products (softmax.cuh)."""
     if value is None:
         return 1.0
     if isinstance(value, torch.Tensor):
@@ -137,6 +139,8 @@ def check_scalar(value: Any, what: str) -> float:
         fail(f"{what} must be a float, got {value!r}")
     if not (v == v) or v in (float("inf"), float("-inf")):
         fail(f"{what} must be finite, got {v}")
+    if positive and not v > 0:
+        fail(f"{what} must be > 0, got {v}")
     return v
 
 

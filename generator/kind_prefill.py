@@ -61,13 +61,12 @@ def _two_ctas_fit(smem: int, arch: Arch) -> bool:
 def block_n(key: InstanceKey) -> int:
     """Keys per shared tile: the largest of the head dim's candidates with which two CTAs of two
     stages share an SM of the key's arch; where none does (the 100 KB parts at large head dims),
-    the largest that fits one CTA. The candidates are what the registers allow: S takes
-    m_tiles x kBlockN / 2 per thread next to O's m_tiles x D / 2, and 64 keys spilled from head
-    dim 128 on (two m-tiles) and at 256 (one)."""
+    the largest that fits one CTA. Every candidate fits the registers: S takes m_tiles x
+    kBlockN / 2 per thread next to O's m_tiles x D / 2 (the builder refuses a spilling build)."""
     if "block_n" in _tune():
         return _tune()["block_n"]
     arch = ARCH_BY_NAME[key.arch]
-    candidates = (64, 32, 16) if key.head_dim < 128 else (32, 16)
+    candidates = (64, 32, 16)
     sizes = {n: _smem_bytes(key.head_dim, key.is_fp8, n, 2) for n in candidates}
     for n in candidates:
         if _two_ctas_fit(sizes[n], arch):

@@ -113,8 +113,10 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     }
     const int tile_begin = begin + t * kN;
     // Only tiles that reach past a row's last key or before its first need the per-key test.
-    const bool mask = tile_begin + kN - 1 > hi_min || tile_begin < lo_max;
-    ml.compute_tile(smem, k_rows, v_rows, tile_begin, mask, logits);
+    if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max)
+      ml.template compute_tile<true>(smem, k_rows, v_rows, tile_begin, logits);
+    else
+      ml.template compute_tile<false>(smem, k_rows, v_rows, tile_begin, logits);
     // Slot t % kS last served tile t's copy, issued kS - 1 barriers ago; tile t + kS's copy reads
     // it after the next barrier.
     Copy::store(smem.row_addrs[t % kS], ahead);

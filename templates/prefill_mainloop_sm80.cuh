@@ -45,6 +45,7 @@ struct PrefillMainloop {
   static constexpr int kNTiles = kHeadDim / 8;     // n-tiles of P V (O's columns)
   static constexpr int kSTiles = kBlockN / 8;      // n-tiles of S per tile
   static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
+  static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
   static constexpr int kMmaRowBytes = kHeadDim * 2 + 16;                         // 16-bit rows, padded
   static constexpr int kCopyRowBytes = Kv::kIsFp8 ? kHeadDim : kMmaRowBytes;    // rows as copied
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0 && kStages >= 2, "x4 loads cover two n-tiles");
@@ -131,6 +132,16 @@ struct PrefillMainloop {
     }
   }
 
+  __device__ __forceinline__ void rescale_o(int m, const float (&rescale)[2]) {
+    CUTE_UNROLL
+    for (int e = 0; e < kNTiles; ++e) {
+      o_acc[m][e][0] *= rescale[0];
+      o_acc[m][e][1] *= rescale[0];
+      o_acc[m][e][2] *= rescale[1];
+      o_acc[m][e][3] *= rescale[1];
+    }
+  }
+
   __device__ __forceinline__ static void q_fragment(uint32_t q_addr, int m, int j, uint32_t (&a)[4]) {
     uint4 v;
     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -139,11 +150,11 @@ struct PrefillMainloop {
   }
 
   // One tile of kBlockN keys starting at token tile_begin, from 16-bit rows k_rows / v_rows.
-  // mask: some key of the tile is outside some row's bounds (the caller knows which tiles). It
-  // is a branch inside the one tile body rather than a second instantiation of the body: two
-  // bodies in the loop made ptxas keep more values live across both and spill.
+  // kMask: some key of the tile is outside some row's bounds (the caller knows which tiles). A
+  // run-time flag instead made ptxas predicate the whole per-key test into every tile.
+  template <bool kMask>
   __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
-                                               const uint8_t (*v_rows)[kMmaRowBytes], int tile_begin, bool mask,
+                                               const uint8_t (*v_rows)[kMmaRowBytes], int tile_begin,
                                                const Logits& logits) {
     const uint32_t k_addr = smem_address(k_rows) + k_lane();
     const uint32_t v_addr = smem_address(v_rows) + v_lane();
@@ -172,15 +183,20 @@ struct PrefillMainloop {
         }
       }
     }
-    // Online softmax per row; P in place of S.
+    // Online softmax per row; P in place of S. A linear logit (no soft-cap) stays a raw product
+    // here and its scale is folded into the softmax's exp2 (softmax.cuh).
+    float rescale[kMTiles][2];  // factors for O's rows
+    bool changed = false;
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
-      CUTE_UNROLL
-      for (int nt = 0; nt < kSTiles; ++nt) {
+      if constexpr (!Logits::kLinear) {
         CUTE_UNROLL
-        for (int i = 0; i < 4; ++i) s[m][nt][i] = logits(s[m][nt][i]);
+        for (int nt = 0; nt < kSTiles; ++nt) {
+          CUTE_UNROLL
+          for (int i = 0; i < 4; ++i) s[m][nt][i] = logits(s[m][nt][i]);
+        }
       }
-      if (mask) {
+      if constexpr (kMask) {
         CUTE_UNROLL
         for (int r = 0; r < 2; ++r) {
           const int2 bounds = smem.key_bounds[first_row() + 16 * m + lane_g() + 8 * r];
@@ -194,17 +210,26 @@ struct PrefillMainloop {
           }
         }
       }
-      const float rescale[2] = {softmax[m][0].update_rows(s[m], 0), softmax[m][1].update_rows(s[m], 1)};
-      // Once the rows' maxima settle (most tiles of a long row), no factor differs from 1 and
-      // the warp skips O's m_tiles x D / 2 multiplies.
-      if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
+      float scale = 1.0f;
+      if constexpr (Logits::kLinear) scale = logits.scale_log2;
+      rescale[m][0] = softmax[m][0].update_rows(s[m], 0, scale);
+      rescale[m][1] = softmax[m][1].update_rows(s[m], 1, scale);
+      changed |= rescale[m][0] != 1.0f || rescale[m][1] != 1.0f;
+      if constexpr (!kSkipSettledRescale) {
+        if (__any_sync(0xffffffffu, rescale[m][0] != 1.0f || rescale[m][1] != 1.0f)) rescale_o(m, rescale[m]);
+      }
+    }
+    // Once the rows' maxima settle (most tiles of a long row), no factor differs from 1 and the
+    // warp may skip O's multiplies. ptxas turns an `if` (or a loop it can see runs at most once)
+    // into predicated multiplies, issued on every tile anyway; a trip count it cannot bound
+    // (opaque_int) keeps the branch. The branch needs every m-tile's factors at once, which with
+    // S at 64 registers a thread (two m-tiles of 64 keys) spilled, as did unconditional
+    // multiplies; there each m-tile keeps its own (predicated) test, the form that fit.
+    if constexpr (kSkipSettledRescale) {
+#pragma unroll 1
+      for (int pass = 0, passes = opaque_int(__any_sync(0xffffffffu, changed) ? 1 : 0); pass < passes; ++pass) {
         CUTE_UNROLL
-        for (int e = 0; e < kNTiles; ++e) {
-          o_acc[m][e][0] *= rescale[0];
-          o_acc[m][e][1] *= rescale[0];
-          o_acc[m][e][2] *= rescale[1];
-          o_acc[m][e][3] *= rescale[1];
-        }
+        for (int m = 0; m < kMTiles; ++m) rescale_o(m, rescale[m]);
       }
     }
     // O += P V. S's accumulators of n-tiles 2t, 2t+1 are the A fragment of k-step t.

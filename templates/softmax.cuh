@@ -15,6 +15,14 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// The same int, through a move ptxas cannot see into: it can no longer bound a loop whose trip
+// count this is, so it keeps the loop's branch instead of predicating the body.
+__device__ __forceinline__ int opaque_int(int x) {
+  int y;
+  asm volatile("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
 struct OnlineSoftmaxRow {
   float row_max;  // of all logits seen so far, log2 units; -inf before the first valid one
   float lane_sum; // sum of exp2(logit - row_max) over this lane's columns
@@ -32,10 +40,13 @@ struct OnlineSoftmaxRow {
   }
 
   // The same for row r of a lane's mma accumulator n-tiles (s[n][2r], s[n][2r + 1] are its two
-  // columns of n-tile n), so prefill needs no copy of its logits.
+  // columns of n-tile n), so prefill needs no copy of its logits. With scale > 0 the entries are
+  // raw accumulators and the logits scale * s (the maximum of those is scale * the raw maximum),
+  // folded into exp2's argument: one FFMA per element instead of a multiply and a subtraction.
+  // Masked entries are -inf either way.
   template <int N>
-  __device__ __forceinline__ float update_rows(float (&s)[N][4], int r) {
-    return update_each<2 * N>([&](int i) -> float& { return s[i / 2][2 * r + i % 2]; });
+  __device__ __forceinline__ float update_rows(float (&s)[N][4], int r, float scale = 1.0f) {
+    return update_each<2 * N>([&](int i) -> float& { return s[i / 2][2 * r + i % 2]; }, scale);
   }
 
   __device__ __forceinline__ float row_sum() const {
@@ -47,20 +58,20 @@ struct OnlineSoftmaxRow {
 
  private:
   template <int N, class At>
-  __device__ __forceinline__ float update_each(At&& at) {
+  __device__ __forceinline__ float update_each(At&& at, float scale = 1.0f) {
     float step_max = at(0);
     CUTE_UNROLL
     for (int i = 1; i < N; ++i) step_max = fmaxf(step_max, at(i));
     step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 1));
     step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 2));
-    const float new_max = fmaxf(row_max, step_max);
+    const float new_max = fmaxf(row_max, step_max * scale);
     // A row with no valid logit yet keeps max -inf; subtract 0 then so that exp2 gives 0, not NaN.
     const float shift = new_max == -INFINITY ? 0.0f : new_max;
     const float rescale = fast_exp2(row_max - shift);
     lane_sum *= rescale;
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
-      at(i) = fast_exp2(at(i) - shift);
+      at(i) = fast_exp2(fmaf(at(i), scale, -shift));
       lane_sum += at(i);
     }
     row_max = new_max;

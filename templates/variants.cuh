@@ -1,5 +1,8 @@
 // Logits variants: one hook, raw q.k accumulator -> logit in log2 units (softmax uses exp2).
-// `scale` already holds sm_scale * k_scale * the KV conversion's exponent-bias factor.
+// `scale` already holds sm_scale * k_scale * the KV conversion's exponent-bias factor; the runtime
+// requires both scales > 0, so every variant is increasing in the accumulator.
+// kLinear: the logit is scale_log2 * acc, so a softmax may take the row maximum over raw
+// accumulators and fold the scale into exp2's argument (one FFMA per element, softmax.cuh).
 #pragma once
 #include <cmath>
 
@@ -9,6 +12,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 struct PlainLogits {
   static constexpr bool kUseSoftCap = false;
+  static constexpr bool kLinear = true;
   float scale_log2;
   __host__ __device__ PlainLogits(float scale, float /*soft_cap*/) : scale_log2(scale * kLog2e) {}
   __device__ __forceinline__ float operator()(float acc) const { return acc * scale_log2; }
@@ -22,6 +26,7 @@ struct PlainLogits {
 // made the prefill tiles spill. Large |x| gives 2^(+-inf) -> +-1; NaN stays NaN.
 struct SoftCapLogits {
   static constexpr bool kUseSoftCap = true;
+  static constexpr bool kLinear = false;
   float pre;   // 2 * log2(e) * scale / cap
   float post;  // cap * log2(e)
   __host__ __device__ SoftCapLogits(float scale, float soft_cap)
