@@ -51,14 +51,13 @@ def test_prefill_space():
     # bf16 + two FP8 kinds x two conversions at every head dim (FP8 tiles are upcast in shared memory)
     assert by_dim == {64: 5, 80: 5, 96: 5, 128: 5, 192: 5, 256: 5}
     assert why_invalid(key(kind="prefill", head_dim=80)) is None
-    # two m-tiles a warp up to head dim 128; the largest key tile the registers allow with which
-    # two CTAs share an SM (64 keys below head dim 128, 32 from there on)
+    # two m-tiles a warp up to head dim 128; the largest key tile with which two CTAs share an SM
     assert kind_prefill.block_m(128) == 128 and kind_prefill.block_m(256) == 64
     assert kind_prefill.block_n(key(kind="prefill", head_dim=64)) == 64
-    assert kind_prefill.block_n(key(kind="prefill", kv_dtype="bf16", conversion="none", q_dtype="bf16")) == 32
-    assert kind_prefill.block_n(key(kind="prefill", head_dim=256)) == 32
+    assert kind_prefill.block_n(key(kind="prefill", kv_dtype="bf16", conversion="none", q_dtype="bf16")) == 64
+    assert kind_prefill.block_n(key(kind="prefill", head_dim=256)) == 32  # 64 keys would leave one CTA an SM
     soft_e4m3_sw = key(kind="prefill", conversion="software", variant="softcap")
-    assert kind_prefill.block_n(soft_e4m3_sw) == 32 and "/*kBlockN=*/32" in render(soft_e4m3_sw)
+    assert kind_prefill.block_n(soft_e4m3_sw) == 64 and "/*kBlockN=*/64" in render(soft_e4m3_sw)
     # a 100 KB part: head dim 96 keeps two CTAs only with 16-key tiles
     assert kind_prefill.block_n(key(kind="prefill", head_dim=96, arch="sm86", conversion="software")) == 16
     assert "head_dim=80" in why_invalid(key(head_dim=80))  # decode has no head dim 80
