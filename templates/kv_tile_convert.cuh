@@ -4,9 +4,10 @@
 // work kWarps times over. Each thread takes 8 codes (8 bytes) and writes 16 bytes, so
 // consecutive threads write consecutive 16-byte chunks of a row (no bank conflict).
 //
-// Every code is converted exactly: the fast bit placement handles the finite codes, and a word
-// that holds a special code (e4m3 NaN, see fp8_convert.cuh) takes the exact routine, a branch
-// that real caches never take. The mainloop therefore needs no replay for FP8 prefill.
+// Every code is converted exactly: the fast bit placement handles the finite codes, and a thread
+// whose chunks hold a special code (e4m3 NaN, see fp8_convert.cuh) converts them again with the
+// exact routine before the barrier that publishes the tile: one test per thread and tile, a
+// branch that real caches never take. The mainloop therefore needs no replay for FP8 prefill.
 #pragma once
 #include <cuda_runtime.h>
 #include "fp8_convert.cuh"
@@ -20,17 +21,32 @@ struct KvTileConvert {
   static constexpr int kChunks = kRows * kChunksPerRow;
   static_assert(kHeadDim % 8 == 0 && kSrcRowBytes % 8 == 0 && kDstRowBytes % 16 == 0);
 
-  __device__ __forceinline__ static void word(uint32_t codes, uint32_t& lo, uint32_t& hi) {
-    Converter::convert_finite(codes, lo, hi);
-    if constexpr (Converter::kHasSpecialCodes) {
-      if (Converter::special_bits(codes) != 0u) Converter::convert(codes, lo, hi);
-    }
-  }
-
   // Call between the barrier after which the source tile is complete and the one before the
   // destination is read; the destination must not be read by anyone in between.
   __device__ __forceinline__ static void run(const uint8_t (*k_src)[kSrcRowBytes], const uint8_t (*v_src)[kSrcRowBytes],
                                              uint8_t (*k_dst)[kDstRowBytes], uint8_t (*v_dst)[kDstRowBytes]) {
+    uint32_t special = 0;  // special_bits() of every word the fast routine converted
+    pass<false>(k_src, v_src, k_dst, v_dst, special);
+    if constexpr (Converter::kHasSpecialCodes) {
+      if (special != 0u) pass<true>(k_src, v_src, k_dst, v_dst, special);  // this thread's chunks again, exactly
+    }
+  }
+
+ private:
+  template <bool kExact>
+  __device__ __forceinline__ static void word(uint32_t codes, uint32_t& lo, uint32_t& hi, uint32_t& special) {
+    if constexpr (kExact) {
+      Converter::convert(codes, lo, hi);
+    } else {
+      Converter::convert_finite(codes, lo, hi);
+      special |= Converter::special_bits(codes);
+    }
+  }
+
+  template <bool kExact>
+  __device__ __forceinline__ static void pass(const uint8_t (*k_src)[kSrcRowBytes], const uint8_t (*v_src)[kSrcRowBytes],
+                                              uint8_t (*k_dst)[kDstRowBytes], uint8_t (*v_dst)[kDstRowBytes],
+                                              uint32_t& special) {
     CUTE_UNROLL
     for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
       const int id = thread_index_here() + i * kThreads;
@@ -40,10 +56,10 @@ struct KvTileConvert {
         const uint2 k_codes = *reinterpret_cast<const uint2*>(&k_src[row][8 * chunk]);
         const uint2 v_codes = *reinterpret_cast<const uint2*>(&v_src[row][8 * chunk]);
         uint4 k16, v16;
-        word(k_codes.x, k16.x, k16.y);
-        word(k_codes.y, k16.z, k16.w);
-        word(v_codes.x, v16.x, v16.y);
-        word(v_codes.y, v16.z, v16.w);
+        word<kExact>(k_codes.x, k16.x, k16.y, special);
+        word<kExact>(k_codes.y, k16.z, k16.w, special);
+        word<kExact>(v_codes.x, v16.x, v16.y, special);
+        word<kExact>(v_codes.y, v16.z, v16.w, special);
         *reinterpret_cast<uint4*>(&k_dst[row][16 * chunk]) = k16;
         *reinterpret_cast<uint4*>(&v_dst[row][16 * chunk]) = v16;
       }

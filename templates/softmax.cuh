@@ -57,6 +57,8 @@ struct OnlineSoftmaxRow {
   }
 
  private:
+  // The maximum and the sum are single dependent chains on purpose: two interleaved chains or a
+  // tree gave ptxas the freedom to hold more values and made the 64-key prefill tiles spill.
   template <int N, class At>
   __device__ __forceinline__ float update_each(At&& at, float scale = 1.0f) {
     float step_max = at(0);
