@@ -6,7 +6,9 @@ from importlib import import_module
 
 _PUBLIC = {"BatchDecodeWithPagedKVCacheWrapper": ".decode", "BatchPrefillWithPagedKVCacheWrapper": ".prefill",
            "BatchPrefillWithRaggedKVCacheWrapper": ".prefill", "InstanceNotBuiltError": ".registry",
-           "Registry": ".registry", "default_registry": ".registry", "ArgumentError": ".validation"}
+           "Registry": ".registry", "default_registry": ".registry", "ArgumentError": ".validation",
+           "append_paged_kv_cache": ".append", "get_batch_indices_positions": ".append",
+           "single_decode_with_kv_cache": ".single", "single_prefill_with_kv_cache": ".single"}
 __all__ = list(_PUBLIC)
 
 

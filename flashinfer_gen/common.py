@@ -26,9 +26,10 @@ class Wrapper:
 
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str, fp8_conversion: str | None, jit: bool | None):
         require_tensor(workspace_buffer, "workspace_buffer")
-        if not workspace_buffer.is_cuda or workspace_buffer.dtype != torch.uint8 or not workspace_buffer.is_contiguous():
-            fail(f"workspace_buffer must be a contiguous CUDA uint8 tensor, got {workspace_buffer.dtype} "
-                 f"on {workspace_buffer.device}")
+        if not workspace_buffer.is_cuda or workspace_buffer.element_size() != 1 or not workspace_buffer.is_contiguous():
+            fail(f"workspace_buffer must be a contiguous CUDA tensor of a 1-byte dtype (uint8, int8), got "
+                 f"{workspace_buffer.dtype} on {workspace_buffer.device}")
+        workspace_buffer = workspace_buffer.view(torch.uint8)  # FlashInfer's examples pass int8
         if workspace_buffer.data_ptr() % 16:
             fail("workspace_buffer must be 16-byte aligned (the split-KV partials are read and written as float4); "
                  "a slice of a larger buffer may not be")
@@ -87,6 +88,50 @@ def check_variant(head_dim: int, pos_encoding_mode: str, window_left, logits_sof
         fail(f"logits_soft_cap must be > 0 (or None), got {soft_cap}")
     scale = 1.0 / math.sqrt(head_dim) if sm_scale is None else check_scalar(sm_scale, "sm_scale", positive=True)
     return window_left, soft_cap, scale
+
+
+def flashinfer_extras(head_dim_qk: int, head_dim_vo=None, custom_mask=None, packed_custom_mask=None,
+                      use_fp16_qk_reduction: bool = False, rope_scale=None, rope_theta=None,
+                      non_blocking: bool = True) -> None:
+    """FlashInfer's plan() arguments this library takes for compatibility. rope_scale / rope_theta
+    only matter with a RoPE pos_encoding_mode, which check_variant refuses; non_blocking: plan()
+    copies its work list with one host-to-device copy either way."""
+    if head_dim_vo is not None and head_dim_vo != head_dim_qk:
+        fail(f"head_dim_vo ({head_dim_vo}) must equal head_dim_qk ({head_dim_qk}): one head dim for K and V")
+    if custom_mask is not None or packed_custom_mask is not None:
+        fail("custom_mask / packed_custom_mask are not supported; use causal=True and window_left")
+    if use_fp16_qk_reduction:
+        fail("use_fp16_qk_reduction=True is not supported: q.k accumulates in fp32")
+    for value, what in ((rope_scale, "rope_scale"), (rope_theta, "rope_theta")):
+        if value is not None:
+            check_scalar(value, what)
+    if not isinstance(non_blocking, bool):
+        fail(f"non_blocking must be a bool, got {non_blocking!r}")
+
+
+def positional_run_args(args: tuple, k_scale, v_scale, out, lse, return_lse):
+    """run(q, cache, k_scale, v_scale, out, lse, return_lse) positionally, as this library's run()
+    took them before FlashInfer's keyword-only form; a value given both ways is an error."""
+    names = ("k_scale", "v_scale", "out", "lse", "return_lse")
+    if len(args) > len(names):
+        fail(f"run() takes at most {len(names)} arguments after the KV cache, got {len(args)}")
+    values = dict(k_scale=k_scale, v_scale=v_scale, out=out, lse=lse, return_lse=return_lse)
+    defaults = dict(k_scale=None, v_scale=None, out=None, lse=None, return_lse=False)
+    for name, value in zip(names, args):
+        if values[name] is not defaults[name]:
+            fail(f"run() got {name} both positionally and by keyword")
+        values[name] = value
+    return values["k_scale"], values["v_scale"], values["out"], values["lse"], values["return_lse"]
+
+
+def kv_dtype_alias(kv_data_type, data_type):
+    """FlashInfer's older `data_type` is the KV dtype; both given must agree."""
+    if data_type is None:
+        return kv_data_type
+    if kv_data_type is not None and dtype_name(kv_data_type, "kv_data_type") != dtype_name(data_type, "data_type"):
+        fail(f"data_type ({data_type}) and kv_data_type ({kv_data_type}) disagree; data_type is the old name of "
+             "kv_data_type")
+    return data_type
 
 
 def dtype_names(q_data_type, kv_data_type) -> tuple[str, str]:

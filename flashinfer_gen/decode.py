@@ -15,9 +15,9 @@ import torch
 from generator.abi import fill
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
-from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
-                     lay_out_plan, lookup, merge_fields, output_fields, output_tensors, paged_kv_fields, query_fields,
-                     resident_ctas)
+from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, flashinfer_extras,
+                     kv_dtype_alias, launch, lay_out_plan, lookup, merge_fields, output_fields, output_tensors,
+                     paged_kv_fields, positional_run_args, query_fields, resident_ctas)
 from .validation import (TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail, kv_strides,
                          require_int_index, split_paged_kv)
 
@@ -127,8 +127,12 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
     def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, num_qo_heads: int,
              num_kv_heads: int, head_dim: int, page_size: int, pos_encoding_mode: str = "NONE",
              window_left: int = -1, logits_soft_cap: float | None = None, q_data_type="float16",
-             kv_data_type=None, sm_scale: float | None = None) -> None:
+             kv_data_type=None, data_type=None, sm_scale: float | None = None, rope_scale: float | None = None,
+             rope_theta: float | None = None, non_blocking: bool = True) -> None:
+        """FlashInfer's signature; data_type is its old name of kv_data_type."""
         device = self._workspace.device
+        flashinfer_extras(head_dim, rope_scale=rope_scale, rope_theta=rope_theta, non_blocking=non_blocking)
+        kv_data_type = kv_dtype_alias(kv_data_type, data_type)
         require_int_index(indptr, "indptr")
         require_int_index(indices, "indices")
         require_int_index(last_page_len, "last_page_len")
@@ -153,8 +157,13 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
             head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
             sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr)
 
-    def run(self, q: torch.Tensor, paged_kv_cache, k_scale: float | None = None, v_scale: float | None = None,
-            out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
+    def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None, k_scale: float | None = None,
+            v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+            return_lse: bool = False, enable_pdl: bool | None = None):
+        """FlashInfer's run(); k_scale / v_scale may also come positionally after the cache (this
+        library's earlier signature). q_scale multiplies the logits (a quantised q's scale);
+        enable_pdl is accepted (the merge kernel uses PDL on sm_90 anyway)."""
+        k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:
             fail("call plan() before run()")
@@ -179,6 +188,7 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
                       num_items=sched.request.size),
             merge=merge_fields(ptr, sched.merge_request.size),
             out=output_fields(out, lse),
-            scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]))
+            scales=dict(sm_scale=plan["sm_scale"] * check_scalar(q_scale, "q_scale", positive=True), k_scale=ks,
+                        v_scale=vs, logits_soft_cap=plan["soft_cap"]))
         launch(plan["module"], params, device)
         return (out, lse) if return_lse else out

@@ -18,9 +18,9 @@ import torch
 from generator.abi import fill
 from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, block_n
 
-from .common import (INT32_MAX, Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, launch,
-                     lay_out_plan, lookup, merge_fields, output_fields, output_tensors, paged_kv_fields, query_fields,
-                     resident_ctas)
+from .common import (INT32_MAX, Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names,
+                     flashinfer_extras, launch, lay_out_plan, lookup, merge_fields, output_fields, output_tensors,
+                     paged_kv_fields, positional_run_args, query_fields, resident_ctas)
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
                          check_scalar, fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
 
@@ -122,7 +122,7 @@ class _BatchPrefill(Wrapper):
                           window_left=window_left, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
                           sm_scale=scale, soft_cap=soft_cap, schedule=sched, device=device, ptr=ptr)
 
-    def _run_common(self, q, k, v, strides, k_scale, v_scale, out, lse, return_lse):
+    def _run_common(self, q, k, v, strides, q_scale, k_scale, v_scale, out, lse, return_lse):
         plan = self._plan
         device, hq, d = plan["device"], plan["num_qo_heads"], plan["head_dim"]
         check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]")
@@ -140,7 +140,8 @@ class _BatchPrefill(Wrapper):
                       num_items=sched.request.size),
             merge=merge_fields(ptr, sched.merge_row.size),
             out=output_fields(out, lse),
-            scales=dict(sm_scale=plan["sm_scale"], k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"]),
+            scales=dict(sm_scale=plan["sm_scale"] * check_scalar(q_scale, "q_scale", positive=True), k_scale=ks,
+                        v_scale=vs, logits_soft_cap=plan["soft_cap"]),
             causal=int(plan["causal"]), window_left=plan["window_left"])
         launch(plan["module"], params, device)
         return (out, lse) if return_lse else out
@@ -149,9 +150,14 @@ class _BatchPrefill(Wrapper):
 class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
     def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
              paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
-             page_size: int, causal: bool = False, pos_encoding_mode: str = "NONE", sm_scale: float | None = None,
-             window_left: int = -1, logits_soft_cap: float | None = None, q_data_type="float16",
-             kv_data_type=None) -> None:
+             page_size: int, head_dim_vo: int | None = None, custom_mask=None, packed_custom_mask=None,
+             causal: bool = False, pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+             sm_scale: float | None = None, window_left: int = -1, logits_soft_cap: float | None = None,
+             rope_scale: float | None = None, rope_theta: float | None = None, q_data_type="float16",
+             kv_data_type=None, non_blocking: bool = True) -> None:
+        """FlashInfer's signature (argument order included)."""
+        flashinfer_extras(head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, use_fp16_qk_reduction, rope_scale,
+                          rope_theta, non_blocking)
         for t, what in ((qo_indptr, "qo_indptr"), (paged_kv_indptr, "paged_kv_indptr"),
                         (paged_kv_indices, "paged_kv_indices"), (paged_kv_last_page_len, "paged_kv_last_page_len")):
             require_int_index(t, what)
@@ -165,8 +171,12 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
                           dict(page_indptr=indptr_h.numpy(), page_indices=indices))
         self._plan["max_index"] = max_index
 
-    def run(self, q: torch.Tensor, paged_kv_cache, k_scale: float | None = None, v_scale: float | None = None,
-            out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
+    def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None, k_scale: float | None = None,
+            v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+            return_lse: bool = False, enable_pdl: bool | None = None):
+        """FlashInfer's run(); k_scale, v_scale, out, lse, return_lse may also come positionally
+        after the cache. q_scale multiplies the logits; enable_pdl is accepted."""
+        k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:
             fail("call plan() before run()")
@@ -175,7 +185,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
         strides = kv_strides(k, self._layout, plan["page_size"], plan["num_kv_heads"], plan["head_dim"])
         if plan["max_index"] >= k.shape[0]:
             fail(f"paged_kv_indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
-        return self._run_common(q, k, v, strides, k_scale, v_scale, out, lse, return_lse)
+        return self._run_common(q, k, v, strides, q_scale, k_scale, v_scale, out, lse, return_lse)
 
 
 class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
@@ -186,9 +196,14 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
         super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
 
     def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
-             head_dim_qk: int, causal: bool = False, pos_encoding_mode: str = "NONE", sm_scale: float | None = None,
-             window_left: int = -1, logits_soft_cap: float | None = None, q_data_type="float16",
-             kv_data_type=None) -> None:
+             head_dim_qk: int, head_dim_vo: int | None = None, custom_mask=None, packed_custom_mask=None,
+             causal: bool = False, pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+             window_left: int = -1, logits_soft_cap: float | None = None, sm_scale: float | None = None,
+             rope_scale: float | None = None, rope_theta: float | None = None, q_data_type="float16",
+             kv_data_type=None, non_blocking: bool = True) -> None:
+        """FlashInfer's signature (argument order included)."""
+        flashinfer_extras(head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, use_fp16_qk_reduction, rope_scale,
+                          rope_theta, non_blocking)
         require_int_index(qo_indptr, "qo_indptr")
         require_int_index(kv_indptr, "kv_indptr")
         check_head_config(num_qo_heads, num_kv_heads, head_dim_qk, RAGGED_PAGE_SIZE, HEAD_DIMS)
@@ -206,9 +221,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
                           dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1]))
         self._plan["total_kv"] = int(kv_h[-1])
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_scale: float | None = None,
-            v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-            return_lse: bool = False):
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, q_scale: float | None = None,
+            k_scale: float | None = None, v_scale: float | None = None, out: torch.Tensor | None = None,
+            lse: torch.Tensor | None = None, return_lse: bool = False, enable_pdl: bool | None = None):
+        """FlashInfer's run(), as the paged wrapper's."""
+        k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:
             fail("call plan() before run()")
@@ -226,4 +243,4 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
             fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
         # page = a request's first row, slot = its row within the request
         strides = (k.stride(0), k.stride(0), k.stride(1))
-        return self._run_common(q, k, v, strides, k_scale, v_scale, out, lse, return_lse)
+        return self._run_common(q, k, v, strides, q_scale, k_scale, v_scale, out, lse, return_lse)

@@ -40,14 +40,14 @@ class Arch:
 # convert instruction. sm_87 (Orin) has the A100's 164 KB and runs the sm80 instances.
 ARCHES: tuple[Arch, ...] = (
     Arch("sm80", "-gencode=arch=compute_80,code=sm_80", "sm_80", ((8, 0), (8, 7)),
-         smem_per_sm=164 * KB, smem_per_block=163 * KB, has_fp8_cvt=False, kinds=("decode", "prefill")),
+         smem_per_sm=164 * KB, smem_per_block=163 * KB, has_fp8_cvt=False, kinds=("decode", "prefill", "append")),
     Arch("sm86", "-gencode=arch=compute_86,code=sm_86", "sm_86", ((8, 6),),
-         smem_per_sm=100 * KB, smem_per_block=99 * KB, has_fp8_cvt=False, kinds=("decode", "prefill")),
+         smem_per_sm=100 * KB, smem_per_block=99 * KB, has_fp8_cvt=False, kinds=("decode", "prefill", "append")),
     Arch("sm89", "-gencode=arch=compute_89,code=sm_89", "sm_89", ((8, 9),),
-         smem_per_sm=100 * KB, smem_per_block=99 * KB, has_fp8_cvt=True, kinds=("decode", "prefill")),
+         smem_per_sm=100 * KB, smem_per_block=99 * KB, has_fp8_cvt=True, kinds=("decode", "prefill", "append")),
     # wgmma and setmaxnreg need the arch-specific sm_90a target, not plain sm_90.
     Arch("sm90a", "-gencode=arch=compute_90a,code=sm_90a", "sm_90a", ((9, 0),),
-         smem_per_sm=228 * KB, smem_per_block=227 * KB, has_fp8_cvt=True, kinds=("decode", "prefill")),
+         smem_per_sm=228 * KB, smem_per_block=227 * KB, has_fp8_cvt=True, kinds=("decode", "prefill", "append")),
 )
 ARCH_BY_NAME = {a.name: a for a in ARCHES}
 ARCH_NAMES = tuple(ARCH_BY_NAME)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 from typing import Iterable, Mapping, Sequence
 
-from . import kind_decode, kind_prefill
+from . import kind_append, kind_decode, kind_prefill
 from .arches import ARCH_BY_NAME, ARCH_NAMES
 from .keys import KEY_FIELDS, SHARED_PREDICATES, InstanceKey, KindSpec
 
-KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (kind_decode.SPEC, kind_prefill.SPEC)}
+KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (kind_decode.SPEC, kind_prefill.SPEC, kind_append.SPEC)}
 
 
 class InvalidInstance(ValueError):

@@ -19,6 +19,7 @@ SELECTIONS = (
     {"kind": ("prefill",), "head_dim": (128,), "variant": ("softcap",)},
     # the other prefill head dims (tiles, fragments and the merge off powers of two), q bf16
     {"kind": ("prefill",), "head_dim": (80, 96, 192), "variant": ("default",), "q_dtype": ("bf16",)},
+    {"kind": ("append",), "head_dim": (64, 128, 256)},
 )
 
 

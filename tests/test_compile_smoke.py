@@ -31,6 +31,7 @@ SMOKE = [
     InstanceKey("decode", "f16", "f16", 128, "sm89", "none"),
     InstanceKey("prefill", "bf16", "e4m3", 256, "sm80", "software"),
     InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none"),
+    InstanceKey("append", "bf16", "e4m3", 128, "sm80", "software"),
 ]
 
 

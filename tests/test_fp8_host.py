@@ -108,3 +108,76 @@ def test_all_codes_match_torch(host_table, fmt, dtype):
 def test_v_rows_path_matches_exact_conversion(host_table, fmt):
     checked, mismatches = host_table[("rows", fmt)]
     assert checked > 100000 and mismatches == 0
+
+
+# --- fp32 -> FP8 encoding (templates/fp8_encode.cuh, the software routine of the append kind) ---
+
+ENCODE_PROGRAM = r"""
+#include <cstdio>
+#include <vector>
+#include "fp8_encode.cuh"
+using namespace fig;
+int main(int argc, char** argv) {
+  // stdin: n fp32 values; stdout: n e4m3 codes, then n e5m2 codes (raw bytes)
+  std::vector<float> x;
+  float v;
+  while (std::fread(&v, 4, 1, stdin) == 1) x.push_back(v);
+  for (float f : x) std::fputc(int(encode_fp8_software<Fp8Format::kE4M3>(f)), stdout);
+  for (float f : x) std::fputc(int(encode_fp8_software<Fp8Format::kE5M2>(f)), stdout);
+  // the kernel's 8-at-a-time entry point must agree with the scalar routine
+  unsigned mismatches = 0;
+  for (size_t i = 0; i + 8 <= x.size(); i += 8) {
+    float chunk[8];
+    for (int j = 0; j < 8; ++j) chunk[j] = x[i + j];
+    uint32_t lo, hi;
+    Fp8Encoder<Fp8Format::kE4M3, Conversion::kSoftware>::encode8(chunk, lo, hi);
+    for (int j = 0; j < 8; ++j)
+      mismatches += ((j < 4 ? lo >> (8 * j) : hi >> (8 * (j - 4))) & 0xFFu) != encode_fp8_software<Fp8Format::kE4M3>(chunk[j]);
+  }
+  std::fprintf(stderr, "encode8 mismatches %u\n", mismatches);
+  return 0;
+}
+"""
+
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+
+
+def _encode_inputs() -> np.ndarray:
+    """Every finite code's value, the midpoints between neighbours and the floats on either side
+    of each (the rounding boundaries, ties included), the saturation edges, specials, fp32
+    subnormals, and random values over the whole range; both signs."""
+    values = []
+    for dtype in FP8_MAX:
+        codes = torch.arange(128, dtype=torch.uint8).view(dtype).to(torch.float32).numpy()
+        finite = np.sort(codes[np.isfinite(codes)])
+        mids = (finite[:-1] + finite[1:]) / 2  # exact in fp32
+        for base in (finite, mids, [FP8_MAX[dtype], FP8_MAX[dtype] * 1.0625, FP8_MAX[dtype] * 1.125]):
+            base = np.asarray(base, dtype=np.float32)
+            values += [base, np.nextafter(base, np.float32(np.inf)), np.nextafter(base, np.float32(-np.inf))]
+    rng = np.random.default_rng(0)
+    values.append((rng.standard_normal(200000) * np.exp2(rng.integers(-30, 30, 200000))).astype(np.float32))
+    values.append(np.array([0.0, np.inf, np.nan, 1e30, 1e-30, 1e-45, 3e-39], dtype=np.float32))
+    x = np.concatenate(values).astype(np.float32)
+    x = np.concatenate([x, -x])
+    return x[: x.size // 8 * 8]
+
+
+def test_software_encoder_matches_torch_saturating_rne(tmp_path):
+    gxx = shutil.which("g++") or shutil.which("c++")
+    if gxx is None:
+        pytest.fail("a host C++ compiler (g++) is needed for this test")
+    (tmp_path / "enc.cpp").write_text(ENCODE_PROGRAM)
+    subprocess.run([gxx, "-std=c++17", "-O2", f"-I{TEMPLATE_DIR}", str(tmp_path / "enc.cpp"), "-o",
+                    str(tmp_path / "enc")], check=True)
+    x = _encode_inputs()
+    run = subprocess.run([str(tmp_path / "enc")], input=x.tobytes(), check=True, capture_output=True)
+    assert b"encode8 mismatches 0" in run.stderr
+    ours = np.frombuffer(run.stdout, dtype=np.uint8).reshape(2, -1)
+    xt = torch.from_numpy(x)
+    for row, dtype in enumerate(FP8_MAX):
+        ref = torch.clamp(xt, -FP8_MAX[dtype], FP8_MAX[dtype]).to(dtype).view(torch.uint8).numpy()
+        nan = np.isnan(x)
+        assert np.array_equal(ours[row][~nan], ref[~nan]), (
+            f"{dtype}: first mismatch at x = {x[~nan][ours[row][~nan] != ref[~nan]][:3]}")
+        decoded = torch.from_numpy(ours[row][nan].copy()).view(dtype).float()
+        assert torch.isnan(decoded).all(), f"{dtype}: NaN encoded as a finite code"

@@ -40,8 +40,8 @@ def test_default_set():
     # sm80 has only the software conversion; sm90a both
     assert {k.conversion for k in keys if k.arch == "sm80" and k.is_fp8} == {"software"}
     assert {k.conversion for k in keys if k.arch == "sm90a" and k.is_fp8} == {"hardware", "software"}
-    assert len(keys) == 2 * (6 + 10)  # decode and prefill
-    assert {k.kind for k in keys} == {"decode", "prefill"}
+    assert len(keys) == 3 * (6 + 10)  # decode, prefill and append
+    assert {k.kind for k in keys} == {"decode", "prefill", "append"}
     assert len({k.name for k in keys}) == len(keys)
 
 
@@ -63,6 +63,20 @@ def test_prefill_space():
     assert "head_dim=80" in why_invalid(key(head_dim=80))  # decode has no head dim 80
     names = [k.name for k in enumerate_instances()]
     assert len(names) == len(set(names))
+
+
+def test_append_space():
+    """The append kind: source dtype x cache dtype x head dim x encoder, through the shared
+    predicates (a 16-bit cache takes its own dtype, cvt only on sm_89+)."""
+    keys = enumerate_instances({"kind": ("append",), "arch": ("sm90a",), "head_dim": (128,)})
+    assert {(k.q_dtype, k.kv_dtype, k.conversion) for k in keys} == {
+        (q, q, "none") for q in ("f16", "bf16")} | {(q, kv, c) for q in ("f16", "bf16") for kv in ("e4m3", "e5m2")
+                                                    for c in ("hardware", "software")}
+    assert "16-bit KV cache must have the q dtype" in why_invalid(key(kind="append", kv_dtype="f16", conversion="none"))
+    assert "no FP8 convert instruction" in why_invalid(key(kind="append", arch="sm80"))
+    source = render(key(kind="append", arch="sm80", conversion="software"))
+    assert "fig::Fp8Encoder<fig::Fp8Format::kE4M3, fig::Conversion::kSoftware>" in source
+    assert "fig::CopyEncoder" in render(key(kind="append", kv_dtype="bf16", conversion="none"))
 
 
 @pytest.mark.parametrize("bad,reason", [
@@ -136,7 +150,8 @@ def test_every_instance_fits_its_arch(arch):
     """Shared memory within the arch's per-CTA limit, pipeline and occupancy in range, for every
     decode instance (the 100 KB parts included)."""
     a = arches.arch(arch)
-    for k in enumerate_instances({"arch": (arch,), "variant": ("default",), "q_dtype": ("f16",)}):
+    for k in enumerate_instances({"arch": (arch,), "variant": ("default",), "q_dtype": ("f16",),
+                                  "kind": ("decode", "prefill")}):  # append uses no shared memory
         source = render(k)
         stages, smem = constant(source, "kStages"), constant(source, "kSmemBytes")
         assert smem <= a.smem_per_block == constant(source, "kSmemPerBlock"), k.name
