@@ -276,7 +276,7 @@ def test_cuda_tensor_check_on_cpu_tensor():
 
 def test_wrapper_rejects_cpu_workspace():
     from flashinfer_gen import BatchDecodeWithPagedKVCacheWrapper
-    with pytest.raises(V.ArgumentError, match="CUDA uint8"):
+    with pytest.raises(V.ArgumentError, match="CUDA tensor of a 1-byte dtype"):
         BatchDecodeWithPagedKVCacheWrapper(torch.zeros(16, dtype=torch.uint8))
 
 
