@@ -82,15 +82,19 @@ def test_only_the_c_abi_is_exported(built_entries):
 
 def test_every_built_instance_has_its_sass(built_entries):
     """cuobjdump -sass of every built library in the cache: the SASS is there for its arch and
-    for no other, with tensor-core instructions; the FP8 convert instruction is there exactly
-    where the instance asks for hardware conversion."""
+    for no other; the attention kinds run on tensor cores; the FP8 convert instruction (FP8 ->
+    fp16 for attention, fp32 -> FP8 with saturation for append) is there exactly where the
+    instance asks for hardware conversion."""
     assert {k.arch for k in SMOKE} <= {e.key.arch for e in built_entries}
+    cvt = {"decode": r"F2FP\.F16\.E[45]M[32]", "prefill": r"F2FP\.F16\.E[45]M[32]",
+           "append": r"F2FP\.SATFINITE\.E[45]M[32]\.F32"}
     for e in built_entries:
         sass = _cuobjdump("-sass", str(e.library))
         arches = set(re.findall(r"arch = (sm_\d+a?)", sass))
         assert arches == {ARCH_BY_NAME[e.key.arch].sass}, f"{e.library.name}: SASS for {arches}"
-        assert "HMMA" in sass, f"{e.key.name}: no tensor-core instruction"
-        has_cvt = bool(re.search(r"F2FP\.F16\.E[45]M[32]", sass))
+        if e.key.kind != "append":
+            assert "HMMA" in sass, f"{e.key.name}: no tensor-core instruction"
+        has_cvt = bool(re.search(cvt[e.key.kind], sass))
         assert has_cvt == (e.key.conversion == "hardware"), f"{e.key.name}: FP8 cvt present={has_cvt}"
 
 
