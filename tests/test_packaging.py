@@ -33,13 +33,15 @@ def test_wheel_installs_and_generates(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in out.glob("*.cu")) == [f"{kind}_qf16_kv{kv}_d64_sm80_{conv}_default.cu"
-                                                       for kind in ("decode", "prefill")
+                                                       for kind in ("append", "decode", "prefill")
                                                        for kv, conv in (("e4m3", "software"), ("f16", "none"))]
-    assert all((out / f"fig_abi_{kind}.h").is_file() for kind in ("decode", "prefill"))
+    assert all((out / f"fig_abi_{kind}.h").is_file() for kind in ("append", "decode", "prefill"))
     assert (out / "manifest.json").is_file()
     where = subprocess.run([python, "-c", "from generator import toolchain; print(toolchain.TEMPLATE_DIR); "
                             "print(toolchain.CMAKE_DIR)"], capture_output=True, text=True, check=True,
                            cwd=tmp_path).stdout.split()
     env_root = str((tmp_path / "env").resolve())
     assert all(p.startswith(env_root) for p in where), where
-    assert (Path(where[0]) / "decode_kernel.cuh").is_file() and (Path(where[1]) / "CMakeLists.txt").is_file()
+    assert all((Path(where[0]) / header).is_file() for header in ("decode_kernel.cuh", "append_kernel.cuh",
+                                                                  "kv_tile_convert.cuh", "fp8_encode.cuh"))
+    assert (Path(where[1]) / "CMakeLists.txt").is_file()
