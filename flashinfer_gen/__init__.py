@@ -4,7 +4,7 @@ The wrappers need torch; the CLI's generate/build/list do not, so the public nam
 on first use."""
 from importlib import import_module
 
-_PUBLIC = {"BatchDecodeWithPagedKVCacheWrapper": ".decode", "BatchPrefillWithPagedKVCacheWrapper": ".prefill",
+_PUBLIC = {"BatchDecodeWithPagedKVCacheWrapper": ".decode", "CUDAGraphBatchDecodeWithPagedKVCacheWrapper": ".decode", "BatchPrefillWithPagedKVCacheWrapper": ".prefill",
            "BatchPrefillWithRaggedKVCacheWrapper": ".prefill", "InstanceNotBuiltError": ".registry",
            "Registry": ".registry", "default_registry": ".registry", "ArgumentError": ".validation",
            "append_paged_kv_cache": ".append", "get_batch_indices_positions": ".append",

@@ -65,8 +65,9 @@ def paged_kv_fields(k: torch.Tensor, v: torch.Tensor, strides, ptr: Mapping[str,
 
 
 def merge_fields(ptr: Mapping[str, int], num_items: int) -> dict:
-    """FigSplitMerge from the plan's int buffer (merge_row, merge_indptr) and the workspace's partials."""
-    return dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=num_items,
+    """FigSplitMerge from the plan's int buffer (merge_row, merge_indptr, merge_count) and the
+    workspace's partials; num_items is the grid (the live count is merge_count on the device)."""
+    return dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=num_items, live_items=ptr["merge_count"],
                 partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"])
 
 
@@ -170,25 +171,49 @@ def _align(n: int) -> int:
 
 
 def lay_out_plan(workspace: torch.Tensor, int_buffer: torch.Tensor | None, ints: Mapping[str, np.ndarray],
-                 num_partial: int, num_heads: int, head_dim: int) -> tuple[torch.Tensor, dict]:
+                 num_partial: int, num_heads: int, head_dim: int,
+                 capacity: Mapping[str, int] | None = None) -> tuple[torch.Tensor, dict]:
     """The plan's int32 arrays go to a device buffer the wrapper owns (`int_buffer`, reused when
     large enough, else replaced), by one host-to-device copy; the split-KV partials (fp32 lse, then
     out) to the user's workspace. So several wrappers may share one workspace, as serving engines
     share FlashInfer's: the partials live only within one run() on the stream, while each plan's
-    work list stays its own. Returns (the int buffer, the device address of each array and of
-    partial_lse / partial_out)."""
+    work list stays its own.
+
+    capacity (CUDA-graph plans): entries reserved for each array, and "partial_slots" for the
+    split-KV partial slots. Every array then sits at the same offset for every plan, the buffer is allocated once
+    and never replaced, and a plan that needs more than its capacity is refused, so a graph
+    captured after one plan reads the next plan's work list at the same addresses.
+    Returns (the int buffer, the device address of each array and of partial_lse / partial_out)."""
     names = list(ints)
-    flat = np.concatenate([np.asarray(ints[n], dtype=np.int32).ravel() for n in names] + [np.zeros(0, np.int32)])
-    lse_bytes = _align(num_partial * num_heads * 4)
-    need = lse_bytes + num_partial * num_heads * head_dim * 4
+    used = {n: np.asarray(ints[n]).size for n in names}
+    if capacity is None:
+        sizes, partial_slots = used, num_partial
+    else:
+        for n in names:
+            if used[n] > capacity[n]:
+                fail(f"this plan needs {used[n]} entries of {n}, more than the {capacity[n]} its CUDA-graph "
+                     "buffers were sized for at the first plan()")
+        if num_partial > capacity["partial_slots"]:
+            fail(f"this plan needs {num_partial} split-KV partial slots, more than the CUDA-graph capacity "
+                 f"{capacity['partial_slots']}")
+        sizes, partial_slots = {n: capacity[n] for n in names}, capacity["partial_slots"]
+    offsets = dict(zip(names, np.cumsum([0] + [sizes[n] for n in names])[:-1].tolist()))
+    total = sum(sizes.values())
+    flat = np.zeros(max(total, 1), dtype=np.int32)
+    for n in names:
+        flat[offsets[n]: offsets[n] + used[n]] = np.asarray(ints[n], dtype=np.int32).ravel()
+    lse_bytes = _align(partial_slots * num_heads * 4)
+    need = lse_bytes + partial_slots * num_heads * head_dim * 4
     if need > workspace.numel():
         fail(f"workspace_buffer holds {workspace.numel()} bytes; this plan's split-KV partials need {need}")
-    if int_buffer is None or int_buffer.numel() < flat.size or int_buffer.device != workspace.device:
+    fits = int_buffer is not None and int_buffer.numel() >= flat.size and int_buffer.device == workspace.device
+    if not fits:
+        if capacity is not None and int_buffer is not None:
+            fail("a CUDA-graph plan's buffers cannot move: plan() with the sizes of the first plan()")
         int_buffer = torch.empty(max(flat.size, 1024), dtype=torch.int32, device=workspace.device)
     with torch.cuda.device(workspace.device):
         int_buffer[: flat.size].copy_(torch.from_numpy(flat))
-    offsets = np.cumsum([0] + [np.asarray(ints[n]).size for n in names]) * 4
-    ptr = {n: int_buffer.data_ptr() + int(o) for n, o in zip(names, offsets)}
+    ptr = {n: int_buffer.data_ptr() + 4 * int(offsets[n]) for n in names}
     ptr["partial_lse"] = workspace.data_ptr()
     ptr["partial_out"] = workspace.data_ptr() + lse_bytes
     return int_buffer, ptr

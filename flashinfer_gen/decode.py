@@ -3,7 +3,9 @@ validation, instance lookup, split-KV schedule), run() per layer (checks shapes,
 
 run() allocates nothing but the output when `out` is not given (through torch's caching
 allocator, which is capture-safe), never synchronises, and so can be captured in a CUDA graph
-after plan(); a new plan() changes the work list, so capture again after re-planning.
+after plan(). Without use_cuda_graph a new plan() may move the work list and change the grid, so
+capture again after re-planning; with it (CUDAGraphBatchDecodeWithPagedKVCacheWrapper), capture
+once per batch size and re-plan every step.
 """
 from __future__ import annotations
 
@@ -59,12 +61,14 @@ def estimate_makespan(lens: np.ndarray, chunk: int | None, columns: int) -> floa
     return busy + waves * PIECE_OVERHEAD_TOKENS + (SPLIT_OVERHEAD_TOKENS if (pieces > 1).any() else 0)
 
 
-def choose_chunk(lens: np.ndarray, ctas_per_item: int, max_resident_ctas: int) -> int | None:
+def choose_chunk(lens: np.ndarray, ctas_per_item: int, max_resident_ctas: int,
+                 max_items: int | None = None) -> int | None:
     """The split-KV piece length (None: no split) with the smallest estimated makespan.
 
     Candidates are "no split" and cutting the longest request into k = 2..64 equal pieces (the
     same cap applies to every request). So batch 1 with 32k tokens spreads over every SM, and a
-    batch whose requests would leave the last wave part-empty is cut finer.
+    batch whose requests would leave the last wave part-empty is cut finer. max_items (a CUDA-graph
+    plan's capacity) drops the cuts that would list more pieces.
     """
     columns = max(1, max_resident_ctas // ctas_per_item)
     best_chunk, best = None, estimate_makespan(lens, None, columns)
@@ -72,7 +76,7 @@ def choose_chunk(lens: np.ndarray, ctas_per_item: int, max_resident_ctas: int) -
     for k in range(2, MAX_PIECES + 1):
         chunk = -(-longest // k)
         chunk = max(MIN_CHUNK_TOKENS, -(-chunk // STEP_TOKENS) * STEP_TOKENS)
-        if chunk >= longest:
+        if chunk >= longest or (max_items is not None and int(_pieces(lens, chunk).sum()) > max_items):
             continue
         est = estimate_makespan(lens, chunk, columns)
         if est < best:
@@ -80,11 +84,12 @@ def choose_chunk(lens: np.ndarray, ctas_per_item: int, max_resident_ctas: int) -
     return best_chunk
 
 
-def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_item: int, max_resident_ctas: int) -> DecodeSchedule:
+def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_item: int, max_resident_ctas: int,
+                  max_items: int | None = None) -> DecodeSchedule:
     """Cuts requests into pieces of at most choose_chunk() tokens; pieces are listed longest
     first, which the block scheduler then dispatches first."""
     lens = (end - begin).astype(np.int64)
-    return schedule_for_chunk(begin, end, choose_chunk(lens, ctas_per_item, max_resident_ctas))
+    return schedule_for_chunk(begin, end, choose_chunk(lens, ctas_per_item, max_resident_ctas, max_items))
 
 
 def schedule_for_chunk(begin: np.ndarray, end: np.ndarray, chunk: int | None) -> DecodeSchedule:
@@ -115,14 +120,47 @@ def schedule_for_chunk(begin: np.ndarray, end: np.ndarray, chunk: int | None) ->
 
 class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
-                 use_tensor_cores: bool = True, fp8_conversion: str | None = None, jit: bool | None = None):
-        """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) for the split-KV
-        partials; wrappers may share one (each keeps its own work list). Tensor cores are always
-        used, and run() is always graph-safe after plan(); use_tensor_cores and use_cuda_graph are
-        accepted for FlashInfer compatibility.
-        fp8_conversion: None (hardware where the arch has it),
-        "hardware" or "software". jit: build a missing instance on demand."""
+                 use_tensor_cores: bool = True, paged_kv_indptr_buffer: torch.Tensor | None = None,
+                 paged_kv_indices_buffer: torch.Tensor | None = None,
+                 paged_kv_last_page_len_buffer: torch.Tensor | None = None, fp8_conversion: str | None = None,
+                 jit: bool | None = None):
+        """workspace_buffer: a CUDA tensor of a 1-byte dtype (FlashInfer suggests 128 MB) for the
+        split-KV partials; wrappers may share one (each keeps its own work list). Tensor cores are
+        always used (use_tensor_cores is accepted for FlashInfer compatibility).
+
+        use_cuda_graph: capture once, re-plan every step. The three buffers (int32, on the
+        workspace's device) fix the batch size (len(indptr) - 1) and the most pages a plan may
+        use; plan() copies the page table into them and writes its work list at fixed addresses,
+        and run() launches a grid sized for the capacity whose surplus CTAs exit at once, so a
+        graph captured after one plan() stays right after any later plan() of that batch size
+        (other lengths, page tables, split-KV or not). The first plan fixes the configuration
+        (heads, head dim, page size, dtypes, scale, soft-cap): a later plan must keep it.
+        fp8_conversion: None (hardware where the arch has it), "hardware" or "software".
+        jit: build a missing instance on demand."""
         super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
+        self._graph = None
+        if use_cuda_graph:
+            device = self._workspace.device
+            buffers = (paged_kv_indptr_buffer, paged_kv_indices_buffer, paged_kv_last_page_len_buffer)
+            names = ("paged_kv_indptr_buffer", "paged_kv_indices_buffer", "paged_kv_last_page_len_buffer")
+            for buf, name in zip(buffers, names):
+                if buf is None:
+                    fail(f"use_cuda_graph=True needs {name} (its size fixes the capacity a captured graph serves)")
+                require_int_index(buf, name)
+                if buf.dtype != torch.int32 or not buf.is_cuda or buf.device != device or not buf.is_contiguous():
+                    fail(f"{name} must be a contiguous int32 tensor on {device}, got {buf.dtype} on {buf.device}")
+            batch = paged_kv_indptr_buffer.numel() - 1
+            if batch < 1 or paged_kv_last_page_len_buffer.numel() != batch:
+                fail(f"paged_kv_indptr_buffer holds batch + 1 = {paged_kv_indptr_buffer.numel()} entries and "
+                     f"paged_kv_last_page_len_buffer batch = {paged_kv_last_page_len_buffer.numel()}: they disagree")
+            self._graph = dict(batch=batch, buffers=buffers, config=None, max_items=None)
+        elif any(b is not None for b in (paged_kv_indptr_buffer, paged_kv_indices_buffer,
+                                         paged_kv_last_page_len_buffer)):
+            fail("the paged_kv_*_buffer arguments serve use_cuda_graph=True")
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._graph is not None
 
     def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, num_qo_heads: int,
              num_kv_heads: int, head_dim: int, page_size: int, pos_encoding_mode: str = "NONE",
@@ -146,16 +184,55 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
         begin = np.zeros_like(end) if window_left < 0 else np.maximum(end - 1 - window_left, 0)
 
         module = lookup("decode", device, q_name, kv_name, head_dim, soft_cap, self._fp8_conversion, self._jit)
-        sched = make_schedule(begin, end, module.call("ctas_per_work_item", num_qo_heads, num_kv_heads),
-                              resident_ctas(module, device))
+        ctas_per_item = module.call("ctas_per_work_item", num_qo_heads, num_kv_heads)
+        resident = resident_ctas(module, device)
+        page_indices = indices.detach()[: int(indptr_h[-1])].to("cpu", torch.int64).numpy()
+        capacity = None
+        if self._graph is not None:
+            capacity = self._graph_capacity(indptr_h, page_indices, last_h, ctas_per_item, resident,
+                                            (module.key, num_qo_heads, num_kv_heads, head_dim, page_size, scale,
+                                             soft_cap))
+        sched = make_schedule(begin, end, ctas_per_item, resident, None if capacity is None else capacity["request"])
         work = dict(request=sched.request, begin=sched.begin, end=sched.end, partial=sched.partial,
                     merge_row=sched.merge_request, merge_indptr=sched.merge_indptr, page_indptr=indptr_h.numpy(),
-                    page_indices=indices.detach()[: int(indptr_h[-1])].to("cpu", torch.int64).numpy())
-        self._ints, ptr = lay_out_plan(self._workspace, self._ints, work, sched.num_partial, num_qo_heads, head_dim)
+                    page_indices=page_indices, work_count=[sched.request.size],
+                    merge_count=[sched.merge_request.size])
+        self._ints, ptr = lay_out_plan(self._workspace, self._ints, work, sched.num_partial, num_qo_heads, head_dim,
+                                       capacity)
+        # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once)
+        grid_items = sched.request.size if capacity is None else capacity["request"]
+        grid_merge = sched.merge_request.size if capacity is None else capacity["merge_row"]
         self._plan = dict(
             module=module, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
-            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr)
+            sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr,
+            grid_items=grid_items, grid_merge=grid_merge)
+
+    def _graph_capacity(self, indptr_h: torch.Tensor, page_indices: np.ndarray, last_h: torch.Tensor,
+                        ctas_per_item: int, resident: int, config: tuple) -> dict:
+        """The fixed sizes of a CUDA-graph plan's arrays (set by the first plan), after copying the
+        page table into the user's buffers as FlashInfer does."""
+        g = self._graph
+        batch, num_pages = indptr_h.numel() - 1, page_indices.size
+        if batch != g["batch"]:
+            fail(f"a CUDA-graph wrapper serves batch {g['batch']} (its paged_kv_indptr_buffer); plan() got {batch}")
+        indptr_buf, indices_buf, last_buf = g["buffers"]
+        if num_pages > indices_buf.numel():
+            fail(f"plan() uses {num_pages} pages; paged_kv_indices_buffer holds {indices_buf.numel()}")
+        with torch.no_grad():  # FlashInfer keeps the planned page table in these buffers; so do we
+            indptr_buf.copy_(indptr_h.to(torch.int32), non_blocking=False)
+            indices_buf[:num_pages].copy_(torch.from_numpy(page_indices).to(torch.int32))
+            last_buf.copy_(last_h.to(torch.int32))
+        if g["config"] is None:
+            g["config"] = config
+            # one wave of items at most beyond one per request: what the split heuristic aims for
+            g["max_items"] = max(batch, 2 * max(1, resident // ctas_per_item))
+        elif config != g["config"]:
+            fail("a CUDA-graph wrapper keeps its first plan's configuration (instance, heads, head dim, page size, "
+                 "sm_scale, soft-cap), which a captured graph has baked in; make another wrapper for another")
+        return dict(request=g["max_items"], begin=g["max_items"], end=g["max_items"], partial=g["max_items"],
+                    merge_row=batch, merge_indptr=batch + 1, page_indptr=batch + 1, page_indices=indices_buf.numel(),
+                    work_count=1, merge_count=1, partial_slots=g["max_items"])
 
     def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None, k_scale: float | None = None,
             v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
@@ -185,10 +262,22 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
             q=query_fields(q),
             kv=paged_kv_fields(k, v, strides, ptr, plan["page_size"], hk),
             work=dict(request=ptr["request"], begin=ptr["begin"], end=ptr["end"], partial=ptr["partial"],
-                      num_items=sched.request.size),
-            merge=merge_fields(ptr, sched.merge_request.size),
+                      num_items=plan["grid_items"], live_items=ptr["work_count"]),
+            merge=merge_fields(ptr, plan["grid_merge"]),
             out=output_fields(out, lse),
             scales=dict(sm_scale=plan["sm_scale"] * check_scalar(q_scale, "q_scale", positive=True), k_scale=ks,
                         v_scale=vs, logits_soft_cap=plan["soft_cap"]))
         launch(plan["module"], params, device)
         return (out, lse) if return_lse else out
+
+
+class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
+    """FlashInfer's CUDA-graph decode wrapper: BatchDecodeWithPagedKVCacheWrapper with
+    use_cuda_graph=True and its three buffers (see there)."""
+
+    def __init__(self, workspace_buffer: torch.Tensor, indptr_buffer: torch.Tensor, indices_buffer: torch.Tensor,
+                 last_page_len_buffer: torch.Tensor, kv_layout: str = "NHD", use_tensor_cores: bool = True,
+                 fp8_conversion: str | None = None, jit: bool | None = None):
+        super().__init__(workspace_buffer, kv_layout, use_cuda_graph=True, use_tensor_cores=use_tensor_cores,
+                         paged_kv_indptr_buffer=indptr_buffer, paged_kv_indices_buffer=indices_buffer,
+                         paged_kv_last_page_len_buffer=last_page_len_buffer, fp8_conversion=fp8_conversion, jit=jit)

@@ -115,7 +115,8 @@ class _BatchPrefill(Wrapper):
                               resident_ctas(module, device), block_m(head_dim), block_n(module.key))
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
                       partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
-                      merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len, **page_table)
+                      merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len,
+                      work_count=[sched.request.size], merge_count=[sched.merge_row.size], **page_table)
         self._ints, ptr = lay_out_plan(self._workspace, self._ints, arrays, sched.num_partial, num_qo_heads, head_dim)
         self._plan = dict(module=module, total_qo=int(qo_h[-1]), num_qo_heads=num_qo_heads,
                           num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=causal,
@@ -137,7 +138,7 @@ class _BatchPrefill(Wrapper):
             qo_indptr=ptr["qo_indptr"], kv_len=ptr["kv_len"],
             work=dict(request=ptr["request"], row_begin=ptr["row_begin"], kv_begin=ptr["kv_begin"],
                       kv_end=ptr["kv_end"], partial=ptr["partial"], pieces=ptr["pieces"],
-                      num_items=sched.request.size),
+                      num_items=sched.request.size, live_items=ptr["work_count"]),
             merge=merge_fields(ptr, sched.merge_row.size),
             out=output_fields(out, lse),
             scales=dict(sm_scale=plan["sm_scale"] * check_scalar(q_scale, "q_scale", positive=True), k_scale=ks,

@@ -83,7 +83,8 @@ OUTPUT = Struct("FigOutput", (
 SPLIT_MERGE = Struct("FigSplitMerge", (
     Field("row", "const int32_t*", "[num_items]: the output row merge item i writes"),
     Field("indptr", "const int32_t*", "[num_items + 1]: item i combines partial slots [indptr[i], indptr[i+1])"),
-    Field("num_items", "int32_t"),
+    Field("num_items", "int32_t", "the grid: merge items launched (a CUDA-graph plan's capacity)"),
+    Field("live_items", "const int32_t*", "[1]: merge items in use this plan (<= num_items); later blocks exit"),
     Field("partial_out", "float*", "[num_partial, num_heads, head_dim] fp32, already divided by the row sum"),
     Field("partial_lse", "float*", "[num_partial, num_heads], base 2"),
 ), "Split-KV: rows whose keys were cut into pieces, and the pieces' partial results.")

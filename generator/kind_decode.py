@@ -139,7 +139,8 @@ WORK = abi.Struct("FigDecodeWork", (
     abi.Field("begin", "const int32_t*", "[num_items]: token range [begin, end) of the request"),
     abi.Field("end", "const int32_t*", "[num_items]"),
     abi.Field("partial", "const int32_t*", "[num_items]: -1 writes the output directly, else a partial slot"),
-    abi.Field("num_items", "int32_t"),
+    abi.Field("num_items", "int32_t", "the grid: work items launched (a CUDA-graph plan's capacity)"),
+    abi.Field("live_items", "const int32_t*", "[1]: work items in use this plan (<= num_items); later CTAs exit"),
 ), "Decode work list from plan(): a request's token range, split-KV pieces included.")
 
 PARAMS = abi.Struct("FigDecodeParams", (

@@ -123,7 +123,8 @@ WORK = abi.Struct("FigPrefillWork", (
     abi.Field("kv_end", "const int32_t*", "[num_items]"),
     abi.Field("partial", "const int32_t*", "[num_items]: -1 writes the output, else slot base + piece"),
     abi.Field("pieces", "const int32_t*", "[num_items]: split pieces of the request (slot of token t = partial + t x pieces)"),
-    abi.Field("num_items", "int32_t"),
+    abi.Field("num_items", "int32_t", "the grid: work items launched"),
+    abi.Field("live_items", "const int32_t*", "[1]: work items in use this plan (<= num_items); later CTAs exit"),
 ), "Prefill work list from plan(): one CTA per item and KV head.")
 
 PARAMS = abi.Struct("FigPrefillParams", (

@@ -69,7 +69,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kern
   extern __shared__ __align__(16) uint8_t smem_raw[];
 
   const FigDecodeParams& p = args.p;
-  const DecodeWorkCoord w = DecodeWorkCoord::from_block(p, args.shape);
+  const int item = DecodeWorkCoord::item_of_block(p, args.shape);
+  if (item < 0) return;
+  const DecodeWorkCoord w = DecodeWorkCoord::from_block(p, args.shape, item);
   const int warp = threadIdx.x / 32;
   const int tiles = args.shape.row_tiles_per_cta;
   const int tile = warp % tiles;

@@ -29,6 +29,7 @@ __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials
 
   const int item = blockIdx.x;
   const int qo_head = blockIdx.y;
+  if (item >= *merge.live_items) return;  // a CUDA-graph plan launches its capacity
   const int row = merge.row[item];  // written by plan(), not by the primary kernel
   const int first = merge.indptr[item];
   const int count = merge.indptr[item + 1] - first;

@@ -136,6 +136,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
 
   const FigPrefillParams& p = args.p;
   const int item = blockIdx.x / p.kv.num_kv_heads;
+  if (item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
   PrefillRows rows;
   rows.kv_head = blockIdx.x % p.kv.num_kv_heads;
   rows.request = p.work.request[item];

@@ -34,10 +34,16 @@ struct DecodeWorkCoord {
   int request, begin, end, partial_slot;
   int kv_head, row_group;
 
-  __device__ static DecodeWorkCoord from_block(const FigDecodeParams& p, const DecodeGridShape& shape) {
+  // The item of this CTA, or -1 past the plan's live items (a CUDA-graph plan launches its
+  // capacity; the CTAs beyond exit at once).
+  __device__ static int item_of_block(const FigDecodeParams& p, const DecodeGridShape& shape) {
+    const int item = blockIdx.x / shape.ctas_per_work_item(p.kv.num_kv_heads);
+    return item < *p.work.live_items ? item : -1;
+  }
+
+  __device__ static DecodeWorkCoord from_block(const FigDecodeParams& p, const DecodeGridShape& shape, int item) {
     DecodeWorkCoord w;
     const int rows = shape.ctas_per_work_item(p.kv.num_kv_heads);
-    const int item = blockIdx.x / rows;
     const int row = blockIdx.x % rows;
     w.request = p.work.request[item];
     w.begin = p.work.begin[item];

@@ -173,6 +173,66 @@ def test_cuda_graph_capture_and_no_sync(workspace):
         assert relative_error(out, ref) < 1e-2
 
 
+def test_cuda_graph_captured_once_follows_every_plan(workspace):
+    """use_cuda_graph: one capture, then five plans with new random lengths and page tables
+    (split-KV and not; the captured plan itself has no split, so the merge kernel must be in the
+    graph anyway), each replayed into a NaN-poisoned output and compared with the reference."""
+    from flashinfer_gen import CUDAGraphBatchDecodeWithPagedKVCacheWrapper
+    gen = torch.Generator().manual_seed(11)
+    batch, hq, hk, d, page, pool = 6, 16, 4, 128, 16, 4000
+    k = torch.randn(pool, page, hk, d, generator=gen).cuda().to(torch.float8_e4m3fn)
+    v = torch.randn(pool, page, hk, d, generator=gen).cuda().to(torch.float8_e4m3fn)
+    indptr_buf = torch.empty(batch + 1, dtype=torch.int32, device="cuda")
+    indices_buf = torch.empty(pool, dtype=torch.int32, device="cuda")
+    last_buf = torch.empty(batch, dtype=torch.int32, device="cuda")
+    w = CUDAGraphBatchDecodeWithPagedKVCacheWrapper(workspace, indptr_buf, indices_buf, last_buf)
+    assert w.is_cuda_graph_enabled
+    q = torch.empty(batch, hq, d, dtype=torch.bfloat16, device="cuda")
+    out = torch.empty_like(q)
+
+    def plan(lens):
+        lens = torch.tensor(lens)
+        pages = (lens + page - 1) // page
+        indptr = torch.cat([torch.zeros(1, dtype=torch.int64), pages.cumsum(0)]).to(torch.int32)
+        indices = torch.randperm(pool, generator=gen)[: int(indptr[-1])].to(torch.int32)
+        last = (lens - (pages - 1) * page).to(torch.int32)
+        w.plan(indptr.cuda(), indices.cuda(), last.cuda(), hq, hk, d, page, q_data_type=torch.bfloat16,
+               kv_data_type=torch.float8_e4m3fn)
+        return indptr.cuda(), indices.cuda(), last.cuda()
+
+    plan([16, 1, 33, 64, 5, 48])  # short requests: too short to split
+    assert w._plan["schedule"].num_partial == 0
+    w.run(q, (k, v), out=out)  # warm-up outside the capture (loads the module)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            w.run(q, (k, v), out=out)
+    splits = []
+    for step in range(5):
+        if step % 2 == 0:  # one long request among short ones: split-KV
+            lens = torch.randint(1, 200, (batch,), generator=gen).tolist()
+            lens[step % batch] = 30000
+        else:  # all below the smallest split piece: no split
+            lens = torch.randint(1, 64, (batch,), generator=gen).tolist()
+        indptr, indices, last = plan(lens)
+        splits.append(w._plan["schedule"].num_partial > 0)
+        q.copy_(torch.randn(q.shape, generator=gen).to(torch.bfloat16))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref, _ = decode_reference(q, k, v, indptr, indices, last)
+        assert relative_error(out, ref) < 1e-2, f"replay after plan {step} ({lens})"
+    assert any(splits) and not all(splits), splits
+    with pytest.raises(ArgumentError, match="batch"):
+        w.plan(indptr[:3], indices, last[:2], hq, hk, d, page, q_data_type=torch.bfloat16,
+               kv_data_type=torch.float8_e4m3fn)
+    with pytest.raises(ArgumentError, match="first plan's configuration"):
+        w.plan(indptr, indices, last, hq, hk, d, page, q_data_type=torch.bfloat16,
+               kv_data_type=torch.float8_e4m3fn, sm_scale=0.5)
+
+
 def test_bad_inputs_raise_before_launch(workspace):
     q, k, v, cache, indptr, indices, last = make_case([5, 40], 16, 8, 2, 128, torch.float16, torch.float16, "NHD")
     w = BatchDecodeWithPagedKVCacheWrapper(workspace)
