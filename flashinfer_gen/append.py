@@ -58,7 +58,7 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
                           positions: torch.Tensor, paged_kv_cache, kv_indices: torch.Tensor, kv_indptr: torch.Tensor,
                           kv_last_page_len: torch.Tensor, kv_layout: str = "NHD", k_scale: float | None = None,
                           v_scale: float | None = None, fp8_conversion: str | None = None,
-                          jit: bool | None = None) -> None:
+                          jit: bool | None = None, _eager: bool = False) -> None:
     """Writes append_key/append_value ([nnz, num_kv_heads, head_dim], fp16 or bf16) into the
     paged cache at (batch_indices[i], positions[i]) through the page table (kv_indptr,
     kv_indices). A 16-bit cache must have the rows' dtype and takes them unchanged; an FP8
@@ -66,7 +66,15 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
     with k_scale / v_scale the dequantisation scales the attention calls take. Tokens whose
     request, position or page lies outside the page table or the cache are skipped on the
     device (checking their values here would need a sync). kv_last_page_len is accepted for
-    FlashInfer's signature and checked for shape only."""
+    FlashInfer's signature and checked for shape only. Under torch.compile the call is the custom
+    op flashinfer_gen::append_paged_kv_cache (ops.py), which mutates the cache."""
+    if not _eager and torch.compiler.is_compiling():
+        from .ops import append_op
+        combined = not isinstance(paged_kv_cache, (tuple, list))
+        k_cache, v_cache = (paged_kv_cache, None) if combined else (paged_kv_cache[0], paged_kv_cache[1])
+        return append_op(append_key, append_value, batch_indices, positions, k_cache, v_cache, kv_indices, kv_indptr,
+                         kv_last_page_len, kv_layout, None if k_scale is None else float(k_scale),
+                         None if v_scale is None else float(v_scale), fp8_conversion, jit)
     require_tensor(append_key, "append_key")
     require_tensor(append_value, "append_value")
     device = append_key.device

@@ -43,6 +43,8 @@ class Wrapper:
         self._jit = jit
         self._plan: dict | None = None
         self._ints: torch.Tensor | None = None  # the plan's work list on the device
+        from .ops import register
+        self._op_id = register(self)  # how torch.compile'd code finds this wrapper (ops.py)
 
     @property
     def module(self) -> Module:

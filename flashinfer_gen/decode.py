@@ -20,6 +20,7 @@ from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, flashinfer_extras,
                      kv_dtype_alias, launch, lay_out_plan, lookup, merge_fields, output_fields, output_tensors,
                      paged_kv_fields, positional_run_args, query_fields, resident_ctas)
+from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail, kv_strides,
                          require_int_index, split_paged_kv)
 
@@ -236,10 +237,13 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
 
     def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None, k_scale: float | None = None,
             v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-            return_lse: bool = False, enable_pdl: bool | None = None):
+            return_lse: bool = False, enable_pdl: bool | None = None, _eager: bool = False):
         """FlashInfer's run(); k_scale / v_scale may also come positionally after the cache (this
         library's earlier signature). q_scale multiplies the logits (a quantised q's scale);
         enable_pdl is accepted (the merge kernel uses PDL on sm_90 anyway)."""
+        if not _eager and torch.compiler.is_compiling():  # one opaque op for torch.compile (ops.py)
+            return compiled_run(self, q, *split_cache(paged_kv_cache), args, q_scale, k_scale, v_scale, out, lse,
+                                return_lse)
         k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:

@@ -21,6 +21,7 @@ from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, block_n
 from .common import (INT32_MAX, Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names,
                      flashinfer_extras, launch, lay_out_plan, lookup, merge_fields, output_fields, output_tensors,
                      paged_kv_fields, positional_run_args, query_fields, resident_ctas)
+from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
                          check_scalar, fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
 
@@ -174,9 +175,12 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
 
     def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None, k_scale: float | None = None,
             v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-            return_lse: bool = False, enable_pdl: bool | None = None):
+            return_lse: bool = False, enable_pdl: bool | None = None, _eager: bool = False):
         """FlashInfer's run(); k_scale, v_scale, out, lse, return_lse may also come positionally
         after the cache. q_scale multiplies the logits; enable_pdl is accepted."""
+        if not _eager and torch.compiler.is_compiling():  # one opaque op for torch.compile (ops.py)
+            return compiled_run(self, q, *split_cache(paged_kv_cache), args, q_scale, k_scale, v_scale, out, lse,
+                                return_lse)
         k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:
@@ -224,8 +228,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, q_scale: float | None = None,
             k_scale: float | None = None, v_scale: float | None = None, out: torch.Tensor | None = None,
-            lse: torch.Tensor | None = None, return_lse: bool = False, enable_pdl: bool | None = None):
+            lse: torch.Tensor | None = None, return_lse: bool = False, enable_pdl: bool | None = None,
+            _eager: bool = False):
         """FlashInfer's run(), as the paged wrapper's."""
+        if not _eager and torch.compiler.is_compiling():  # one opaque op for torch.compile (ops.py)
+            return compiled_run(self, q, k, v, args, q_scale, k_scale, v_scale, out, lse, return_lse)
         k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:
