@@ -3,7 +3,8 @@ cache append), so that torch.compile(fullgraph=True) sees each as one opaque op 
 (meta) implementation instead of tracing into ctypes and breaking the graph.
 
 Eager calls do not go through the ops (no dispatcher cost per layer); under torch.compile the
-wrappers' run() and append_paged_kv_cache() switch to them. A compiled graph names its wrapper
+wrappers' run() and append_paged_kv_cache() switch to them. The ops are for inference: they have
+no backward, so compile them under torch.no_grad() / torch.inference_mode(), as serving does. A compiled graph names its wrapper
 by an id (the plan stays on the wrapper, host side, as FlashInfer's does): plan() as usual
 between steps, and the compiled code runs the current plan."""
 from __future__ import annotations

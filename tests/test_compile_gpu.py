@@ -45,6 +45,7 @@ class DecodeLayer(torch.nn.Module):
         return self.wrapper.run(q.reshape(-1, self.hq, self.d), (k_cache, v_cache), k_scale=0.5, v_scale=0.25)
 
 
+@torch.no_grad()  # serving runs without autograd; the ops have no backward
 def test_decode_layer_compiles_fullgraph_and_matches_eager():
     batch, seq, hq, hk, d, page = 4, 100, 8, 2, 128, 16
     k, v, indices, indptr, last, dtype = setup(batch, seq, hq, hk, d, page, fp8=True)
@@ -67,6 +68,7 @@ def test_decode_layer_compiles_fullgraph_and_matches_eager():
     assert torch.equal(compiled(x2, k, v), layer(x2, k_eager, v_eager))
 
 
+@torch.no_grad()
 def test_prefill_call_compiles_fullgraph_with_lse():
     batch, seq, hq, hk, d, page = 2, 64, 8, 2, 128, 16
     k, v, indices, indptr, last, dtype = setup(batch, seq, hq, hk, d, page, fp8=False)
