@@ -41,7 +41,7 @@ def get_batch_indices_positions(append_indptr: torch.Tensor, seq_lens: torch.Ten
     for x, what in ((append_indptr, "append_indptr"), (seq_lens, "seq_lens")):
         check_cuda_tensor(x, what, device)
         if x.dtype not in (torch.int32, torch.int64) or x.dim() != 1:
-            fail(f"{what} must be a 1-D int32 tensor, got {x.dtype} of shape {tuple(x.shape)}")
+            fail(f"{what} must be a 1-D int32 or int64 tensor, got {x.dtype} of shape {tuple(x.shape)}")
     if append_indptr.numel() != seq_lens.numel() + 1:
         fail(f"append_indptr has {append_indptr.numel()} entries, expected len(seq_lens) + 1 = {seq_lens.numel() + 1}")
     if not isinstance(nnz, int) or isinstance(nnz, bool) or nnz < 0:
@@ -125,7 +125,7 @@ def append_paged_kv_cache(append_key: torch.Tensor, append_value: torch.Tensor, 
     params = fill(
         PARAMS, key=append_key.data_ptr(), value=append_value.data_ptr(), stride_row=append_key.stride(0),
         stride_head=append_key.stride(1), batch_indices=batch_indices.data_ptr(), positions=positions.data_ptr(),
-        nnz=nnz, batch=batch, num_pages=k.shape[0],
+        nnz=nnz, batch=batch, num_pages=k.shape[0], num_indices=kv_indices.numel(),
         kv=dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
                 stride_head=strides[2], indptr=kv_indptr.data_ptr(), indices=kv_indices.data_ptr(),
                 page_size=page_size, num_kv_heads=hk),

@@ -21,7 +21,7 @@ from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_varia
                      kv_dtype_alias, launch, lay_out_plan, lookup, merge_fields, output_fields, output_tensors,
                      paged_kv_fields, positional_run_args, query_fields, resident_ctas)
 from .ops import compiled_run, split_cache
-from .validation import (TORCH_DTYPES, check_head_config, check_page_table, check_scalar, fail, kv_strides,
+from .validation import (TORCH_DTYPES, check_head_config, check_page_table, fail, kv_strides, scale_arg,
                          require_int_index, split_paged_kv)
 
 MIN_CHUNK_TOKENS = WARPS * STEP_TOKENS  # a split-KV chunk gives each of the CTA's warps at least one step
@@ -228,6 +228,9 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
             g["config"] = config
             # one wave of items at most beyond one per request: what the split heuristic aims for
             g["max_items"] = max(batch, 2 * max(1, resident // ctas_per_item))
+        elif g.get("num_pages") is not None and page_indices.size and int(page_indices.max()) >= g["num_pages"]:
+            fail(f"indices refers to page {int(page_indices.max())} but the cache this wrapper's graph was captured "
+                 f"with has {g['num_pages']} pages")
         elif config != g["config"]:
             fail("a CUDA-graph wrapper keeps its first plan's configuration (instance, heads, head dim, page size, "
                  "sm_scale, soft-cap), which a captured graph has baked in; make another wrapper for another")
@@ -238,8 +241,8 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
     def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None, k_scale: float | None = None,
             v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
             return_lse: bool = False, enable_pdl: bool | None = None, _eager: bool = False):
-        """FlashInfer's run(); k_scale / v_scale may also come positionally after the cache (this
-        library's earlier signature). q_scale multiplies the logits (a quantised q's scale);
+        """FlashInfer's run(); k_scale, v_scale, out, lse, return_lse may also come positionally
+        after the cache (this library's earlier signature). q_scale multiplies the logits (a quantised q's scale);
         enable_pdl is accepted (the merge kernel uses PDL on sm_90 anyway)."""
         if not _eager and torch.compiler.is_compiling():  # one opaque op for torch.compile (ops.py)
             return compiled_run(self, q, *split_cache(paged_kv_cache), args, q_scale, k_scale, v_scale, out, lse,
@@ -257,7 +260,11 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
         check_kv_alignment(k, v, strides)
         if plan["max_index"] >= k.shape[0]:
             fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
-        ks, vs = check_scalar(k_scale, "k_scale", positive=True), check_scalar(v_scale, "v_scale")
+        if self._graph is not None:  # a later plan() checks its pages against this cache (a replay skips run())
+            self._graph["num_pages"] = k.shape[0]
+        (qs, qs_dev), (ks, ks_dev), (vs, vs_dev) = (scale_arg(q_scale, "q_scale", device, positive=True),
+                                                    scale_arg(k_scale, "k_scale", device, positive=True),
+                                                    scale_arg(v_scale, "v_scale", device))
         out, lse = output_tensors(q, out, lse, return_lse, device)
 
         sched, ptr = plan["schedule"], plan["ptr"]
@@ -269,8 +276,8 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
                       num_items=plan["grid_items"], live_items=ptr["work_count"]),
             merge=merge_fields(ptr, plan["grid_merge"]),
             out=output_fields(out, lse),
-            scales=dict(sm_scale=plan["sm_scale"] * check_scalar(q_scale, "q_scale", positive=True), k_scale=ks,
-                        v_scale=vs, logits_soft_cap=plan["soft_cap"]))
+            scales=dict(sm_scale=plan["sm_scale"] * qs, k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"],
+                        q_scale_device=qs_dev, k_scale_device=ks_dev, v_scale_device=vs_dev))
         launch(plan["module"], params, device)
         return (out, lse) if return_lse else out
 

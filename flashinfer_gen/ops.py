@@ -26,6 +26,8 @@ def register(wrapper) -> int:
 
 
 def _scale(x) -> float:
+    """Scales under torch.compile are Python floats (a device-tensor scale works in eager and in
+    CUDA graphs; here float() of it would break the graph)."""
     return 1.0 if x is None else float(x)
 
 
@@ -52,10 +54,8 @@ def _(wrapper_id, q, k, v, q_scale, k_scale, v_scale, return_lse):
 def compiled_run(wrapper, q, k, v, args, q_scale, k_scale, v_scale, out, lse, return_lse):
     """What a wrapper's run() does under torch.compile: one attention_run op, then `out` / `lse`
     filled if the caller gave them (the op itself returns fresh tensors)."""
-    names = ("k_scale", "v_scale", "out", "lse", "return_lse")
-    given = dict(zip(names, args))
-    k_scale, v_scale = given.get("k_scale", k_scale), given.get("v_scale", v_scale)
-    out, lse, return_lse = given.get("out", out), given.get("lse", lse), given.get("return_lse", return_lse)
+    from .common import positional_run_args
+    k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
     want_lse = bool(return_lse or lse is not None)
     result, result_lse = torch.ops.flashinfer_gen.attention_run(wrapper._op_id, q, k, v, _scale(q_scale),
                                                                 _scale(k_scale), _scale(v_scale), want_lse)

@@ -23,7 +23,8 @@ from .common import (INT32_MAX, Wrapper, check_kv, check_kv_alignment, check_q, 
                      paged_kv_fields, positional_run_args, query_fields, resident_ctas)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
-                         check_scalar, fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
+                         fail, kv_strides, require_int_index, require_tensor, scale_arg,
+                         split_paged_kv)
 
 MAX_PIECES = 64
 RAGGED_PAGE_SIZE = 1 << 30  # one page holds a whole request's contiguous rows
@@ -91,7 +92,7 @@ class _BatchPrefill(Wrapper):
 
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
                  jit: bool | None = None):
-        """workspace_buffer: a CUDA uint8 tensor (FlashInfer suggests 128 MB) for the split-KV
+        """workspace_buffer: a CUDA tensor of a 1-byte dtype (FlashInfer suggests 128 MB) for the split-KV
         partials; wrappers may share one (each keeps its own work list). fp8_conversion: None
         (hardware where the arch has it), "hardware" or "software". jit: build a missing instance
         on demand."""
@@ -129,7 +130,9 @@ class _BatchPrefill(Wrapper):
         device, hq, d = plan["device"], plan["num_qo_heads"], plan["head_dim"]
         check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]")
         check_kv_alignment(k, v, strides)
-        ks, vs = check_scalar(k_scale, "k_scale", positive=True), check_scalar(v_scale, "v_scale")
+        (qs, qs_dev), (ks, ks_dev), (vs, vs_dev) = (scale_arg(q_scale, "q_scale", device, positive=True),
+                                                    scale_arg(k_scale, "k_scale", device, positive=True),
+                                                    scale_arg(v_scale, "v_scale", device))
         out, lse = output_tensors(q, out, lse, return_lse, device)
         sched, ptr = plan["schedule"], plan["ptr"]
         params = fill(
@@ -142,8 +145,8 @@ class _BatchPrefill(Wrapper):
                       num_items=sched.request.size, live_items=ptr["work_count"]),
             merge=merge_fields(ptr, sched.merge_row.size),
             out=output_fields(out, lse),
-            scales=dict(sm_scale=plan["sm_scale"] * check_scalar(q_scale, "q_scale", positive=True), k_scale=ks,
-                        v_scale=vs, logits_soft_cap=plan["soft_cap"]),
+            scales=dict(sm_scale=plan["sm_scale"] * qs, k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"],
+                        q_scale_device=qs_dev, k_scale_device=ks_dev, v_scale_device=vs_dev),
             causal=int(plan["causal"]), window_left=plan["window_left"])
         launch(plan["module"], params, device)
         return (out, lse) if return_lse else out

@@ -1,7 +1,8 @@
 """FlashInfer's single-request calls on contiguous K/V, through the batch kernels: a decode over
 one page that holds the whole sequence, and a prefill through the ragged wrapper. Each call
 plans (host work) and runs; a serving loop should hold a batch wrapper instead. The wrappers and
-their workspace are kept per device and layout, so repeated calls allocate nothing new."""
+their workspace are kept per device and layout, so repeated calls allocate nothing new; calls
+on several streams at once would share them, so use batch wrappers there."""
 from __future__ import annotations
 
 import torch
@@ -66,11 +67,11 @@ def single_decode_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, custom_mask=None,
                                  packed_custom_mask=None, causal: bool = False, kv_layout: str = "NHD",
                                  pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
+                                 sm_scale: float | None = None, window_left: int = -1,
+                                 logits_soft_cap: float | None = None, rope_scale: float | None = None,
+                                 rope_theta: float | None = None, return_lse: bool = False, *,
                                  q_scale: float | None = None, k_scale: float | None = None,
-                                 v_scale: float | None = None, window_left: int = -1,
-                                 logits_soft_cap: float | None = None, sm_scale: float | None = None,
-                                 rope_scale: float | None = None, rope_theta: float | None = None,
-                                 return_lse: bool = False):
+                                 v_scale: float | None = None):
     """q: [qo_len, num_qo_heads, head_dim]; k, v: one request's keys and values. Returns out like q
     (and lse [qo_len, num_qo_heads], base 2, with return_lse). Causal aligns to the end of the keys."""
     require_tensor(q, "q")

@@ -144,6 +144,19 @@ def check_scalar(value: Any, what: str, positive: bool = False) -> float:
     return v
 
 
+def scale_arg(value: Any, what: str, device: torch.device, positive: bool = False) -> tuple[float, int | None]:
+    """A scale as run() takes it: a Python float, checked here, or a one-element float32 tensor on
+    the device, which the kernel reads at launch (so a captured graph follows a new value; a
+    logits scale that is not > 0 there makes the output NaN, as checking it here would need a
+    sync). Returns (the float, or 1.0; the tensor's address, or None)."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_cuda or value.device != device or value.dtype != torch.float32 or value.numel() != 1:
+            fail(f"{what} as a tensor must be a one-element float32 tensor on {device}, got {value.dtype} "
+                 f"{tuple(value.shape)} on {value.device} (or pass a Python float)")
+        return 1.0, value.data_ptr()
+    return check_scalar(value, what, positive), None
+
+
 def check_cuda_tensor(x: torch.Tensor, what: str, device: torch.device) -> None:
     if not x.is_cuda:
         fail(f"{what} must be on a CUDA device, got {x.device}")

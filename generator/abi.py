@@ -22,7 +22,8 @@ COMMON_HEADER = "fig_abi_common.h"
 _CTYPES = {
     "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64, "float": ctypes.c_float, "int": ctypes.c_int,
     "const void*": ctypes.c_void_p, "void*": ctypes.c_void_p, "const int32_t*": ctypes.c_void_p,
-    "const uint8_t*": ctypes.c_void_p, "float*": ctypes.c_void_p, "const char*": ctypes.c_char_p,
+    "const uint8_t*": ctypes.c_void_p, "float*": ctypes.c_void_p, "const float*": ctypes.c_void_p,
+    "const char*": ctypes.c_char_p,
     "int*": ctypes.POINTER(ctypes.c_int),
 }
 
@@ -94,7 +95,10 @@ SCALES = Struct("FigScales", (
     Field("k_scale", "float", "dequantisation scale of K, folded into the logits scale"),
     Field("v_scale", "float", "dequantisation scale of V, applied to the output"),
     Field("logits_soft_cap", "float", "<= 0: off"),
-), "Scalars of the attention variant.")
+    Field("q_scale_device", "const float*", "NULL, or a float on the device multiplying the logits; > 0 (else NaN out)"),
+    Field("k_scale_device", "const float*", "NULL, or a float on the device multiplying the logits; > 0 (else NaN out)"),
+    Field("v_scale_device", "const float*", "NULL, or a float on the device multiplying the output"),
+), "Scalars of the attention variant. The *_device ones are read at each launch (a captured graph follows them).")
 
 COMMON_STRUCTS = (QUERY, PAGED_KV, OUTPUT, SPLIT_MERGE, SCALES)
 COMMON_FUNCTIONS = (

@@ -49,6 +49,7 @@ PARAMS = abi.Struct("FigAppendParams", (
     abi.Field("nnz", "int32_t"),
     abi.Field("batch", "int32_t", "requests in the page table; a token naming another is skipped"),
     abi.Field("num_pages", "int32_t", "pages of the cache; a page index outside [0, num_pages) is skipped"),
+    abi.Field("num_indices", "int32_t", "entries of kv.indices; a page-table slot at or past it is skipped"),
     abi.Field("kv", abi.PAGED_KV, "the cache written, and its page table"),
     abi.Field("k_inv_scale", "float", "fp32 1 / k_scale (FP8 caches; 1 otherwise)"),
     abi.Field("v_inv_scale", "float"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import abi
 from .arches import ARCH_BY_NAME, Arch
-from .keys import CONVERSIONS, CXX_ELEMENT, KV_BYTES, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
+from .keys import CONVERSIONS, CXX_ELEMENT, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
 from .kind_decode import CXX_LOGITS, VARIANTS
 
 import os
@@ -58,15 +58,25 @@ def _two_ctas_fit(smem: int, arch: Arch) -> bool:
     return 2 * (smem + arch.smem_reserved_per_block) <= arch.smem_per_sm
 
 
+def spills_at_64_keys(key: InstanceKey) -> bool:
+    """Where two m-tiles of 64 keys spilled (ptxas -warn-spills over every instance): the e4m3
+    software routine's exact pass with the soft-cap's transform (12 bytes, head dim 96, sm_90a),
+    or at head dim 96 on sm_80 (8 bytes). Those start at 32 keys."""
+    if m_tiles(key.head_dim) != 2 or (key.kv_dtype, key.conversion) != ("e4m3", "software"):
+        return False
+    return key.variant == "softcap" or key.head_dim == 96
+
+
 def block_n(key: InstanceKey) -> int:
     """Keys per shared tile: the largest of the head dim's candidates with which two CTAs of two
     stages share an SM of the key's arch; where none does (the 100 KB parts at large head dims),
-    the largest that fits one CTA. Every candidate fits the registers: S takes m_tiles x
-    kBlockN / 2 per thread next to O's m_tiles x D / 2 (the builder refuses a spilling build)."""
+    the largest that fits one CTA. S takes m_tiles x kBlockN / 2 registers a thread next to O's
+    m_tiles x D / 2, which fills the 255 at two m-tiles of 64 keys: where that spilled
+    (spills_at_64_keys) the candidates start at 32; the builder refuses any spilling build."""
     if "block_n" in _tune():
         return _tune()["block_n"]
     arch = ARCH_BY_NAME[key.arch]
-    candidates = (64, 32, 16)
+    candidates = (32, 16) if spills_at_64_keys(key) else (64, 32, 16)
     sizes = {n: _smem_bytes(key.head_dim, key.is_fp8, n, 2) for n in candidates}
     for n in candidates:
         if _two_ctas_fit(sizes[n], arch):

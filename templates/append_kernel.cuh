@@ -74,6 +74,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) append_kernel(const FigAppendPa
   const int slot = pos - page_in_request * p.kv.page_size;
   const int first_page = __ldg(p.kv.indptr + b);
   if (page_in_request >= __ldg(p.kv.indptr + b + 1) - first_page) return;
+  if (first_page < 0 || first_page + page_in_request >= p.num_indices) return;
   const int page = __ldg(p.kv.indices + first_page + page_in_request);
   if (page < 0 || page >= p.num_pages) return;
 

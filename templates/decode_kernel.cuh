@@ -89,7 +89,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kern
   const int64_t head_bytes = args.kv.head_offset(w.kv_head) * Cfg::Kv::kBytes;
   mainloop.run(args.kv, static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes,
                static_cast<const uint8_t*>(p.kv.v_cache) + head_bytes, __ldg(p.kv.indptr + w.request), w.begin, end,
-               warp / tiles, Cfg::kWarps / tiles, typename Cfg::Logits(args.logits_scale, p.scales.logits_soft_cap));
+               warp / tiles, Cfg::kWarps / tiles,
+               typename Cfg::Logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
+                                        device_scale(p.scales.k_scale_device, true),
+                                    p.scales.logits_soft_cap));
   // The merge kernel may be scheduled once every CTA is past its mainloop, so that its launch
   // latency hides under the epilogues. Not earlier: signalled at CTA start, the 512 merge CTAs of
   // batch 16 x 4096 became resident beside the one-wave decode grid, waiting, and some runs
@@ -99,7 +102,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) decode_kern
   auto& epilogue_smem = *reinterpret_cast<typename Epilogue::SharedStorage*>(smem_raw);
   Epilogue::stage(epilogue_smem, mainloop, warp);
   __syncthreads();
-  Epilogue::write(epilogue_smem, p, args.shape, w, args.out_scale);
+  Epilogue::write(epilogue_smem, p, args.shape, w, args.out_scale * device_scale(p.scales.v_scale_device, false));
 }
 
 template <class Cfg>

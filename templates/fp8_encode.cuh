@@ -2,9 +2,10 @@
 // even (a finite value past the largest code, and +-inf, become +-max; NaN stays NaN), which is
 // what `cvt.rn.satfinite` does and what torch gives for clamp(x, -max, max).to(float8_*).
 //   hardware: the sm_89+ `cvt.rn.satfinite.{e4m3,e5m2}x2.f32`, two values per instruction.
-//   software: integer rounding of the fp32 bits (sm_80 has no FP8 instruction); bit-exact with
-//     the instruction. Like fp8_convert.cuh this compiles as plain C++, so a host test checks it
-//     against torch over every rounding boundary.
+//   software: integer rounding of the fp32 bits (sm_80 has no FP8 instruction): the same code as
+//     torch for every value but NaN, which becomes a NaN code with the input's sign (its payload
+//     bits are not specified either way). Like fp8_convert.cuh this compiles as plain C++, so a
+//     host test checks it against torch over every rounding boundary.
 #pragma once
 #include <stdint.h>
 #include <string.h>

@@ -1,4 +1,5 @@
-// K and V rows as mma.sync B fragments, shared by the decode and prefill mainloops.
+// K and V rows as mma.sync B fragments of the decode mainloop (prefill reads its 16-bit tiles with
+// ldmatrix instead, prefill_mainloop_sm80.cuh).
 //
 // The reduction dims of both products may be permuted freely, so each lane reads vectors of
 // whole token rows and we *define* the mma's k index to be what it holds:
@@ -20,17 +21,12 @@ namespace fig {
 // Largest power of two <= cap that divides n.
 constexpr int pow2_divisor(int n, int cap) { return (cap > 1 && n % cap != 0) ? pow2_divisor(n, cap / 2) : cap; }
 
-// kKVec: K elements a lane reads at once; by default as many as one 16-byte load holds (decode
-// reads a token's K row whole). Prefill reads one k-step (4 elements) at a time and passes 4:
-// lane c then owns dims 16j + 4c .. 16j + 4c + 3, so the 4 lanes of a row read one contiguous
-// 16 (FP8) or 32 (16-bit) bytes and a warp's 8 padded rows spread over all banks; with 16-byte
-// vectors the four lanes' reads of a k-step would sit 16 bytes apart and share banks 4 ways.
-template <class Kv, int kHeadDim, int kKVec = 0>
+template <class Kv, int kHeadDim>
 struct KvFragments {
   static constexpr int kBytes = Kv::kBytes;
   static constexpr int kKElems = kHeadDim / 4;  // K dims a lane owns per token
   static constexpr int kVElems = kHeadDim / 8;  // V dims a lane owns per token
-  static constexpr int kVecK = kKVec ? kKVec : pow2_divisor(kKElems, 16 / kBytes);  // elements per K load
+  static constexpr int kVecK = pow2_divisor(kKElems, 16 / kBytes);  // elements per K load: one 16-byte load
   static constexpr int kVecV = pow2_divisor(kVElems, 16 / kBytes);  // elements per V load
   static constexpr int kKWords = kKElems * kBytes / 4;
   static constexpr int kVWords = kVElems * kBytes / 4;

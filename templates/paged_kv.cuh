@@ -46,15 +46,6 @@ struct PagedKv {
   __device__ __forceinline__ int64_t head_offset(int kv_head) const { return pool(0, 0, kv_head); }
 };
 
-// A CTA's cooperative copy of kRows consecutive tokens of K and V (one KV head) into shared
-// rows of kRowBytes (a row of head-dim bytes plus any padding), 16 bytes per cp.async.
-// Consecutive threads take consecutive 16-byte chunks of a row, so each row is read as whole
-// sectors. The rows' page-table lookups are done a tile ahead (lookup() / store()) into shared
-// memory as K row addresses, so a copy never waits for a page index: a lookup's latency hides
-// under a tile's compute. A V row sits at a fixed distance from its K row (v_minus_k: the two
-// pools share strides), so the copy holds no base pointers in registers across the mainloop.
-// Tokens at or past `end` re-read token end - 1 (the consumer masks them), so no load leaves
-// the request's pages.
 // threadIdx.x, read where it is used. An asm volatile read stays inside the loop that contains it,
 // so what the copy derives from the thread index is recomputed each tile (a few integer ops)
 // instead of being hoisted and held in registers, or spilled, across the whole mainloop.
@@ -64,6 +55,15 @@ __device__ __forceinline__ int thread_index_here() {
   return t;
 }
 
+// A CTA's cooperative copy of kRows consecutive tokens of K and V (one KV head) into shared
+// rows of kRowBytes (a row of head-dim bytes plus any padding), 16 bytes per cp.async.
+// Consecutive threads take consecutive 16-byte chunks of a row, so each row is read as whole
+// sectors. The rows' page-table lookups are done a tile ahead (lookup() / store()) into shared
+// memory as K row addresses, so a copy never waits for a page index: a lookup's latency hides
+// under a tile's compute. A V row sits at a fixed distance from its K row (v_minus_k: the two
+// pools share strides), so the copy holds no base pointers in registers across the mainloop.
+// Tokens at or past `end` re-read token end - 1 (the consumer masks them), so no load leaves
+// the request's pages.
 template <int kRows, int kRowBytes, int kDataBytes, int kThreads>
 struct PagedKvTileCopy {
   static constexpr int kChunksPerRow = kDataBytes / 16;

@@ -1,6 +1,6 @@
 // Batch prefill (Ampere path) = work item -> rows and keys + shared K/V tile pipeline + warp
 // mainloop (prefill_mainloop_sm80.cuh) + epilogue + split-KV merge kernel (merge.cuh). A work item
-// is (request, 64 packed query rows, key range) from plan(); the grid is items x KV heads, KV
+// is (request, kBlockM packed query rows, key range) from plan(); the grid is items x KV heads, KV
 // heads fastest, so CTAs that start together read the same pages. GQA packs a KV head's q heads
 // into the tile's rows (row = token x group + head), so every K/V tile serves the whole group.
 #pragma once
@@ -187,11 +187,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
   const int64_t v_minus_k = static_cast<const uint8_t*>(p.kv.v_cache) - static_cast<const uint8_t*>(p.kv.k_cache);
   const int page_begin = __ldg(p.kv.indptr + rows.request);
-  const typename Cfg::Logits logits(args.logits_scale, p.scales.logits_soft_cap);
+  const typename Cfg::Logits logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
+                                        device_scale(p.scales.k_scale_device, true),
+                                    p.scales.logits_soft_cap);
   prefill_tiles<Cfg>(ml, smem, args.kv, k_base, v_minus_k, page_begin, begin, end, hi_first, lo_last, logits);
   launch_dependents();  // the merge kernel may be scheduled now (see decode_kernel.cuh)
   const PrefillRows item_rows = shared.rows;  // after prefill_tiles' last barrier, before the epilogue's writes
-  Epilogue::stage(shared.epilogue, ml, args.out_scale);
+  Epilogue::stage(shared.epilogue, ml, args.out_scale * device_scale(p.scales.v_scale_device, false));
   __syncthreads();
   Epilogue::write(shared.epilogue, item_rows, p);
 }

@@ -10,6 +10,15 @@ namespace fig {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
+// A scale the caller keeps on the device (FigScales::*_scale_device), or 1. A logits factor that
+// is not > 0 would break the softmax's folded maximum (and means nothing): it makes the output
+// NaN, so the mistake shows instead of passing as a wrong answer.
+__device__ __forceinline__ float device_scale(const float* p, bool must_be_positive) {
+  if (p == nullptr) return 1.0f;
+  const float s = __ldg(p);
+  return (must_be_positive && !(s > 0.0f)) ? __int_as_float(0x7fc00000) : s;
+}
+
 struct PlainLogits {
   static constexpr bool kUseSoftCap = false;
   static constexpr bool kLinear = true;

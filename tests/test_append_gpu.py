@@ -114,15 +114,18 @@ def test_out_of_range_tokens_are_skipped():
     batch, writes nothing anywhere; the others still land."""
     gen = torch.Generator().manual_seed(5)
     k, v, cache, indptr, indices, last = make_cache([16, 16], 16, 2, 128, torch.bfloat16, "NHD", False, gen)
-    before_k = k.clone()
-    key = torch.randn(3, 2, 128, generator=gen).to(torch.bfloat16).cuda()
-    batch_indices = torch.tensor([0, 1, 7], dtype=torch.int32).cuda()
-    positions = torch.tensor([3, 16, 0], dtype=torch.int32).cuda()  # 16: past request 1's one page; 7: no request
-    append_paged_kv_cache(key, key.clone(), batch_indices, positions, cache, indices, indptr, last)
+    before_k, before_v = k.clone(), v.clone()
+    key = torch.randn(4, 2, 128, generator=gen).to(torch.bfloat16).cuda()
+    value = torch.randn(4, 2, 128, generator=gen).to(torch.bfloat16).cuda()
+    batch_indices = torch.tensor([0, 1, 7, 0], dtype=torch.int32).cuda()
+    # 16: past request 1's one page; 7: no such request; -2: a negative position
+    positions = torch.tensor([3, 16, 0, -2], dtype=torch.int32).cuda()
+    append_paged_kv_cache(key, value, batch_indices, positions, cache, indices, indptr, last)
     torch.cuda.synchronize()
-    want = before_k.clone()
-    want[int(indices[0]), 3] = key[0]
-    assert torch.equal(k, want)
+    want_k, want_v = before_k.clone(), before_v.clone()
+    want_k[int(indices[0]), 3] = key[0]
+    want_v[int(indices[0]), 3] = value[0]
+    assert torch.equal(k, want_k) and torch.equal(v, want_v)
 
 
 def test_bad_inputs_are_refused_before_launch():
@@ -143,7 +146,8 @@ def test_bad_inputs_are_refused_before_launch():
         (dict(kv_layout="NDH"), "kv_layout"),
         (dict(k_scale=-1.0), "k_scale must be > 0"),
         (dict(kv_last_page_len=last.repeat(2)), "kv_last_page_len"),
-        (dict(append_key=key[:, :, :64].contiguous(), append_value=key[:, :, :64].contiguous()), "shape"),
+        (dict(append_key=key[:, :, :64].contiguous(), append_value=key[:, :, :64].contiguous()),
+         "does not match layout"),
         (dict(paged_kv_cache=(k.to(torch.float16), v.to(torch.float16))), "cache takes"),
     ]
     for change, match in bad:

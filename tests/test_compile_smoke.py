@@ -32,6 +32,7 @@ SMOKE = [
     InstanceKey("prefill", "bf16", "e4m3", 256, "sm80", "software"),
     InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none"),
     InstanceKey("append", "bf16", "e4m3", 128, "sm80", "software"),
+    InstanceKey("append", "f16", "e5m2", 64, "sm90a", "hardware"),
 ]
 
 

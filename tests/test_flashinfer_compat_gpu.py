@@ -114,3 +114,48 @@ def test_flashinfer_arguments_this_library_cannot_honour_are_refused():
         d.plan(kv_indptr, kv_indices, last, 8, 2, 128, 16, kv_data_type=torch.bfloat16, data_type=torch.float16)
     with pytest.raises(flashinfer.ArgumentError, match="1-byte dtype"):
         flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(1024, dtype=torch.float16, device="cuda"))
+
+
+def test_scales_as_device_tensors_follow_a_captured_graph():
+    """k_scale / v_scale / q_scale as one-element CUDA float32 tensors: the kernel reads them at
+    launch, so a graph captured once follows a changed value; a non-positive logits scale gives
+    NaN (it cannot be checked on the host without a sync), never a plausible wrong answer."""
+    workspace_buffer = torch.empty(64 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    k, v, indptr, indices, last = paged_case([40, 300], 16, 2, 128, torch.float8_e4m3fn, 8)
+    q = torch.randn(2, 8, 128, device="cuda").to(torch.bfloat16)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace_buffer)
+    w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.bfloat16, kv_data_type=torch.float8_e4m3fn)
+    k_scale = torch.tensor([0.5], device="cuda")
+    v_scale = torch.tensor([2.0], device="cuda")
+    out = torch.empty_like(q)
+    w.run(q, (k, v), k_scale=k_scale, v_scale=v_scale, out=out)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        w.run(q, (k, v), k_scale=k_scale, v_scale=v_scale, out=out)
+    for ks, vs in ((0.5, 2.0), (0.125, 0.75), (3.0, 1.0)):
+        k_scale.fill_(ks)
+        v_scale.fill_(vs)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref, _ = decode_reference(q, k, v, indptr, indices, last, k_scale=ks, v_scale=vs)
+        assert relative_error(out, ref) < TOL, (ks, vs)
+    k_scale.fill_(0.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.isnan(out).all()
+    # prefill reads them the same way
+    p = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace_buffer)
+    qo_indptr = torch.tensor([0, 5, 12], dtype=torch.int32, device="cuda")
+    qp = torch.randn(12, 8, 128, device="cuda").to(torch.bfloat16)
+    p.plan(qo_indptr, indptr, indices, last, 8, 2, 128, 16, causal=True, q_data_type=torch.bfloat16,
+           kv_data_type=torch.float8_e4m3fn)
+    k_scale.fill_(0.25)
+    q_scale = torch.tensor([2.0], device="cuda")
+    out_p = p.run(qp, (k, v), q_scale=q_scale, k_scale=k_scale, v_scale=v_scale)
+    ref_p, _ = prefill_reference(qp, k, v, qo_indptr, indptr, indices, last, causal=True, k_scale=0.25, v_scale=1.0,
+                                 sm_scale=2.0 / math.sqrt(128))
+    assert relative_error(out_p, ref_p) < TOL
+    with pytest.raises(flashinfer.ArgumentError, match="one-element float32"):
+        w.run(q, (k, v), k_scale=torch.tensor([0.5]))

@@ -57,7 +57,7 @@ def test_prefill_space():
     assert kind_prefill.block_n(key(kind="prefill", kv_dtype="bf16", conversion="none", q_dtype="bf16")) == 64
     assert kind_prefill.block_n(key(kind="prefill", head_dim=256)) == 32  # 64 keys would leave one CTA an SM
     soft_e4m3_sw = key(kind="prefill", conversion="software", variant="softcap")
-    assert kind_prefill.block_n(soft_e4m3_sw) == 64 and "/*kBlockN=*/64" in render(soft_e4m3_sw)
+    assert kind_prefill.block_n(soft_e4m3_sw) == 32 and "/*kBlockN=*/32" in render(soft_e4m3_sw)
     # a 100 KB part: head dim 96 keeps two CTAs only with 16-key tiles
     assert kind_prefill.block_n(key(kind="prefill", head_dim=96, arch="sm86", conversion="software")) == 16
     assert "head_dim=80" in why_invalid(key(head_dim=80))  # decode has no head dim 80
@@ -335,9 +335,11 @@ def test_fill_requires_every_field():
     with pytest.raises(TypeError, match="missing"):
         abi.fill(abi.SCALES, sm_scale=1.0, k_scale=1.0, v_scale=1.0)
     with pytest.raises(TypeError, match="unknown"):
-        abi.fill(abi.SCALES, sm_scale=1.0, k_scale=1.0, v_scale=1.0, logits_soft_cap=0.0, extra=1)
-    s = abi.fill(abi.SCALES, sm_scale=0.5, k_scale=2.0, v_scale=3.0, logits_soft_cap=0.0)
-    assert (s.sm_scale, s.k_scale, s.v_scale) == (0.5, 2.0, 3.0)
+        abi.fill(abi.SCALES, sm_scale=1.0, k_scale=1.0, v_scale=1.0, logits_soft_cap=0.0, q_scale_device=None,
+                 k_scale_device=None, v_scale_device=None, extra=1)
+    s = abi.fill(abi.SCALES, sm_scale=0.5, k_scale=2.0, v_scale=3.0, logits_soft_cap=0.0, q_scale_device=None,
+                 k_scale_device=1024, v_scale_device=None)
+    assert (s.sm_scale, s.k_scale, s.v_scale, s.k_scale_device, s.v_scale_device) == (0.5, 2.0, 3.0, 1024, None)
 
 
 def test_every_kind_is_complete():

@@ -287,3 +287,16 @@ def test_spill_reports_are_found():
            "32 bytes spill loads\n", "[2/2] Linking CUDA shared library\n"]
     assert spill_warnings(out) == [out[1].strip()]
     assert spill_warnings(out[::2]) == []
+
+
+def test_positional_run_args():
+    """run(q, cache, k_scale, v_scale, out, lse, return_lse) positionally, FlashInfer's keywords, or
+    a mix; the same argument both ways, or too many, is refused."""
+    from flashinfer_gen.common import positional_run_args
+    assert positional_run_args((0.5, 2.0), None, None, None, None, False) == (0.5, 2.0, None, None, False)
+    assert positional_run_args((), 0.5, None, None, None, True) == (0.5, None, None, None, True)
+    assert positional_run_args((0.5,), None, 3.0, "o", None, False) == (0.5, 3.0, "o", None, False)
+    with pytest.raises(V.ArgumentError, match="both positionally and by keyword"):
+        positional_run_args((0.5,), 0.25, None, None, None, False)
+    with pytest.raises(V.ArgumentError, match="at most 5"):
+        positional_run_args((1, 2, 3, 4, 5, 6), None, None, None, None, False)
