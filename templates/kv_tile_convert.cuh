@@ -11,8 +11,7 @@
 #pragma once
 #include <cuda_runtime.h>
 #include "fp8_convert.cuh"
-#include "paged_kv.cuh"
-#include "softmax.cuh"  // opaque_int
+#include "device_utils.cuh"
 
 namespace fig {
 

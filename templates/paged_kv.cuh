@@ -7,6 +7,7 @@
 #include <cute/arch/copy_sm80.hpp>
 #include <cute/layout.hpp>
 #include <cutlass/fast_math.h>
+#include "device_utils.cuh"
 #include "fig_abi_common.h"
 
 namespace fig {
@@ -45,15 +46,6 @@ struct PagedKv {
   __device__ __forceinline__ int64_t offset(TokenLocation loc) const { return pool(loc.page, loc.slot, 0); }
   __device__ __forceinline__ int64_t head_offset(int kv_head) const { return pool(0, 0, kv_head); }
 };
-
-// threadIdx.x, read where it is used. An asm volatile read stays inside the loop that contains it,
-// so what the copy derives from the thread index is recomputed each tile (a few integer ops)
-// instead of being hoisted and held in registers, or spilled, across the whole mainloop.
-__device__ __forceinline__ int thread_index_here() {
-  int t;
-  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
-  return t;
-}
 
 // A CTA's cooperative copy of kRows consecutive tokens of K and V (one KV head) into shared
 // rows of kRowBytes (a row of head-dim bytes plus any padding), 16 bytes per cp.async.

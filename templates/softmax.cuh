@@ -3,25 +3,9 @@
 // lane-local (no shuffle per step); the lanes' sums are added once, at the end.
 #pragma once
 #include <cmath>
+#include "device_utils.cuh"
 
 namespace fig {
-
-// 2^x on the SFU. exp2f() without fast-math wraps the same instruction in range fix-ups (about
-// three more instructions per element); the inputs here are <= 0 and a result below 2^-126,
-// flushed to 0, is that far below the row's largest term, which is 1.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// The same int, through a move ptxas cannot see into: it can no longer bound a loop whose trip
-// count this is, so it keeps the loop's branch instead of predicating the body.
-__device__ __forceinline__ int opaque_int(int x) {
-  int y;
-  asm volatile("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
-  return y;
-}
 
 struct OnlineSoftmaxRow {
   float row_max;  // of all logits seen so far, log2 units; -inf before the first valid one

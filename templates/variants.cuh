@@ -5,6 +5,7 @@
 // accumulators and fold the scale into exp2's argument (one FFMA per element, softmax.cuh).
 #pragma once
 #include <cmath>
+#include "device_utils.cuh"
 
 namespace fig {
 
@@ -41,9 +42,7 @@ struct SoftCapLogits {
   __host__ __device__ SoftCapLogits(float scale, float soft_cap)
       : pre(2.0f * kLog2e * scale / soft_cap), post(soft_cap * kLog2e) {}
   __device__ __forceinline__ float operator()(float acc) const {
-    float e;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(acc * pre));
-    return post * (1.0f - __fdividef(2.0f, e + 1.0f));
+    return post * (1.0f - __fdividef(2.0f, fast_exp2(acc * pre) + 1.0f));
   }
 };
 
