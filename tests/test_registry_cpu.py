@@ -184,6 +184,20 @@ def test_schedule_mixed_lengths_and_window_begin():
     assert sorted(s.partial[s.partial >= 0].tolist()) == list(range(s.num_partial))
 
 
+def test_schedule_respects_a_graph_plans_item_capacity():
+    """A CUDA-graph plan caps the work items (the grid it was captured with): the split heuristic
+    then picks the finest cut within the cap, still tiling every request exactly."""
+    begin, end = np.zeros(6, np.int64), np.array([30000, 5, 17, 64, 2, 100])
+    free = make_schedule(begin, end, 4, 528)
+    assert free.request.size > 12  # unconstrained, the long request is cut into many pieces
+    capped = make_schedule(begin, end, 4, 528, max_items=12)
+    assert 6 < capped.request.size <= 12
+    for b in range(6):
+        items = capped.request == b
+        assert (capped.end[items] - capped.begin[items]).sum() == end[b]
+    assert make_schedule(begin, end, 4, 528, max_items=6).request.size == 6  # no room: no split
+
+
 # --- validation --------------------------------------------------------------------------------
 
 def page_table(lens=(5, 40), page=16):
