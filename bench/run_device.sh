@@ -10,6 +10,7 @@
 #   prefill      the prefill benchmark with $FIG_PREFILL_ARGS into $OUT
 #   sanitize     compute-sanitizer memcheck / racecheck / synccheck on small prefills
 #   tune         bench/tune_prefill.sh over $FIG_TUNE_VARIANTS
+#   peer88       CUTLASS's 88_hopper_fmha built here and run on bench_prefill's shapes (bench/peer_cutlass_fmha.py)
 #   append       the append benchmark (bench/bench_append.py) into $OUT
 #   ncu          Nsight Compute reports of the d128 prefill kernel ($FIG_NCU_CASES, bench/ncu_prefill.py)
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
@@ -64,6 +65,9 @@ while [ $# -gt 0 ]; do
       echo "compute-sanitizer $tool: exit $?" | tee -a "$OUT/sanitize.log"
     done
     grep -E "ERROR SUMMARY|rel. error|within|FAILED" "$OUT/sanitize.log" | sort | uniq -c | head -20
+    ;;
+  peer88)
+    python bench/peer_cutlass_fmha.py --out "$OUT/peer88.json" 2>&1 | tee "$OUT/peer88.log" | tail -20
     ;;
   append)
     FLASHINFER_GEN_JIT=1 python bench/bench_append.py --out "$OUT/append.json" 2>&1 | tee "$OUT/append.log" | tail -12
