@@ -1,5 +1,6 @@
-"""Batch prefill benchmark: flashinfer_gen (sm80 family, paged and ragged KV) vs torch SDPA (flash and
-cuDNN backends, dense bf16), same run, same shapes.
+"""Batch prefill benchmark: flashinfer_gen (one kernel family per run: --family sm80, the mma.sync
+path, or sm90, the Hopper WGMMA path; paged and ragged KV) vs torch SDPA (flash and cuDNN backends,
+dense bf16), same run, same shapes.
 
 Shapes (issue 11, item 5):
   square   B=4 requests x S=4096 (qo_len = kv_len = 4096), heads 32/32 and 32/8, head dim 64/128/256,
@@ -16,9 +17,10 @@ FLOPs: 4*B*Hq*Sq*Skv*D non-causal; causal counts each query against the keys it 
 4*B*Hq*D*sum_i (Skv - Sq + i + 1). TFLOP/s = FLOPs / time. Timing is bench_decode.time_graph: median
 of CUDA-event timed CUDA-graph replays after warm-up, L2 flushed by reading 256 MB before each.
 A combination our registry has not built is recorded with its InstanceNotBuiltError (set
-FLASHINFER_GEN_JIT=1 to build it on first use instead). Writes bench/results/prefill-sm80-<gpu>.json.
+FLASHINFER_GEN_JIT=1 to build it on first use instead). Writes bench/results/prefill-<family>-<gpu>.json.
 
-usage: python bench/bench_prefill.py [--quick] [--head-dim 64,128,256] [--reps 20] [--out PATH]
+usage: python bench/bench_prefill.py [--family sm80|sm90] [--pages 16,64] [--quick] [--head-dim 64,128,256]
+                                     [--reps 20] [--out PATH]
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ BATCH, SEQ = 4, 4096
 CHUNK_BATCH, CHUNK_QO, CHUNK_KV, CHUNK_HEADS, CHUNK_D = 16, 512, 8192, (32, 8), 128
 KV_NAMES = ("bf16", "e4m3", "e5m2")
 QUICK_KV_NAMES = ("bf16", "e4m3")
-FAMILY = "sm80"  # the Ampere-path (mma.sync) kernel family, on whatever arch it runs
+FAMILY = "sm80"  # the family measured (--family): sm80 = the mma.sync path on any arch, sm90 = WGMMA
 METHOD = ("median of CUDA-event timed CUDA-graph replays (bench_decode.time_graph), L2 flushed (by a 256 MB "
           "read) before each; FLOPs 4*B*Hq*D*sum_i(keys seen by query i)")
 
@@ -55,8 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--head-dim", nargs="+", default=None, metavar="D",
                     help="head dims, comma or space separated (default 64,128,256; --quick: 128)")
     ap.add_argument("--reps", type=int, default=20, help="timed replays per configuration (median)")
-    ap.add_argument("--out", default=None, help="default bench/results/prefill-sm80-<gpu>.json")
+    ap.add_argument("--out", default=None, help="default bench/results/prefill-<family>-<gpu>.json")
+    ap.add_argument("--family", choices=("sm80", "sm90"), default="sm80",
+                    help="the kernel family (the wrappers' backend=): sm80 mma.sync, sm90 Hopper WGMMA")
+    ap.add_argument("--pages", default=str(PAGE), help="page sizes of the paged rows, comma separated (default 16)")
     args = ap.parse_args(argv)
+    args.pages = [int(x) for x in args.pages.split(",") if x]
     if args.head_dim is None:
         args.head_dim = [128] if args.quick else list(HEAD_DIMS)
     else:
@@ -93,6 +99,7 @@ class Bench:
         self.torch = torch
         self.time_graph = bench_decode.time_graph
         self.reps = args.reps
+        self.pages = args.pages
         self.flush = torch.ones(bench_decode.L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
         self.workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
         arch = arch_for_capability(torch.cuda.get_device_capability())
@@ -139,27 +146,27 @@ class Bench:
     def bench_ours(self, shape, batch, qo_len, kv_len, hq, hk, d, causal_set, kv_names, layouts):
         """Every (kv dtype, layout, causal, conversion) of one shape on the same q and KV tensors."""
         torch = self.torch
-        pages_per = -(-kv_len // PAGE)
-        num_pages = batch * pages_per
         qo_indptr = torch.arange(0, batch * qo_len + 1, qo_len, dtype=torch.int32, device="cuda")
         kv_indptr = torch.arange(0, batch * kv_len + 1, kv_len, dtype=torch.int32, device="cuda")
-        page_indptr = torch.arange(0, num_pages + 1, pages_per, dtype=torch.int32, device="cuda")
-        page_indices = torch.randperm(num_pages, dtype=torch.int32).cuda()  # scattered pages, as in a real pool
-        last = torch.full((batch,), kv_len - (pages_per - 1) * PAGE, dtype=torch.int32, device="cuda")
         q = self.randn((batch * qo_len, hq, d), torch.bfloat16)
         out = torch.empty_like(q)
         for kv_name in kv_names:
             dtype = self.dtypes[kv_name]
             convs = ("none",) if kv_name == "bf16" else self.conversions
-            for layout in layouts:
+            for layout, page in [(lay, p) for lay in layouts for p in (self.pages if lay == "paged" else (None,))]:
                 if layout == "paged":
-                    kv = (self.randn((num_pages, PAGE, hk, d), dtype), self.randn((num_pages, PAGE, hk, d), dtype))
+                    pages_per = -(-kv_len // page)
+                    num_pages = batch * pages_per
+                    page_indptr = torch.arange(0, num_pages + 1, pages_per, dtype=torch.int32, device="cuda")
+                    page_indices = torch.randperm(num_pages, dtype=torch.int32).cuda()  # scattered, as in a pool
+                    last = torch.full((batch,), kv_len - (pages_per - 1) * page, dtype=torch.int32, device="cuda")
+                    kv = (self.randn((num_pages, page, hk, d), dtype), self.randn((num_pages, page, hk, d), dtype))
                 else:
                     kv = (self.randn((batch * kv_len, hk, d), dtype), self.randn((batch * kv_len, hk, d), dtype))
                 for causal in causal_set:
                     for conv in convs:
                         row = dict(family=FAMILY, kv_dtype=kv_name, conversion=conv, layout=layout,
-                                   page_size=PAGE if layout == "paged" else None,
+                                   page_size=page,
                                    **self.base_row(shape, batch, qo_len, kv_len, hq, hk, d, causal))
                         fp8_conversion = None if conv == "none" else conv
                         try:
@@ -167,13 +174,13 @@ class Bench:
                                                         BatchPrefillWithRaggedKVCacheWrapper)
                             if layout == "paged":
                                 w = BatchPrefillWithPagedKVCacheWrapper(self.workspace, kv_layout="NHD",
-                                                                        fp8_conversion=fp8_conversion)
-                                w.plan(qo_indptr, page_indptr, page_indices, last, hq, hk, d, PAGE, causal=causal,
+                                                                        fp8_conversion=fp8_conversion, backend=FAMILY)
+                                w.plan(qo_indptr, page_indptr, page_indices, last, hq, hk, d, page, causal=causal,
                                        q_data_type=torch.bfloat16, kv_data_type=dtype)
                                 fn = lambda w=w: w.run(q, kv, out=out)  # noqa: E731
                             else:
                                 w = BatchPrefillWithRaggedKVCacheWrapper(self.workspace, kv_layout="NHD",
-                                                                         fp8_conversion=fp8_conversion)
+                                                                         fp8_conversion=fp8_conversion, backend=FAMILY)
                                 w.plan(qo_indptr, kv_indptr, hq, hk, d, causal=causal,
                                        q_data_type=torch.bfloat16, kv_data_type=dtype)
                                 fn = lambda w=w: w.run(q, kv[0], kv[1], out=out)  # noqa: E731
@@ -264,12 +271,17 @@ class Bench:
                     return r.get("tflops")
             return None
 
-        ours_bf16 = find(family=FAMILY, layout="paged", kv_dtype="bf16")
+        ours_bf16 = find(family=FAMILY, layout="paged", page_size=PAGE, kv_dtype="bf16")
+        ours_ragged = find(family=FAMILY, layout="ragged", kv_dtype="bf16")
         flash = find(family="peer", backend="flash")
-        out = dict(ours_bf16_paged16_tflops=ours_bf16, torch_flash_tflops=flash,
-                   ours_bf16_paged16_over_torch_flash=round(ours_bf16 / flash, 3) if ours_bf16 and flash else None)
+        cudnn = find(family="peer", backend="cudnn")
+        ratio = lambda a, b: round(a / b, 3) if a and b else None  # noqa: E731
+        out = dict(ours_bf16_paged16_tflops=ours_bf16, ours_bf16_ragged_tflops=ours_ragged, torch_flash_tflops=flash,
+                   torch_cudnn_tflops=cudnn, ours_bf16_paged16_over_torch_flash=ratio(ours_bf16, flash),
+                   ours_bf16_ragged_over_torch_cudnn=ratio(ours_ragged, cudnn),
+                   ours_bf16_paged16_over_ragged=ratio(ours_bf16, ours_ragged))
         for conv in self.conversions:
-            e4m3 = find(family=FAMILY, layout="paged", kv_dtype="e4m3", conversion=conv)
+            e4m3 = find(family=FAMILY, layout="paged", page_size=PAGE, kv_dtype="e4m3", conversion=conv)
             out[f"ours_e4m3_{conv}_paged16_tflops"] = e4m3
             out[f"ours_e4m3_{conv}_over_ours_bf16_paged16"] = round(e4m3 / ours_bf16, 3) if e4m3 and ours_bf16 else None
         return out
@@ -287,13 +299,17 @@ def git_commit() -> str | None:
 
 
 def main(argv=None) -> int:
+    global FAMILY
     args = parse_args(argv)
+    FAMILY = args.family
     import torch
 
     gpu = torch.cuda.get_device_name()
     b = Bench(args)
     heads = ((32, 32),) if args.quick else HEADS
     kv_names = QUICK_KV_NAMES if args.quick else KV_NAMES
+    if args.family == "sm90":  # its 16-bit tiles only, so far (kind_prefill_sm90.KV_DTYPES)
+        kv_names = ("bf16",)
     for hq, hk in heads:
         for d in args.head_dim:
             b.bench_sdpa("square", BATCH, SEQ, SEQ, hq, hk, d, (False, True))
@@ -301,13 +317,14 @@ def main(argv=None) -> int:
     if not args.quick and CHUNK_D in args.head_dim:
         hq, hk = CHUNK_HEADS
         b.bench_sdpa("chunked", CHUNK_BATCH, CHUNK_QO, CHUNK_KV, hq, hk, CHUNK_D, (True,))
-        b.bench_ours("chunked", CHUNK_BATCH, CHUNK_QO, CHUNK_KV, hq, hk, CHUNK_D, (True,), ("bf16", "e4m3"),
-                     ("paged",))
+        b.bench_ours("chunked", CHUNK_BATCH, CHUNK_QO, CHUNK_KV, hq, hk, CHUNK_D, (True,),
+                     tuple(n for n in ("bf16", "e4m3") if n in kv_names), ("paged",))
     summary = b.summary()
     result = dict(device=gpu, capability=list(torch.cuda.get_device_capability()),
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   commit=git_commit(), tree=os.environ.get("FIG_TREE"), torch=torch.__version__, method=METHOD,
-                  reps=args.reps, quick=args.quick, conversions=list(b.conversions), summary=summary, rows=b.rows)
+                  reps=args.reps, quick=args.quick, family=FAMILY, pages=args.pages, conversions=list(b.conversions),
+                  summary=summary, rows=b.rows)
     out = Path(args.out) if args.out else \
         Path(__file__).parent / "results" / f"prefill-{FAMILY}-{gpu.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

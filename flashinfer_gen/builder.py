@@ -115,9 +115,16 @@ def _ninja_times(build_dir: Path) -> dict[str, float]:
     return per_target
 
 
+# ptxas warnings no shipped instance may have: -warn-spills' reports ("Registers are spilled to local
+# memory in function ..."), and those that say WGMMAs were serialised (C7510: an instruction the
+# asynchronous pipeline cannot cross, C7512: accumulators that cross a function boundary, ...),
+# which cost a Hopper kernel a fifth of its speed while its answers stay right.
+_REFUSED_PTXAS = re.compile(r"spilled|\(C751\d\)|wgmma\.mma_async instructions are serialized")
+
+
 def spill_warnings(lines: Iterable[str]) -> list[str]:
-    """ptxas's -warn-spills reports ("Registers are spilled to local memory in function ...")."""
-    return [line.strip() for line in lines if "ptxas" in line and "spilled" in line]
+    """The refused ptxas warnings (_REFUSED_PTXAS) among a build's output lines."""
+    return [line.strip() for line in lines if "ptxas" in line and _REFUSED_PTXAS.search(line)]
 
 
 def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | None = None,
@@ -172,10 +179,10 @@ def build(keys: Iterable[InstanceKey], jobs: int | None = None, root: Path | Non
         if proc.wait() != 0:
             raise RuntimeError("ninja build failed:\n" + "".join(output[-200:]))
         spills = spill_warnings(output)
-        if spills:  # the flags ask ptxas to report every spill; no shipped instance may have one
+        if spills:  # the flags ask ptxas to report every spill; no shipped instance may have one, nor a serialised WGMMA
             for e in entries.values():  # ninja linked them: remove them, or the registry would load them
                 (lib / e["library"]).unlink(missing_ok=True)
-            raise RuntimeError("register spills (ptxas); the libraries of this build were removed:\n"
+            raise RuntimeError("register spills or serialised WGMMAs (ptxas); the libraries of this build were removed:\n"
                                + "\n".join(spills[:20]))
         seconds = _ninja_times(bdir)
         sizes = {name: (lib / e["library"]).stat().st_size for name, e in entries.items()

@@ -144,17 +144,36 @@ def dtype_names(q_data_type, kv_data_type) -> tuple[str, str]:
     return q_name, q_name if kv_data_type is None else dtype_name(kv_data_type, "kv_data_type")
 
 
-def lookup(kind: str, device: torch.device, q_name: str, kv_name: str, head_dim: int, soft_cap: float,
-           fp8_conversion: str | None, jit: bool | None) -> Module:
-    """The instance for this call on `device`'s arch: the arch's preferred FP8 conversion
-    (hardware where it has cvt) unless the caller forces one."""
+def instance_key(kind: str, device: torch.device, q_name: str, kv_name: str, head_dim: int, soft_cap: float,
+                 fp8_conversion: str | None) -> InstanceKey:
+    """The key of this call on `device`'s arch: the arch's preferred FP8 conversion (hardware
+    where it has cvt) unless the caller forces one."""
     arch = device_arch(device)
     conversion = (fp8_conversion or arch.default_conversion) if kv_name in FP8_DTYPES else "none"
-    key = InstanceKey(kind, q_name, kv_name, head_dim, arch.name, conversion, "softcap" if soft_cap > 0 else "default")
+    return InstanceKey(kind, q_name, kv_name, head_dim, arch.name, conversion, "softcap" if soft_cap > 0 else "default")
+
+
+def lookup(kind: str, device: torch.device, q_name: str, kv_name: str, head_dim: int, soft_cap: float,
+           fp8_conversion: str | None, jit: bool | None) -> Module:
+    """The instance for this call (instance_key), loaded, or built on demand with jit."""
+    key = instance_key(kind, device, q_name, kv_name, head_dim, soft_cap, fp8_conversion)
     reason = why_invalid(key)
     if reason is not None:
         fail(f"unsupported combination {key.name}: {reason}")
     return default_registry().lookup(key, jit=jit)
+
+
+def lookup_family(kinds: tuple[str, ...], device: torch.device, q_name: str, kv_name: str, head_dim: int,
+                  soft_cap: float, fp8_conversion: str | None, jit: bool | None) -> Module:
+    """The first of `kinds` (kernel families of one ABI, preferred first) whose instance for this
+    call is valid on the device's arch and built; the last is looked up as `lookup` does (built on
+    demand with jit, else InstanceNotBuiltError), so a preferred family is never built implicitly."""
+    built = set(default_registry().built_keys())
+    for kind in kinds[:-1]:
+        key = instance_key(kind, device, q_name, kv_name, head_dim, soft_cap, fp8_conversion)
+        if why_invalid(key) is None and key in built:
+            return default_registry().lookup(key, jit=False)
+    return lookup(kinds[-1], device, q_name, kv_name, head_dim, soft_cap, fp8_conversion, jit)
 
 
 def resident_ctas(module: Module, device: torch.device) -> int:

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from generator.abi import fill
-from generator.kind_prefill import HEAD_DIMS, PARAMS, block_m, block_n
+from generator.instances import KINDS
+from generator.kind_prefill import HEAD_DIMS, PARAMS
 
 from .common import (INT32_MAX, Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names,
-                     flashinfer_extras, launch, lay_out_plan, lookup, merge_fields, output_fields, output_tensors,
+                     flashinfer_extras, launch, lay_out_plan, lookup_family, merge_fields, output_fields, output_tensors,
                      paged_kv_fields, positional_run_args, query_fields, resident_ctas)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
@@ -27,6 +28,16 @@ from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_pa
                          split_paged_kv)
 
 MAX_PIECES = 64
+# backend= of the wrappers -> the kernel families (kinds of the prefill ABI) it may use, preferred
+# first. "auto" takes the Hopper family where its instance is built for the call and the device,
+# else the Ampere-path one. FlashInfer's names for its two families are accepted as aliases.
+BACKENDS = {
+    "auto": ("prefill_sm90", "prefill"),
+    "sm90": ("prefill_sm90",),
+    "sm80": ("prefill",),
+    "fa3": ("prefill_sm90",),
+    "fa2": ("prefill",),
+}
 RAGGED_PAGE_SIZE = 1 << 30  # one page holds a whole request's contiguous rows
 
 
@@ -91,12 +102,16 @@ class _BatchPrefill(Wrapper):
     """plan()/run() of both wrappers; they differ in how the keys are described."""
 
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
-                 jit: bool | None = None):
+                 jit: bool | None = None, *, backend: str = "auto"):
         """workspace_buffer: a CUDA tensor of a 1-byte dtype (FlashInfer suggests 128 MB) for the split-KV
         partials; wrappers may share one (each keeps its own work list). fp8_conversion: None
         (hardware where the arch has it), "hardware" or "software". jit: build a missing instance
-        on demand."""
+        on demand. backend: "auto", "sm90" (Hopper WGMMA family, sm_90a only), "sm80" (the mma.sync
+        family, every arch), or FlashInfer's "fa3" / "fa2" for those two."""
         super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
+        if backend not in BACKENDS:
+            fail(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        self._backend = backend
 
     def _plan_common(self, qo_indptr, kv_len: np.ndarray, num_qo_heads, num_kv_heads, head_dim, page_size, causal,
                      pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
@@ -112,9 +127,11 @@ class _BatchPrefill(Wrapper):
         if causal and (qo_len > kv_len).any():
             b = int(np.nonzero(qo_len > kv_len)[0][0])
             fail(f"causal: request {b} has qo_len {qo_len[b]} > kv_len {kv_len[b]}; its first queries would see no key")
-        module = lookup("prefill", device, q_name, kv_name, head_dim, soft_cap, self._fp8_conversion, self._jit)
+        module = lookup_family(BACKENDS[self._backend], device, q_name, kv_name, head_dim, soft_cap,
+                               self._fp8_conversion, self._jit)
+        tile_rows, tile_keys = KINDS[module.key.kind].tiles(module.key)
         sched = make_schedule(qo_len, kv_len, num_qo_heads // num_kv_heads, causal, window_left, num_kv_heads,
-                              resident_ctas(module, device), block_m(head_dim), block_n(module.key))
+                              resident_ctas(module, device), tile_rows, tile_keys)
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
                       partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
                       merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len,
@@ -198,10 +215,10 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
 
 class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
-                 jit: bool | None = None):
+                 jit: bool | None = None, *, backend: str = "auto"):
         if kv_layout != "NHD":
             fail(f"ragged K/V are [tokens, num_kv_heads, head_dim]: kv_layout must be 'NHD', got {kv_layout!r}")
-        super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
+        super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit, backend=backend)
 
     def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
              head_dim_qk: int, head_dim_vo: int | None = None, custom_mask=None, packed_custom_mask=None,

@@ -47,7 +47,8 @@ ARCHES: tuple[Arch, ...] = (
          smem_per_sm=100 * KB, smem_per_block=99 * KB, has_fp8_cvt=True, kinds=("decode", "prefill", "append")),
     # wgmma and setmaxnreg need the arch-specific sm_90a target, not plain sm_90.
     Arch("sm90a", "-gencode=arch=compute_90a,code=sm_90a", "sm_90a", ((9, 0),),
-         smem_per_sm=228 * KB, smem_per_block=227 * KB, has_fp8_cvt=True, kinds=("decode", "prefill", "append")),
+         smem_per_sm=228 * KB, smem_per_block=227 * KB, has_fp8_cvt=True,
+         kinds=("decode", "prefill", "prefill_sm90", "append")),
 )
 ARCH_BY_NAME = {a.name: a for a in ARCHES}
 ARCH_NAMES = tuple(ARCH_BY_NAME)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 from typing import Iterable, Mapping, Sequence
 
-from . import kind_append, kind_decode, kind_prefill
+from . import kind_append, kind_decode, kind_prefill, kind_prefill_sm90
 from .arches import ARCH_BY_NAME, ARCH_NAMES
 from .keys import KEY_FIELDS, SHARED_PREDICATES, InstanceKey, KindSpec
 
-KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (kind_decode.SPEC, kind_prefill.SPEC, kind_append.SPEC)}
+KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (kind_decode.SPEC, kind_prefill.SPEC, kind_prefill_sm90.SPEC,
+                                                           kind_append.SPEC)}
 
 
 class InvalidInstance(ValueError):
@@ -66,7 +67,7 @@ def template_context(key: InstanceKey) -> dict:
     library exports."""
     spec = KINDS[check(key).kind]
     return {"kind": key.kind, "name": key.name, "description": key.describe(),
-            "abi_version_macro": spec.abi.version_macro,
+            "abi_kind": spec.abi.kind, "abi_version_macro": spec.abi.version_macro,
             "params_struct": spec.abi.params.name, **spec.context(key)}
 
 

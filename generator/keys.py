@@ -87,6 +87,7 @@ class KindSpec:
     defaults: Mapping[str, tuple]                  # the default build; an absent field takes every value
     predicates: tuple[Predicate, ...]              # the kind's own refusals, after the shared ones
     context: Callable[[InstanceKey], dict]         # the constants its template renders
+    tiles: Callable[[InstanceKey], tuple[int, int]] | None = None  # (rows, keys) per CTA tile, where plan() needs them
 
     def allowed(self, field: str) -> tuple:
         if field == "kind":

@@ -167,4 +167,5 @@ SPEC = KindSpec(
     defaults={"head_dim": (128,), "variant": ("default",)},
     predicates=(tiles_fit,),
     context=template_context,
+    tiles=lambda key: (block_m(key.head_dim), block_n(key)),
 )

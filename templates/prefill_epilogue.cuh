@@ -4,17 +4,9 @@
 #pragma once
 #include <cuda_runtime.h>
 #include "fig_abi_prefill.h"
+#include "prefill_work.cuh"
 
 namespace fig {
-
-// The CTA's work item. Kept in shared memory across the mainloop, so it holds no registers there.
-struct PrefillRows {
-  int request, kv_head, row_begin, rows_total, group, qo_start, partial, pieces;
-
-  // Packed row r of the request = (query token r / group, q head kv_head * group + r % group).
-  __device__ __forceinline__ int token(int r) const { return r / group; }
-  __device__ __forceinline__ int qo_head(int r) const { return kv_head * group + r % group; }
-};
 
 template <class Cfg>
 struct PrefillEpilogue {
@@ -45,12 +37,14 @@ struct PrefillEpilogue {
     }
   }
 
-  // Call after a __syncthreads() that follows every warp's stage(). Four values per thread.
+  // Call after a barrier that follows every warp's stage(): kWriters threads, `thread` one of
+  // them (0 ..< kWriters), four values each per pass.
+  template <int kWriters>
   __device__ __forceinline__ static void write(const SharedStorage& smem, const PrefillRows& rows,
-                                               const FigPrefillParams& p) {
+                                               const FigPrefillParams& p, int thread) {
     using QElement = typename Cfg::QElement;
     constexpr int kQuads = kHeadDim / 4;
-    for (int idx = threadIdx.x; idx < kBlockM * kQuads; idx += Cfg::kThreads) {
+    for (int idx = thread; idx < kBlockM * kQuads; idx += kWriters) {
       const int local = idx / kQuads;
       const int d = 4 * (idx % kQuads);
       const int r = rows.row_begin + local;

@@ -11,6 +11,7 @@
 #include "merge.cuh"
 #include "prefill_epilogue.cuh"
 #include "prefill_mainloop_sm80.cuh"
+#include "prefill_work.cuh"
 #include "variants.cuh"
 
 namespace fig {
@@ -36,13 +37,6 @@ struct PrefillConfig : Shape {
   using QElement = QElement_;
   using Kv = Kv_;
   using Logits = Logits_;
-};
-
-struct PrefillArgs {
-  FigPrefillParams p;
-  PagedKv kv;
-  float logits_scale;  // sm_scale * k_scale * KV conversion factor
-  float out_scale;     // v_scale * KV conversion factor
 };
 
 // Dynamic shared memory: the work item, then the mainloop's storage, which the epilogue reuses.
@@ -137,26 +131,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   const FigPrefillParams& p = args.p;
   const int item = blockIdx.x / p.kv.num_kv_heads;
   if (item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
-  PrefillRows rows;
-  rows.kv_head = blockIdx.x % p.kv.num_kv_heads;
-  rows.request = p.work.request[item];
-  rows.row_begin = p.work.row_begin[item];
-  rows.partial = p.work.partial[item];
-  rows.pieces = p.work.pieces[item];
-  rows.group = p.out.num_heads / p.kv.num_kv_heads;
-  rows.qo_start = p.qo_indptr[rows.request];
-  const int qo_len = p.qo_indptr[rows.request + 1] - rows.qo_start;
-  rows.rows_total = qo_len * rows.group;
-  const int kv_len = p.kv_len[rows.request];
-  const int begin = p.work.kv_begin[item];
-  const int end = p.work.kv_end[item];
-  const int shift = kv_len - qo_len;  // query i sits at key position shift + i
-
-  // Keys a packed row sees: the item's range, cut by the causal bound and the window.
+  const PrefillItem work = PrefillItem::load(p, item, blockIdx.x % p.kv.num_kv_heads);
+  const PrefillRows& rows = work.rows;
+  const int begin = work.begin;
+  const int end = work.end;
   auto key_range = [&](int r, int& lo, int& hi) {
-    const int diagonal = shift + rows.token(r);  // the query's own position among the keys
-    hi = min(end - 1, p.causal ? diagonal : kv_len - 1);
-    lo = max(begin, p.window_left >= 0 ? diagonal - p.window_left : 0);
+    const int2 range = work.key_range(r, p.causal, p.window_left);
+    lo = range.x;
+    hi = range.y;
   };
   const int warp = threadIdx.x / 32;
   const int lane_g = (threadIdx.x % 32) / 4;
@@ -195,7 +177,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   const PrefillRows item_rows = shared.rows;  // after prefill_tiles' last barrier, before the epilogue's writes
   Epilogue::stage(shared.epilogue, ml, args.out_scale * device_scale(p.scales.v_scale_device, false));
   __syncthreads();
-  Epilogue::write(shared.epilogue, item_rows, p);
+  Epilogue::template write<Cfg::kThreads>(shared.epilogue, item_rows, p, threadIdx.x);
 }
 
 template <class Cfg>

@@ -33,6 +33,13 @@ struct OnlineSoftmaxRow {
     return update_each<2 * N>([&](int i) -> float& { return s[i / 2][2 * r + i % 2]; }, scale);
   }
 
+  // The same for row r of a fragment in the quad layout of kBlocks 8-column blocks: frag(4 j +
+  // 2 r + i) is column 8 j + 2 c + i of row r, as in a WGMMA accumulator (any indexable `frag`).
+  template <int kBlocks, class Frag>
+  __device__ __forceinline__ float update_quad_row(Frag& frag, int r, float scale = 1.0f) {
+    return update_each<2 * kBlocks>([&](int i) -> float& { return frag(4 * (i / 2) + 2 * r + i % 2); }, scale);
+  }
+
   __device__ __forceinline__ float row_sum() const {
     float s = lane_sum;
     s += __shfl_xor_sync(0xffffffffu, s, 1);

@@ -20,6 +20,9 @@ SELECTIONS = (
     # the other prefill head dims (tiles, fragments and the merge off powers of two), q bf16
     {"kind": ("prefill",), "head_dim": (80, 96, 192), "variant": ("default",), "q_dtype": ("bf16",)},
     {"kind": ("append",), "head_dim": (64, 128, 256)},
+    # the Hopper family (sm_90a only: nothing on other arches); soft-cap at head dim 128
+    {"kind": ("prefill_sm90",), "head_dim": (64, 128, 192, 256), "variant": ("default",)},
+    {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",)},
 )
 
 

@@ -24,13 +24,16 @@ pytestmark = [pytest.mark.compile,
               pytest.mark.skipif(toolchain.find_nvcc() is None, reason="nvcc not found: no CUDA toolkit to compile with")]
 
 # The worst register pressure (head dim 256, the e4m3 software routine with its exact replay; a
-# 16-bit prefill at 255 registers), the hardware convert on Hopper, a 100 KB part, both kinds.
+# 16-bit prefill at 255 registers), the hardware convert on Hopper, a 100 KB part, every kind
+# (the Hopper prefill at head dim 256 and with soft-cap).
 SMOKE = [
     InstanceKey("decode", "bf16", "e4m3", 256, "sm80", "software"),
     InstanceKey("decode", "f16", "e5m2", 64, "sm90a", "hardware"),
     InstanceKey("decode", "f16", "f16", 128, "sm89", "none"),
     InstanceKey("prefill", "bf16", "e4m3", 256, "sm80", "software"),
     InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none"),
+    InstanceKey("prefill_sm90", "bf16", "bf16", 256, "sm90a", "none"),
+    InstanceKey("prefill_sm90", "f16", "f16", 128, "sm90a", "none", "softcap"),
     InstanceKey("append", "bf16", "e4m3", 128, "sm80", "software"),
     InstanceKey("append", "f16", "e5m2", 64, "sm90a", "hardware"),
 ]
@@ -94,8 +97,10 @@ def test_every_built_instance_has_its_sass(built_entries):
         arches = set(re.findall(r"arch = (sm_\d+a?)", sass))
         assert arches == {ARCH_BY_NAME[e.key.arch].sass}, f"{e.library.name}: SASS for {arches}"
         if e.key.kind != "append":
-            assert "HMMA" in sass, f"{e.key.name}: no tensor-core instruction"
-        has_cvt = bool(re.search(cvt[e.key.kind], sass))
+            assert "HMMA" in sass, f"{e.key.name}: no tensor-core instruction"  # HGMMA on sm_90a
+        if e.key.kind == "prefill_sm90":  # warpgroup MMAs, and the register hand-over between roles
+            assert "HGMMA" in sass and "USETMAXREG" in sass, f"{e.key.name}: no HGMMA / setmaxnreg"
+        has_cvt = bool(re.search(cvt.get(e.key.kind, cvt["prefill"]), sass))
         assert has_cvt == (e.key.conversion == "hardware"), f"{e.key.name}: FP8 cvt present={has_cvt}"
 
 

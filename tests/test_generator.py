@@ -40,8 +40,9 @@ def test_default_set():
     # sm80 has only the software conversion; sm90a both
     assert {k.conversion for k in keys if k.arch == "sm80" and k.is_fp8} == {"software"}
     assert {k.conversion for k in keys if k.arch == "sm90a" and k.is_fp8} == {"hardware", "software"}
-    assert len(keys) == 3 * (6 + 10)  # decode, prefill and append
-    assert {k.kind for k in keys} == {"decode", "prefill", "append"}
+    assert len(keys) == 3 * (6 + 10) + 2  # decode, prefill and append; the Hopper prefill's f16, bf16
+    assert {(k.q_dtype, k.arch) for k in keys if k.kind == "prefill_sm90"} == {("f16", "sm90a"), ("bf16", "sm90a")}
+    assert {k.kind for k in keys} == {"decode", "prefill", "prefill_sm90", "append"}
     assert len({k.name for k in keys}) == len(keys)
 
 

@@ -40,12 +40,15 @@ NAN_E4M3 = 0x7F  # an e4m3fn NaN code
 _ids = lambda x: str(x).replace("torch.", "")  # noqa: E731
 
 
-def paged_wrapper(*args, **kwargs):
-    return flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(*args, **kwargs)
+# This file tests the Ampere-path family (mma.sync) on every arch, the H100 included, where
+# backend="auto" would pick the Hopper family for 16-bit caches; test_prefill_sm90_gpu.py runs
+# these checks with backend="sm90".
+def paged_wrapper(*args, backend="sm80", **kwargs):
+    return flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(*args, backend=backend, **kwargs)
 
 
-def ragged_wrapper(*args, **kwargs):
-    return flashinfer_gen.BatchPrefillWithRaggedKVCacheWrapper(*args, **kwargs)
+def ragged_wrapper(*args, backend="sm80", **kwargs):
+    return flashinfer_gen.BatchPrefillWithRaggedKVCacheWrapper(*args, backend=backend, **kwargs)
 
 
 def out_tolerance(q_dtype, kv_dtype):
@@ -141,10 +144,10 @@ def assert_close(out, lse, ref, ref_lse, tol, what):
 
 def check_paged(q_dtype, kv_dtype, conv, d, layout, page_size, group, qo_lens, kv_lens, ws, hk=None, causal=False,
                 combined=False, k_scale=None, v_scale=None, soft_cap=None, window_left=-1, sm_scale=None, seed=0,
-                qo_on_cpu=False):
+                qo_on_cpu=False, backend="sm80"):
     hq, hk = heads_for(group, hk)
     c = make_paged(qo_lens, kv_lens, page_size, hq, hk, d, q_dtype, kv_dtype, layout, combined, seed)
-    w = paged_wrapper(ws, layout, fp8_conversion=conv)
+    w = paged_wrapper(ws, layout, fp8_conversion=conv, backend=backend)
     plan_paged(w, c, q_dtype, kv_dtype, causal, qo_on_cpu, window_left=window_left, logits_soft_cap=soft_cap,
                sm_scale=sm_scale)
     out, lse = poisoned(c["q"])
@@ -158,10 +161,10 @@ def check_paged(q_dtype, kv_dtype, conv, d, layout, page_size, group, qo_lens, k
 
 
 def check_ragged(q_dtype, kv_dtype, conv, d, group, qo_lens, kv_lens, ws, hk=None, causal=False, k_scale=None,
-                 v_scale=None, soft_cap=None, window_left=-1, sm_scale=None, seed=0, w=None):
+                 v_scale=None, soft_cap=None, window_left=-1, sm_scale=None, seed=0, w=None, backend="sm80"):
     hq, hk = heads_for(group, hk)
     c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, kv_dtype, seed)
-    w = w if w is not None else ragged_wrapper(ws, "NHD", fp8_conversion=conv)
+    w = w if w is not None else ragged_wrapper(ws, "NHD", fp8_conversion=conv, backend=backend)
     plan_ragged(w, c, q_dtype, kv_dtype, causal, window_left=window_left, logits_soft_cap=soft_cap, sm_scale=sm_scale)
     out, lse = poisoned(c["q"])
     w.run(c["q"], c["k"], c["v"], k_scale=k_scale, v_scale=v_scale, out=out, lse=lse)

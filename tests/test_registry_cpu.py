@@ -301,6 +301,10 @@ def test_spill_reports_are_found():
            "32 bytes spill loads\n", "[2/2] Linking CUDA shared library\n"]
     assert spill_warnings(out) == [out[1].strip()]
     assert spill_warnings(out[::2]) == []
+    # serialised WGMMAs (the wording of ptxas 12.x/13.0) are refused the same way
+    wgmma = ("ptxas warning : (C7510) Potential Performance Loss: wgmma.mma_async instructions are serialized due "
+             "to the presence of Extern calls in the function '_Z3barv'\n")
+    assert spill_warnings([wgmma, out[0]]) == [wgmma.strip()]
 
 
 def test_positional_run_args():

@@ -1,0 +1,140 @@
+// Batch prefill, Hopper path (sm_90a): the Ampere path's work items, ABI, epilogue and split-KV
+// merge, with the CTA split by role into warpgroups:
+//   warpgroup 0, the producer (prefill_sm90_load.cuh): the K/V tile gather into a ring of
+//     kStages shared stages, each published through an mbarrier ("full") and freed by the
+//     consumers through another ("empty"); it then gives up most of its registers (setmaxnreg);
+//   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_mainloop.cuh): 64 packed query
+//     rows each, WGMMA and the online softmax, then the epilogue.
+// One CTA per work item and KV head, as the Ampere kernel; the grid is items x KV heads, KV heads
+// fastest, and plan() orders items longest first.
+#pragma once
+#include <cuda_runtime.h>
+#include "fig_abi_prefill.h"
+#include "launch.cuh"
+#include "merge.cuh"
+#include "prefill_epilogue.cuh"
+#include "prefill_sm90_load.cuh"
+#include "prefill_sm90_mainloop.cuh"
+#include "prefill_sm90_smem.cuh"
+#include "prefill_work.cuh"
+#include "sm90_sync.cuh"
+#include "variants.cuh"
+
+namespace fig {
+
+// The instance's numbers, all from the generator's table (generator/kind_prefill_sm90.py).
+template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kConsumerRows_, int kProducerRegisters_,
+          int kConsumerRegisters_, int kSmemBytes_, int kSmemPerBlock_>
+struct PrefillSm90Shape {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockN = kBlockN_;                     // keys per stage
+  static constexpr int kStages = kStages_;
+  static constexpr int kConsumers = kConsumers_;               // consumer warpgroups
+  static constexpr int kConsumerRows = kConsumerRows_;         // packed query rows per consumer
+  static constexpr int kBlockM = kConsumers * kConsumerRows;   // packed query rows per CTA
+  static constexpr int kProducerThreads = 128;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kProducerRegisters = kProducerRegisters_;
+  static constexpr int kConsumerRegisters = kConsumerRegisters_;
+  static constexpr int kSmemBytes = kSmemBytes_;
+  static constexpr int kSmemPerBlock = kSmemPerBlock_;
+  // Named barriers (0 is __syncthreads): the producer's, one per consumer's Q, the consumers' own.
+  static constexpr int kProducerBarrier = 1;
+  static constexpr int kQBarrier = 2;
+  static constexpr int kConsumersBarrier = kQBarrier + kConsumers;
+  static_assert(kProducerRegisters + kConsumers * kConsumerRegisters <= 65536 / 128, "register file of one SM");
+};
+
+template <class QElement_, class Logits_, class Shape>
+struct PrefillSm90Config : Shape {
+  using QElement = QElement_;
+  using Logits = Logits_;
+};
+
+template <class Cfg>
+constexpr size_t prefill_sm90_smem_bytes() {
+  constexpr size_t kNeed = sizeof(typename PrefillSm90Smem<Cfg>::Storage);
+  static_assert(kNeed == size_t(Cfg::kSmemBytes), "generator/kind_prefill_sm90.py smem_bytes() disagrees with the kernel");
+  static_assert(Cfg::kSmemBytes <= Cfg::kSmemPerBlock, "the instance needs more shared memory than its arch has");
+  return kNeed;
+}
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const PrefillArgs args) {
+  using Smem = PrefillSm90Smem<Cfg>;
+  using Element = typename Cfg::QElement;
+  using Mainloop = PrefillSm90Mainloop<Cfg>;
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  auto& smem = *reinterpret_cast<typename Smem::Storage*>(smem_raw);
+
+  const FigPrefillParams& p = args.p;
+  const int item = blockIdx.x / p.kv.num_kv_heads;
+  if (item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
+  const PrefillItem work = PrefillItem::load(p, item, blockIdx.x % p.kv.num_kv_heads);
+  if (threadIdx.x == 0) {
+    CUTE_UNROLL
+    for (int s = 0; s < Cfg::kStages; ++s) {
+      smem.full[s].init(Cfg::kProducerThreads);
+      smem.empty[s].init(Cfg::kConsumers * 4);
+    }
+    publish_barrier_init();
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegisters>();
+    const int64_t head_bytes = args.kv.head_offset(work.rows.kv_head) * int64_t(sizeof(Element));
+    const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
+    const int64_t v_minus_k = static_cast<const uint8_t*>(p.kv.v_cache) - static_cast<const uint8_t*>(p.kv.k_cache);
+    PrefillSm90Load<Cfg>::run(smem, args.kv, k_base, v_minus_k, __ldg(p.kv.indptr + work.rows.request), work.begin,
+                              work.end);
+    return;
+  }
+  cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int thread = threadIdx.x % 128;
+  Mainloop::load_q(smem, consumer, thread, work, p);
+  Mainloop ml;
+  const int first = work.rows.row_begin + consumer * Cfg::kConsumerRows;
+  CUTE_UNROLL
+  for (int r = 0; r < 2; ++r) ml.bounds[r] = work.key_range(first + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r,
+                                                            p.causal, p.window_left);
+  // Bounds shared by every row of the warpgroup: tiles inside them need no per-key test.
+  const int2 first_range = work.key_range(first, p.causal, p.window_left);
+  const int2 last_range = work.key_range(max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1),
+                                         p.causal, p.window_left);
+  const typename Cfg::Logits logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
+                                        device_scale(p.scales.k_scale_device, true),
+                                    p.scales.logits_soft_cap);
+  ml.run(smem, consumer, thread, work.begin, work.end, first_range.y, last_range.x, logits);
+  launch_dependents();  // the merge kernel may be scheduled now (see decode_kernel.cuh)
+  constexpr int kConsumerThreads = 128 * Cfg::kConsumers;
+  named_barrier_sync(Cfg::kConsumersBarrier, kConsumerThreads);  // every consumer is done with the K/V ring
+  ml.stage(smem.epilogue, consumer, thread, args.out_scale * device_scale(p.scales.v_scale_device, false));
+  named_barrier_sync(Cfg::kConsumersBarrier, kConsumerThreads);
+  PrefillEpilogue<Cfg>::template write<kConsumerThreads>(smem.epilogue, work.rows, p, threadIdx.x - 128);
+}
+
+template <class Cfg>
+int prefill_sm90_run(const FigPrefillParams* p, cudaStream_t stream) {
+  PrefillArgs args;
+  args.p = *p;
+  args.kv = PagedKv::from(p->kv);
+  args.logits_scale = p->scales.sm_scale * p->scales.k_scale;
+  args.out_scale = p->scales.v_scale;
+  if (p->work.num_items > 0) {
+    const int err = launch_with_smem(prefill_sm90_kernel<Cfg>, dim3(p->work.num_items * p->kv.num_kv_heads),
+                                     Cfg::kThreads, prefill_sm90_smem_bytes<Cfg>(), stream, args);
+    if (err != 0) return err;
+  }
+  return launch_merge<typename Cfg::QElement, Cfg::kHeadDim>(p->merge, p->out, stream);
+}
+
+template <class Cfg>
+int prefill_sm90_occupancy(int* ctas_per_sm, int* num_sms) {
+  return kernel_occupancy(prefill_sm90_kernel<Cfg>, Cfg::kThreads, prefill_sm90_smem_bytes<Cfg>(), ctas_per_sm,
+                          num_sms);
+}
+
+}  // namespace fig

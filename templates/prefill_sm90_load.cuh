@@ -1,0 +1,75 @@
+// The producer warpgroup of the Hopper prefill: gathers each tile's kBlockN keys of K and V (one
+// KV head) from the paged cache, or from contiguous K/V described as one page per request, into
+// the stage ring with cp.async. Per tile: each of the first kBlockN threads looks up one key's
+// row address (page table, paged_kv.cuh), the warpgroup shares them through shared memory, and
+// every thread copies 16-byte chunks into the swizzled K and Vt layouts. A stage is published one
+// tile later, once its copies completed and were fenced for WGMMA's async-proxy reads, so a tile's
+// page lookups and copies overlap the previous tile's wait. Keys at or past `end` re-read key
+// end - 1 (as the Ampere path): finite values that the consumers mask, so no load leaves the
+// request's pages and no stale NaN reaches P V.
+#pragma once
+#include <cute/arch/copy_sm80.hpp>
+#include "paged_kv.cuh"
+#include "prefill_sm90_smem.cuh"
+
+namespace fig {
+
+template <class Cfg>
+struct PrefillSm90Load {
+  using Smem = PrefillSm90Smem<Cfg>;
+  using Element = typename Cfg::QElement;
+  static constexpr int kThreads = Cfg::kProducerThreads;
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kBlockN = Cfg::kBlockN;
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kChunkElements = 16 / sizeof(Element);
+  static constexpr int kChunksPerRow = kHeadDim / kChunkElements;
+  static constexpr int kPasses = kBlockN * kChunksPerRow / kThreads;
+  static_assert(kBlockN * kChunksPerRow % kThreads == 0, "every thread copies the same number of chunks");
+  using Lookup = PagedKvTileCopy<kBlockN, kHeadDim * sizeof(Element), kHeadDim * sizeof(Element), kThreads>;
+
+  // Called by the producer warpgroup, warpgroup 0 (so threadIdx.x < kThreads).
+  __device__ __forceinline__ static void run(typename Smem::Storage& smem, const PagedKv& kv, const uint8_t* k_base,
+                                             int64_t v_minus_k, int page_begin, int begin, int end) {
+    using namespace cute;
+    Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});    // (key, d, stage)
+    Tensor sVt = make_tensor(make_smem_ptr(smem.kv.v), typename Smem::LayoutVt{});  // (d, key, stage)
+    const int tiles = (end - begin + kBlockN - 1) / kBlockN;
+#pragma unroll 1
+    for (int t = 0; t < tiles; ++t) {
+      const int stage = t % kStages;
+      const int64_t k_row = Lookup::lookup(kv, sizeof(Element), k_base, page_begin, begin + t * kBlockN, end);
+      if (t >= kStages) smem.empty[stage].wait(((t / kStages) & 1) ^ 1);  // consumers done with tile t - kStages
+      Lookup::store(smem.row_addrs[stage], k_row);
+      named_barrier_sync(Cfg::kProducerBarrier, kThreads);
+      CUTE_UNROLL
+      for (int i = 0; i < kPasses; ++i) {
+        // Consecutive threads copy consecutive chunks of a row. The thread index is read here
+        // (thread_index_here) so that the chunks' shared addresses, the same every tile, are
+        // recomputed rather than held across the loop in the producer's few registers.
+        const int chunk = thread_index_here() + i * kThreads;
+        const int key = chunk / kChunksPerRow;
+        const int column = kChunkElements * (chunk % kChunksPerRow);
+        const uint8_t* k_src = reinterpret_cast<const uint8_t*>(smem.row_addrs[stage][key]) + column * sizeof(Element);
+        SM80_CP_ASYNC_CACHEGLOBAL<uint128_t>::copy(*reinterpret_cast<const uint128_t*>(k_src),
+                                                   *reinterpret_cast<uint128_t*>(&sK(key, column, stage)));
+        SM80_CP_ASYNC_CACHEGLOBAL<uint128_t>::copy(*reinterpret_cast<const uint128_t*>(k_src + v_minus_k),
+                                                   *reinterpret_cast<uint128_t*>(&sVt(column, key, stage)));
+      }
+      cp_async_fence();
+      if (t > 0) publish<1>(smem, t - 1);
+    }
+    if (tiles > 0) publish<0>(smem, tiles - 1);
+  }
+
+ private:
+  // Waits until at most kInFlight of this thread's copy groups are pending (tile t's has landed).
+  template <int kInFlight>
+  __device__ __forceinline__ static void publish(typename Smem::Storage& smem, int t) {
+    cute::cp_async_wait<kInFlight>();
+    fence_shared_for_wgmma();
+    smem.full[t % kStages].arrive();
+  }
+};
+
+}  // namespace fig
