@@ -16,7 +16,8 @@ from . import kind_prefill
 CONSUMERS = 2
 CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
 # setmaxnreg: the producer's cp.async gather keeps few values; the consumers get the rest of the
-# 64K registers (128 threads a warpgroup; multiples of 8, at most 504 a thread in total).
+# CTA's launch allocation, 168 a thread at 384 threads, so the three warpgroups' counts (multiples
+# of 8) add up to at most 3 x 168 = 504. The consumers at head dim 128 use up to R220.
 PRODUCER_REGISTERS = 56
 CONSUMER_REGISTERS = 224
 # 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim.

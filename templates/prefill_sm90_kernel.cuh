@@ -42,7 +42,10 @@ struct PrefillSm90Shape {
   static constexpr int kProducerBarrier = 1;
   static constexpr int kQBarrier = 2;
   static constexpr int kConsumersBarrier = kQBarrier + kConsumers;
-  static_assert(kProducerRegisters + kConsumers * kConsumerRegisters <= 65536 / 128, "register file of one SM");
+  // setmaxnreg moves registers within the CTA's launch allocation (65536 / kThreads a thread,
+  // rounded down to 8): what the producer gives up is all the consumers can take.
+  static_assert(kProducerRegisters + kConsumers * kConsumerRegisters <= (65536 / kThreads) / 8 * 8 * (1 + kConsumers),
+                "setmaxnreg cannot hand out more registers than the CTA was launched with");
 };
 
 template <class QElement_, class Logits_, class Shape>

@@ -2,9 +2,10 @@
 // KV head) from the paged cache, or from contiguous K/V described as one page per request, into
 // the stage ring with cp.async. Per tile: each of the first kBlockN threads looks up one key's
 // row address (page table, paged_kv.cuh), the warpgroup shares them through shared memory, and
-// every thread copies 16-byte chunks into the swizzled K and Vt layouts. A stage is published one
-// tile later, once its copies completed and were fenced for WGMMA's async-proxy reads, so a tile's
-// page lookups and copies overlap the previous tile's wait. Keys at or past `end` re-read key
+// every thread copies 16-byte chunks into the swizzled K and Vt layouts. Each thread's copies
+// arrive on the stage's "full" barrier as they complete (cp.async.mbarrier.arrive.noinc), so the
+// producer never waits for its own copies, only for a free stage; the consumers fence the landed
+// rows for WGMMA's async-proxy reads after their wait. Keys at or past `end` re-read key
 // end - 1 (as the Ampere path): finite values that the consumers mask, so no load leaves the
 // request's pages and no stale NaN reaches P V.
 #pragma once
@@ -42,7 +43,9 @@ struct PrefillSm90Load {
       if (t >= kStages) smem.empty[stage].wait(((t / kStages) & 1) ^ 1);  // consumers done with tile t - kStages
       Lookup::store(smem.row_addrs[stage], k_row);
       named_barrier_sync(Cfg::kProducerBarrier, kThreads);
-      CUTE_UNROLL
+      // Four chunks of K and V in flight per step of the loop: fully unrolled, the producer's
+      // 56 registers spilled at head dim 64 (8 passes).
+#pragma unroll 4
       for (int i = 0; i < kPasses; ++i) {
         // Consecutive threads copy consecutive chunks of a row. The thread index is read here
         // (thread_index_here) so that the chunks' shared addresses, the same every tile, are
@@ -56,19 +59,11 @@ struct PrefillSm90Load {
         SM80_CP_ASYNC_CACHEGLOBAL<uint128_t>::copy(*reinterpret_cast<const uint128_t*>(k_src + v_minus_k),
                                                    *reinterpret_cast<uint128_t*>(&sVt(column, key, stage)));
       }
-      cp_async_fence();
-      if (t > 0) publish<1>(smem, t - 1);
+      // The stage's barrier completes once every producer thread's copies have landed; the
+      // producer goes on to the next tile without waiting for them.
+      cutlass::arch::cpasync_barrier_arrive_noinc(&smem.full[stage].bar);
     }
-    if (tiles > 0) publish<0>(smem, tiles - 1);
-  }
-
- private:
-  // Waits until at most kInFlight of this thread's copy groups are pending (tile t's has landed).
-  template <int kInFlight>
-  __device__ __forceinline__ static void publish(typename Smem::Storage& smem, int t) {
-    cute::cp_async_wait<kInFlight>();
-    fence_shared_for_wgmma();
-    smem.full[t % kStages].arrive();
+    cp_async_wait<0>();  // no copy outlives its thread
   }
 };
 

@@ -84,7 +84,10 @@ struct PrefillSm90Mainloop {
     named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
   }
 
-  // Every tile of keys [begin, end); rows past hi_min or before lo_max need the per-key mask.
+  // Every tile of keys [begin, end); tiles past hi_min or before lo_max need the per-key mask.
+  // Software-pipelined by one tile inside the warpgroup: S(t) = Q K(t)^T and O += P(t-1) V(t-1)
+  // are issued together, the softmax of S(t) runs while P V still does, and O is rescaled once
+  // P V has landed. So the tensor cores get the next GEMM while the FP32 pipes run exp2.
   __device__ __forceinline__ void run(typename Smem::Storage& smem, int warpgroup, int thread, int begin, int end,
                                       int hi_min, int lo_max, const Logits& logits) {
     using namespace cute;
@@ -98,23 +101,68 @@ struct PrefillSm90Mainloop {
     Tensor tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ));   // descriptors (mma, 1, d k-block)
     Tensor tSrK = thr_qk.make_fragment_B(thr_qk.partition_B(sK));   // (mma, 1, d k-block, stage)
     Tensor tOrV = thr_pv.make_fragment_B(thr_pv.partition_B(sVt));  // (mma, 1, key k-block, stage)
+    Tensor p_pairs = make_tensor<uint32_t>(Int<2 * kSBlocks>{});    // P: two 16-bit values each, in S's order
+    Tensor p = make_tensor(recast_ptr<Element>(p_pairs.data()), LayoutP{});
     clear(o);
     softmax[0].init();
     softmax[1].init();
     const int lane = thread % 32;
     const int tiles = (end - begin + kBlockN - 1) / kBlockN;
-#pragma unroll 1
-    for (int t = 0; t < tiles; ++t) {
-      const int stage = t % kStages;
-      smem.full[stage].wait((t / kStages) & 1);
+    if (tiles == 0) return;
+    auto acquire = [&](int t) {
+      smem.full[t % kStages].wait((t / kStages) & 1);
+      fence_shared_for_wgmma();  // the producer's cp.async writes, seen by this thread, to WGMMA's reads
+    };
+    auto release = [&](int t) {
+      __syncwarp();
+      if (lane == 0) smem.empty[t % kStages].arrive();  // this warp's WGMMAs have read the stage
+    };
+    // Softmax of S(t) in place; returns through `rescale` O's factors. Masked tiles are a separate
+    // instantiation: a run-time flag would put the per-key test into every tile.
+    auto softmax_step = [&](FragS& s, int t, float (&rescale)[2]) {
       const int tile_begin = begin + t * kBlockN;
       if (tile_begin + kBlockN - 1 > hi_min || tile_begin < lo_max)
-        tile<true>(mma_qk, mma_pv, tSrQ, tSrK(_, _, _, stage), tOrV(_, _, _, stage), tile_begin, lane, logits);
+        scores<true>(s, tile_begin, lane, logits, rescale);
       else
-        tile<false>(mma_qk, mma_pv, tSrQ, tSrK(_, _, _, stage), tOrV(_, _, _, stage), tile_begin, lane, logits);
-      __syncwarp();
-      if (lane == 0) smem.empty[stage].arrive();  // this warp's WGMMAs have read the stage
+        scores<false>(s, tile_begin, lane, logits, rescale);
+    };
+    auto to_p = [&](const FragS& s) {
+      CUTE_UNROLL
+      for (int i = 0; i < size(p_pairs); ++i) p_pairs(i) = HalfRowsMma<Element>::pack(s(2 * i), s(2 * i + 1));
+    };
+    {
+      acquire(0);
+      FragS s;
+      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, 0), s);
+      warpgroup_wait<0>();
+      float rescale[2];  // O is 0: nothing to rescale
+      softmax_step(s, 0, rescale);
+      to_p(s);
     }
+#pragma unroll 1
+    for (int t = 1; t < tiles; ++t) {
+      acquire(t);
+      FragS s;
+      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStages), s);
+      wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (t - 1) % kStages), o);
+      warpgroup_wait<1>();  // S(t) is in; P(t-1) V(t-1) may still run
+      float rescale[2];
+      softmax_step(s, t, rescale);
+      warpgroup_wait<0>();
+      release(t - 1);
+      CUTE_UNROLL
+      for (int j = 0; j < kOBlocks; ++j) {
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          o(4 * j + 2 * r) *= rescale[r];
+          o(4 * j + 2 * r + 1) *= rescale[r];
+        }
+      }
+      to_p(s);
+    }
+    wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (tiles - 1) % kStages), o);
+    warpgroup_wait<0>();
+    release(tiles - 1);
   }
 
   // O normalised into the epilogue's fp32 rows (rows of warpgroup w start at 64 w), and the LSE.
@@ -137,13 +185,11 @@ struct PrefillSm90Mainloop {
   }
 
  private:
-  template <bool kMask, class TQ, class TK, class TV>
-  __device__ __forceinline__ void tile(TiledMmaQK& mma_qk, TiledMmaPV& mma_pv, TQ& tSrQ, const TK& tSrK,
-                                       const TV& tOrV, int tile_begin, int lane, const Logits& logits) {
+  // Logits (variant), mask and the online softmax of one tile's S, in place (S becomes P in fp32).
+  template <bool kMask>
+  __device__ __forceinline__ void scores(FragS& s, int tile_begin, int lane, const Logits& logits,
+                                         float (&rescale)[2]) {
     using namespace cute;
-    FragS s;
-    wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK, s);
-    warpgroup_wait<0>();
     if constexpr (!Logits::kLinear) {
       CUTE_UNROLL
       for (int i = 0; i < size(s); ++i) s(i) = logits(s(i));
@@ -164,22 +210,8 @@ struct PrefillSm90Mainloop {
     }
     float scale = 1.0f;
     if constexpr (Logits::kLinear) scale = logits.scale_log2;
-    const float rescale[2] = {softmax[0].template update_quad_row<kSBlocks>(s, 0, scale),
-                              softmax[1].template update_quad_row<kSBlocks>(s, 1, scale)};
-    CUTE_UNROLL
-    for (int j = 0; j < kOBlocks; ++j) {
-      CUTE_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        o(4 * j + 2 * r) *= rescale[r];
-        o(4 * j + 2 * r + 1) *= rescale[r];
-      }
-    }
-    Tensor p_pairs = make_tensor<uint32_t>(Int<2 * kSBlocks>{});  // two 16-bit values each, in S's order
-    CUTE_UNROLL
-    for (int i = 0; i < size(p_pairs); ++i) p_pairs(i) = HalfRowsMma<Element>::pack(s(2 * i), s(2 * i + 1));
-    Tensor p = make_tensor(recast_ptr<Element>(p_pairs.data()), LayoutP{});
-    wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV, o);
-    warpgroup_wait<0>();
+    rescale[0] = softmax[0].template update_quad_row<kSBlocks>(s, 0, scale);
+    rescale[1] = softmax[1].template update_quad_row<kSBlocks>(s, 1, scale);
   }
 };
 

@@ -21,8 +21,9 @@ struct StageBarrier {
 // Publishes mbarrier.init to the other threads (and the async proxy); then a CTA-wide barrier.
 __device__ __forceinline__ void publish_barrier_init() { cutlass::arch::fence_barrier_init(); }
 
-// Orders this thread's earlier generic-proxy shared-memory writes (completed cp.async included)
-// before later async-proxy accesses (wgmma operand reads) of any thread that synchronises with it.
+// A proxy fence between generic-proxy shared-memory writes and async-proxy reads (wgmma operands):
+// by a writer before it signals (its own st.shared), or by a reader after a barrier wait showed
+// it other threads' writes (cp.async that arrived on an mbarrier), before its WGMMAs read them.
 __device__ __forceinline__ void fence_shared_for_wgmma() { cutlass::arch::fence_view_async_shared(); }
 
 // bar.sync on a named barrier (id 1..15; 0 is __syncthreads) among `threads` threads (whole warps).
