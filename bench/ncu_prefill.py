@@ -3,7 +3,7 @@
 Nsight Compute by `bash bench/run_device.sh ncu` (which passes --clock-control none and the
 sections); the script itself launches the kernel twice (warm-up, then the profiled launch).
 
-usage: python bench/ncu_prefill.py {bf16|e4m3|e5m2} [hardware|software] [--causal]
+usage: python bench/ncu_prefill.py {bf16|e4m3|e5m2} [hardware|software] [--causal] [--backend sm80|sm90]
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> None:
     kv_name = argv[0]
     conversion = argv[1] if len(argv) > 1 and not argv[1].startswith("--") else None
     causal = "--causal" in argv
+    backend = argv[argv.index("--backend") + 1] if "--backend" in argv else "auto"
     batch, seq, hq, hk, d, page = 4, 4096, 32, 32, 128, 16
     gen = torch.Generator(device="cuda").manual_seed(0)
     pages_per_req = seq // page
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
     qo_indptr = torch.arange(0, batch * seq + 1, seq, device="cuda", dtype=torch.int32)
     q = torch.randn(batch * seq, hq, d, device="cuda", generator=gen).to(torch.bfloat16)
     w = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"),
-                                                           fp8_conversion=conversion, jit=True)
+                                                           fp8_conversion=conversion, jit=True, backend=backend)
     w.plan(qo_indptr, kv_indptr, indices, last, hq, hk, d, page, causal=causal, q_data_type=torch.bfloat16,
            kv_data_type=DTYPES[kv_name])
     for _ in range(2):

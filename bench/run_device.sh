@@ -12,7 +12,8 @@
 #   tune         bench/tune_prefill.sh over $FIG_TUNE_VARIANTS
 #   peer88       CUTLASS's 88_hopper_fmha built here and run on bench_prefill's shapes (bench/peer_cutlass_fmha.py)
 #   append       the append benchmark (bench/bench_append.py) into $OUT
-#   ncu          Nsight Compute reports of the d128 prefill kernel ($FIG_NCU_CASES, bench/ncu_prefill.py)
+#   ncu          Nsight Compute reports of the d128 prefill kernel ($FIG_NCU_CASES, bench/ncu_prefill.py;
+#                $FIG_NCU_ARGS e.g. "--backend sm90" with FIG_NCU_KERNEL=prefill_sm90_kernel)
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
@@ -75,11 +76,11 @@ while [ $# -gt 0 ]; do
   ncu)  # one report per case ("kv[:conversion]", space separated), details as text in $OUT
     for case in ${FIG_NCU_CASES:-bf16 e4m3:hardware e4m3:software}; do
       kv=${case%%:*}; conv=$([ "$case" != "$kv" ] && echo "${case#*:}" || true)
-      ncu --clock-control none -k regex:prefill_kernel -s 1 -c 1 --section SpeedOfLight \
+      ncu --clock-control none -k regex:${FIG_NCU_KERNEL:-prefill_kernel} -s 1 -c 1 --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats --section InstructionStats \
         --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum \
-        python bench/ncu_prefill.py $kv $conv >"$OUT/ncu_${kv}_${conv:-none}.txt" 2>&1 || rc=1
+        python bench/ncu_prefill.py $kv $conv ${FIG_NCU_ARGS:-} >"$OUT/ncu_${kv}_${conv:-none}.txt" 2>&1 || rc=1
       grep -E "profiled|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|hmma_cycles|bank_conflicts|pipe_lsu|No Eligible|Stall" \
         "$OUT/ncu_${kv}_${conv:-none}.txt" | head -20 | sed "s/^/$case: /"
     done
