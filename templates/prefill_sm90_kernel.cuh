@@ -5,8 +5,8 @@
 //     consumers through another ("empty"); it then gives up most of its registers (setmaxnreg);
 //   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_mainloop.cuh): 64 packed query
 //     rows each, WGMMA and the online softmax, then the epilogue.
-// One CTA per work item and KV head, as the Ampere kernel; the grid is items x KV heads, KV heads
-// fastest, and plan() orders items longest first.
+// One CTA per work item and KV head, as the Ampere kernel; the grid is items x KV heads, items
+// fastest (see the kernel), and plan() orders items longest first.
 #pragma once
 #include <cuda_runtime.h>
 #include "fig_abi_prefill.h"
@@ -71,9 +71,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const Pr
   auto& smem = *reinterpret_cast<typename Smem::Storage*>(smem_raw);
 
   const FigPrefillParams& p = args.p;
-  const int item = blockIdx.x / p.kv.num_kv_heads;
+  // Items fastest: the CTAs resident together are the query tiles of few KV heads, which then
+  // read the same K/V rows while L2 still holds them (KV heads fastest, every resident CTA
+  // streamed a different head's K/V, and the working set of a long prompt outgrew L2).
+  const int item = blockIdx.x % p.work.num_items;
   if (item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
-  const PrefillItem work = PrefillItem::load(p, item, blockIdx.x % p.kv.num_kv_heads);
+  const PrefillItem work = PrefillItem::load(p, item, blockIdx.x / p.work.num_items);
   if (threadIdx.x == 0) {
     CUTE_UNROLL
     for (int s = 0; s < Cfg::kStages; ++s) {

@@ -36,13 +36,16 @@ struct PrefillSm90Load {
     Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});    // (key, d, stage)
     Tensor sVt = make_tensor(make_smem_ptr(smem.kv.v), typename Smem::LayoutVt{});  // (d, key, stage)
     const int tiles = (end - begin + kBlockN - 1) / kBlockN;
+    // Each tile's row lookups are issued a tile ahead, so their latency (a page-table read, then
+    // the address) hides under the previous tile's copies and stage wait.
+    int64_t k_row = tiles > 0 ? Lookup::lookup(kv, sizeof(Element), k_base, page_begin, begin, end) : 0;
 #pragma unroll 1
     for (int t = 0; t < tiles; ++t) {
       const int stage = t % kStages;
-      const int64_t k_row = Lookup::lookup(kv, sizeof(Element), k_base, page_begin, begin + t * kBlockN, end);
       if (t >= kStages) smem.empty[stage].wait(((t / kStages) & 1) ^ 1);  // consumers done with tile t - kStages
       Lookup::store(smem.row_addrs[stage], k_row);
       named_barrier_sync(Cfg::kProducerBarrier, kThreads);
+      if (t + 1 < tiles) k_row = Lookup::lookup(kv, sizeof(Element), k_base, page_begin, begin + (t + 1) * kBlockN, end);
       // Four chunks of K and V in flight per step of the loop: fully unrolled, the producer's
       // 56 registers spilled at head dim 64 (8 passes).
 #pragma unroll 4
