@@ -40,12 +40,12 @@ def _align(n: int, to: int) -> int:
 
 def _smem_bytes(head_dim: int, n: int, stages: int) -> int:
     """sizeof(PrefillSm90Smem::Storage) (prefill_sm90_smem.cuh): Q, then a 1024-aligned union of
-    the K/V ring with the epilogue's fp32 rows and LSE, then the ring's row addresses, its two
-    mbarriers per stage, all rounded to the storage's 1024-byte alignment."""
+    the K/V ring with the epilogue's fp32 rows and LSE, then the ring's row addresses, its four
+    mbarriers per stage (K and V, full and empty), all rounded to the storage's 1024-byte alignment."""
     q = block_m(None) * head_dim * 2
     ring = 2 * _align(stages * n * head_dim * 2, 1024)
     epilogue = block_m(None) * (head_dim + 1) * 4
-    tail = stages * n * 8 + 2 * stages * 8
+    tail = stages * n * 8 + 4 * stages * 8
     return _align(q + _align(max(ring, epilogue), 1024) + tail, 1024)
 
 

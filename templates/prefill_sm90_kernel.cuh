@@ -80,8 +80,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const Pr
   if (threadIdx.x == 0) {
     CUTE_UNROLL
     for (int s = 0; s < Cfg::kStages; ++s) {
-      smem.full[s].init(Cfg::kProducerThreads);
-      smem.empty[s].init(Cfg::kConsumers * 4);
+      smem.full_k[s].init(Cfg::kProducerThreads);
+      smem.full_v[s].init(Cfg::kProducerThreads);
+      smem.empty_k[s].init(Cfg::kConsumers * 4);
+      smem.empty_v[s].init(Cfg::kConsumers * 4);
     }
     publish_barrier_init();
   }

@@ -109,13 +109,15 @@ struct PrefillSm90Mainloop {
     const int lane = thread % 32;
     const int tiles = (end - begin + kBlockN - 1) / kBlockN;
     if (tiles == 0) return;
-    auto acquire = [&](int t) {
-      smem.full[t % kStages].wait((t / kStages) & 1);
+    // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, a GEMM
+    // before V(t), so the producer can refill it while P V still reads V.
+    auto acquire = [&](StageBarrier* full, int t) {
+      full[t % kStages].wait((t / kStages) & 1);
       fence_shared_for_wgmma();  // the producer's cp.async writes, seen by this thread, to WGMMA's reads
     };
-    auto release = [&](int t) {
+    auto release = [&](StageBarrier* empty, int t) {
       __syncwarp();
-      if (lane == 0) smem.empty[t % kStages].arrive();  // this warp's WGMMAs have read the stage
+      if (lane == 0) empty[t % kStages].arrive();  // this warp's WGMMAs have read it
     };
     // Softmax of S(t) in place; returns through `rescale` O's factors. Masked tiles are a separate
     // instantiation: a run-time flag would put the per-key test into every tile.
@@ -131,25 +133,28 @@ struct PrefillSm90Mainloop {
       for (int i = 0; i < size(p_pairs); ++i) p_pairs(i) = HalfRowsMma<Element>::pack(s(2 * i), s(2 * i + 1));
     };
     {
-      acquire(0);
+      acquire(smem.full_k, 0);
       FragS s;
       wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, 0), s);
       warpgroup_wait<0>();
+      release(smem.empty_k, 0);
       float rescale[2];  // O is 0: nothing to rescale
       softmax_step(s, 0, rescale);
       to_p(s);
     }
 #pragma unroll 1
     for (int t = 1; t < tiles; ++t) {
-      acquire(t);
+      acquire(smem.full_k, t);
       FragS s;
       wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStages), s);
+      acquire(smem.full_v, t - 1);
       wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (t - 1) % kStages), o);
       warpgroup_wait<1>();  // S(t) is in; P(t-1) V(t-1) may still run
+      release(smem.empty_k, t);
       float rescale[2];
       softmax_step(s, t, rescale);
       warpgroup_wait<0>();
-      release(t - 1);
+      release(smem.empty_v, t - 1);
       CUTE_UNROLL
       for (int j = 0; j < kOBlocks; ++j) {
         CUTE_UNROLL
@@ -160,9 +165,10 @@ struct PrefillSm90Mainloop {
       }
       to_p(s);
     }
+    acquire(smem.full_v, tiles - 1);
     wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (tiles - 1) % kStages), o);
     warpgroup_wait<0>();
-    release(tiles - 1);
+    release(smem.empty_v, tiles - 1);
   }
 
   // O normalised into the epilogue's fp32 rows (rows of warpgroup w start at 64 w), and the LSE.

@@ -47,8 +47,11 @@ struct PrefillSm90Smem {
       typename PrefillEpilogue<Cfg>::SharedStorage epilogue;
     };
     int64_t row_addrs[kStages][kBlockN];  // K row addresses of each stage's tile, from the producer's lookups
-    StageBarrier full[kStages];           // the producer's 128 threads arrive once their copies landed
-    StageBarrier empty[kStages];          // each consumer warp arrives once its WGMMAs read the stage
+    // K and V of a stage are filled and freed apart (prefill_sm90_load.cuh says why).
+    StageBarrier full_k[kStages];         // the producer's 128 threads arrive once their copies landed
+    StageBarrier full_v[kStages];
+    StageBarrier empty_k[kStages];        // each consumer warp arrives once its WGMMAs read the stage
+    StageBarrier empty_v[kStages];
   };
 };
 
