@@ -18,6 +18,7 @@
 #include "prefill_sm90_smem.cuh"
 #include "prefill_work.cuh"
 #include "sm90_sync.cuh"
+#include "tma_paged_kv.cuh"
 #include "variants.cuh"
 
 namespace fig {
@@ -62,8 +63,16 @@ constexpr size_t prefill_sm90_smem_bytes() {
   return kNeed;
 }
 
+// The Ampere kernel's arguments plus the cache's TMA tensor maps, which must live in the kernel's
+// parameter space (__grid_constant__) for TMA to read them.
+struct PrefillSm90Args {
+  PrefillArgs base;
+  KvTensorMaps maps;
+};
+
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const PrefillArgs args) {
+__global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __grid_constant__ PrefillSm90Args all) {
+  const PrefillArgs& args = all.base;
   using Smem = PrefillSm90Smem<Cfg>;
   using Element = typename Cfg::QElement;
   using Mainloop = PrefillSm90Mainloop<Cfg>;
@@ -95,8 +104,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const Pr
     const int64_t head_bytes = args.kv.head_offset(work.rows.kv_head) * int64_t(sizeof(Element));
     const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
     const int64_t v_minus_k = static_cast<const uint8_t*>(p.kv.v_cache) - static_cast<const uint8_t*>(p.kv.k_cache);
-    PrefillSm90Load<Cfg>::run(smem, args.kv, k_base, v_minus_k, __ldg(p.kv.indptr + work.rows.request), work.begin,
-                              work.end);
+    PrefillSm90Load<Cfg>::run(smem, args.kv, all.maps, work.rows.kv_head, k_base, v_minus_k,
+                              __ldg(p.kv.indptr + work.rows.request), work.begin, work.end, work.kv_len);
     return;
   }
   cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegisters>();
@@ -126,11 +135,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const Pr
 
 template <class Cfg>
 int prefill_sm90_run(const FigPrefillParams* p, cudaStream_t stream) {
-  PrefillArgs args;
-  args.p = *p;
-  args.kv = PagedKv::from(p->kv);
-  args.logits_scale = p->scales.sm_scale * p->scales.k_scale;
-  args.out_scale = p->scales.v_scale;
+  PrefillSm90Args args;
+  args.base.p = *p;
+  args.base.kv = PagedKv::from(p->kv);
+  args.base.logits_scale = p->scales.sm_scale * p->scales.k_scale;
+  args.base.out_scale = p->scales.v_scale;
+  args.maps = KvTensorMaps::make(p->kv, Cfg::kHeadDim, Cfg::kBlockN,
+                                 std::is_same_v<typename Cfg::QElement, cute::bfloat16_t>);
   if (p->work.num_items > 0) {
     const int err = launch_with_smem(prefill_sm90_kernel<Cfg>, dim3(p->work.num_items * p->kv.num_kv_heads),
                                      Cfg::kThreads, prefill_sm90_smem_bytes<Cfg>(), stream, args);

@@ -9,6 +9,7 @@
 #pragma once
 #include <cute/tensor.hpp>
 #include "prefill_epilogue.cuh"
+#include "prefill_sm90_load.cuh"
 #include "prefill_sm90_smem.cuh"
 #include "prefill_work.cuh"
 #include "mma_sm80.cuh"
@@ -107,7 +108,8 @@ struct PrefillSm90Mainloop {
     softmax[0].init();
     softmax[1].init();
     const int lane = thread % 32;
-    const int tiles = (end - begin + kBlockN - 1) / kBlockN;
+    const int first = PrefillSm90Load<Cfg>::first_key(begin);
+    const int tiles = PrefillSm90Load<Cfg>::tile_count(begin, end);
     if (tiles == 0) return;
     // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, a GEMM
     // before V(t), so the producer can refill it while P V still reads V.
@@ -122,7 +124,7 @@ struct PrefillSm90Mainloop {
     // Softmax of S(t) in place; returns through `rescale` O's factors. Masked tiles are a separate
     // instantiation: a run-time flag would put the per-key test into every tile.
     auto softmax_step = [&](FragS& s, int t, float (&rescale)[2]) {
-      const int tile_begin = begin + t * kBlockN;
+      const int tile_begin = first + t * kBlockN;
       if (tile_begin + kBlockN - 1 > hi_min || tile_begin < lo_max)
         scores<true>(s, tile_begin, lane, logits, rescale);
       else

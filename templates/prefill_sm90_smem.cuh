@@ -28,9 +28,13 @@ struct PrefillSm90Smem {
   using LayoutK = decltype(cute::tile_to_shape(
       cute::GMMA::Layout_K_SW128_Atom<Element>{},
       cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  // Keys tiled before head-dim blocks: V's bytes then sit exactly where K's layout puts them
+  // (row of 64 head-dim elements per key, keys of a 64-column block contiguous), so one TMA box
+  // or gather fills either.
   using LayoutVt = decltype(cute::tile_to_shape(
       cute::GMMA::Layout_MN_SW128_Atom<Element>{},
-      cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{}));
+      cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+      cute::Step<cute::_2, cute::_1, cute::_3>{}));
 
   struct KvRing {
     alignas(1024) Element k[cute::cosize_v<LayoutK>];

@@ -1,0 +1,79 @@
+// The paged KV cache as a TMA tensor (sm_90): [page, slot, kv head, head dim] of 16-bit elements
+// with the cache's strides, boxes of `rows` consecutive slots of one page by 64 head-dim
+// elements (128 bytes, the 128-byte swizzle of the WGMMA operand layouts). Contiguous K/V (the
+// ragged wrapper's one page per request, at its first row) are the same tensor with the page
+// stride equal to the row stride, so page p + slot s is row p + s.
+// rows = the largest power of two dividing both the page size and the tile's keys, at least 8
+// (a box starts on a 1024-byte swizzle atom); smaller or odd pages are gathered with cp.async.
+// A tensor map holds the cache's address: a CUDA graph captured with it replays on that cache.
+#pragma once
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cute/arch/copy_sm90_desc.hpp>
+#include <cute/arch/copy_sm90_tma.hpp>
+#include "fig_abi_common.h"
+
+namespace fig {
+
+struct KvTensorMaps {
+  CUtensorMap k;  // 64-byte aligned, as a __grid_constant__ kernel parameter needs
+  CUtensorMap v;
+  int rows;       // slots per box; 0: no TMA (the producer gathers every tile)
+
+  // elem_bytes: 2 (the TMA path is 16-bit); the box is 64 elements wide.
+  static KvTensorMaps make(const FigPagedKv& kv, int head_dim, int tile_keys, bool bf16) {
+    KvTensorMaps maps;
+    maps.rows = 0;
+    int rows = tile_keys;
+    while (rows >= 8 && kv.page_size % rows != 0) rows /= 2;
+    const int64_t strides[3] = {kv.stride_head * 2, kv.stride_slot * 2, kv.stride_page * 2};
+    for (int64_t s : strides)
+      if (s % 16 != 0 || s <= 0 || s >= (int64_t(1) << 40)) rows = 0;
+    if (rows < 8 || head_dim % 64 != 0) return maps;
+    auto encode = encoder();
+    if (encode == nullptr) return maps;
+    const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(kv.num_kv_heads), cuuint64_t(kv.page_size),
+                                cuuint64_t(0x7fffffff)};  // the page table was checked against the pool
+    const cuuint64_t byte_strides[3] = {cuuint64_t(strides[0]), cuuint64_t(strides[1]), cuuint64_t(strides[2])};
+    const cuuint32_t box[4] = {64, 1, cuuint32_t(rows), 1};
+    const cuuint32_t unit[4] = {1, 1, 1, 1};
+    const CUtensorMapDataType type = bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    for (int i = 0; i < 2; ++i) {
+      CUtensorMap* map = i == 0 ? &maps.k : &maps.v;
+      void* base = const_cast<void*>(i == 0 ? kv.k_cache : kv.v_cache);
+      if (encode(map, type, 4, base, dims, byte_strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+        return maps;
+    }
+    maps.rows = rows;
+    return maps;
+  }
+
+ private:
+  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                              const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  // The driver's encoder through the runtime, so the library needs no -lcuda.
+  static Encode encoder() {
+    static Encode fn = [] {
+      void* p = nullptr;
+      cudaDriverEntryPointQueryResult status;
+      if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &status) !=
+              cudaSuccess || status != cudaDriverEntryPointSuccess)
+        return Encode(nullptr);
+      return reinterpret_cast<Encode>(p);
+    }();
+    return fn;
+  }
+};
+
+// One box: `rows` slots from (page, slot) of KV head `head`, head-dim columns [column, column + 64),
+// into shared memory at `dst`; its bytes complete on `bar`.
+__device__ __forceinline__ void tma_load_kv_box(const CUtensorMap* map, uint64_t* bar, void* dst, int column,
+                                                int head, int slot, int page) {
+  cute::SM90_TMA_LOAD_4D::copy(map, bar, uint64_t(cute::TMA::CacheHintSm90::EVICT_NORMAL), dst, column, head, slot,
+                               page);
+}
+
+}  // namespace fig
