@@ -39,10 +39,13 @@ struct PrefillSm90Shape {
   static constexpr int kConsumerRegisters = kConsumerRegisters_;
   static constexpr int kSmemBytes = kSmemBytes_;
   static constexpr int kSmemPerBlock = kSmemPerBlock_;
-  // Named barriers (0 is __syncthreads): the producer's, one per consumer's Q, the consumers' own.
+  // Named barriers (0 is __syncthreads): the producer's, one per consumer's Q, the consumers' own,
+  // and one per consumer for its turn to issue GEMMs (prefill_sm90_mainloop.cuh).
   static constexpr int kProducerBarrier = 1;
   static constexpr int kQBarrier = 2;
   static constexpr int kConsumersBarrier = kQBarrier + kConsumers;
+  static constexpr int kTurnBarrier = kConsumersBarrier + 1;
+  static_assert(kTurnBarrier + kConsumers <= 16, "16 named barriers");
   // setmaxnreg moves registers within the CTA's launch allocation (65536 / kThreads a thread,
   // rounded down to 8): what the producer gives up is all the consumers can take.
   static_assert(kProducerRegisters + kConsumers * kConsumerRegisters <= (65536 / kThreads) / 8 * 8 * (1 + kConsumers),

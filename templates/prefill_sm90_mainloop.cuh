@@ -130,6 +130,18 @@ struct PrefillSm90Mainloop {
       else
         scores<false>(s, tile_begin, lane, logits, rescale);
     };
+    // Ping-pong: the two consumers take turns issuing their GEMMs (one turn = the GEMMs of one
+    // step), so one's softmax runs on the FP32 pipes while the other's GEMMs hold the tensor
+    // cores, instead of both competing for each at once. Warpgroup w waits on barrier
+    // kTurnBarrier + w, which the other warpgroup arrives on after its own turn; warpgroup 0 goes
+    // first. Each takes tiles + 1 turns, so warpgroup 1 skips its last arrival (no one waits).
+    static_assert(Cfg::kConsumers == 2, "ping-pong between two consumer warpgroups");
+    constexpr int kPair = 2 * 128;
+    auto my_turn = [&] { named_barrier_sync(Cfg::kTurnBarrier + warpgroup, kPair); };
+    auto your_turn = [&](bool last) {
+      if (warpgroup == 0 || !last) named_barrier_arrive(Cfg::kTurnBarrier + 1 - warpgroup, kPair);
+    };
+    if (warpgroup == 1) named_barrier_arrive(Cfg::kTurnBarrier, kPair);
     auto to_p = [&](const FragS& s) {
       CUTE_UNROLL
       for (int i = 0; i < size(p_pairs); ++i) p_pairs(i) = HalfRowsMma<Element>::pack(s(2 * i), s(2 * i + 1));
@@ -137,7 +149,9 @@ struct PrefillSm90Mainloop {
     {
       acquire(smem.full_k, 0);
       FragS s;
+      my_turn();
       wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, 0), s);
+      your_turn(false);
       warpgroup_wait<0>();
       release(smem.empty_k, 0);
       float rescale[2];  // O is 0: nothing to rescale
@@ -147,10 +161,12 @@ struct PrefillSm90Mainloop {
 #pragma unroll 1
     for (int t = 1; t < tiles; ++t) {
       acquire(smem.full_k, t);
-      FragS s;
-      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStages), s);
       acquire(smem.full_v, t - 1);
+      FragS s;
+      my_turn();
+      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStages), s);
       wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (t - 1) % kStages), o);
+      your_turn(false);
       warpgroup_wait<1>();  // S(t) is in; P(t-1) V(t-1) may still run
       release(smem.empty_k, t);
       float rescale[2];
@@ -168,7 +184,9 @@ struct PrefillSm90Mainloop {
       to_p(s);
     }
     acquire(smem.full_v, tiles - 1);
+    my_turn();
     wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (tiles - 1) % kStages), o);
+    your_turn(true);
     warpgroup_wait<0>();
     release(smem.empty_v, tiles - 1);
   }
