@@ -1,5 +1,6 @@
 """One small paged prefill per KV dtype and conversion (causal, GQA 4, ragged lengths, a split-KV
-case), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
+case), on each prefill family the GPU runs (backend sm80, and sm90 on Hopper for 16-bit caches:
+pages of 16 by TMA, of 3 by the cp.async gather), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
 bench/sanitize_prefill.py`. Checks each result against the float64 reference as well."""
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from flashinfer_gen.reference import prefill_reference, relative_error  # noqa: 
 from generator.arches import arch_for_capability  # noqa: E402
 
 
-def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16):
+def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, backend="sm80"):
     gen = torch.Generator().manual_seed(1)
     kv = torch.tensor(kv_lens)
     pages = (kv + page - 1) // page
@@ -25,7 +26,7 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16):
     v = torch.randn(num_pages, page, hk, d, generator=gen).cuda().to(kv_dtype)
     q = torch.randn(int(qo_indptr[-1]), hq, d, generator=gen).cuda().to(torch.bfloat16)
     ws = torch.empty(32 << 20, dtype=torch.uint8, device="cuda")
-    w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion)
+    w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion, backend=backend)
     w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, q_data_type=torch.bfloat16,
            kv_data_type=kv_dtype)
     out = w.run(q, (k, v))
@@ -44,6 +45,10 @@ def main() -> int:
         for conversion in (arch.conversions if kv_dtype != torch.bfloat16 else (None,)):
             ok &= case(kv_dtype, conversion, [1, 70, 33], [40, 200, 33])
     ok &= case(torch.bfloat16, None, [16], [3000])  # few items: split-KV and the merge kernel
+    if torch.cuda.get_device_capability() == (9, 0):
+        for page in (16, 3):  # TMA boxes; the cp.async gather
+            ok &= case(torch.bfloat16, None, [1, 70, 33], [40, 200, 33], page=page, backend="sm90")
+            ok &= case(torch.bfloat16, None, [16], [3000], page=page, backend="sm90")
     print("all within tolerance" if ok else "SOME CASE FAILED")
     return 0 if ok else 1
 

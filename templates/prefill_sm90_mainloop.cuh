@@ -173,12 +173,16 @@ struct PrefillSm90Mainloop {
       softmax_step(s, t, rescale);
       warpgroup_wait<0>();
       release(smem.empty_v, t - 1);
-      CUTE_UNROLL
-      for (int j = 0; j < kOBlocks; ++j) {
+      // Once the rows' maxima settle (most tiles of a long row) every factor is 1: the warp then
+      // skips O's multiplies.
+      if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
         CUTE_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          o(4 * j + 2 * r) *= rescale[r];
-          o(4 * j + 2 * r + 1) *= rescale[r];
+        for (int j = 0; j < kOBlocks; ++j) {
+          CUTE_UNROLL
+          for (int r = 0; r < 2; ++r) {
+            o(4 * j + 2 * r) *= rescale[r];
+            o(4 * j + 2 * r + 1) *= rescale[r];
+          }
         }
       }
       to_p(s);
