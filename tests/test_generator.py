@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from generator import InstanceKey, InvalidInstance, check, default_instances, enumerate_instances, generate, render
-from generator import abi, arches, kind_decode, kind_prefill, toolchain
+from generator import abi, arches, kind_decode, kind_prefill, kind_prefill_sm90, toolchain
 from generator.instances import KINDS, why_invalid
 from generator.render import CMAKE_LIST_NAME, MANIFEST_NAME, generated_headers, included_headers, source_hash
 
@@ -64,6 +64,31 @@ def test_prefill_space():
     assert "head_dim=80" in why_invalid(key(head_dim=80))  # decode has no head dim 80
     names = [k.name for k in enumerate_instances()]
     assert len(names) == len(set(names))
+
+
+def test_prefill_sm90_space():
+    """The Hopper family: sm_90a only, 16-bit caches, head dims in 64-element swizzle atoms; its
+    tiles and shared memory as rendered; the Ampere family's ABI (one plan(), one set of exports)."""
+    keys = enumerate_instances({"kind": ("prefill_sm90",)})
+    assert {k.arch for k in keys} == {"sm90a"} and {k.kv_dtype for k in keys} == {"f16", "bf16"}
+    assert {k.head_dim for k in keys} == {64, 128, 192, 256}
+    assert "arch='sm80'" in why_invalid(key(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", conversion="none",
+                                            arch="sm80"))
+    assert "kv_dtype='e4m3'" in why_invalid(key(kind="prefill_sm90", conversion="hardware"))
+    assert "head_dim=96" in why_invalid(key(kind="prefill_sm90", kv_dtype="f16", conversion="none", head_dim=96))
+    assert KINDS["prefill_sm90"].abi is KINDS["prefill"].abi
+    smem_per_block = arches.arch("sm90a").smem_per_block
+    for k in keys:
+        source = render(k)
+        rows, keys_per_tile = KINDS["prefill_sm90"].tiles(k)
+        assert rows == 128 and constant(source, "kBlockN") == keys_per_tile in kind_prefill_sm90.TILE_KEYS
+        assert constant(source, "kSmemBytes") == kind_prefill_sm90.smem_bytes(k) <= smem_per_block
+        assert constant(source, "kStages") >= 2
+        # the three warpgroups' setmaxnreg counts stay within the CTA's launch allocation (3 x 168)
+        assert constant(source, "kProducerRegisters") + 2 * constant(source, "kConsumerRegisters") <= 504
+        assert "fig_prefill_run" in source and "fig_prefill_abi_version" in source
+    d128 = key(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", conversion="none")
+    assert (kind_prefill_sm90.block_n(d128), kind_prefill_sm90.pipeline_stages(d128, arches.arch("sm90a"))) == (128, 2)
 
 
 def test_append_space():
