@@ -12,6 +12,8 @@ from .arches import ARCH_BY_NAME, Arch
 from .keys import CXX_ELEMENT, Q_DTYPES, InstanceKey, KindSpec
 from .kind_decode import CXX_LOGITS, VARIANTS
 from . import kind_prefill
+from .kind_prefill import WORK_ITEM_BYTES
+from .kind_prefill import WORK_ITEM_BYTES
 
 CONSUMERS = 2
 CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
@@ -38,14 +40,15 @@ def _align(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def _smem_bytes(head_dim: int, n: int, stages: int) -> int:
+def _smem_bytes(head_dim: int, n: int, stages_k: int, stages_v: int) -> int:
     """sizeof(PrefillSm90Smem::Storage) (prefill_sm90_smem.cuh): Q, then a 1024-aligned union of
-    the K/V ring with the epilogue's fp32 rows and LSE, then the ring's row addresses, its four
-    mbarriers per stage (K and V, full and empty), all rounded to the storage's 1024-byte alignment."""
+    the K and V rings with the epilogue's fp32 rows and LSE, then the gather's row addresses (one
+    slot more than K stages), the mbarriers (full and empty, per K and per V stage), the work
+    item, all rounded to the storage's 1024-byte alignment."""
     q = block_m(None) * head_dim * 2
-    ring = 2 * _align(stages * n * head_dim * 2, 1024)
+    ring = _align(stages_k * n * head_dim * 2, 1024) + _align(stages_v * n * head_dim * 2, 1024)
     epilogue = block_m(None) * (head_dim + 1) * 4
-    tail = stages * n * 8 + 4 * stages * 8
+    tail = (stages_k + 1) * n * 8 + 2 * (stages_k + stages_v) * 8 + WORK_ITEM_BYTES
     return _align(q + _align(max(ring, epilogue), 1024) + tail, 1024)
 
 
@@ -54,22 +57,28 @@ def block_n(key: InstanceKey) -> int:
     stages fit the arch's shared memory (one CTA per SM)."""
     arch = ARCH_BY_NAME[key.arch]
     for n in TILE_KEYS:
-        if (key.head_dim + n) // 2 <= ACCUMULATOR_REGISTERS and _smem_bytes(key.head_dim, n, 2) <= arch.smem_per_block:
+        if (key.head_dim + n) // 2 <= ACCUMULATOR_REGISTERS and _smem_bytes(key.head_dim, n, 2, 2) <= arch.smem_per_block:
             return n
     return 0
 
 
-def pipeline_stages(key: InstanceKey, arch: Arch) -> int:
+def pipeline_stages(key: InstanceKey, arch: Arch) -> tuple[int, int]:
+    """(K stages, V stages): K first, as many as fit up to MAX_STAGES next to two of V (the
+    consumers wait on K a GEMM earlier than on V: prefill_sm90_load.cuh), then V up to K's.
+    (0, 0): not even two each fit."""
     n = block_n(key)
-    return next((s for s in range(MAX_STAGES, 1, -1) if n and _smem_bytes(key.head_dim, n, s) <= arch.smem_per_block), 0)
+    fits = lambda sk, sv: n and _smem_bytes(key.head_dim, n, sk, sv) <= arch.smem_per_block  # noqa: E731
+    k = next((s for s in range(MAX_STAGES, 1, -1) if fits(s, 2)), 0)
+    v = next((s for s in range(k, 1, -1) if fits(k, s)), 0)
+    return (k, v) if k and v else (0, 0)
 
 
 def smem_bytes(key: InstanceKey) -> int:
-    return _smem_bytes(key.head_dim, block_n(key), pipeline_stages(key, ARCH_BY_NAME[key.arch]))
+    return _smem_bytes(key.head_dim, block_n(key), *pipeline_stages(key, ARCH_BY_NAME[key.arch]))
 
 
 def tiles_fit(key: InstanceKey) -> str | None:
-    if pipeline_stages(key, ARCH_BY_NAME[key.arch]) == 0:
+    if pipeline_stages(key, ARCH_BY_NAME[key.arch]) == (0, 0):
         return f"two K/V stages of head dim {key.head_dim} do not fit the {key.arch} shared memory"
     return None
 
@@ -81,7 +90,8 @@ def template_context(key: InstanceKey) -> dict:
         "logits": CXX_LOGITS[key.variant],
         "head_dim": key.head_dim,
         "block_n": block_n(key),
-        "stages": pipeline_stages(key, arch),
+        "stages_k": pipeline_stages(key, arch)[0],
+        "stages_v": pipeline_stages(key, arch)[1],
         "consumers": CONSUMERS,
         "consumer_rows": CONSUMER_ROWS,
         "producer_registers": PRODUCER_REGISTERS,

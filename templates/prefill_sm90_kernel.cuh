@@ -1,7 +1,7 @@
 // Batch prefill, Hopper path (sm_90a): the Ampere path's work items, ABI, epilogue and split-KV
 // merge, with the CTA split by role into warpgroups:
-//   warpgroup 0, the producer (prefill_sm90_load.cuh): the K/V tile gather into a ring of
-//     kStages shared stages, each published through an mbarrier ("full") and freed by the
+//   warpgroup 0, the producer (prefill_sm90_load.cuh): the K/V tile loads into rings of
+//     kStagesK / kStagesV shared stages, each published through an mbarrier ("full") and freed by the
 //     consumers through another ("empty"); it then gives up most of its registers (setmaxnreg);
 //   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_mainloop.cuh): 64 packed query
 //     rows each, WGMMA and the online softmax, then the epilogue.
@@ -24,12 +24,13 @@
 namespace fig {
 
 // The instance's numbers, all from the generator's table (generator/kind_prefill_sm90.py).
-template <int kHeadDim_, int kBlockN_, int kStages_, int kConsumers_, int kConsumerRows_, int kProducerRegisters_,
+template <int kHeadDim_, int kBlockN_, int kStagesK_, int kStagesV_, int kConsumers_, int kConsumerRows_, int kProducerRegisters_,
           int kConsumerRegisters_, int kSmemBytes_, int kSmemPerBlock_>
 struct PrefillSm90Shape {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;                     // keys per stage
-  static constexpr int kStages = kStages_;
+  static constexpr int kStagesK = kStagesK_;                   // K tiles in the ring
+  static constexpr int kStagesV = kStagesV_;                   // V tiles
   static constexpr int kConsumers = kConsumers_;               // consumer warpgroups
   static constexpr int kConsumerRows = kConsumerRows_;         // packed query rows per consumer
   static constexpr int kBlockM = kConsumers * kConsumerRows;   // packed query rows per CTA
@@ -90,11 +91,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   if (item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
   const PrefillItem work = PrefillItem::load(p, item, blockIdx.x / p.work.num_items);
   if (threadIdx.x == 0) {
+    smem.rows = work.rows;
     CUTE_UNROLL
-    for (int s = 0; s < Cfg::kStages; ++s) {
+    for (int s = 0; s < Cfg::kStagesK; ++s) {
       smem.full_k[s].init(Cfg::kProducerThreads);
-      smem.full_v[s].init(Cfg::kProducerThreads);
       smem.empty_k[s].init(Cfg::kConsumers * 4);
+    }
+    CUTE_UNROLL
+    for (int s = 0; s < Cfg::kStagesV; ++s) {
+      smem.full_v[s].init(Cfg::kProducerThreads);
       smem.empty_v[s].init(Cfg::kConsumers * 4);
     }
     publish_barrier_init();
@@ -133,7 +138,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   named_barrier_sync(Cfg::kConsumersBarrier, kConsumerThreads);  // every consumer is done with the K/V ring
   ml.stage(smem.epilogue, consumer, thread, args.out_scale * device_scale(p.scales.v_scale_device, false));
   named_barrier_sync(Cfg::kConsumersBarrier, kConsumerThreads);
-  PrefillEpilogue<Cfg>::template write<kConsumerThreads>(smem.epilogue, work.rows, p, threadIdx.x - 128);
+  PrefillEpilogue<Cfg>::template write<kConsumerThreads>(smem.epilogue, smem.rows, p, threadIdx.x - 128);
 }
 
 template <class Cfg>

@@ -3,10 +3,10 @@
 // stage ring: by TMA boxes of whole page runs (tma_paged_kv.cuh) where the page size allows,
 // else by a cp.async gather. Gather, per tile: each of the first kBlockN threads looks up one key's
 // row address (page table, paged_kv.cuh), the warpgroup shares them through shared memory, and
-// every thread copies 16-byte chunks into the swizzled K and Vt layouts. K and V have barriers
-// of their own: the consumers free a stage's K once S = Q K^T is done, its V only after P V, a
-// GEMM later; with two stages, one shared barrier held K back by that GEMM and the next tile's
-// copies found the consumers waiting. Each thread's copies arrive on a "full" barrier as they
+// every thread copies 16-byte chunks into the swizzled K and Vt layouts. K and V have rings and
+// barriers of their own: the consumers free K(t) once S = Q K^T is done, V(t) only after P V, a
+// GEMM later; with one shared ring (two stages at head dim 128), K waited on V and the consumers
+// on K. K gets the deeper ring (generator/kind_prefill_sm90.py) and is loaded a tile ahead. Each thread's copies arrive on a "full" barrier as they
 // complete (cp.async.mbarrier.arrive.noinc), so the producer never waits for its own copies,
 // only for a free stage; the consumers fence the landed rows for WGMMA's async-proxy reads. Keys at or past `end` re-read key
 // end - 1 (as the Ampere path): finite values that the consumers mask, so no load leaves the
@@ -26,7 +26,11 @@ struct PrefillSm90Load {
   static constexpr int kThreads = Cfg::kProducerThreads;
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kBlockN = Cfg::kBlockN;
-  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kStagesK = Cfg::kStagesK;
+  static constexpr int kStagesV = Cfg::kStagesV;
+  // Row-address slots: one more than K stages, so the slot V(t) reads is not rewritten (by K of
+  // tile t + kRowSlots, stored before its barrier) while a slower thread still reads it.
+  static constexpr int kRowSlots = kStagesK + 1;
   static constexpr int kChunkElements = 16 / sizeof(Element);
   static constexpr int kChunksPerRow = kHeadDim / kChunkElements;
   static constexpr int kPasses = kBlockN * kChunksPerRow / kThreads;
@@ -46,53 +50,68 @@ struct PrefillSm90Load {
                                              int kv_head, const uint8_t* k_base, int64_t v_minus_k, int page_begin,
                                              int begin, int end, int kv_len) {
     using namespace cute;
-    Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});    // (key, d, stage)
-    Tensor sVt = make_tensor(make_smem_ptr(smem.kv.v), typename Smem::LayoutVt{});  // (d, key, stage)
+    Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});    // (key, d, K stage)
+    Tensor sVt = make_tensor(make_smem_ptr(smem.kv.v), typename Smem::LayoutVt{});  // (d, key, V stage)
     const int first = first_key(begin);
     const int tiles = tile_count(begin, end);
     // TMA where the cache allows it (maps.rows > 0) and the tile lies within the request's keys:
     // a tile reaching past them would read a page's unused slots, whose stale values (NaN, say)
-    // P = 0 does not cancel in P V; the gather re-reads the last key there instead.
+    // P = 0 does not cancel in P V; the gather re-reads the last key there instead. So with TMA
+    // only an item's last tile may be gathered.
     auto gathered = [&](int t) { return maps.rows == 0 || first + (t + 1) * kBlockN > kv_len; };
     // Each tile's lookups (rows to gather, or the TMA boxes' pages) are issued a tile ahead, so
-    // their latency (a page-table read) hides under the previous tile's copies and stage waits.
+    // their latency (a page-table read) hides under the previous tile's loads and stage waits.
     int64_t k_row = 0;
-    PagedKv::TokenLocation box = {0, 0};
+    PagedKv::TokenLocation next_box = {0, 0};
     auto look_ahead = [&](int t) {
       if (t >= tiles) return;
       if (gathered(t))
         k_row = Lookup::lookup(kv, sizeof(Element), k_base, page_begin, first + t * kBlockN, end);
       else if (threadIdx.x < kBlockN / maps.rows)
-        box = kv.locate(page_begin, first + t * kBlockN + threadIdx.x * maps.rows);
+        next_box = kv.locate(page_begin, first + t * kBlockN + threadIdx.x * maps.rows);
     };
-    look_ahead(0);
-#pragma unroll 1
-    for (int t = 0; t < tiles; ++t) {
-      const int stage = t % kStages;
-      const uint32_t freed = ((t / kStages) & 1) ^ 1;  // the phase in which consumers freed tile t - kStages
+    // K of tile t into stage t % kStagesK: a gathered tile's row addresses go to slot t % kRowSlots
+    // first, which V's copy of the same tile reads an iteration later. Returns the tile's boxes.
+    auto produce_k = [&](int t) {
+      const int stage = t % kStagesK;
+      const PagedKv::TokenLocation here = next_box;
+      if (t >= kStagesK) smem.empty_k[stage].wait(((t / kStagesK) & 1) ^ 1);  // consumers done with t - kStagesK
       if (gathered(t)) {
-        if (t >= kStages) smem.empty_k[stage].wait(freed);
-        Lookup::store(smem.row_addrs[stage], k_row);
+        Lookup::store(smem.row_addrs[t % kRowSlots], k_row);
         named_barrier_sync(Cfg::kProducerBarrier, kThreads);
         look_ahead(t + 1);
-        // Each barrier completes once every producer thread's copies before it have landed; the
-        // producer goes on without waiting for them. V waits for its own stage, which the
-        // consumers free a GEMM later than K's.
-        copy_rows(smem.row_addrs[stage], 0, [&](int key, int column) { return &sK(key, column, stage); });
+        copy_rows(smem.row_addrs[t % kRowSlots], 0, [&](int key, int column) { return &sK(key, column, stage); });
         cutlass::arch::cpasync_barrier_arrive_noinc(&smem.full_k[stage].bar);
-        if (t >= kStages) smem.empty_v[stage].wait(freed);
-        copy_rows(smem.row_addrs[stage], v_minus_k, [&](int key, int column) { return &sVt(column, key, stage); });
-        cutlass::arch::cpasync_barrier_arrive_noinc(&smem.full_v[stage].bar);
       } else {
-        const PagedKv::TokenLocation here = box;
         look_ahead(t + 1);
-        if (t >= kStages) smem.empty_k[stage].wait(freed);
         load_boxes(&maps.k, smem.full_k[stage], maps.rows, kv_head, here,
                    [&](int key, int column) { return &sK(key, column, stage); });
-        if (t >= kStages) smem.empty_v[stage].wait(freed);
+      }
+      return here;
+    };
+    auto produce_v = [&](int t, PagedKv::TokenLocation here) {
+      const int stage = t % kStagesV;
+      if (t >= kStagesV) smem.empty_v[stage].wait(((t / kStagesV) & 1) ^ 1);
+      if (gathered(t)) {
+        copy_rows(smem.row_addrs[t % kRowSlots], v_minus_k, [&](int key, int column) { return &sVt(column, key, stage); });
+        cutlass::arch::cpasync_barrier_arrive_noinc(&smem.full_v[stage].bar);
+      } else {
         load_boxes(&maps.v, smem.full_v[stage], maps.rows, kv_head, here,
                    [&](int key, int column) { return &sVt(column, key, stage); });
       }
+    };
+    // K runs a tile ahead of V: the consumers need K(t + 1) for S(t + 1) while V(t) is still being
+    // read by P V(t), so K(t + 1) must not queue behind the wait for V's stage. Each barrier
+    // completes once every producer thread's loads before it have landed; the producer never
+    // waits for its own loads, only for free stages.
+    if (tiles == 0) return;
+    look_ahead(0);
+    PagedKv::TokenLocation box = produce_k(0);
+#pragma unroll 1
+    for (int t = 0; t < tiles; ++t) {
+      const PagedKv::TokenLocation v_box = box;
+      if (t + 1 < tiles) box = produce_k(t + 1);
+      produce_v(t, v_box);
     }
     cp_async_wait<0>();  // no copy outlives its thread
   }

@@ -26,7 +26,8 @@ struct PrefillSm90Mainloop {
   static constexpr int kRows = Cfg::kConsumerRows;
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kBlockN = Cfg::kBlockN;
-  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kStagesK = Cfg::kStagesK;
+  static constexpr int kStagesV = Cfg::kStagesV;
   static constexpr int kSBlocks = kBlockN / 8;    // 8-column blocks of S
   static constexpr int kOBlocks = kHeadDim / 8;   // of O
   static_assert(kRows == 64, "one 64-row WGMMA per consumer warpgroup");
@@ -113,13 +114,13 @@ struct PrefillSm90Mainloop {
     if (tiles == 0) return;
     // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, a GEMM
     // before V(t), so the producer can refill it while P V still reads V.
-    auto acquire = [&](StageBarrier* full, int t) {
-      full[t % kStages].wait((t / kStages) & 1);
+    auto acquire = [&](StageBarrier* full, int stages, int t) {
+      full[t % stages].wait((t / stages) & 1);
       fence_shared_for_wgmma();  // the producer's cp.async writes, seen by this thread, to WGMMA's reads
     };
-    auto release = [&](StageBarrier* empty, int t) {
+    auto release = [&](StageBarrier* empty, int stages, int t) {
       __syncwarp();
-      if (lane == 0) empty[t % kStages].arrive();  // this warp's WGMMAs have read it
+      if (lane == 0) empty[t % stages].arrive();  // this warp's WGMMAs have read it
     };
     // Softmax of S(t) in place; returns through `rescale` O's factors. Masked tiles are a separate
     // instantiation: a run-time flag would put the per-key test into every tile.
@@ -147,32 +148,32 @@ struct PrefillSm90Mainloop {
       for (int i = 0; i < size(p_pairs); ++i) p_pairs(i) = HalfRowsMma<Element>::pack(s(2 * i), s(2 * i + 1));
     };
     {
-      acquire(smem.full_k, 0);
+      acquire(smem.full_k, kStagesK, 0);
       FragS s;
       my_turn();
       wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, 0), s);
       your_turn(false);
       warpgroup_wait<0>();
-      release(smem.empty_k, 0);
+      release(smem.empty_k, kStagesK, 0);
       float rescale[2];  // O is 0: nothing to rescale
       softmax_step(s, 0, rescale);
       to_p(s);
     }
 #pragma unroll 1
     for (int t = 1; t < tiles; ++t) {
-      acquire(smem.full_k, t);
-      acquire(smem.full_v, t - 1);
+      acquire(smem.full_k, kStagesK, t);
+      acquire(smem.full_v, kStagesV, t - 1);
       FragS s;
       my_turn();
-      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStages), s);
-      wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (t - 1) % kStages), o);
+      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStagesK), s);
+      wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (t - 1) % kStagesV), o);
       your_turn(false);
       warpgroup_wait<1>();  // S(t) is in; P(t-1) V(t-1) may still run
-      release(smem.empty_k, t);
+      release(smem.empty_k, kStagesK, t);
       float rescale[2];
       softmax_step(s, t, rescale);
       warpgroup_wait<0>();
-      release(smem.empty_v, t - 1);
+      release(smem.empty_v, kStagesV, t - 1);
       // Once the rows' maxima settle (most tiles of a long row) every factor is 1: the warp then
       // skips O's multiplies.
       if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
@@ -187,12 +188,12 @@ struct PrefillSm90Mainloop {
       }
       to_p(s);
     }
-    acquire(smem.full_v, tiles - 1);
+    acquire(smem.full_v, kStagesV, tiles - 1);
     my_turn();
-    wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (tiles - 1) % kStages), o);
+    wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (tiles - 1) % kStagesV), o);
     your_turn(true);
     warpgroup_wait<0>();
-    release(smem.empty_v, tiles - 1);
+    release(smem.empty_v, kStagesV, tiles - 1);
   }
 
   // O normalised into the epilogue's fp32 rows (rows of warpgroup w start at 64 w), and the LSE.

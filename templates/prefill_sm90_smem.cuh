@@ -19,7 +19,8 @@ struct PrefillSm90Smem {
   using Element = typename Cfg::QElement;
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kBlockN = Cfg::kBlockN;
-  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kStagesK = Cfg::kStagesK;
+  static constexpr int kStagesV = Cfg::kStagesV;
   static constexpr int kConsumerRows = Cfg::kConsumerRows;
 
   using LayoutQ = decltype(cute::tile_to_shape(
@@ -27,13 +28,13 @@ struct PrefillSm90Smem {
       cute::Shape<cute::Int<kConsumerRows>, cute::Int<kHeadDim>, cute::Int<Cfg::kConsumers>>{}));
   using LayoutK = decltype(cute::tile_to_shape(
       cute::GMMA::Layout_K_SW128_Atom<Element>{},
-      cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+      cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStagesK>>{}));
   // Keys tiled before head-dim blocks: V's bytes then sit exactly where K's layout puts them
   // (row of 64 head-dim elements per key, keys of a 64-column block contiguous), so one TMA box
   // or gather fills either.
   using LayoutVt = decltype(cute::tile_to_shape(
       cute::GMMA::Layout_MN_SW128_Atom<Element>{},
-      cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+      cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStagesV>>{},
       cute::Step<cute::_2, cute::_1, cute::_3>{}));
 
   struct KvRing {
@@ -50,12 +51,15 @@ struct PrefillSm90Smem {
       KvRing kv;
       typename PrefillEpilogue<Cfg>::SharedStorage epilogue;
     };
-    int64_t row_addrs[kStages][kBlockN];  // K row addresses of each stage's tile, from the producer's lookups
-    // K and V of a stage are filled and freed apart (prefill_sm90_load.cuh says why).
-    StageBarrier full_k[kStages];         // the producer's 128 threads arrive once their copies landed
-    StageBarrier full_v[kStages];
-    StageBarrier empty_k[kStages];        // each consumer warp arrives once its WGMMAs read the stage
-    StageBarrier empty_v[kStages];
+    // K row addresses of a gathered tile, from the producer's lookups (prefill_sm90_load.cuh)
+    int64_t row_addrs[kStagesK + 1][kBlockN];
+    // K and V are filled and freed apart (prefill_sm90_load.cuh says why).
+    StageBarrier full_k[kStagesK];        // the producer's 128 threads arrive once their copies landed
+    StageBarrier empty_k[kStagesK];       // each consumer warp arrives once its WGMMAs read the stage
+    StageBarrier full_v[kStagesV];
+    StageBarrier empty_v[kStagesV];
+    PrefillRows rows;  // the work item, for the epilogue: in registers across the mainloop it spilled
+
   };
 };
 
