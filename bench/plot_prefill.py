@@ -1,4 +1,4 @@
-"""Plots bench/results/prefill-sm80-<gpu>.json: TFLOP/s per d128 configuration (shape, heads, causal),
+"""Plots bench/results/prefill-<family>-<gpu>.json (either kernel family): TFLOP/s per d128 configuration (shape, heads, causal),
 flashinfer_gen per layout / KV format / conversion beside the torch SDPA peers (flash, cuDNN; dense
 bf16) of the same run, and below it the speed-up over SDPA flash. A configuration that was refused or
 not built is marked with a red x at zero.
@@ -32,14 +32,14 @@ def group_label(key, rows):
 def series_key(r):
     if r["family"] == "peer":
         return (1, r["backend"], "", "")
-    return (0, r["layout"], r["kv_dtype"] != "bf16", r["kv_dtype"], r["conversion"])
+    return (0, r["layout"], r["kv_dtype"] != "bf16", r["kv_dtype"], r["conversion"], r.get("page_size") or 0)
 
 
 def series_label(s):
     if s[0] == 1:
         return f"torch SDPA {s[1]}, dense bf16"
-    layout, kv, conv = s[1], s[3], s[4]
-    name = "paged16" if layout == "paged" else layout
+    layout, kv, conv, page = s[1], s[3], s[4], s[5]
+    name = f"paged{page}" if layout == "paged" else layout
     return f"flashinfer_gen {name} {kv}" + ("" if conv == "none" else f" ({conv})")
 
 
@@ -85,7 +85,8 @@ def main(path: str, png: str | None = None) -> None:
     ax2.axhline(1.0, color="black", linewidth=1)
     ax2.set_ylabel("speed-up over SDPA flash\n(dense bf16)")
     ax2.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], [group_label(g, rows) for g in groups])
-    ax.set_title(f"Batch prefill, d{HEAD_DIM}, q bf16 — {data['device']}, commit {data['commit']}, "
+    ax.set_title(f"Batch prefill ({data.get('family', 'sm80')} family), d{HEAD_DIM}, q bf16 — {data['device']}, "
+                 f"commit {data['commit']}, "
                  f"{data['date'][:10]}, torch {data['torch']}")
     ax.legend(fontsize=8, ncol=3, loc="upper left")
     top = max([r["tflops"] for r in rows if r.get("tflops")] or [1.0])
