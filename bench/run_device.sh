@@ -12,6 +12,7 @@
 #   tune         bench/tune_prefill.sh over $FIG_TUNE_VARIANTS
 #   peer88       CUTLASS's 88_hopper_fmha built here and run on bench_prefill's shapes (bench/peer_cutlass_fmha.py)
 #   append       the append benchmark (bench/bench_append.py) into $OUT
+#   generate     the '.[hf]' extra from .wheels/hf, tests/test_generate_gpu.py, examples/generate.py into $OUT
 #   ncu          Nsight Compute reports of the d128 prefill kernel ($FIG_NCU_CASES, bench/ncu_prefill.py;
 #                $FIG_NCU_ARGS e.g. "--backend sm90" with FIG_NCU_KERNEL=prefill_sm90_kernel)
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
@@ -69,6 +70,13 @@ while [ $# -gt 0 ]; do
     ;;
   peer88)
     python bench/peer_cutlass_fmha.py --out "$OUT/peer88.json" 2>&1 | tee "$OUT/peer88.log" | tail -20
+    ;;
+  generate)  # transformers and its dependencies from .wheels/hf (so with dependency resolution)
+    env -u PIP_NO_DEPS pip install -q --find-links .wheels/hf transformers >>"$OUT/readme.log" 2>&1 \
+      || { tail -20 "$OUT/readme.log"; exit 1; }
+    python -m pytest -q -p no:cacheprovider -rfE tests/test_generate_gpu.py >"$OUT/pytest_generate.log" 2>&1; rc=$?
+    tail -5 "$OUT/pytest_generate.log"
+    python examples/generate.py --out "$OUT/generate.json" 2>&1 | tee "$OUT/generate.log" | tail -40
     ;;
   append)
     FLASHINFER_GEN_JIT=1 python bench/bench_append.py --out "$OUT/append.json" 2>&1 | tee "$OUT/append.log" | tail -12
