@@ -8,7 +8,9 @@ It reports (and writes to bench/results/generate-<gpu>.json):
   accuracy  teacher-forced next-token log-probs over `--steps` steps x `--batch` ragged prompts
             against the same model in float32 through `transformers` (its eager attention): the
             max abs log-prob difference of our bf16 cache beside that of `transformers` run in
-            bf16, and for the e4m3 cache its top-1 agreement with our bf16 cache;
+            bf16; for the e4m3 cache its top-1 agreement with our bf16 cache, and its difference
+            from the float32 model whose K/V carry the same e4m3 rounding (the reference built
+            from the same dequantised values, as every kernel test's);
   speed     tokens/s for `--speed-batch` prompts of `--speed-prompt` tokens and `--speed-new` new
             tokens (greedy), bf16 and e4m3 caches, eager and CUDA-graph decode, beside
             `transformers`' own `generate` (bf16, its default attention) on the same model.
@@ -212,15 +214,52 @@ def reference_logprobs(model, seqs, prompt_lens, steps) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def our_logprobs(model_bf16, seqs, prompt_lens, steps, kv_dtype, graph=False) -> torch.Tensor:
+def our_logprobs(model_bf16, seqs, prompt_lens, steps, kv_dtype, graph=False):
     """The same log-probs from our loop: prefill of the prompts, then `steps - 1` decode steps fed
-    the teacher tokens."""
+    the teacher tokens. Returns (log-probs, the run's per-layer K scales, V scales)."""
     ours = PagedLlama(model_bf16, len(seqs), max(prompt_lens) + steps, kv_dtype, graph=graph)
     lp = [torch.log_softmax(ours.prefill([s[:n] for s, n in zip(seqs, prompt_lens)]), -1)]
     for j in range(steps - 1):
         tokens = torch.stack([s[n + j] for s, n in zip(seqs, prompt_lens)])
         lp.append(torch.log_softmax(ours.decode(tokens), -1))
-    return torch.stack(lp, 1)
+    return torch.stack(lp, 1), ours.k_scale, ours.v_scale
+
+
+@torch.inference_mode()
+def fp8_reference_logprobs(model32, seqs, prompt_lens, steps, kv_dtype, k_scales, v_scales) -> torch.Tensor:
+    """reference_logprobs with the FP8 cache's rounding: the float32 model, its K and V replaced by
+    the values our cache holds for them (x * (1 / scale), saturated, rounded to `kv_dtype`, times
+    scale, with the scales our run used), dense causal attention in float32. Our FP8 run is then
+    compared with the same quantised K/V, as every kernel test is."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    inner, fmax = model32.model, FP8_MAX[kv_dtype]
+    hq, hk = model32.config.num_attention_heads, model32.config.num_key_value_heads
+
+    def cached(x, scale):
+        inv = torch.tensor(1.0 / scale, dtype=torch.float32)  # the kernel multiplies by fp32(1 / scale)
+        return (x * inv.item()).clamp(-fmax, fmax).to(kv_dtype).float() * scale
+
+    out = []
+    for seq, n in zip(seqs, prompt_lens):
+        ids = seq[: n + steps - 1]
+        t = ids.numel()
+        h = inner.embed_tokens(ids)
+        cos, sin = inner.rotary_emb(h[None], torch.arange(t, device=ids.device)[None])
+        for i, layer in enumerate(inner.layers):
+            attn = layer.self_attn
+            d = attn.head_dim
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(t, hq, d).transpose(0, 1)[None]
+            k = attn.k_proj(x).view(t, hk, d).transpose(0, 1)[None]
+            v = attn.v_proj(x).view(t, hk, d).transpose(0, 1)[None]
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k, v = cached(k, k_scales[i]), cached(v, v_scales[i])
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            h = h + attn.o_proj(o[0].transpose(0, 1).reshape(t, hq * d))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        logits = model32.lm_head(inner.norm(h))[n - 1: n + steps - 1].float()
+        out.append(torch.log_softmax(logits, -1))
+    return torch.stack(out)
 
 
 def accuracy(model32, batch, steps, seed=0, max_prompt=512) -> dict:
@@ -229,21 +268,26 @@ def accuracy(model32, batch, steps, seed=0, max_prompt=512) -> dict:
     ref = reference_logprobs(model32, seqs, prompt_lens, steps)
     hf16 = as_dtype(model32, torch.bfloat16, "eager")
     hf_bf16 = reference_logprobs(hf16, seqs, prompt_lens, steps)
-    ours_bf16 = our_logprobs(hf16, seqs, prompt_lens, steps, torch.bfloat16)
-    ours_bf16_graph = our_logprobs(hf16, seqs, prompt_lens, steps, torch.bfloat16, graph=True)
-    ours_e4m3 = our_logprobs(hf16, seqs, prompt_lens, steps, torch.float8_e4m3fn, graph=True)
+    ours_bf16, _, _ = our_logprobs(hf16, seqs, prompt_lens, steps, torch.bfloat16)
+    ours_bf16_graph, _, _ = our_logprobs(hf16, seqs, prompt_lens, steps, torch.bfloat16, graph=True)
+    ours_e4m3, k_scales, v_scales = our_logprobs(hf16, seqs, prompt_lens, steps, torch.float8_e4m3fn, graph=True)
     del hf16
+    ref_e4m3 = fp8_reference_logprobs(model32, seqs, prompt_lens, steps, torch.float8_e4m3fn, k_scales, v_scales)
     top1 = lambda a, b: float((a.argmax(-1) == b.argmax(-1)).double().mean())  # noqa: E731
-    err = lambda a: float((a - ref).abs().max()) if torch.isfinite(a).all() else float("inf")  # noqa: E731
+    err = lambda a, r=ref: float((a - r).abs().max()) if torch.isfinite(a).all() else float("inf")  # noqa: E731
     # the gap between the reference's two likeliest tokens: near-ties are where top-1 may flip
     top2 = ref.topk(2, -1).values
     return dict(batch=batch, steps=steps, prompt_lens=prompt_lens, vocab=vocab,
                 max_abs_logprob_err=dict(transformers_bf16_eager=err(hf_bf16), ours_bf16=err(ours_bf16),
-                                         ours_bf16_graph=err(ours_bf16_graph), ours_e4m3=err(ours_e4m3)),
+                                         ours_bf16_graph=err(ours_bf16_graph), ours_e4m3=err(ours_e4m3),
+                                         ours_e4m3_vs_fp32_with_e4m3_kv=err(ours_e4m3, ref_e4m3)),
                 ours_bf16_over_transformers_bf16=err(ours_bf16) / max(err(hf_bf16), 1e-30),
+                ours_e4m3_over_transformers_bf16=err(ours_e4m3, ref_e4m3) / max(err(hf_bf16), 1e-30),
                 top1_agreement=dict(ours_bf16_vs_fp32=top1(ours_bf16, ref), transformers_bf16_vs_fp32=top1(hf_bf16, ref),
                                     ours_e4m3_vs_ours_bf16=top1(ours_e4m3, ours_bf16),
-                                    ours_e4m3_vs_fp32=top1(ours_e4m3, ref)),
+                                    ours_e4m3_vs_fp32=top1(ours_e4m3, ref),
+                                    ours_e4m3_vs_fp32_with_e4m3_kv=top1(ours_e4m3, ref_e4m3),
+                                    fp32_with_e4m3_kv_vs_fp32=top1(ref_e4m3, ref)),
                 graph_vs_eager_max_abs=float((ours_bf16_graph - ours_bf16).abs().max()),
                 reference_top1_margin_median=float((top2[..., 0] - top2[..., 1]).median()))
 
