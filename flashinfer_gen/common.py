@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from generator import InstanceKey, why_invalid
+from generator.abi import Struct, fill
 from generator.keys import FP8_DTYPES
 
 from .registry import Module, default_registry
@@ -53,17 +54,18 @@ class Wrapper:
         return self._plan["module"]
 
 
-def query_fields(q: torch.Tensor) -> dict:
-    return dict(data=q.data_ptr(), stride_row=q.stride(0), stride_head=q.stride(1))
+# run() sets these per call (set_run_fields); plan() fills the params with them zero.
+UNSET_QUERY = dict(data=None, stride_row=0, stride_head=0)
 
 
-def paged_kv_fields(k: torch.Tensor, v: torch.Tensor, strides, ptr: Mapping[str, int], page_size: int,
-                    num_kv_heads: int) -> dict:
-    """FigPagedKv: the caches, their (page, slot, head) element strides, the page table in the plan's
-    int buffer (page_indptr, page_indices)."""
-    return dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), stride_page=strides[0], stride_slot=strides[1],
-                stride_head=strides[2], indptr=ptr["page_indptr"], indices=ptr["page_indices"], page_size=page_size,
-                num_kv_heads=num_kv_heads)
+def unset_output(num_heads: int) -> dict:
+    return dict(data=None, stride_row=0, stride_head=0, lse=None, num_heads=num_heads)
+
+
+def plan_kv_fields(ptr: Mapping[str, int], page_size: int, num_kv_heads: int) -> dict:
+    """FigPagedKv with the plan's page table; the caches and their strides come per call."""
+    return dict(k_cache=None, v_cache=None, stride_page=0, stride_slot=0, stride_head=0, indptr=ptr["page_indptr"],
+                indices=ptr["page_indices"], page_size=page_size, num_kv_heads=num_kv_heads)
 
 
 def merge_fields(ptr: Mapping[str, int], num_items: int) -> dict:
@@ -71,11 +73,6 @@ def merge_fields(ptr: Mapping[str, int], num_items: int) -> dict:
     workspace's partials; num_items is the grid (the live count is merge_count on the device)."""
     return dict(row=ptr["merge_row"], indptr=ptr["merge_indptr"], num_items=num_items, live_items=ptr["merge_count"],
                 partial_out=ptr["partial_out"], partial_lse=ptr["partial_lse"])
-
-
-def output_fields(out: torch.Tensor, lse: torch.Tensor | None) -> dict:
-    return dict(data=out.data_ptr(), stride_row=out.stride(0), stride_head=out.stride(1),
-                lse=lse.data_ptr() if lse is not None else None, num_heads=out.shape[1])
 
 
 def check_variant(head_dim: int, pos_encoding_mode: str, window_left, logits_soft_cap, sm_scale) -> tuple:
@@ -290,6 +287,51 @@ def output_tensors(q: torch.Tensor, out, lse, return_lse: bool, device: torch.de
 
 def launch(module: Module, params: ctypes.Structure, device: torch.device) -> None:
     """Runs the module on the current stream of `device`, with `device` current (cudaFuncSetAttribute
-    and the launch act on the current device)."""
+    and the launch act on the current device); the device switch only where it is not already."""
+    if torch.cuda.current_device() == device.index:
+        module.call("run", ctypes.byref(params), torch.cuda.current_stream().cuda_stream)
+        return
     with torch.cuda.device(device):
         module.call("run", ctypes.byref(params), torch.cuda.current_stream(device).cuda_stream)
+
+
+class CheckedInputs:
+    """What run() has checked since plan(), by the metadata the checks depend on, so that only
+    the first call with tensors of a kind pays for them: an engine calls run() once per layer with
+    q of one shape and per-layer caches of one shape. q is known by (shape, strides, dtype,
+    device), its address checked every call; a cache by the same of each of its tensors plus
+    their addresses, mapped to what the launch needs of it."""
+
+    def __init__(self):
+        self.q: set = set()
+        self.kv: dict = {}
+
+    @staticmethod
+    def q_key(q) -> tuple | None:
+        return (q.shape, q.stride(), q.dtype, q.device) if isinstance(q, torch.Tensor) else None
+
+    @staticmethod
+    def kv_key(paged_kv_cache) -> tuple | None:
+        tensors = paged_kv_cache if isinstance(paged_kv_cache, (tuple, list)) else (paged_kv_cache,)
+        if not all(isinstance(t, torch.Tensor) for t in tensors):
+            return None
+        return tuple((t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+
+
+def launch_params(s, **values) -> tuple[ctypes.Structure, dict]:
+    """A kind's params struct filled once per plan (abi.fill: every field named), and views of its
+    sub-structs, whose per-call fields run() then sets in place."""
+    params = fill(s, **values)
+    return params, {f.name: getattr(params, f.name) for f in s.fields if isinstance(f.ctype, Struct)}
+
+
+def set_run_fields(views: dict, q: torch.Tensor, kv: Mapping, out: torch.Tensor, lse, scales: Mapping) -> None:
+    """The per-call fields of a plan's params: q, the cache (from CheckedInputs), out and lse, scales."""
+    pq, pkv, pout, psc = views["q"], views["kv"], views["out"], views["scales"]
+    pq.data, pq.stride_row, pq.stride_head = q.data_ptr(), q.stride(0), q.stride(1)
+    pkv.k_cache, pkv.v_cache = kv["k_cache"], kv["v_cache"]
+    pkv.stride_page, pkv.stride_slot, pkv.stride_head = kv["strides"]
+    pout.data, pout.stride_row, pout.stride_head = out.data_ptr(), out.stride(0), out.stride(1)
+    pout.lse = lse.data_ptr() if lse is not None else None
+    for name, value in scales.items():
+        setattr(psc, name, value)

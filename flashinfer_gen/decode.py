@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from generator.abi import fill
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
 from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, flashinfer_extras,
-                     kv_dtype_alias, launch, lay_out_plan, lookup, merge_fields, output_fields, output_tensors,
-                     paged_kv_fields, positional_run_args, query_fields, resident_ctas)
+                     kv_dtype_alias, launch, launch_params, lay_out_plan, lookup, merge_fields, output_tensors,
+                     plan_kv_fields, positional_run_args, resident_ctas, set_run_fields, unset_output,
+                     CheckedInputs, UNSET_QUERY)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_page_table, fail, kv_strides, scale_arg,
                          require_int_index, split_paged_kv)
@@ -203,11 +203,19 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
         # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once)
         grid_items = sched.request.size if capacity is None else capacity["request"]
         grid_merge = sched.merge_request.size if capacity is None else capacity["merge_row"]
+        # the launch parameters but those run() sets per call (q, the cache, out/lse, scales)
+        params, views = launch_params(
+            PARAMS, q=UNSET_QUERY, kv=plan_kv_fields(ptr, page_size, num_kv_heads),
+            work=dict(request=ptr["request"], begin=ptr["begin"], end=ptr["end"], partial=ptr["partial"],
+                      num_items=grid_items, live_items=ptr["work_count"]),
+            merge=merge_fields(ptr, grid_merge), out=unset_output(num_qo_heads),
+            scales=dict(sm_scale=scale, k_scale=1.0, v_scale=1.0, logits_soft_cap=soft_cap, q_scale_device=None,
+                        k_scale_device=None, v_scale_device=None))
         self._plan = dict(
             module=module, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
             sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr,
-            grid_items=grid_items, grid_merge=grid_merge)
+            grid_items=grid_items, grid_merge=grid_merge, params=params, views=views, checked=CheckedInputs())
 
     def _graph_capacity(self, indptr_h: torch.Tensor, page_indices: np.ndarray, last_h: torch.Tensor,
                         ctas_per_item: int, resident: int, config: tuple) -> dict:
@@ -253,32 +261,33 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
             fail("call plan() before run()")
         device = plan["device"]
         batch, hq, hk, d = plan["batch"], plan["num_qo_heads"], plan["num_kv_heads"], plan["head_dim"]
-        check_q(q, batch, hq, d, plan["q_dtype"], device, "batch")
-        k, v = split_paged_kv(paged_kv_cache, self._layout)
-        check_kv(k, v, plan["kv_dtype"], device)
-        strides = kv_strides(k, self._layout, plan["page_size"], hk, d)
-        check_kv_alignment(k, v, strides)
-        if plan["max_index"] >= k.shape[0]:
-            fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
-        if self._graph is not None:  # a later plan() checks its pages against this cache (a replay skips run())
-            self._graph["num_pages"] = k.shape[0]
+        checked = plan["checked"]
+        q_key = checked.q_key(q)
+        if q_key is None or q_key not in checked.q:
+            check_q(q, batch, hq, d, plan["q_dtype"], device, "batch")
+            checked.q.add(q_key)
+        elif q.data_ptr() % 4:
+            fail(f"q must be 4-byte aligned with even strides, got address {q.data_ptr():#x}")
+        kv_key = checked.kv_key(paged_kv_cache)
+        kv = checked.kv.get(kv_key)
+        if kv is None:
+            k, v = split_paged_kv(paged_kv_cache, self._layout)
+            check_kv(k, v, plan["kv_dtype"], device)
+            strides = kv_strides(k, self._layout, plan["page_size"], hk, d)
+            check_kv_alignment(k, v, strides)
+            if plan["max_index"] >= k.shape[0]:
+                fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
+            if self._graph is not None:  # a later plan() checks its pages against this cache (a replay skips run())
+                self._graph["num_pages"] = k.shape[0]
+            kv = checked.kv[kv_key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides)
         (qs, qs_dev), (ks, ks_dev), (vs, vs_dev) = (scale_arg(q_scale, "q_scale", device, positive=True),
                                                     scale_arg(k_scale, "k_scale", device, positive=True),
                                                     scale_arg(v_scale, "v_scale", device))
         out, lse = output_tensors(q, out, lse, return_lse, device)
-
-        sched, ptr = plan["schedule"], plan["ptr"]
-        params = fill(
-            PARAMS,
-            q=query_fields(q),
-            kv=paged_kv_fields(k, v, strides, ptr, plan["page_size"], hk),
-            work=dict(request=ptr["request"], begin=ptr["begin"], end=ptr["end"], partial=ptr["partial"],
-                      num_items=plan["grid_items"], live_items=ptr["work_count"]),
-            merge=merge_fields(ptr, plan["grid_merge"]),
-            out=output_fields(out, lse),
-            scales=dict(sm_scale=plan["sm_scale"] * qs, k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"],
-                        q_scale_device=qs_dev, k_scale_device=ks_dev, v_scale_device=vs_dev))
-        launch(plan["module"], params, device)
+        set_run_fields(plan["views"], q, kv, out, lse,
+                       dict(sm_scale=plan["sm_scale"] * qs, k_scale=ks, v_scale=vs, q_scale_device=qs_dev,
+                            k_scale_device=ks_dev, v_scale_device=vs_dev))
+        launch(plan["module"], plan["params"], device)
         return (out, lse) if return_lse else out
 
 

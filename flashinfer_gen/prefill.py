@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from generator.abi import fill
 from generator.instances import KINDS
 from generator.kind_prefill import HEAD_DIMS, PARAMS
 
-from .common import (INT32_MAX, Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names,
-                     flashinfer_extras, launch, lay_out_plan, lookup_family, merge_fields, output_fields, output_tensors,
-                     paged_kv_fields, positional_run_args, query_fields, resident_ctas)
+from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment, check_q,
+                     check_variant, dtype_names, flashinfer_extras, launch, launch_params, lay_out_plan,
+                     lookup_family, merge_fields, output_tensors, plan_kv_fields, positional_run_args, resident_ctas,
+                     set_run_fields, unset_output)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
                          fail, kv_strides, require_int_index, require_tensor, scale_arg,
@@ -137,36 +137,53 @@ class _BatchPrefill(Wrapper):
                       merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len,
                       work_count=[sched.request.size], merge_count=[sched.merge_row.size], **page_table)
         self._ints, ptr = lay_out_plan(self._workspace, self._ints, arrays, sched.num_partial, num_qo_heads, head_dim)
-        self._plan = dict(module=module, total_qo=int(qo_h[-1]), num_qo_heads=num_qo_heads,
-                          num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=causal,
-                          window_left=window_left, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
-                          sm_scale=scale, soft_cap=soft_cap, schedule=sched, device=device, ptr=ptr)
-
-    def _run_common(self, q, k, v, strides, q_scale, k_scale, v_scale, out, lse, return_lse):
-        plan = self._plan
-        device, hq, d = plan["device"], plan["num_qo_heads"], plan["head_dim"]
-        check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]")
-        check_kv_alignment(k, v, strides)
-        (qs, qs_dev), (ks, ks_dev), (vs, vs_dev) = (scale_arg(q_scale, "q_scale", device, positive=True),
-                                                    scale_arg(k_scale, "k_scale", device, positive=True),
-                                                    scale_arg(v_scale, "v_scale", device))
-        out, lse = output_tensors(q, out, lse, return_lse, device)
-        sched, ptr = plan["schedule"], plan["ptr"]
-        params = fill(
-            PARAMS,
-            q=query_fields(q),
-            kv=paged_kv_fields(k, v, strides, ptr, plan["page_size"], plan["num_kv_heads"]),
+        # the launch parameters but those run() sets per call (q, the cache, out/lse, scales)
+        params, views = launch_params(
+            PARAMS, q=UNSET_QUERY, kv=plan_kv_fields(ptr, page_size, num_kv_heads),
             qo_indptr=ptr["qo_indptr"], kv_len=ptr["kv_len"],
             work=dict(request=ptr["request"], row_begin=ptr["row_begin"], kv_begin=ptr["kv_begin"],
                       kv_end=ptr["kv_end"], partial=ptr["partial"], pieces=ptr["pieces"],
                       num_items=sched.request.size, live_items=ptr["work_count"]),
-            merge=merge_fields(ptr, sched.merge_row.size),
-            out=output_fields(out, lse),
-            scales=dict(sm_scale=plan["sm_scale"] * qs, k_scale=ks, v_scale=vs, logits_soft_cap=plan["soft_cap"],
-                        q_scale_device=qs_dev, k_scale_device=ks_dev, v_scale_device=vs_dev),
-            causal=int(plan["causal"]), window_left=plan["window_left"])
-        launch(plan["module"], params, device)
+            merge=merge_fields(ptr, sched.merge_row.size), out=unset_output(num_qo_heads),
+            scales=dict(sm_scale=scale, k_scale=1.0, v_scale=1.0, logits_soft_cap=soft_cap, q_scale_device=None,
+                        k_scale_device=None, v_scale_device=None),
+            causal=int(causal), window_left=window_left)
+        self._plan = dict(module=module, total_qo=int(qo_h[-1]), num_qo_heads=num_qo_heads,
+                          num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=causal,
+                          window_left=window_left, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
+                          sm_scale=scale, soft_cap=soft_cap, schedule=sched, device=device, ptr=ptr, params=params,
+                          views=views, checked=CheckedInputs())
+
+    def _run_common(self, q, kv: dict, q_scale, k_scale, v_scale, out, lse, return_lse):
+        """kv: the cache as CheckedInputs holds it (addresses and strides), checked by the caller."""
+        plan = self._plan
+        device, hq, d = plan["device"], plan["num_qo_heads"], plan["head_dim"]
+        checked = plan["checked"]
+        q_key = checked.q_key(q)
+        if q_key is None or q_key not in checked.q:
+            check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]")
+            checked.q.add(q_key)
+        elif q.data_ptr() % 4:
+            fail(f"q must be 4-byte aligned with even strides, got address {q.data_ptr():#x}")
+        (qs, qs_dev), (ks, ks_dev), (vs, vs_dev) = (scale_arg(q_scale, "q_scale", device, positive=True),
+                                                    scale_arg(k_scale, "k_scale", device, positive=True),
+                                                    scale_arg(v_scale, "v_scale", device))
+        out, lse = output_tensors(q, out, lse, return_lse, device)
+        set_run_fields(plan["views"], q, kv, out, lse,
+                       dict(sm_scale=plan["sm_scale"] * qs, k_scale=ks, v_scale=vs, q_scale_device=qs_dev,
+                            k_scale_device=ks_dev, v_scale_device=vs_dev))
+        launch(plan["module"], plan["params"], device)
         return (out, lse) if return_lse else out
+
+    def _checked_kv(self, key, check) -> dict:
+        """The cache's launch fields, from CheckedInputs, or check(): (k, v, strides) after its checks."""
+        checked = self._plan["checked"]
+        kv = checked.kv.get(key)
+        if kv is None:
+            k, v, strides = check()
+            check_kv_alignment(k, v, strides)
+            kv = checked.kv[key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides)
+        return kv
 
 
 class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
@@ -205,12 +222,17 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
         plan = self._plan
         if plan is None:
             fail("call plan() before run()")
-        k, v = split_paged_kv(paged_kv_cache, self._layout)
-        check_kv(k, v, plan["kv_dtype"], plan["device"])
-        strides = kv_strides(k, self._layout, plan["page_size"], plan["num_kv_heads"], plan["head_dim"])
-        if plan["max_index"] >= k.shape[0]:
-            fail(f"paged_kv_indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
-        return self._run_common(q, k, v, strides, q_scale, k_scale, v_scale, out, lse, return_lse)
+
+        def check():
+            k, v = split_paged_kv(paged_kv_cache, self._layout)
+            check_kv(k, v, plan["kv_dtype"], plan["device"])
+            strides = kv_strides(k, self._layout, plan["page_size"], plan["num_kv_heads"], plan["head_dim"])
+            if plan["max_index"] >= k.shape[0]:
+                fail(f"paged_kv_indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
+            return k, v, strides
+
+        kv = self._checked_kv(CheckedInputs.kv_key(paged_kv_cache), check)
+        return self._run_common(q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
 
 
 class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
@@ -257,18 +279,22 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
         plan = self._plan
         if plan is None:
             fail("call plan() before run()")
-        shape = (plan["total_kv"], plan["num_kv_heads"], plan["head_dim"])
-        for t, what in ((k, "k"), (v, "v")):
-            require_tensor(t, what)
-        if k.dtype != v.dtype:
-            fail(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
-        check_kv(k, v, plan["kv_dtype"], plan["device"])
-        for t, what in ((k, "k"), (v, "v")):
-            if tuple(t.shape) != shape:
-                fail(f"{what} has shape {tuple(t.shape)}; plan() needs [kv_indptr[-1], num_kv_heads, head_dim] = "
-                     f"{shape}")
-        if k.stride() != v.stride():
-            fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
-        # page = a request's first row, slot = its row within the request
-        strides = (k.stride(0), k.stride(0), k.stride(1))
-        return self._run_common(q, k, v, strides, q_scale, k_scale, v_scale, out, lse, return_lse)
+
+        def check():
+            shape = (plan["total_kv"], plan["num_kv_heads"], plan["head_dim"])
+            for t, what in ((k, "k"), (v, "v")):
+                require_tensor(t, what)
+            if k.dtype != v.dtype:
+                fail(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
+            check_kv(k, v, plan["kv_dtype"], plan["device"])
+            for t, what in ((k, "k"), (v, "v")):
+                if tuple(t.shape) != shape:
+                    fail(f"{what} has shape {tuple(t.shape)}; plan() needs [kv_indptr[-1], num_kv_heads, head_dim] = "
+                         f"{shape}")
+            if k.stride() != v.stride():
+                fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
+            # page = a request's first row, slot = its row within the request
+            return k, v, (k.stride(0), k.stride(0), k.stride(1))
+
+        kv = self._checked_kv(CheckedInputs.kv_key((k, v)), check)
+        return self._run_common(q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)

@@ -233,6 +233,38 @@ def test_cuda_graph_captured_once_follows_every_plan(workspace):
                kv_data_type=torch.float8_e4m3fn, sm_scale=0.5)
 
 
+def test_checks_hold_after_a_successful_run(workspace):
+    """run() remembers what it checked since plan() (CheckedInputs): tensors whose metadata it has
+    not seen are checked in full, a q with seen metadata at an unaligned address is refused, and a
+    new plan() forgets (its page table may need a larger cache)."""
+    q, k, v, cache, indptr, indices, last = make_case([5, 40], 16, 8, 2, 128, torch.float16, torch.float16, "NHD")
+    w = BatchDecodeWithPagedKVCacheWrapper(workspace)
+    w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.float16)
+    first = w.run(q, cache)
+    again = w.run(q.clone(), cache)  # the remembered path
+    torch.cuda.synchronize()
+    assert torch.equal(first, again)
+    unaligned = torch.empty(q.numel() + 1, dtype=q.dtype, device="cuda")[1:].view(q.shape)
+    cases = [
+        (lambda: w.run(q.to(torch.bfloat16), cache), "dtype"),
+        (lambda: w.run(q[:1], cache), "shape"),
+        (lambda: w.run(unaligned, cache), "aligned"),
+        (lambda: w.run(q, (k[:2], v[:2])), "page"),
+        (lambda: w.run(q, (k, v.to(torch.bfloat16))), "same dtype"),
+        (lambda: w.run(q, (k[..., ::2], v[..., ::2])), "last dim"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ArgumentError, match=match):
+            call()
+    small = (k[:3].clone(), v[:3].clone())  # holds the pages of a one-page plan only
+    one_page = torch.full((1,), 2, dtype=torch.int32, device="cuda")
+    w.plan(indptr[:2], one_page, last[:1], 8, 2, 128, 16, q_data_type=torch.float16)
+    w.run(q[:1], small)
+    w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.float16)
+    with pytest.raises(ArgumentError, match="page"):
+        w.run(q, small)
+
+
 def test_bad_inputs_raise_before_launch(workspace):
     q, k, v, cache, indptr, indices, last = make_case([5, 40], 16, 8, 2, 128, torch.float16, torch.float16, "NHD")
     w = BatchDecodeWithPagedKVCacheWrapper(workspace)

@@ -1,0 +1,100 @@
+"""Host cost of run(): CPU microseconds per eager call, mean over 1000 calls with no sync in between,
+for decode (B64, 32/8 heads, head dim 128, page 16) and paged prefill (64 requests of 16 tokens),
+bf16 and e4m3 caches, with `out` allocated by run() and passed in. The GPU work per call is
+kept to a few microseconds (16 keys a request) so the launch queue never fills and the figure is
+the host's. FlashInfer's wrappers are timed the same way where it is installed.
+
+usage: python bench/bench_host.py [--calls 1000] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import flashinfer_gen  # noqa: E402
+
+B, HQ, HK, D, PAGE, KV_LEN, QO = 64, 32, 8, 128, 16, 16, 16
+
+
+def per_call_us(fn, calls: int) -> float:
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+def layout():
+    pages = -(-KV_LEN // PAGE)
+    indptr = torch.arange(0, B * pages + 1, pages, dtype=torch.int32, device="cuda")
+    indices = torch.randperm(B * pages, dtype=torch.int32).cuda()
+    last = torch.full((B,), KV_LEN - (pages - 1) * PAGE, dtype=torch.int32, device="cuda")
+    return indptr, indices, last, B * pages
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    libs = {"flashinfer_gen": flashinfer_gen}
+    try:
+        import flashinfer
+        libs["flashinfer"] = flashinfer
+    except ImportError:
+        pass
+    indptr, indices, last, num_pages = layout()
+    rows = []
+    for name, lib in libs.items():
+        for kv_name, kv_dtype in (("bf16", torch.bfloat16), ("e4m3", torch.float8_e4m3fn)):
+            cache = torch.randn(num_pages, 2, PAGE, HK, D, device="cuda").to(kv_dtype)
+            ws = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+            dec = lib.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD")
+            dec.plan(indptr, indices, last, HQ, HK, D, PAGE, q_data_type=torch.bfloat16, kv_data_type=kv_dtype)
+            q = torch.randn(B, HQ, D, dtype=torch.bfloat16, device="cuda")
+            out = torch.empty_like(q)
+            pre = lib.BatchPrefillWithPagedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"),
+                                                           "NHD")
+            qo_indptr = torch.arange(0, B * QO + 1, QO, dtype=torch.int32, device="cuda")
+            pre.plan(qo_indptr, indptr, indices, last, HQ, HK, D, PAGE, causal=True, q_data_type=torch.bfloat16,
+                     kv_data_type=kv_dtype)
+            qp = torch.randn(B * QO, HQ, D, dtype=torch.bfloat16, device="cuda")
+            outp = torch.empty_like(qp)
+            scales = dict(k_scale=0.5, v_scale=2.0) if kv_name == "e4m3" else {}
+            cases = (("decode", "allocated", lambda: dec.run(q, cache, **scales)),
+                     ("decode", "given", lambda: dec.run(q, cache, out=out, **scales)),
+                     ("prefill", "allocated", lambda: pre.run(qp, cache, **scales)),
+                     ("prefill", "given", lambda: pre.run(qp, cache, out=outp, **scales)))
+            for kind, out_mode, fn in cases:
+                us = per_call_us(fn, args.calls)
+                rows.append(dict(library=name, kind=kind, kv_dtype=kv_name, out=out_mode, us_per_call=round(us, 2),
+                                 instance=getattr(getattr(dec if kind == "decode" else pre, "module", None), "key",
+                                                  None).name if name == "flashinfer_gen" else None))
+                print(f"{name:15} {kind:8} {kv_name:5} out {out_mode:9} {us:7.2f} us/call", flush=True)
+    gpu = torch.cuda.get_device_name()
+    result = dict(device=gpu, commit=os.environ.get("FIG_COMMIT"), torch=torch.__version__,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  calls=args.calls, batch=B, heads=[HQ, HK], head_dim=D, page_size=PAGE, kv_len=KV_LEN,
+                  prefill_qo_len=QO, rows=rows,
+                  note=None if "flashinfer" in libs else "FlashInfer is not installed on this machine")
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"host-{gpu.replace(' ', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
