@@ -112,8 +112,6 @@ def flashinfer_extras(head_dim_qk: int, head_dim_vo=None, custom_mask=None, pack
 def positional_run_args(args: tuple, k_scale, v_scale, out, lse, return_lse):
     """run(q, cache, k_scale, v_scale, out, lse, return_lse) positionally, as this library's run()
     took them before FlashInfer's keyword-only form; a value given both ways is an error."""
-    if not args:
-        return k_scale, v_scale, out, lse, return_lse
     names = ("k_scale", "v_scale", "out", "lse", "return_lse")
     if len(args) > len(names):
         fail(f"run() takes at most {len(names)} arguments after the KV cache, got {len(args)}")
@@ -291,19 +289,10 @@ def launch(module: Module, params: ctypes.Structure, device: torch.device) -> No
     """Runs the module on the current stream of `device`, with `device` current (cudaFuncSetAttribute
     and the launch act on the current device); the device switch only where it is not already."""
     if torch.cuda.current_device() == device.index:
-        module.call("run", ctypes.byref(params), _current_raw_stream(device.index))
+        module.call("run", ctypes.byref(params), torch.cuda.current_stream().cuda_stream)
         return
     with torch.cuda.device(device):
         module.call("run", ctypes.byref(params), torch.cuda.current_stream(device).cuda_stream)
-
-
-# The current stream's handle without building a torch.cuda.Stream object (the private binding
-# torch's own compiled code uses; the public path where it is missing).
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def _current_raw_stream(index: int) -> int:
-    return _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
 
 
 class CheckedInputs:
