@@ -1,16 +1,18 @@
 // The producer warpgroup of the Hopper prefill: loads each tile's kBlockN keys of K and V (one KV
-// head) from the paged cache, or from contiguous K/V described as one page per request, into the
-// stage ring: by TMA boxes of whole page runs (tma_paged_kv.cuh) where the page size allows,
-// else by a cp.async gather. Gather, per tile: each of the first kBlockN threads looks up one key's
-// row address (page table, paged_kv.cuh), the warpgroup shares them through shared memory, and
-// every thread copies 16-byte chunks into the swizzled K and Vt layouts. K and V have rings and
-// barriers of their own: the consumers free K(t) once S = Q K^T is done, V(t) only after P V, a
-// GEMM later; with one shared ring (two stages at head dim 128), K waited on V and the consumers
-// on K. K gets the deeper ring (generator/kind_prefill_sm90.py) and is loaded a tile ahead. Each thread's copies arrive on a "full" barrier as they
-// complete (cp.async.mbarrier.arrive.noinc), so the producer never waits for its own copies,
-// only for a free stage; the consumers fence the landed rows for WGMMA's async-proxy reads. Keys at or past `end` re-read key
-// end - 1 (as the Ampere path): finite values that the consumers mask, so no load leaves the
-// request's pages and no stale NaN reaches P V.
+// head) from the paged cache, or from contiguous K/V described as one page per request, into
+// shared rings: by TMA boxes of whole page runs (tma_paged_kv.cuh) where the page size allows,
+// else by a cp.async gather. Gather, per tile: each of the first kBlockN threads looks up one
+// key's row address (page table, paged_kv.cuh), the warpgroup shares them through shared memory,
+// and every thread copies 16-byte chunks into the swizzled K and Vt layouts. Keys at or past `end`
+// re-read key end - 1 (as the Ampere path): finite values that the consumers mask, so no load
+// leaves the request's pages and no stale NaN reaches P V.
+//
+// K and V have rings and barriers of their own: the consumers free K(t) once S = Q K^T is done,
+// V(t) only after P V, a GEMM later; with one shared ring (two stages at head dim 128), K waited
+// on V and the consumers on K. K gets the deeper ring (generator/kind_prefill_sm90.py) and is
+// loaded a tile ahead. Each thread's loads complete a "full" barrier on their own (TMA's byte
+// count, or cp.async.mbarrier.arrive.noinc), so the producer never waits for its own loads, only
+// for free stages; the consumers fence gathered rows for WGMMA's async-proxy reads.
 #pragma once
 #include <cute/arch/copy_sm80.hpp>
 #include "paged_kv.cuh"
