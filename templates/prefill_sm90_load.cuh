@@ -12,7 +12,8 @@
 // on V and the consumers on K. K gets the deeper ring (generator/kind_prefill_sm90.py) and is
 // loaded a tile ahead. Each thread's loads complete a "full" barrier on their own (TMA's byte
 // count, or cp.async.mbarrier.arrive.noinc), so the producer never waits for its own loads, only
-// for free stages; the consumers fence gathered rows for WGMMA's async-proxy reads.
+// for free stages; after each wait the consumers fence the landed rows for WGMMA's async-proxy
+// reads (which the gathered ones need: cp.async writes through the generic proxy).
 #pragma once
 #include <cute/arch/copy_sm80.hpp>
 #include "paged_kv.cuh"
