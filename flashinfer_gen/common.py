@@ -320,7 +320,8 @@ class CheckedInputs:
 
 def launch_params(s, **values) -> tuple[ctypes.Structure, dict]:
     """A kind's params struct filled once per plan (abi.fill: every field named), and views of its
-    sub-structs, whose per-call fields run() then sets in place."""
+    sub-structs, whose per-call fields run() then sets in place. So one wrapper's run() is not to
+    be called from two threads at once (nor are FlashInfer's); one wrapper per thread is."""
     params = fill(s, **values)
     return params, {f.name: getattr(params, f.name) for f in s.fields if isinstance(f.ctype, Struct)}
 

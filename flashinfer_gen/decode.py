@@ -277,9 +277,10 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
             check_kv_alignment(k, v, strides)
             if plan["max_index"] >= k.shape[0]:
                 fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
-            if self._graph is not None:  # a later plan() checks its pages against this cache (a replay skips run())
-                self._graph["num_pages"] = k.shape[0]
-            kv = checked.kv[kv_key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides)
+            kv = checked.kv[kv_key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides,
+                                           pages=k.shape[0])
+        if self._graph is not None:  # a later plan() checks its pages against the last cache run (a replay skips run())
+            self._graph["num_pages"] = kv["pages"]
         (qs, qs_dev), (ks, ks_dev), (vs, vs_dev) = (scale_arg(q_scale, "q_scale", device, positive=True),
                                                     scale_arg(k_scale, "k_scale", device, positive=True),
                                                     scale_arg(v_scale, "v_scale", device))

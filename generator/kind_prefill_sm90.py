@@ -13,7 +13,6 @@ from .keys import CXX_ELEMENT, Q_DTYPES, InstanceKey, KindSpec
 from .kind_decode import CXX_LOGITS, VARIANTS
 from . import kind_prefill
 from .kind_prefill import WORK_ITEM_BYTES
-from .kind_prefill import WORK_ITEM_BYTES
 
 CONSUMERS = 2
 CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
@@ -104,7 +103,7 @@ def template_context(key: InstanceKey) -> dict:
 SPEC = KindSpec(
     name="prefill_sm90",
     template="prefill_sm90.cu.j2",
-    summary="batch prefill on Hopper (sm_90a): cp.async producer warpgroup + WGMMA consumer warpgroups",
+    summary="batch prefill on Hopper (sm_90a): a TMA / cp.async producer warpgroup, WGMMA consumer warpgroups",
     abi=kind_prefill.ABI,
     axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS, "conversion": ("none",),
           "variant": VARIANTS},

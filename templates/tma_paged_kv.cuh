@@ -3,8 +3,10 @@
 // elements (128 bytes, the 128-byte swizzle of the WGMMA operand layouts). Contiguous K/V (the
 // ragged wrapper's one page per request, at its first row) are the same tensor with the page
 // stride equal to the row stride, so page p + slot s is row p + s.
-// rows = the largest power of two dividing both the page size and the tile's keys, at least 8
-// (a box starts on a 1024-byte swizzle atom); smaller or odd pages are gathered with cp.async.
+// rows = the largest power of two that divides the page size and, halving from it, the tile's
+// keys, at least 8 (a box starts on a 1024-byte swizzle atom); otherwise every tile is gathered
+// with cp.async: pages below 8 or of an odd size, and tiles of a non-power-of-two key count (96
+// at head dim 192, whose halvings 48, 24, 12 would start boxes off the atom).
 // A tensor map holds the cache's address: a CUDA graph captured with it replays on that cache.
 #pragma once
 #include <cuda.h>
@@ -26,6 +28,7 @@ struct KvTensorMaps {
     maps.rows = 0;
     int rows = tile_keys;
     while (rows >= 8 && kv.page_size % rows != 0) rows /= 2;
+    if ((rows & (rows - 1)) != 0) rows = 0;  // not a power of two: box i would start at 12 i keys, say
     const int64_t strides[3] = {kv.stride_head * 2, kv.stride_slot * 2, kv.stride_page * 2};
     for (int64_t s : strides)
       if (s % 16 != 0 || s <= 0 || s >= (int64_t(1) << 40)) rows = 0;

@@ -1,5 +1,5 @@
-"""The Hopper prefill family (kind prefill_sm90: cp.async producer warpgroup, WGMMA consumer
-warpgroups) on an sm_90 GPU, through the same checks as the Ampere-path family
+"""The Hopper prefill family (kind prefill_sm90: a TMA / cp.async producer warpgroup, WGMMA
+consumer warpgroups) on an sm_90 GPU, through the same checks as the Ampere-path family
 (test_prefill_gpu.py's helpers: float64 reference from the same KV values, random non-contiguous
 page tables, ragged lengths including 1 and page multiples, NaN-poisoned outputs) with
 backend="sm90", for the 16-bit caches this family builds.
