@@ -318,3 +318,28 @@ def test_positional_run_args():
         positional_run_args((0.5,), 0.25, None, None, None, False)
     with pytest.raises(V.ArgumentError, match="at most 5"):
         positional_run_args((1, 2, 3, 4, 5, 6), None, None, None, None, False)
+
+
+def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
+    """lookup_family (the prefill wrappers' backend=): "auto" takes the Hopper family where its
+    instance for the call is valid on the device's arch and built, else the Ampere path; a forced
+    family that cannot serve the call names why."""
+    from flashinfer_gen import common
+    hopper_bf16 = InstanceKey("prefill_sm90", "bf16", "bf16", 128, "sm90a", "none")
+    fake_cache(tmp_path, built=[hopper_bf16, InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none")])
+    reg = Registry(tmp_path)
+    monkeypatch.setattr(reg, "lookup", lambda key, jit=None: key)  # the key stands for the loaded module
+    monkeypatch.setattr(common, "default_registry", lambda: reg)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    dev, auto = torch.device("cuda", 0), ("prefill_sm90", "prefill")
+    pick = lambda kinds, q, kv: common.lookup_family(kinds, dev, q, kv, 128, 0.0, None, False)  # noqa: E731
+    assert pick(auto, "bf16", "bf16") == hopper_bf16
+    assert pick(auto, "bf16", "e4m3").kind == "prefill"   # FP8: not in the Hopper family
+    assert pick(auto, "f16", "f16").kind == "prefill"     # valid there but not built: never built implicitly
+    assert pick(("prefill",), "bf16", "bf16").kind == "prefill"
+    with pytest.raises(V.ArgumentError, match="prefill_sm90.*kv_dtype='e4m3'"):
+        pick(("prefill_sm90",), "bf16", "e4m3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert pick(auto, "bf16", "bf16").kind == "prefill"   # an A100: the Ampere path
+    with pytest.raises(V.ArgumentError, match="arch='sm80'"):
+        pick(("prefill_sm90",), "bf16", "bf16")
