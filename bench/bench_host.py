@@ -2,7 +2,9 @@
 for decode (B64, 32/8 heads, head dim 128, page 16) and paged prefill (64 requests of 16 tokens),
 bf16 and e4m3 caches, with `out` allocated by run() and passed in. The GPU work per call is
 kept to a few microseconds (16 keys a request) so the launch queue never fills and the figure is
-the host's. FlashInfer's wrappers are timed the same way where it is installed.
+the host's. FlashInfer's wrappers are timed the same way where it is installed. Two more rows
+pass one of 32 caches in turn, as an engine's layers do, and `breakdown` splits one call into
+its Python side, the launch and the C entry (where_it_goes).
 
 usage: python bench/bench_host.py [--calls 1000] [--out PATH]
 """
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import flashinfer_gen  # noqa: E402
 
 B, HQ, HK, D, PAGE, KV_LEN, QO = 64, 32, 8, 128, 16, 16, 16
+LAYERS = 32
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -34,6 +37,57 @@ def per_call_us(fn, calls: int) -> float:
     t1 = time.perf_counter()
     torch.cuda.synchronize()
     return (t1 - t0) / calls * 1e6
+
+
+def where_it_goes(indptr, indices, last, num_pages, calls: int) -> list:
+    """Where the microseconds of one bf16 run() (out given) go: the whole call, the call with the
+    launch replaced by nothing (the Python side), the launch alone (stream lookup + the C entry),
+    the C entry alone (its driver calls and the kernel launch), and for scale torch.empty of out
+    and a one-element torch kernel launch."""
+    import ctypes
+    from flashinfer_gen import common
+    cache = torch.randn(num_pages, 2, PAGE, HK, D, device="cuda").to(torch.bfloat16)
+    ws = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+    q = torch.randn(B, HQ, D, dtype=torch.bfloat16, device="cuda")
+    qp = torch.randn(B * QO, HQ, D, dtype=torch.bfloat16, device="cuda")
+    qo_indptr = torch.arange(0, B * QO + 1, QO, dtype=torch.int32, device="cuda")
+    wrappers = []
+    dec = flashinfer_gen.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD")
+    dec.plan(indptr, indices, last, HQ, HK, D, PAGE, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+    wrappers.append(("decode", dec, q))
+    for backend in ("sm90", "sm80"):
+        pre = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", backend=backend)
+        try:
+            pre.plan(qo_indptr, indptr, indices, last, HQ, HK, D, PAGE, causal=True, q_data_type=torch.bfloat16,
+                     kv_data_type=torch.bfloat16)
+        except (flashinfer_gen.ArgumentError, flashinfer_gen.InstanceNotBuiltError) as e:  # not built, or not this arch
+            print(f"breakdown: prefill {backend}: {e}")
+            continue
+        wrappers.append((f"prefill {backend}", pre, qp))
+    rows = []
+    for what, w, qq in wrappers:
+        out = torch.empty_like(qq)
+        w.run(qq, cache, out=out)
+        plan = w._plan
+        device = plan["device"]
+        stream = torch.cuda.current_stream().cuda_stream
+        launch = common.launch
+        parts = {"run()": lambda: w.run(qq, cache, out=out),
+                 "launch alone": lambda: launch(plan["module"], plan["params"], device),
+                 "C entry alone": lambda: plan["module"].call("run", ctypes.byref(plan["params"]), stream)}
+        result = {k: per_call_us(fn, calls) for k, fn in parts.items()}
+        common.launch = lambda *a: None
+        try:
+            result["run() without the launch"] = per_call_us(lambda: w.run(qq, cache, out=out), calls)
+        finally:
+            common.launch = launch
+        result["torch.empty(out)"] = per_call_us(lambda: torch.empty_like(qq), calls)
+        one = torch.zeros(1, device="cuda")
+        result["torch one-element add_"] = per_call_us(lambda: one.add_(1), calls)
+        for k, us in result.items():
+            print(f"breakdown {what:12} {k:26} {us:7.2f} us/call", flush=True)
+            rows.append(dict(call=what, part=k, us_per_call=round(us, 2), instance=w.module.key.name))
+    return rows
 
 
 def layout():
@@ -77,17 +131,26 @@ def main(argv=None) -> int:
                      ("decode", "given", lambda: dec.run(q, cache, out=out, **scales)),
                      ("prefill", "allocated", lambda: pre.run(qp, cache, **scales)),
                      ("prefill", "given", lambda: pre.run(qp, cache, out=outp, **scales)))
+            if name == "flashinfer_gen" and kv_name == "bf16":
+                # an engine's step: one cache per layer, in turn (the memo of checks and of TMA maps per cache)
+                layers = [torch.randn_like(cache) for _ in range(LAYERS)]
+                turn = iter(range(1 << 62))
+                cases += (("decode", f"given, {LAYERS} caches in turn",
+                           lambda: dec.run(q, layers[next(turn) % LAYERS], out=out)),
+                          ("prefill", f"given, {LAYERS} caches in turn",
+                           lambda: pre.run(qp, layers[next(turn) % LAYERS], out=outp)))
             for kind, out_mode, fn in cases:
                 us = per_call_us(fn, args.calls)
                 rows.append(dict(library=name, kind=kind, kv_dtype=kv_name, out=out_mode, us_per_call=round(us, 2),
                                  instance=getattr(getattr(dec if kind == "decode" else pre, "module", None), "key",
                                                   None).name if name == "flashinfer_gen" else None))
                 print(f"{name:15} {kind:8} {kv_name:5} out {out_mode:9} {us:7.2f} us/call", flush=True)
+    breakdown = where_it_goes(indptr, indices, last, num_pages, args.calls)
     gpu = torch.cuda.get_device_name()
     result = dict(device=gpu, commit=os.environ.get("FIG_COMMIT"), torch=torch.__version__,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   calls=args.calls, batch=B, heads=[HQ, HK], head_dim=D, page_size=PAGE, kv_len=KV_LEN,
-                  prefill_qo_len=QO, rows=rows,
+                  prefill_qo_len=QO, rows=rows, breakdown=breakdown,
                   note=None if "flashinfer" in libs else "FlashInfer is not installed on this machine")
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"host-{gpu.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@
 #   sanitize     compute-sanitizer memcheck / racecheck / synccheck on small prefills
 #   tune         bench/tune_prefill.sh over $FIG_TUNE_VARIANTS
 #   peer88       CUTLASS's 88_hopper_fmha built here and run on bench_prefill's shapes (bench/peer_cutlass_fmha.py)
+#   host         run()'s host cost and where it goes (bench/bench_host.py) into $OUT
+#   example      examples/generate.py alone into $OUT
 #   append       the append benchmark (bench/bench_append.py) into $OUT
 #   generate     the '.[hf]' extra from .wheels/hf, tests/test_generate_gpu.py, examples/generate.py into $OUT
 #   ncu          Nsight Compute reports of the d128 prefill kernel ($FIG_NCU_CASES, bench/ncu_prefill.py;
@@ -77,6 +79,14 @@ while [ $# -gt 0 ]; do
     python -m pytest -q -p no:cacheprovider -rfE tests/test_generate_gpu.py >"$OUT/pytest_generate.log" 2>&1; rc=$?
     tail -5 "$OUT/pytest_generate.log"
     python examples/generate.py --out "$OUT/generate.json" 2>&1 | tee "$OUT/generate.log" | tail -40
+    ;;
+  host)  # run()'s host cost and its breakdown (bench/bench_host.py)
+    python bench/bench_host.py --out "$OUT/host.json" 2>&1 | tee "$OUT/host.log" | tail -40
+    ;;
+  example)  # examples/generate.py alone (transformers from the image or .wheels/hf)
+    python -c "import transformers" 2>/dev/null || env -u PIP_NO_DEPS pip install -q --find-links .wheels/hf transformers \
+      >>"$OUT/readme.log" 2>&1
+    python examples/generate.py --out "$OUT/generate.json" 2>&1 | tee "$OUT/generate.log" | tail -60
     ;;
   append)
     FLASHINFER_GEN_JIT=1 python bench/bench_append.py --out "$OUT/append.json" 2>&1 | tee "$OUT/append.log" | tail -12

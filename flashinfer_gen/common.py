@@ -14,7 +14,8 @@ from generator.abi import Struct, fill
 from generator.keys import FP8_DTYPES
 
 from .registry import Module, default_registry
-from .validation import KV_LAYOUTS, check_cuda_tensor, check_scalar, device_arch, dtype_name, fail, require_tensor
+from .validation import (KV_LAYOUTS, check_cuda_tensor, check_scalar, device_arch, dtype_name, fail, require_tensor,
+                         scale_arg)
 
 _ALIGN = 256
 INT32_MAX = 2**31 - 1
@@ -112,6 +113,8 @@ def flashinfer_extras(head_dim_qk: int, head_dim_vo=None, custom_mask=None, pack
 def positional_run_args(args: tuple, k_scale, v_scale, out, lse, return_lse):
     """run(q, cache, k_scale, v_scale, out, lse, return_lse) positionally, as this library's run()
     took them before FlashInfer's keyword-only form; a value given both ways is an error."""
+    if not args:
+        return k_scale, v_scale, out, lse, return_lse
     names = ("k_scale", "v_scale", "out", "lse", "return_lse")
     if len(args) > len(names):
         fail(f"run() takes at most {len(names)} arguments after the KV cache, got {len(args)}")
@@ -237,12 +240,15 @@ def lay_out_plan(workspace: torch.Tensor, int_buffer: torch.Tensor | None, ints:
     return int_buffer, ptr
 
 
-def check_q(q, rows: int, num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, what: str) -> None:
+def check_q(q, rows: int, num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, what: str,
+            padded: bool = False) -> None:
+    """padded: q may have more than `rows` rows (a CUDA-graph plan's static q; the rest are not read)."""
     require_tensor(q, "q")
     check_cuda_tensor(q, "q", device)
-    if tuple(q.shape) != (rows, num_heads, head_dim):
-        fail(f"q must have shape [{what}, num_qo_heads, head_dim] = {(rows, num_heads, head_dim)} from plan(), "
-             f"got {tuple(q.shape)}")
+    if q.dim() != 3 or tuple(q.shape[1:]) != (num_heads, head_dim) or not (
+            q.shape[0] >= rows if padded else q.shape[0] == rows):
+        fail(f"q must have shape [{what}{' or more' if padded else ''}, num_qo_heads, head_dim] = "
+             f"{(rows, num_heads, head_dim)} from plan(), got {tuple(q.shape)}")
     if q.dtype != dtype:
         fail(f"q has dtype {q.dtype}, plan() was for {dtype}")
     if q.data_ptr() % 4 or any(s % 2 for s in q.stride()[:2]):
@@ -289,10 +295,19 @@ def launch(module: Module, params: ctypes.Structure, device: torch.device) -> No
     """Runs the module on the current stream of `device`, with `device` current (cudaFuncSetAttribute
     and the launch act on the current device); the device switch only where it is not already."""
     if torch.cuda.current_device() == device.index:
-        module.call("run", ctypes.byref(params), torch.cuda.current_stream().cuda_stream)
+        module.call("run", ctypes.byref(params), _current_raw_stream(device.index))
         return
     with torch.cuda.device(device):
         module.call("run", ctypes.byref(params), torch.cuda.current_stream(device).cuda_stream)
+
+
+# The current stream's handle without building a torch.cuda.Stream object (the private binding
+# torch's own compiled code uses; the public path where it is missing).
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _current_raw_stream(index: int) -> int:
+    return _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
 
 
 class CheckedInputs:
@@ -304,6 +319,7 @@ class CheckedInputs:
 
     def __init__(self):
         self.q: set = set()
+        self.out: set = set()  # `out` tensors given without lse, by metadata and q's shape (finish_run)
         self.kv: dict = {}
 
     @staticmethod
@@ -326,13 +342,29 @@ def launch_params(s, **values) -> tuple[ctypes.Structure, dict]:
     return params, {f.name: getattr(params, f.name) for f in s.fields if isinstance(f.ctype, Struct)}
 
 
-def set_run_fields(views: dict, q: torch.Tensor, kv: Mapping, out: torch.Tensor, lse, scales: Mapping) -> None:
-    """The per-call fields of a plan's params: q, the cache (from CheckedInputs), out and lse, scales."""
+def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_scale, out, lse, return_lse: bool):
+    """The tail of every run(): the scales, out / lse (allocated, or checked once per kind of
+    tensor, as q is), the per-call fields of the plan's params, the launch. q and kv (the cache as
+    CheckedInputs holds it) are checked by the caller."""
+    device, checked = plan["device"], plan["checked"]
+    qs, qs_dev = scale_arg(q_scale, "q_scale", device, positive=True)
+    ks, ks_dev = scale_arg(k_scale, "k_scale", device, positive=True)
+    vs, vs_dev = scale_arg(v_scale, "v_scale", device)
+    # out's checks compare it with q, so q's shape and dtype are part of its key
+    out_key = (out.shape, out.stride(), out.dtype, out.device, q.shape, q.dtype) if (
+        isinstance(out, torch.Tensor) and lse is None and not return_lse) else None
+    if out_key is None or out_key not in checked.out:
+        out, lse = output_tensors(q, out, lse, return_lse, device)
+        if out_key is not None:
+            checked.out.add(out_key)
+    views = plan["views"]
     pq, pkv, pout, psc = views["q"], views["kv"], views["out"], views["scales"]
     pq.data, pq.stride_row, pq.stride_head = q.data_ptr(), q.stride(0), q.stride(1)
     pkv.k_cache, pkv.v_cache = kv["k_cache"], kv["v_cache"]
     pkv.stride_page, pkv.stride_slot, pkv.stride_head = kv["strides"]
     pout.data, pout.stride_row, pout.stride_head = out.data_ptr(), out.stride(0), out.stride(1)
     pout.lse = lse.data_ptr() if lse is not None else None
-    for name, value in scales.items():
-        setattr(psc, name, value)
+    psc.sm_scale, psc.k_scale, psc.v_scale = plan["sm_scale"] * qs, ks, vs
+    psc.q_scale_device, psc.k_scale_device, psc.v_scale_device = qs_dev, ks_dev, vs_dev
+    launch(plan["module"], plan["params"], device)
+    return (out, lse) if return_lse else out

@@ -16,13 +16,12 @@ import torch
 
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
-from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, flashinfer_extras,
-                     kv_dtype_alias, launch, launch_params, lay_out_plan, lookup, merge_fields, output_tensors,
-                     plan_kv_fields, positional_run_args, resident_ctas, set_run_fields, unset_output,
-                     CheckedInputs, UNSET_QUERY)
+from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, finish_run,
+                     flashinfer_extras, kv_dtype_alias, launch_params, lay_out_plan, lookup, merge_fields,
+                     plan_kv_fields, positional_run_args, resident_ctas, unset_output, CheckedInputs, UNSET_QUERY)
 from .ops import compiled_run, split_cache
-from .validation import (TORCH_DTYPES, check_head_config, check_page_table, fail, kv_strides, scale_arg,
-                         require_int_index, split_paged_kv)
+from .validation import (TORCH_DTYPES, check_head_config, check_page_table, fail, kv_strides, require_int_index,
+                         split_paged_kv)
 
 MIN_CHUNK_TOKENS = WARPS * STEP_TOKENS  # a split-KV chunk gives each of the CTA's warps at least one step
 
@@ -281,15 +280,7 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
                                            pages=k.shape[0])
         if self._graph is not None:  # a later plan() checks its pages against the last cache run (a replay skips run())
             self._graph["num_pages"] = kv["pages"]
-        (qs, qs_dev), (ks, ks_dev), (vs, vs_dev) = (scale_arg(q_scale, "q_scale", device, positive=True),
-                                                    scale_arg(k_scale, "k_scale", device, positive=True),
-                                                    scale_arg(v_scale, "v_scale", device))
-        out, lse = output_tensors(q, out, lse, return_lse, device)
-        set_run_fields(plan["views"], q, kv, out, lse,
-                       dict(sm_scale=plan["sm_scale"] * qs, k_scale=ks, v_scale=vs, q_scale_device=qs_dev,
-                            k_scale_device=ks_dev, v_scale_device=vs_dev))
-        launch(plan["module"], plan["params"], device)
-        return (out, lse) if return_lse else out
+        return finish_run(plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
 
 
 class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):

@@ -1,9 +1,9 @@
 """BatchPrefillWithPagedKVCacheWrapper and BatchPrefillWithRaggedKVCacheWrapper, FlashInfer's API:
 plan() once per batch layout (validation, instance lookup, the work list, one host-to-device copy),
 run() per layer (checks shapes, launches; allocates nothing but `out`/`lse` when they are not
-given). run() can be captured in a CUDA graph after plan(); a later plan() changes the work list's
-size and addresses, so capture again after re-planning (a graph replayed across plans would read
-the wrong items).
+given). run() can be captured in a CUDA graph after plan(). Without use_cuda_graph a later plan()
+changes the work list's size and addresses, so capture again after re-planning; with it (and
+FlashInfer's *_buf arguments), capture once per batch size and re-plan every step.
 
 The ragged wrapper's contiguous K/V [tokens, heads, dim] are handed to the same kernel as a paged
 cache with one page per request: page index = the request's first row, page size 2^30.
@@ -19,13 +19,11 @@ from generator.instances import KINDS
 from generator.kind_prefill import HEAD_DIMS, PARAMS
 
 from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment, check_q,
-                     check_variant, dtype_names, flashinfer_extras, launch, launch_params, lay_out_plan,
-                     lookup_family, merge_fields, output_tensors, plan_kv_fields, positional_run_args, resident_ctas,
-                     set_run_fields, unset_output)
+                     check_variant, dtype_names, finish_run, flashinfer_extras, launch_params, lay_out_plan,
+                     lookup_family, merge_fields, plan_kv_fields, positional_run_args, resident_ctas, unset_output)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
-                         fail, kv_strides, require_int_index, require_tensor, scale_arg,
-                         split_paged_kv)
+                         fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
 
 MAX_PIECES = 64
 # backend= of the wrappers -> the kernel families (kinds of the prefill ABI) it may use, preferred
@@ -56,11 +54,13 @@ class PrefillSchedule:
 
 
 def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bool, window_left: int,
-                  kv_heads: int, resident_ctas: int, tile_rows: int, tile_keys: int) -> PrefillSchedule:
+                  kv_heads: int, resident_ctas: int, tile_rows: int, tile_keys: int,
+                  max_partial: int | None = None) -> PrefillSchedule:
     """Cuts every request into tile_rows packed rows (token x group + head) with the keys those rows
     see (causal rows stop at their diagonal, windowed rows start at their window). Where the items
     would not fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES
-    pieces (whole tiles) whose partial results a merge kernel combines. Longest items first."""
+    pieces (whole tiles) whose partial results a merge kernel combines; max_partial (a CUDA-graph
+    plan's capacity) caps the partial slots this may take. Longest items first."""
     items = []  # (request, row_begin, begin, end)
     for b, (n, m) in enumerate(zip(qo_len.tolist(), kv_len.tolist())):
         rows = n * group
@@ -71,10 +71,13 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
             items.append((b, row0, begin, end))
     pieces_of = np.ones(len(qo_len), dtype=np.int64)
     if items and len(items) * kv_heads < resident_ctas:
-        want = min(MAX_PIECES, -(-resident_ctas // (len(items) * kv_heads)))
-        for b in range(len(qo_len)):
-            longest = max((e - s for r, _, s, e in items if r == b), default=0)
-            pieces_of[b] = max(1, min(want, longest // (2 * tile_keys)))
+        longest = np.zeros(len(qo_len), dtype=np.int64)
+        for b, _, begin, end in items:
+            longest[b] = max(longest[b], end - begin)
+        for want in range(min(MAX_PIECES, -(-resident_ctas // (len(items) * kv_heads))), 0, -1):
+            pieces_of = np.maximum(1, np.minimum(want, longest // (2 * tile_keys)))
+            if max_partial is None or int((qo_len * pieces_of)[pieces_of > 1].sum()) <= max_partial:
+                break
     slot_base = np.zeros(len(qo_len), dtype=np.int64)
     split = pieces_of > 1
     slot_base[split] = np.cumsum(np.concatenate([[0], (qo_len * pieces_of)[split]]))[:-1]
@@ -98,20 +101,112 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
                            int((qo_len * pieces_of)[split].sum()))
 
 
+def schedule_capacity(rows: int, batch: int, group: int, kv_heads: int, tile_rows: int,
+                      resident_ctas: int) -> tuple[int, int]:
+    """(items, partial slots) that make_schedule can list for any batch of `batch` requests with
+    at most `rows` query tokens in all: a CUDA-graph plan's fixed sizes.
+    Without split-KV a request's last row tile may be partial, so the items are at most one per
+    request more than the rows fill. Split-KV happens only when the items times kv_heads are
+    under resident_ctas, and cuts each into at most ceil(resident_ctas / (items x kv_heads))
+    pieces: under 2 x resident_ctas / kv_heads items in all. A split item takes a partial slot
+    per token of its row tile (at most ceil(tile_rows / group))."""
+    items = max(-(-rows * group // tile_rows) + batch, 2 * -(-resident_ctas // kv_heads))
+    return items, items * -(-tile_rows // group)
+
+
 class _BatchPrefill(Wrapper):
     """plan()/run() of both wrappers; they differ in how the keys are described."""
 
-    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
-                 jit: bool | None = None, *, backend: str = "auto"):
+    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str, use_cuda_graph: bool,
+                 buffers: dict[str, torch.Tensor | None], custom_mask_buf, mask_indptr_buf, backend: str, jit_args,
+                 fp8_conversion: str | None, jit: bool | None):
         """workspace_buffer: a CUDA tensor of a 1-byte dtype (FlashInfer suggests 128 MB) for the split-KV
         partials; wrappers may share one (each keeps its own work list). fp8_conversion: None
         (hardware where the arch has it), "hardware" or "software". jit: build a missing instance
         on demand. backend: "auto", "sm90" (Hopper WGMMA family, sm_90a only), "sm80" (the mma.sync
-        family, every arch), or FlashInfer's "fa3" / "fa2" for those two."""
+        family, every arch), or FlashInfer's "fa3" / "fa2" for those two.
+
+        use_cuda_graph: capture once, re-plan every step, as with the decode wrapper. `buffers`
+        (FlashInfer's *_buf arguments: int32, on the workspace's device) fix the batch size
+        (len(qo_indptr_buf) - 1) and, for the paged wrapper, the most pages a plan may use. The
+        first plan() fixes the most query tokens (qo_indptr[-1]) and the configuration (heads,
+        head dim, page size, dtypes, causal, window, scale, soft-cap); a later plan may have other
+        lengths and page tables within those. plan() copies its indptr/page table into the buffers
+        and writes its work list at fixed addresses; run() launches a grid sized for the capacity
+        whose surplus CTAs exit at once. q (and out) may then have more rows than the plan's
+        qo_indptr[-1], as the padded static buffers of a captured step do; rows past it are
+        neither read nor written."""
         super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
         if backend not in BACKENDS:
             fail(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        if custom_mask_buf is not None or mask_indptr_buf is not None:
+            fail("custom_mask_buf / mask_indptr_buf are not supported; use causal=True and window_left")
+        if jit_args is not None:
+            fail("jit_args is not supported: instances come from this library's generator (jit=True builds one)")
+        if not isinstance(use_cuda_graph, bool):
+            fail(f"use_cuda_graph must be a bool, got {use_cuda_graph!r}")
         self._backend = backend
+        self._graph = None
+        if use_cuda_graph:
+            device = self._workspace.device
+            for name, buf in buffers.items():
+                if buf is None:
+                    fail(f"use_cuda_graph=True needs {name} (its size fixes the capacity a captured graph serves)")
+                require_int_index(buf, name)
+                if buf.dtype != torch.int32 or not buf.is_cuda or buf.device != device or not buf.is_contiguous():
+                    fail(f"{name} must be a contiguous int32 tensor on {device}, got {buf.dtype} on {buf.device}")
+            batch = buffers["qo_indptr_buf"].numel() - 1
+            if batch < 1:
+                fail(f"qo_indptr_buf holds batch + 1 entries, got {batch + 1}")
+            for name, buf in buffers.items():  # the page table's buffer sets the page capacity instead
+                want = batch if name == "paged_kv_last_page_len_buf" else batch + 1
+                if name != "paged_kv_indices_buf" and buf.numel() != want:
+                    fail(f"{name} must hold {want} entries for the batch of {batch} that qo_indptr_buf sets, got "
+                         f"{buf.numel()}")
+            self._graph = dict(batch=batch, buffers=buffers, config=None)
+        elif any(b is not None for b in buffers.values()):
+            fail(f"the {', '.join(buffers)} arguments serve use_cuda_graph=True")
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._graph is not None
+
+    def _graph_capacity(self, qo_h: torch.Tensor, page_table: dict, config: tuple, group: int, num_kv_heads: int,
+                        tile_rows: int, resident: int, num_heads: int, head_dim: int) -> dict:
+        """The fixed sizes of a CUDA-graph plan's arrays (set by the first plan), after copying
+        qo_indptr and the page table into the user's buffers as FlashInfer does."""
+        g = self._graph
+        batch, total_qo = qo_h.numel() - 1, int(qo_h[-1])
+        if batch != g["batch"]:
+            fail(f"a CUDA-graph wrapper serves batch {g['batch']} (its qo_indptr_buf); plan() got {batch}")
+        if g["config"] is None:
+            items, slots = schedule_capacity(total_qo, batch, group, num_kv_heads, tile_rows, resident)
+            fits = self._workspace.numel() // (num_heads * (head_dim + 1) * 4) - 1  # less one for lse's alignment
+            g.update(config=config, rows=total_qo, items=items, partial_slots=max(0, min(slots, fits)))
+        elif config != g["config"]:
+            fail("a CUDA-graph wrapper keeps its first plan's configuration (instance, heads, head dim, page size, "
+                 "causal, window, sm_scale, soft-cap), which a captured graph has baked in; make another wrapper "
+                 "for another")
+        elif total_qo > g["rows"]:
+            fail(f"this plan has {total_qo} query tokens; a CUDA-graph wrapper serves at most the {g['rows']} of its "
+                 "first plan (the captured q)")
+        pages = page_table["page_indices"].size
+        if "paged_kv_indices_buf" in g["buffers"]:
+            if pages > g["buffers"]["paged_kv_indices_buf"].numel():
+                fail(f"plan() uses {pages} pages; paged_kv_indices_buf holds "
+                     f"{g['buffers']['paged_kv_indices_buf'].numel()}")
+            if g.get("num_pages") is not None and pages and int(page_table["page_indices"].max()) >= g["num_pages"]:
+                fail(f"paged_kv_indices refers to page {int(page_table['page_indices'].max())} but the cache this "
+                     f"wrapper's graph was captured with has {g['num_pages']} pages")
+            pages = g["buffers"]["paged_kv_indices_buf"].numel()
+        with torch.no_grad():  # FlashInfer keeps the planned indptr / page table in these buffers; so do we
+            for name, host in page_table["copies"].items():
+                g["buffers"][name][: host.numel()].copy_(host.to(torch.int32))
+        rows = g["rows"]
+        return dict(request=g["items"], row_begin=g["items"], kv_begin=g["items"], kv_end=g["items"],
+                    partial=g["items"], pieces=g["items"], merge_row=rows, merge_indptr=rows + 1,
+                    qo_indptr=batch + 1, kv_len=batch, work_count=1, merge_count=1, page_indptr=batch + 1,
+                    page_indices=pages, partial_slots=g["partial_slots"])
 
     def _plan_common(self, qo_indptr, kv_len: np.ndarray, num_qo_heads, num_kv_heads, head_dim, page_size, causal,
                      pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
@@ -130,21 +225,33 @@ class _BatchPrefill(Wrapper):
         module = lookup_family(BACKENDS[self._backend], device, q_name, kv_name, head_dim, soft_cap,
                                self._fp8_conversion, self._jit)
         tile_rows, tile_keys = KINDS[module.key.kind].tiles(module.key)
-        sched = make_schedule(qo_len, kv_len, num_qo_heads // num_kv_heads, causal, window_left, num_kv_heads,
-                              resident_ctas(module, device), tile_rows, tile_keys)
+        group, resident = num_qo_heads // num_kv_heads, resident_ctas(module, device)
+        copies = page_table.pop("copies")
+        capacity = None
+        if self._graph is not None:
+            capacity = self._graph_capacity(
+                qo_h, dict(page_table, copies=dict(copies, qo_indptr_buf=qo_h)),
+                (module.key, num_qo_heads, num_kv_heads, head_dim, page_size, causal, window_left, scale, soft_cap),
+                group, num_kv_heads, tile_rows, resident, num_qo_heads, head_dim)
+        sched = make_schedule(qo_len, kv_len, group, causal, window_left, num_kv_heads, resident, tile_rows, tile_keys,
+                              None if capacity is None else capacity["partial_slots"])
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
                       partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
                       merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len,
                       work_count=[sched.request.size], merge_count=[sched.merge_row.size], **page_table)
-        self._ints, ptr = lay_out_plan(self._workspace, self._ints, arrays, sched.num_partial, num_qo_heads, head_dim)
+        self._ints, ptr = lay_out_plan(self._workspace, self._ints, arrays, sched.num_partial, num_qo_heads, head_dim,
+                                       capacity)
+        # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once)
+        grid_items = sched.request.size if capacity is None else capacity["request"]
+        grid_merge = sched.merge_row.size if capacity is None else capacity["merge_row"]
         # the launch parameters but those run() sets per call (q, the cache, out/lse, scales)
         params, views = launch_params(
             PARAMS, q=UNSET_QUERY, kv=plan_kv_fields(ptr, page_size, num_kv_heads),
             qo_indptr=ptr["qo_indptr"], kv_len=ptr["kv_len"],
             work=dict(request=ptr["request"], row_begin=ptr["row_begin"], kv_begin=ptr["kv_begin"],
                       kv_end=ptr["kv_end"], partial=ptr["partial"], pieces=ptr["pieces"],
-                      num_items=sched.request.size, live_items=ptr["work_count"]),
-            merge=merge_fields(ptr, sched.merge_row.size), out=unset_output(num_qo_heads),
+                      num_items=grid_items, live_items=ptr["work_count"]),
+            merge=merge_fields(ptr, grid_merge), out=unset_output(num_qo_heads),
             scales=dict(sm_scale=scale, k_scale=1.0, v_scale=1.0, logits_soft_cap=soft_cap, q_scale_device=None,
                         k_scale_device=None, v_scale_device=None),
             causal=int(causal), window_left=window_left)
@@ -161,19 +268,11 @@ class _BatchPrefill(Wrapper):
         checked = plan["checked"]
         q_key = checked.q_key(q)
         if q_key is None or q_key not in checked.q:
-            check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]")
+            check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]", padded=self._graph is not None)
             checked.q.add(q_key)
         elif q.data_ptr() % 4:
             fail(f"q must be 4-byte aligned with even strides, got address {q.data_ptr():#x}")
-        (qs, qs_dev), (ks, ks_dev), (vs, vs_dev) = (scale_arg(q_scale, "q_scale", device, positive=True),
-                                                    scale_arg(k_scale, "k_scale", device, positive=True),
-                                                    scale_arg(v_scale, "v_scale", device))
-        out, lse = output_tensors(q, out, lse, return_lse, device)
-        set_run_fields(plan["views"], q, kv, out, lse,
-                       dict(sm_scale=plan["sm_scale"] * qs, k_scale=ks, v_scale=vs, q_scale_device=qs_dev,
-                            k_scale_device=ks_dev, v_scale_device=vs_dev))
-        launch(plan["module"], plan["params"], device)
-        return (out, lse) if return_lse else out
+        return finish_run(plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
 
     def _checked_kv(self, key, check) -> dict:
         """The cache's launch fields, from CheckedInputs, or check(): (k, v, strides) after its checks."""
@@ -182,11 +281,26 @@ class _BatchPrefill(Wrapper):
         if kv is None:
             k, v, strides = check()
             check_kv_alignment(k, v, strides)
-            kv = checked.kv[key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides)
+            kv = checked.kv[key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides,
+                                        pages=k.shape[0])
+        if self._graph is not None:  # a later plan() checks its pages against the last cache run (a replay skips run())
+            self._graph["num_pages"] = kv["pages"]
         return kv
 
 
 class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
+    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 qo_indptr_buf: torch.Tensor | None = None, paged_kv_indptr_buf: torch.Tensor | None = None,
+                 paged_kv_indices_buf: torch.Tensor | None = None,
+                 paged_kv_last_page_len_buf: torch.Tensor | None = None, custom_mask_buf=None, mask_indptr_buf=None,
+                 backend: str = "auto", jit_args=None, *, fp8_conversion: str | None = None, jit: bool | None = None):
+        """FlashInfer's signature (argument order included); see _BatchPrefill for the arguments."""
+        super().__init__(workspace_buffer, kv_layout, use_cuda_graph,
+                         dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
+                              paged_kv_indices_buf=paged_kv_indices_buf,
+                              paged_kv_last_page_len_buf=paged_kv_last_page_len_buf),
+                         custom_mask_buf, mask_indptr_buf, backend, jit_args, fp8_conversion, jit)
+
     def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
              paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
              page_size: int, head_dim_vo: int | None = None, custom_mask=None, packed_custom_mask=None,
@@ -207,7 +321,9 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
         indices = paged_kv_indices.detach()[: int(indptr_h[-1])].to("cpu", torch.int64).numpy()
         self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, page_size, causal,
                           pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-                          dict(page_indptr=indptr_h.numpy(), page_indices=indices))
+                          dict(page_indptr=indptr_h.numpy(), page_indices=indices,
+                               copies=dict(paged_kv_indptr_buf=indptr_h, paged_kv_indices_buf=torch.from_numpy(indices),
+                                           paged_kv_last_page_len_buf=last_h)))
         self._plan["max_index"] = max_index
 
     def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None, k_scale: float | None = None,
@@ -236,11 +352,17 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
 
 
 class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
-    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", fp8_conversion: str | None = None,
-                 jit: bool | None = None, *, backend: str = "auto"):
+    def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 qo_indptr_buf: torch.Tensor | None = None, kv_indptr_buf: torch.Tensor | None = None,
+                 custom_mask_buf=None, mask_indptr_buf=None, backend: str = "auto", jit_args=None, *,
+                 fp8_conversion: str | None = None, jit: bool | None = None):
+        """FlashInfer's signature (argument order included); see _BatchPrefill for the arguments.
+        With use_cuda_graph, k and v may have more rows than the plan's kv_indptr[-1]."""
         if kv_layout != "NHD":
             fail(f"ragged K/V are [tokens, num_kv_heads, head_dim]: kv_layout must be 'NHD', got {kv_layout!r}")
-        super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit, backend=backend)
+        super().__init__(workspace_buffer, kv_layout, use_cuda_graph,
+                         dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf), custom_mask_buf,
+                         mask_indptr_buf, backend, jit_args, fp8_conversion, jit)
 
     def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
              head_dim_qk: int, head_dim_vo: int | None = None, custom_mask=None, packed_custom_mask=None,
@@ -265,7 +387,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
                  f"{int(kv_len.max())} and {int(kv_h[-1])}")
         self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, RAGGED_PAGE_SIZE, causal,
                           pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-                          dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1]))
+                          dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1],
+                               copies=dict(kv_indptr_buf=torch.from_numpy(kv_h))))
         self._plan["total_kv"] = int(kv_h[-1])
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, q_scale: float | None = None,
@@ -288,9 +411,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
                 fail(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
             check_kv(k, v, plan["kv_dtype"], plan["device"])
             for t, what in ((k, "k"), (v, "v")):
-                if tuple(t.shape) != shape:
+                # a CUDA-graph plan reads the first kv_indptr[-1] rows of its (padded) static k and v
+                fits = t.shape[1:] == shape[1:] and (t.shape[0] >= shape[0] if self._graph else t.shape[0] == shape[0])
+                if t.dim() != 3 or not fits:
                     fail(f"{what} has shape {tuple(t.shape)}; plan() needs [kv_indptr[-1], num_kv_heads, head_dim] = "
-                         f"{shape}")
+                         f"{shape}{' (or more rows, with use_cuda_graph)' if self._graph else ''}")
             if k.stride() != v.stride():
                 fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
             # page = a request's first row, slot = its row within the request

@@ -149,6 +149,8 @@ def scale_arg(value: Any, what: str, device: torch.device, positive: bool = Fals
     the device, which the kernel reads at launch (so a captured graph follows a new value; a
     logits scale that is not > 0 there makes the output NaN, as checking it here would need a
     sync). Returns (the float, or 1.0; the tensor's address, or None)."""
+    if value is None:
+        return 1.0, None
     if isinstance(value, torch.Tensor):
         if not value.is_cuda or value.device != device or value.dtype != torch.float32 or value.numel() != 1:
             fail(f"{what} as a tensor must be a one-element float32 tensor on {device}, got {value.dtype} "

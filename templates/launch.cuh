@@ -53,13 +53,27 @@ cudaError_t launch_dependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 bloc
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
-// Launches `kernel` on `grid` with kSmem bytes of dynamic shared memory (raising the CTA's limit
-// first, on the current device). Returns a cudaError_t value.
+// Launches `kernel` on `grid` with `smem` bytes of dynamic shared memory, raising the CTA's limit
+// first on the current device, once per device and kernel (a driver call saved on every launch).
+// Returns a cudaError_t value.
 template <class Args>
 int launch_with_smem(void (*kernel)(Args), dim3 grid, int threads, size_t smem, cudaStream_t stream,
                      const Args& args) {
-  const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (attr != cudaSuccess) return int(attr);
+  // Per device ordinal: the kernel whose limit was last raised there, and to what. Two kernels of
+  // one Args type would only take turns re-raising theirs.
+  static const void* raised_kernel[64];
+  static size_t raised_smem[64];
+  const void* key = reinterpret_cast<const void*>(kernel);
+  int device = 0;
+  const bool known = cudaGetDevice(&device) == cudaSuccess && device >= 0 && device < 64;
+  if (!known || raised_kernel[device] != key || raised_smem[device] != smem) {
+    const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (attr != cudaSuccess) return int(attr);
+    if (known) {
+      raised_kernel[device] = key;
+      raised_smem[device] = smem;
+    }
+  }
   kernel<<<grid, threads, smem, stream>>>(args);
   return int(cudaGetLastError());
 }

@@ -148,7 +148,7 @@ int prefill_sm90_run(const FigPrefillParams* p, cudaStream_t stream) {
   args.base.kv = PagedKv::from(p->kv);
   args.base.logits_scale = p->scales.sm_scale * p->scales.k_scale;
   args.base.out_scale = p->scales.v_scale;
-  args.maps = KvTensorMaps::make(p->kv, Cfg::kHeadDim, Cfg::kBlockN,
+  args.maps = KvTensorMaps::cached(p->kv, Cfg::kHeadDim, Cfg::kBlockN,
                                  std::is_same_v<typename Cfg::QElement, cute::bfloat16_t>);
   if (p->work.num_items > 0) {
     const int err = launch_with_smem(prefill_sm90_kernel<Cfg>, dim3(p->work.num_items * p->kv.num_kv_heads),

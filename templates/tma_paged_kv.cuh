@@ -22,6 +22,41 @@ struct KvTensorMaps {
   CUtensorMap v;
   int rows;       // slots per box; 0: no TMA (the producer gathers every tile)
 
+  // make(), remembered per thread for the last caches seen (an engine's run() per layer cycles
+  // through one cache per layer; each encode is a driver call on the launch path). The maps
+  // depend on the addresses, strides and sizes of the cache alone, all in the key.
+  static KvTensorMaps cached(const FigPagedKv& kv, int head_dim, int tile_keys, bool bf16) {
+    struct Entry {
+      const void* k = nullptr;
+      const void* v = nullptr;
+      int64_t strides[3] = {};
+      int page_size = 0, heads = 0, head_dim = 0, tile_keys = 0;
+      bool bf16 = false;
+      KvTensorMaps maps;
+    };
+    constexpr int kEntries = 128;  // direct-mapped by the K cache's address
+    thread_local Entry table[kEntries];
+    Entry& e = table[(reinterpret_cast<uintptr_t>(kv.k_cache) >> 8) % kEntries];
+    const bool hit = e.k == kv.k_cache && e.v == kv.v_cache && e.strides[0] == kv.stride_page &&
+                     e.strides[1] == kv.stride_slot && e.strides[2] == kv.stride_head &&
+                     e.page_size == kv.page_size && e.heads == kv.num_kv_heads && e.head_dim == head_dim &&
+                     e.tile_keys == tile_keys && e.bf16 == bf16;
+    if (!hit) {
+      e.maps = make(kv, head_dim, tile_keys, bf16);
+      e.k = kv.k_cache;
+      e.v = kv.v_cache;
+      e.strides[0] = kv.stride_page;
+      e.strides[1] = kv.stride_slot;
+      e.strides[2] = kv.stride_head;
+      e.page_size = kv.page_size;
+      e.heads = kv.num_kv_heads;
+      e.head_dim = head_dim;
+      e.tile_keys = tile_keys;
+      e.bf16 = bf16;
+    }
+    return e.maps;
+  }
+
   // elem_bytes: 2 (the TMA path is 16-bit); the box is 64 elements wide.
   static KvTensorMaps make(const FigPagedKv& kv, int head_dim, int tile_keys, bool bf16) {
     KvTensorMaps maps;

@@ -198,6 +198,35 @@ def test_schedule_respects_a_graph_plans_item_capacity():
     assert make_schedule(begin, end, 4, 528, max_items=6).request.size == 6  # no room: no split
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_prefill_schedule_stays_within_a_graph_plans_capacity(seed):
+    """The capacity a CUDA-graph prefill plan reserves from its first plan (schedule_capacity)
+    holds every later batch of that size with no more query tokens, split-KV or not; a cap on the
+    partial slots makes the split coarser, never drops keys."""
+    from flashinfer_gen.prefill import make_schedule as prefill_schedule, schedule_capacity
+    rng = np.random.default_rng(seed)
+    batch, group, kv_heads = int(rng.integers(1, 9)), int(rng.choice([1, 3, 4, 8])), int(rng.choice([1, 2, 8, 32]))
+    tile_rows, tile_keys, resident = int(rng.choice([64, 128])), int(rng.choice([64, 128])), int(rng.choice([132, 264]))
+    rows = int(rng.integers(batch, 600))
+    items, slots = schedule_capacity(rows, batch, group, kv_heads, tile_rows, resident)
+    for _ in range(10):
+        qo = rng.multinomial(rows - batch, np.ones(batch) / batch) + 1 if rng.random() < 0.5 else \
+            rng.integers(1, max(2, rows // batch), batch)
+        kv = qo + rng.integers(0, 40000, batch) * (rng.random(batch) < 0.5)
+        causal = bool(rng.random() < 0.5)
+        s = prefill_schedule(qo, kv, group, causal, -1, kv_heads, resident, tile_rows, tile_keys)
+        assert s.request.size <= items and s.num_partial <= slots and s.merge_row.size <= rows
+        cap = int(rng.integers(0, slots + 1))
+        c = prefill_schedule(qo, kv, group, causal, -1, kv_heads, resident, tile_rows, tile_keys, max_partial=cap)
+        assert c.num_partial <= cap and c.request.size <= items
+        for b in range(batch):  # every row tile of a request still covers its keys exactly once
+            mine = c.request == b
+            for row0 in np.unique(c.row_begin[mine]):
+                tile = mine & (c.row_begin == row0)
+                assert (c.kv_end[tile] - c.kv_begin[tile]).sum() == \
+                    (s.kv_end[(s.request == b) & (s.row_begin == row0)] - s.kv_begin[(s.request == b) & (s.row_begin == row0)]).sum()
+
+
 # --- validation --------------------------------------------------------------------------------
 
 def page_table(lens=(5, 40), page=16):
