@@ -1,10 +1,12 @@
-"""Host cost of run(): CPU microseconds per eager call, mean over 1000 calls with no sync in between,
-for decode (B64, 32/8 heads, head dim 128, page 16) and paged prefill (64 requests of 16 tokens),
-bf16 and e4m3 caches, with `out` allocated by run() and passed in. The GPU work per call is
-kept to a few microseconds (16 keys a request) so the launch queue never fills and the figure is
-the host's. FlashInfer's wrappers are timed the same way where it is installed. Two more rows
-pass one of 32 caches in turn, as an engine's layers do, and `breakdown` splits one call into
-its Python side, the launch and the C entry (where_it_goes).
+"""Host cost of run(): CPU microseconds per eager call, mean over 1000 calls with no sync in between
+(per_call_us: in chunks of 100, a sync after each outside the timing, so the launch queue never
+fills and the figure is the host's), for decode (B64, 32/8 heads, head dim 128, page 16) and
+paged prefill (64 requests of 16 tokens), bf16 and e4m3 caches, with `out` allocated by run()
+and passed in. Each row also gives the 1000 calls timed straight through (us_per_call_unchunked:
+where the GPU work per call is the longer, this is the GPU's pace) and the GPU time per call back
+to back (gpu_us_per_call). FlashInfer's wrappers are timed the same way where it is installed.
+Two more rows pass one of 32 caches in turn, as an engine's layers do, and `breakdown` splits one
+call into its Python side, the launch and the C entry (where_it_goes).
 
 usage: python bench/bench_host.py [--calls 1000] [--out PATH]
 """
@@ -25,18 +27,38 @@ import flashinfer_gen  # noqa: E402
 
 B, HQ, HK, D, PAGE, KV_LEN, QO = 64, 32, 8, 128, 16, 16, 16
 LAYERS = 32
+CHUNK = 100  # calls between syncs: well below the launch queue's depth
 
 
-def per_call_us(fn, calls: int) -> float:
+def per_call_us(fn, calls: int, chunk: int = CHUNK) -> float:
+    """CPU microseconds per call: `calls` calls in chunks of `chunk`, each chunk timed alone and
+    followed by a sync outside the timing, so the launch queue never fills and a call's GPU work,
+    even where longer than its host cost, never holds the host up (no sync between the calls)."""
     for _ in range(50):
         fn()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    host = 0.0
+    for first in range(0, calls, chunk):
+        n = min(chunk, calls - first)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        host += time.perf_counter() - t0
+        torch.cuda.synchronize()
+    return host / calls * 1e6
+
+
+def gpu_us(fn, calls: int = CHUNK) -> float:
+    """GPU microseconds per call, back to back (CUDA events around `calls` calls): where this
+    is above the host's figure, a loop of calls runs at the GPU's pace, not the host's."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     for _ in range(calls):
         fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / calls * 1e6
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / calls
 
 
 def where_it_goes(indptr, indices, last, num_pages, calls: int) -> list:
@@ -140,11 +162,13 @@ def main(argv=None) -> int:
                           ("prefill", f"given, {LAYERS} caches in turn",
                            lambda: pre.run(qp, layers[next(turn) % LAYERS], out=outp)))
             for kind, out_mode, fn in cases:
-                us = per_call_us(fn, args.calls)
+                us, straight, gpu = per_call_us(fn, args.calls), per_call_us(fn, args.calls, args.calls), gpu_us(fn)
                 rows.append(dict(library=name, kind=kind, kv_dtype=kv_name, out=out_mode, us_per_call=round(us, 2),
+                                 us_per_call_unchunked=round(straight, 2), gpu_us_per_call=round(gpu, 2),
                                  instance=getattr(getattr(dec if kind == "decode" else pre, "module", None), "key",
                                                   None).name if name == "flashinfer_gen" else None))
-                print(f"{name:15} {kind:8} {kv_name:5} out {out_mode:9} {us:7.2f} us/call", flush=True)
+                print(f"{name:15} {kind:8} {kv_name:5} out {out_mode:9} {us:7.2f} us/call (straight {straight:6.2f}, "
+                      f"GPU {gpu:6.2f})", flush=True)
     breakdown = where_it_goes(indptr, indices, last, num_pages, args.calls)
     gpu = torch.cuda.get_device_name()
     result = dict(device=gpu, commit=os.environ.get("FIG_COMMIT"), torch=torch.__version__,

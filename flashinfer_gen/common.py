@@ -13,7 +13,7 @@ from generator import InstanceKey, why_invalid
 from generator.abi import Struct, fill
 from generator.keys import FP8_DTYPES
 
-from .registry import Module, default_registry
+from .registry import Module, check_status, default_registry
 from .validation import (KV_LAYOUTS, check_cuda_tensor, check_scalar, device_arch, dtype_name, fail, require_tensor,
                          scale_arg)
 
@@ -275,7 +275,7 @@ def output_tensors(q: torch.Tensor, out, lse, return_lse: bool, device: torch.de
     """`out` (allocated if None) and `lse` (allocated if asked for), checked against q."""
     rows, hq, d = q.shape
     if out is None:
-        out = torch.empty((rows, hq, d), dtype=q.dtype, device=device)
+        out = torch.empty_like(q)  # q's strides where q is dense, else contiguous; the kernels take out's strides
     else:
         require_tensor(out, "out")
         check_cuda_tensor(out, "out", device)
@@ -293,17 +293,21 @@ def output_tensors(q: torch.Tensor, out, lse, return_lse: bool, device: torch.de
 
 def launch(module: Module, params: ctypes.Structure, device: torch.device) -> None:
     """Runs the module on the current stream of `device`, with `device` current (cudaFuncSetAttribute
-    and the launch act on the current device); the device switch only where it is not already."""
-    if torch.cuda.current_device() == device.index:
-        module.call("run", ctypes.byref(params), _current_raw_stream(device.index))
-        return
-    with torch.cuda.device(device):
-        module.call("run", ctypes.byref(params), torch.cuda.current_stream(device).cuda_stream)
+    and the launch act on the current device); the device switch only where it is not already.
+    The current device and stream come from torch's own bindings where it has them (its compiled
+    code's path: no torch.cuda.Stream object per call), else from the public API."""
+    index = device.index
+    if _current_device() == index:
+        code = module.entry("run")(ctypes.byref(params), _current_raw_stream(index))
+    else:
+        with torch.cuda.device(device):
+            code = module.entry("run")(ctypes.byref(params), torch.cuda.current_stream(device).cuda_stream)
+    if code:
+        check_status(code, f"{module.key.name} run")
 
 
-# The current stream's handle without building a torch.cuda.Stream object (the private binding
-# torch's own compiled code uses; the public path where it is missing).
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+_current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
 
 
 def _current_raw_stream(index: int) -> int:
@@ -328,10 +332,15 @@ class CheckedInputs:
 
     @staticmethod
     def kv_key(paged_kv_cache) -> tuple | None:
-        tensors = paged_kv_cache if isinstance(paged_kv_cache, (tuple, list)) else (paged_kv_cache,)
-        if not all(isinstance(t, torch.Tensor) for t in tensors):
-            return None
-        return tuple((t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+        if isinstance(paged_kv_cache, torch.Tensor):  # the combined [pages, 2, ...] tensor
+            t = paged_kv_cache
+            return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
+        if isinstance(paged_kv_cache, (tuple, list)) and len(paged_kv_cache) == 2:
+            k, v = paged_kv_cache
+            if isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor):
+                return (k.data_ptr(), k.shape, k.stride(), k.dtype, k.device, v.data_ptr(), v.shape, v.stride(),
+                        v.dtype, v.device)
+        return None  # checked (and refused) every call
 
 
 def launch_params(s, **values) -> tuple[ctypes.Structure, dict]:
@@ -347,9 +356,10 @@ def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_sca
     tensor, as q is), the per-call fields of the plan's params, the launch. q and kv (the cache as
     CheckedInputs holds it) are checked by the caller."""
     device, checked = plan["device"], plan["checked"]
-    qs, qs_dev = scale_arg(q_scale, "q_scale", device, positive=True)
-    ks, ks_dev = scale_arg(k_scale, "k_scale", device, positive=True)
-    vs, vs_dev = scale_arg(v_scale, "v_scale", device)
+    # the scales: None (1.0) without a call, as an engine's bf16 layers pass them
+    qs, qs_dev = (1.0, None) if q_scale is None else scale_arg(q_scale, "q_scale", device, positive=True)
+    ks, ks_dev = (1.0, None) if k_scale is None else scale_arg(k_scale, "k_scale", device, positive=True)
+    vs, vs_dev = (1.0, None) if v_scale is None else scale_arg(v_scale, "v_scale", device)
     # out's checks compare it with q, so q's shape and dtype are part of its key
     out_key = (out.shape, out.stride(), out.dtype, out.device, q.shape, q.dtype) if (
         isinstance(out, torch.Tensor) and lse is None and not return_lse) else None
@@ -359,10 +369,11 @@ def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_sca
             checked.out.add(out_key)
     views = plan["views"]
     pq, pkv, pout, psc = views["q"], views["kv"], views["out"], views["scales"]
-    pq.data, pq.stride_row, pq.stride_head = q.data_ptr(), q.stride(0), q.stride(1)
+    q_stride, out_stride = q.stride(), out.stride()  # one call each: stride(i) costs as much as stride()
+    pq.data, pq.stride_row, pq.stride_head = q.data_ptr(), q_stride[0], q_stride[1]
     pkv.k_cache, pkv.v_cache = kv["k_cache"], kv["v_cache"]
     pkv.stride_page, pkv.stride_slot, pkv.stride_head = kv["strides"]
-    pout.data, pout.stride_row, pout.stride_head = out.data_ptr(), out.stride(0), out.stride(1)
+    pout.data, pout.stride_row, pout.stride_head = out.data_ptr(), out_stride[0], out_stride[1]
     pout.lse = lse.data_ptr() if lse is not None else None
     psc.sm_scale, psc.k_scale, psc.v_scale = plan["sm_scale"] * qs, ks, vs
     psc.q_scale_device, psc.k_scale_device, psc.v_scale_device = qs_dev, ks_dev, vs_dev

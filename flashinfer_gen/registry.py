@@ -93,6 +93,11 @@ class Module:
             check_status(result, f"{self.key.name} {op}")
         return result
 
+    def entry(self, op: str):
+        """Entry point `op`'s ctypes function, for a caller that checks its status itself (run()'s
+        launch, where Module.call's lookups are measurable host time)."""
+        return self._ops[op][0]
+
     def per_device(self, what: str, device: int, compute):
         """A value that depends on the device (occupancy, SM count), computed once per device."""
         key = (what, device)
