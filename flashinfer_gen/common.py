@@ -310,8 +310,7 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 _current_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
 
 
-def _current_raw_stream(index: int) -> int:
-    return _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
+_current_raw_stream = _raw_stream or (lambda index: torch.cuda.current_stream(index).cuda_stream)
 
 
 class CheckedInputs:
@@ -377,5 +376,14 @@ def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_sca
     pout.lse = lse.data_ptr() if lse is not None else None
     psc.sm_scale, psc.k_scale, psc.v_scale = plan["sm_scale"] * qs, ks, vs
     psc.q_scale_device, psc.k_scale_device, psc.v_scale_device = qs_dev, ks_dev, vs_dev
-    launch(plan["module"], plan["params"], device)
+    entry = plan.get("entry")
+    if entry is None:  # the run entry point and a reference to the params, made once per plan
+        entry = plan["entry"] = (plan["module"].entry("run"), ctypes.byref(plan["params"]))
+    index = device.index
+    if _current_device() == index:
+        code = entry[0](entry[1], _current_raw_stream(index))
+        if code:
+            check_status(code, f"{plan['module'].key.name} run")
+    else:
+        launch(plan["module"], plan["params"], device)
     return (out, lse) if return_lse else out
