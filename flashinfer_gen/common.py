@@ -342,6 +342,18 @@ class CheckedInputs:
         return None  # checked (and refused) every call
 
 
+def note_graph_run(graph: dict, **limits: int) -> None:
+    """What a CUDA-graph wrapper's later plan() must fit, from run(): the sizes of the tensors a
+    captured run() used (the smallest over every capture: a replay skips run() and reads the
+    captured ones), or, before any capture, those of the last run()."""
+    capturing = torch.cuda.is_current_stream_capturing()
+    if capturing and graph["captured"]:
+        graph["limits"] = {k: min(v, graph["limits"][k]) for k, v in limits.items()}
+    elif capturing or not graph["captured"]:
+        graph["limits"] = dict(limits)
+    graph["captured"] = graph["captured"] or capturing
+
+
 def launch_params(s, **values) -> tuple[ctypes.Structure, dict]:
     """A kind's params struct filled once per plan (abi.fill: every field named), and views of its
     sub-structs, whose per-call fields run() then sets in place. So one wrapper's run() is not to

@@ -18,7 +18,7 @@ from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
 from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, finish_run,
                      flashinfer_extras, kv_dtype_alias, launch_params, lay_out_plan, lookup, merge_fields,
-                     plan_kv_fields, positional_run_args, resident_ctas, unset_output, CheckedInputs, UNSET_QUERY)
+                     note_graph_run, plan_kv_fields, positional_run_args, resident_ctas, unset_output, CheckedInputs, UNSET_QUERY)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_page_table, fail, kv_strides, require_int_index,
                          split_paged_kv)
@@ -153,7 +153,7 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
             if batch < 1 or paged_kv_last_page_len_buffer.numel() != batch:
                 fail(f"paged_kv_indptr_buffer holds batch + 1 = {paged_kv_indptr_buffer.numel()} entries and "
                      f"paged_kv_last_page_len_buffer batch = {paged_kv_last_page_len_buffer.numel()}: they disagree")
-            self._graph = dict(batch=batch, buffers=buffers, config=None, max_items=None)
+            self._graph = dict(batch=batch, buffers=buffers, fixed=None, captured=False)
         elif any(b is not None for b in (paged_kv_indptr_buffer, paged_kv_indices_buffer,
                                          paged_kv_last_page_len_buffer)):
             fail("the paged_kv_*_buffer arguments serve use_cuda_graph=True")
@@ -189,9 +189,9 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
         page_indices = indices.detach()[: int(indptr_h[-1])].to("cpu", torch.int64).numpy()
         capacity = None
         if self._graph is not None:
-            capacity = self._graph_capacity(indptr_h, page_indices, last_h, ctas_per_item, resident,
-                                            (module.key, num_qo_heads, num_kv_heads, head_dim, page_size, scale,
-                                             soft_cap))
+            capacity, fixed = self._graph_capacity(indptr_h, page_indices, max_index, ctas_per_item, resident,
+                                                   (module.key, num_qo_heads, num_kv_heads, head_dim, page_size, scale,
+                                                    soft_cap))
         sched = make_schedule(begin, end, ctas_per_item, resident, None if capacity is None else capacity["request"])
         work = dict(request=sched.request, begin=sched.begin, end=sched.end, partial=sched.partial,
                     merge_row=sched.merge_request, merge_indptr=sched.merge_indptr, page_indptr=indptr_h.numpy(),
@@ -199,6 +199,8 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
                     merge_count=[sched.merge_request.size])
         self._ints, ptr = lay_out_plan(self._workspace, self._ints, work, sched.num_partial, num_qo_heads, head_dim,
                                        capacity)
+        if capacity is not None:
+            self._commit_graph_plan(fixed, indptr_h, page_indices, last_h)
         # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once)
         grid_items = sched.request.size if capacity is None else capacity["request"]
         grid_merge = sched.merge_request.size if capacity is None else capacity["merge_row"]
@@ -216,34 +218,44 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
             sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr,
             grid_items=grid_items, grid_merge=grid_merge, params=params, views=views, checked=CheckedInputs())
 
-    def _graph_capacity(self, indptr_h: torch.Tensor, page_indices: np.ndarray, last_h: torch.Tensor,
-                        ctas_per_item: int, resident: int, config: tuple) -> dict:
-        """The fixed sizes of a CUDA-graph plan's arrays (set by the first plan), after copying the
-        page table into the user's buffers as FlashInfer does."""
+    def _graph_capacity(self, indptr_h: torch.Tensor, page_indices: np.ndarray, max_index: int, ctas_per_item: int,
+                        resident: int, config: tuple) -> tuple[dict, dict]:
+        """(the fixed sizes of a CUDA-graph plan's arrays, what the first plan fixes), checking this
+        plan against them, against the buffers and against the cache a captured run() used
+        (note_graph_run). Nothing is changed here: plan() commits after its layout."""
         g = self._graph
         batch, num_pages = indptr_h.numel() - 1, page_indices.size
         if batch != g["batch"]:
             fail(f"a CUDA-graph wrapper serves batch {g['batch']} (its paged_kv_indptr_buffer); plan() got {batch}")
-        indptr_buf, indices_buf, last_buf = g["buffers"]
+        indices_buf = g["buffers"][1]
         if num_pages > indices_buf.numel():
             fail(f"plan() uses {num_pages} pages; paged_kv_indices_buffer holds {indices_buf.numel()}")
-        with torch.no_grad():  # FlashInfer keeps the planned page table in these buffers; so do we
-            indptr_buf.copy_(indptr_h.to(torch.int32), non_blocking=False)
-            indices_buf[:num_pages].copy_(torch.from_numpy(page_indices).to(torch.int32))
-            last_buf.copy_(last_h.to(torch.int32))
-        if g["config"] is None:
-            g["config"] = config
+        fixed = g["fixed"]
+        if fixed is None:
             # one wave of items at most beyond one per request: what the split heuristic aims for
-            g["max_items"] = max(batch, 2 * max(1, resident // ctas_per_item))
-        elif g.get("num_pages") is not None and page_indices.size and int(page_indices.max()) >= g["num_pages"]:
-            fail(f"indices refers to page {int(page_indices.max())} but the cache this wrapper's graph was captured "
-                 f"with has {g['num_pages']} pages")
-        elif config != g["config"]:
+            fixed = dict(config=config, max_items=max(batch, 2 * max(1, resident // ctas_per_item)))
+        elif config != fixed["config"]:
             fail("a CUDA-graph wrapper keeps its first plan's configuration (instance, heads, head dim, page size, "
                  "sm_scale, soft-cap), which a captured graph has baked in; make another wrapper for another")
-        return dict(request=g["max_items"], begin=g["max_items"], end=g["max_items"], partial=g["max_items"],
-                    merge_row=batch, merge_indptr=batch + 1, page_indptr=batch + 1, page_indices=indices_buf.numel(),
-                    work_count=1, merge_count=1, partial_slots=g["max_items"])
+        limits = g.get("limits")
+        if limits is not None and max_index >= limits["kv_extent"]:
+            fail(f"indices refers to page {max_index} but the cache of this wrapper's "
+                 f"{'captured' if g['captured'] else 'last'} run has {limits['kv_extent']} pages")
+        m = fixed["max_items"]
+        return dict(request=m, begin=m, end=m, partial=m, merge_row=batch, merge_indptr=batch + 1,
+                    page_indptr=batch + 1, page_indices=indices_buf.numel(), work_count=1, merge_count=1,
+                    partial_slots=m), fixed
+
+    def _commit_graph_plan(self, fixed: dict, indptr_h: torch.Tensor, page_indices: np.ndarray,
+                           last_h: torch.Tensor) -> None:
+        """After a CUDA-graph plan's layout: its page table into the user's buffers (FlashInfer keeps
+        the planned page table there; so do we), and the first plan's sizes fixed."""
+        indptr_buf, indices_buf, last_buf = self._graph["buffers"]
+        with torch.no_grad():
+            indptr_buf.copy_(indptr_h.to(torch.int32), non_blocking=False)
+            indices_buf[: page_indices.size].copy_(torch.from_numpy(page_indices).to(torch.int32))
+            last_buf.copy_(last_h.to(torch.int32))
+        self._graph["fixed"] = fixed
 
     def run(self, q: torch.Tensor, paged_kv_cache, *args, q_scale: float | None = None, k_scale: float | None = None,
             v_scale: float | None = None, out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
@@ -278,8 +290,8 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
                 fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
             kv = checked.kv[kv_key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides,
                                            pages=k.shape[0])
-        if self._graph is not None:  # a later plan() checks its pages against the last cache run (a replay skips run())
-            self._graph["num_pages"] = kv["pages"]
+        if self._graph is not None:  # what a later plan() must fit (a replay skips run())
+            note_graph_run(self._graph, kv_extent=kv["pages"])
         return finish_run(plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
 
 

@@ -20,7 +20,8 @@ from generator.kind_prefill import HEAD_DIMS, PARAMS
 
 from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment, check_q,
                      check_variant, dtype_names, finish_run, flashinfer_extras, launch_params, lay_out_plan,
-                     lookup_family, merge_fields, plan_kv_fields, positional_run_args, resident_ctas, unset_output)
+                     lookup_family, merge_fields, note_graph_run, plan_kv_fields, positional_run_args, resident_ctas,
+                     unset_output)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
                          fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
@@ -137,6 +138,7 @@ class _BatchPrefill(Wrapper):
         qo_indptr[-1], as the padded static buffers of a captured step do; rows past it are
         neither read nor written."""
         super().__init__(workspace_buffer, kv_layout, fp8_conversion, jit)
+        self._paged = "paged_kv_indices_buf" in buffers
         if backend not in BACKENDS:
             fail(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if custom_mask_buf is not None or mask_indptr_buf is not None:
@@ -163,7 +165,7 @@ class _BatchPrefill(Wrapper):
                 if name != "paged_kv_indices_buf" and buf.numel() != want:
                     fail(f"{name} must hold {want} entries for the batch of {batch} that qo_indptr_buf sets, got "
                          f"{buf.numel()}")
-            self._graph = dict(batch=batch, buffers=buffers, config=None)
+            self._graph = dict(batch=batch, buffers=buffers, fixed=None, captured=False)
         elif any(b is not None for b in buffers.values()):
             fail(f"the {', '.join(buffers)} arguments serve use_cuda_graph=True")
 
@@ -171,42 +173,51 @@ class _BatchPrefill(Wrapper):
     def is_cuda_graph_enabled(self) -> bool:
         return self._graph is not None
 
-    def _graph_capacity(self, qo_h: torch.Tensor, page_table: dict, config: tuple, group: int, num_kv_heads: int,
-                        tile_rows: int, resident: int, num_heads: int, head_dim: int) -> dict:
-        """The fixed sizes of a CUDA-graph plan's arrays (set by the first plan), after copying
-        qo_indptr and the page table into the user's buffers as FlashInfer does."""
+    def _graph_capacity(self, qo_h: torch.Tensor, page_table: dict, kv_extent: int, config: tuple, group: int,
+                        num_kv_heads: int, tile_rows: int, resident: int, num_heads: int,
+                        head_dim: int) -> tuple[dict, dict]:
+        """(the fixed sizes of a CUDA-graph plan's arrays, what the first plan fixes), checking this
+        plan against them, against the buffers and against the tensors a captured run() used
+        (note_graph_run): kv_extent is the cache's leading dim this plan reaches (pages, or the
+        ragged wrapper's K/V rows). Nothing is changed here: plan() commits after its layout."""
         g = self._graph
         batch, total_qo = qo_h.numel() - 1, int(qo_h[-1])
         if batch != g["batch"]:
             fail(f"a CUDA-graph wrapper serves batch {g['batch']} (its qo_indptr_buf); plan() got {batch}")
-        if g["config"] is None:
+        fixed = g["fixed"]
+        if fixed is None:
             items, slots = schedule_capacity(total_qo, batch, group, num_kv_heads, tile_rows, resident)
             fits = self._workspace.numel() // (num_heads * (head_dim + 1) * 4) - 1  # less one for lse's alignment
-            g.update(config=config, rows=total_qo, items=items, partial_slots=max(0, min(slots, fits)))
-        elif config != g["config"]:
+            fixed = dict(config=config, rows=total_qo, items=items, partial_slots=max(0, min(slots, fits)))
+        elif config != fixed["config"]:
             fail("a CUDA-graph wrapper keeps its first plan's configuration (instance, heads, head dim, page size, "
                  "causal, window, sm_scale, soft-cap), which a captured graph has baked in; make another wrapper "
                  "for another")
-        elif total_qo > g["rows"]:
-            fail(f"this plan has {total_qo} query tokens; a CUDA-graph wrapper serves at most the {g['rows']} of its "
-                 "first plan (the captured q)")
+        elif total_qo > fixed["rows"]:
+            fail(f"this plan has {total_qo} query tokens; a CUDA-graph wrapper serves at most the {fixed['rows']} of "
+                 "its first plan")
+        limits = g.get("limits")
+        if limits is not None:
+            when = "captured run" if g["captured"] else "last run"
+            if total_qo > limits["q_rows"]:
+                fail(f"this plan has {total_qo} query tokens but the q of this wrapper's {when} has {limits['q_rows']} "
+                     "rows")
+            if kv_extent > limits["kv_extent"]:
+                what = "pages" if self._paged else "K/V rows"
+                fail(f"this plan reaches {kv_extent} {what} but the cache of this wrapper's {when} has "
+                     f"{limits['kv_extent']}")
         pages = page_table["page_indices"].size
-        if "paged_kv_indices_buf" in g["buffers"]:
+        if self._paged:
             if pages > g["buffers"]["paged_kv_indices_buf"].numel():
                 fail(f"plan() uses {pages} pages; paged_kv_indices_buf holds "
                      f"{g['buffers']['paged_kv_indices_buf'].numel()}")
-            if g.get("num_pages") is not None and pages and int(page_table["page_indices"].max()) >= g["num_pages"]:
-                fail(f"paged_kv_indices refers to page {int(page_table['page_indices'].max())} but the cache this "
-                     f"wrapper's graph was captured with has {g['num_pages']} pages")
             pages = g["buffers"]["paged_kv_indices_buf"].numel()
-        with torch.no_grad():  # FlashInfer keeps the planned indptr / page table in these buffers; so do we
-            for name, host in page_table["copies"].items():
-                g["buffers"][name][: host.numel()].copy_(host.to(torch.int32))
-        rows = g["rows"]
-        return dict(request=g["items"], row_begin=g["items"], kv_begin=g["items"], kv_end=g["items"],
-                    partial=g["items"], pieces=g["items"], merge_row=rows, merge_indptr=rows + 1,
-                    qo_indptr=batch + 1, kv_len=batch, work_count=1, merge_count=1, page_indptr=batch + 1,
-                    page_indices=pages, partial_slots=g["partial_slots"])
+        rows, items = fixed["rows"], fixed["items"]
+        merge_rows = min(rows, fixed["partial_slots"] // 2)  # a split row takes two partial slots or more
+        return dict(request=items, row_begin=items, kv_begin=items, kv_end=items, partial=items, pieces=items,
+                    merge_row=merge_rows, merge_indptr=merge_rows + 1, qo_indptr=batch + 1, kv_len=batch,
+                    work_count=1, merge_count=1, page_indptr=batch + 1, page_indices=pages,
+                    partial_slots=fixed["partial_slots"]), fixed
 
     def _plan_common(self, qo_indptr, kv_len: np.ndarray, num_qo_heads, num_kv_heads, head_dim, page_size, causal,
                      pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
@@ -226,11 +237,12 @@ class _BatchPrefill(Wrapper):
                                self._fp8_conversion, self._jit)
         tile_rows, tile_keys = KINDS[module.key.kind].tiles(module.key)
         group, resident = num_qo_heads // num_kv_heads, resident_ctas(module, device)
-        copies = page_table.pop("copies")
+        copies = dict(page_table.pop("copies"), qo_indptr_buf=qo_h)
+        kv_extent = page_table.pop("kv_extent")
         capacity = None
         if self._graph is not None:
-            capacity = self._graph_capacity(
-                qo_h, dict(page_table, copies=dict(copies, qo_indptr_buf=qo_h)),
+            capacity, fixed = self._graph_capacity(
+                qo_h, page_table, kv_extent,
                 (module.key, num_qo_heads, num_kv_heads, head_dim, page_size, causal, window_left, scale, soft_cap),
                 group, num_kv_heads, tile_rows, resident, num_qo_heads, head_dim)
         sched = make_schedule(qo_len, kv_len, group, causal, window_left, num_kv_heads, resident, tile_rows, tile_keys,
@@ -241,6 +253,11 @@ class _BatchPrefill(Wrapper):
                       work_count=[sched.request.size], merge_count=[sched.merge_row.size], **page_table)
         self._ints, ptr = lay_out_plan(self._workspace, self._ints, arrays, sched.num_partial, num_qo_heads, head_dim,
                                        capacity)
+        if capacity is not None:  # the plan stands: FlashInfer keeps the planned indptr / page table in the buffers
+            with torch.no_grad():
+                for name, host in copies.items():
+                    self._graph["buffers"][name][: host.numel()].copy_(host.to(torch.int32))
+            self._graph["fixed"] = fixed
         # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once)
         grid_items = sched.request.size if capacity is None else capacity["request"]
         grid_merge = sched.merge_row.size if capacity is None else capacity["merge_row"]
@@ -272,6 +289,8 @@ class _BatchPrefill(Wrapper):
             checked.q.add(q_key)
         elif q.data_ptr() % 4:
             fail(f"q must be 4-byte aligned with even strides, got address {q.data_ptr():#x}")
+        if self._graph is not None:  # what a later plan() must fit (a replay skips run())
+            note_graph_run(self._graph, q_rows=q.shape[0], kv_extent=kv["pages"])
         return finish_run(plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
 
     def _checked_kv(self, key, check) -> dict:
@@ -282,9 +301,7 @@ class _BatchPrefill(Wrapper):
             k, v, strides = check()
             check_kv_alignment(k, v, strides)
             kv = checked.kv[key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides,
-                                        pages=k.shape[0])
-        if self._graph is not None:  # a later plan() checks its pages against the last cache run (a replay skips run())
-            self._graph["num_pages"] = kv["pages"]
+                                        pages=k.shape[0])  # pages, or the ragged wrapper's K/V rows
         return kv
 
 
@@ -321,7 +338,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
         indices = paged_kv_indices.detach()[: int(indptr_h[-1])].to("cpu", torch.int64).numpy()
         self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, page_size, causal,
                           pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-                          dict(page_indptr=indptr_h.numpy(), page_indices=indices,
+                          dict(page_indptr=indptr_h.numpy(), page_indices=indices, kv_extent=max_index + 1,
                                copies=dict(paged_kv_indptr_buf=indptr_h, paged_kv_indices_buf=torch.from_numpy(indices),
                                            paged_kv_last_page_len_buf=last_h)))
         self._plan["max_index"] = max_index
@@ -387,7 +404,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
                  f"{int(kv_len.max())} and {int(kv_h[-1])}")
         self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, RAGGED_PAGE_SIZE, causal,
                           pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-                          dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1],
+                          dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1], kv_extent=int(kv_h[-1]),
                                copies=dict(kv_indptr_buf=torch.from_numpy(kv_h))))
         self._plan["total_kv"] = int(kv_h[-1])
 

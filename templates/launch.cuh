@@ -59,10 +59,11 @@ cudaError_t launch_dependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 bloc
 template <class Args>
 int launch_with_smem(void (*kernel)(Args), dim3 grid, int threads, size_t smem, cudaStream_t stream,
                      const Args& args) {
-  // Per device ordinal: the kernel whose limit was last raised there, and to what. Two kernels of
-  // one Args type would only take turns re-raising theirs.
-  static const void* raised_kernel[64];
-  static size_t raised_smem[64];
+  // Per device ordinal: the kernel whose limit was last raised there, and to what (per thread, so
+  // threads launching at once never race on it; a new thread raises the limit once more). Two
+  // kernels of one Args type would only take turns re-raising theirs.
+  thread_local const void* raised_kernel[64];
+  thread_local size_t raised_smem[64];
   const void* key = reinterpret_cast<const void*>(kernel);
   int device = 0;
   const bool known = cudaGetDevice(&device) == cudaSuccess && device >= 0 && device < 64;

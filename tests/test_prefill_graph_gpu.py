@@ -152,6 +152,54 @@ def test_ragged_graph_captured_once_follows_every_plan(backend, workspace):
     assert any(splits) and not all(splits), splits
 
 
+def test_later_plans_must_fit_the_captured_tensors(workspace):
+    """A replay skips run(), so a later plan() is held to the tensors of the captured run():
+    fewer q rows than the first plan's tokens, a cache with fewer pages, ragged K/V with fewer
+    rows; and a first plan() that fails fixes nothing."""
+    gen = torch.Generator().manual_seed(41)
+    pool = 64
+    k = torch.randn(pool, PAGE, HK, D, generator=gen).cuda().to(torch.bfloat16)
+    v = torch.randn(pool, PAGE, HK, D, generator=gen).cuda().to(torch.bfloat16)
+    bufs = dict(qo_indptr_buf=torch.empty(3, dtype=torch.int32, device="cuda"),
+                paged_kv_indptr_buf=torch.empty(3, dtype=torch.int32, device="cuda"),
+                paged_kv_indices_buf=torch.empty(8, dtype=torch.int32, device="cuda"),
+                paged_kv_last_page_len_buf=torch.empty(2, dtype=torch.int32, device="cuda"))
+    w = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", True, backend="sm80", **bufs)
+
+    def plan(qo_lens, pages, causal=False):
+        w.plan(indptr_of(qo_lens).cuda(), indptr_of([len(p) for p in pages]).cuda(),
+               torch.tensor(sum(pages, []), dtype=torch.int32).cuda(), torch.full((2,), PAGE, dtype=torch.int32).cuda(),
+               HQ, HK, D, PAGE, causal=causal, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+
+    with pytest.raises(ArgumentError, match="paged_kv_indices_buf holds 8"):
+        plan([60, 60], [list(range(5)), list(range(5, 10))], causal=True)
+    plan([200, 100], [[1, 2], [3, 4, 5]])  # accepted: the failed plan fixed neither tokens nor causal
+    plan([50, 50], [[1, 2], [3, 4, 5]])
+    q = torch.randn(100, HQ, D, generator=gen).cuda().to(torch.bfloat16)
+    graph = capture(lambda: w.run(q, (k[:16], v[:16])))  # 100 q rows, a 16-page cache
+    plan([60, 40], [[1, 2], [3, 4, 5]])
+    with pytest.raises(ArgumentError, match="q of this wrapper's captured run has 100 rows"):  # 200 <= 300
+        plan([150, 50], [[1, 2], [3, 4, 5]])
+    with pytest.raises(ArgumentError, match="reaches 21 pages but the cache of this wrapper's captured run has 16"):
+        plan([50, 50], [[1, 2], [3, 20]])
+    plan([60, 40], [[0, 15], [7]])
+    del graph
+
+    qo_buf, kv_buf = torch.empty(3, dtype=torch.int32, device="cuda"), torch.empty(3, dtype=torch.int32, device="cuda")
+    r = flashinfer_gen.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", True, qo_buf, kv_buf, backend="sm80")
+    r.plan(indptr_of([10, 10]).cuda(), indptr_of([100, 100]).cuda(), HQ, HK, D, q_data_type=torch.bfloat16,
+           kv_data_type=torch.bfloat16)
+    kr = torch.randn(300, HK, D, generator=gen).cuda().to(torch.bfloat16)
+    q = torch.randn(20, HQ, D, generator=gen).cuda().to(torch.bfloat16)
+    graph = capture(lambda: r.run(q, kr, kr))
+    r.plan(indptr_of([10, 10]).cuda(), indptr_of([150, 150]).cuda(), HQ, HK, D, q_data_type=torch.bfloat16,
+           kv_data_type=torch.bfloat16)
+    with pytest.raises(ArgumentError, match="reaches 301 K/V rows but the cache of this wrapper's captured run has 300"):
+        r.plan(indptr_of([10, 10]).cuda(), indptr_of([150, 151]).cuda(), HQ, HK, D, q_data_type=torch.bfloat16,
+               kv_data_type=torch.bfloat16)
+    del graph
+
+
 def test_graph_arguments_are_checked(workspace):
     one = torch.empty(3, dtype=torch.int32, device="cuda")
     with pytest.raises(ArgumentError, match="needs paged_kv_indices_buf"):

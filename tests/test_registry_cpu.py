@@ -219,12 +219,13 @@ def test_prefill_schedule_stays_within_a_graph_plans_capacity(seed):
         cap = int(rng.integers(0, slots + 1))
         c = prefill_schedule(qo, kv, group, causal, -1, kv_heads, resident, tile_rows, tile_keys, max_partial=cap)
         assert c.num_partial <= cap and c.request.size <= items
-        for b in range(batch):  # every row tile of a request still covers its keys exactly once
-            mine = c.request == b
-            for row0 in np.unique(c.row_begin[mine]):
-                tile = mine & (c.row_begin == row0)
-                assert (c.kv_end[tile] - c.kv_begin[tile]).sum() == \
-                    (s.kv_end[(s.request == b) & (s.row_begin == row0)] - s.kv_begin[(s.request == b) & (s.row_begin == row0)]).sum()
+        for sched in (s, c):  # every row tile's pieces tile its key range [begin, end) exactly, in order
+            whole = prefill_schedule(qo, kv, group, causal, -1, kv_heads, 1, tile_rows, tile_keys)  # no split
+            for b, row0, begin, end in zip(whole.request, whole.row_begin, whole.kv_begin, whole.kv_end):
+                tile = (sched.request == b) & (sched.row_begin == row0)
+                pieces = sorted(zip(sched.kv_begin[tile].tolist(), sched.kv_end[tile].tolist()))
+                assert pieces[0][0] == begin and pieces[-1][1] == end
+                assert all(p[1] == n[0] for p, n in zip(pieces, pieces[1:])), pieces
 
 
 # --- validation --------------------------------------------------------------------------------
