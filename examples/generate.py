@@ -230,7 +230,7 @@ def train(model32, corpus: torch.Tensor, steps: int, batch: int = 16, seq: int =
         torch.nn.utils.clip_grad_norm_(model32.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model32.eval()
     del opt
     model32.zero_grad(set_to_none=True)
