@@ -53,12 +53,18 @@ def estimate_makespan(lens: np.ndarray, chunk: int | None, columns: int) -> floa
     most `chunk` tokens and `columns` CTA columns run at once (one wave). The block scheduler
     hands out CTAs in order, so with pieces sorted longest first this is close to LPT; the
     ceil(n / columns) term is the wave quantisation that a uniform batch suffers."""
-    pieces = np.ones_like(lens) if chunk is None else _pieces(lens, chunk)
-    piece_len = lens / pieces
-    n = int(pieces.sum())
+    pieces = (np.ones_like(lens) if chunk is None else _pieces(lens, chunk))[None, :]
+    return float(makespan_of(lens, pieces, pieces.sum(1), columns)[0])
+
+
+def makespan_of(lens: np.ndarray, pieces: np.ndarray, n: np.ndarray, columns: int) -> np.ndarray:
+    """estimate_makespan of each row of `pieces` ([candidate, request] piece counts; n: their row
+    sums): the longest piece, the waves' share of the work, or the work over every column,
+    whichever is larger, plus each wave's overhead and the merge's where any request is split."""
     waves = -(-n // columns)
-    busy = max(float(piece_len.max()), waves * float(lens.sum()) / n, float(lens.sum()) / columns)
-    return busy + waves * PIECE_OVERHEAD_TOKENS + (SPLIT_OVERHEAD_TOKENS if (pieces > 1).any() else 0)
+    total = float(lens.sum())
+    busy = np.maximum(np.maximum((lens[None, :] / pieces).max(1), waves * total / n), total / columns)
+    return busy + waves * PIECE_OVERHEAD_TOKENS + np.where((pieces > 1).any(1), SPLIT_OVERHEAD_TOKENS, 0)
 
 
 def choose_chunk(lens: np.ndarray, ctas_per_item: int, max_resident_ctas: int,
@@ -71,17 +77,23 @@ def choose_chunk(lens: np.ndarray, ctas_per_item: int, max_resident_ctas: int,
     plan's capacity) drops the cuts that would list more pieces.
     """
     columns = max(1, max_resident_ctas // ctas_per_item)
-    best_chunk, best = None, estimate_makespan(lens, None, columns)
+    no_split = estimate_makespan(lens, None, columns)
     longest = int(lens.max())
-    for k in range(2, MAX_PIECES + 1):
-        chunk = -(-longest // k)
-        chunk = max(MIN_CHUNK_TOKENS, -(-chunk // STEP_TOKENS) * STEP_TOKENS)
-        if chunk >= longest or (max_items is not None and int(_pieces(lens, chunk).sum()) > max_items):
-            continue
-        est = estimate_makespan(lens, chunk, columns)
-        if est < best:
-            best_chunk, best = chunk, est
-    return best_chunk
+    # every k at once (plan() runs once per step): the loop over k this replaces took most of it
+    k = np.arange(2, MAX_PIECES + 1)
+    chunks = np.maximum(MIN_CHUNK_TOKENS, -(-(-(-longest // k)) // STEP_TOKENS) * STEP_TOKENS)
+    chunks = chunks[chunks < longest]
+    if chunks.size == 0:
+        return None
+    pieces = np.maximum(1, -(-lens[None, :] // chunks[:, None]))        # [candidate, request]
+    n = pieces.sum(1)
+    if max_items is not None:
+        chunks, pieces, n = chunks[n <= max_items], pieces[n <= max_items], n[n <= max_items]
+        if chunks.size == 0:
+            return None
+    est = makespan_of(lens, pieces, n, columns)
+    best = int(np.argmin(est))  # the first of equal estimates: the smallest k, as a loop over k would take
+    return int(chunks[best]) if est[best] < no_split else None
 
 
 def make_schedule(begin: np.ndarray, end: np.ndarray, ctas_per_item: int, max_resident_ctas: int,

@@ -198,6 +198,50 @@ def test_schedule_respects_a_graph_plans_item_capacity():
     assert make_schedule(begin, end, 4, 528, max_items=6).request.size == 6  # no room: no split
 
 
+def _choose_chunk_loop(lens, ctas_per_item, max_resident_ctas, max_items=None):
+    """choose_chunk as first written, one candidate k at a time: the specification the vectorised
+    one must match exactly (same float operations, the first k of equal estimates)."""
+    from flashinfer_gen.decode import MAX_PIECES, PIECE_OVERHEAD_TOKENS, SPLIT_OVERHEAD_TOKENS
+
+    def makespan(chunk, columns):
+        pieces = np.ones_like(lens) if chunk is None else np.maximum(1, -(-lens // chunk))
+        n = int(pieces.sum())
+        waves = -(-n // columns)
+        busy = max(float((lens / pieces).max()), waves * float(lens.sum()) / n, float(lens.sum()) / columns)
+        return busy + waves * PIECE_OVERHEAD_TOKENS + (SPLIT_OVERHEAD_TOKENS if (pieces > 1).any() else 0)
+
+    columns = max(1, max_resident_ctas // ctas_per_item)
+    best_chunk, best = None, makespan(None, columns)
+    longest = int(lens.max())
+    for k in range(2, MAX_PIECES + 1):
+        chunk = max(MIN_CHUNK_TOKENS, -(-(-(-longest // k)) // STEP_TOKENS) * STEP_TOKENS)
+        if chunk >= longest or (max_items is not None and int(np.maximum(1, -(-lens // chunk)).sum()) > max_items):
+            continue
+        est = makespan(chunk, columns)
+        if est < best:
+            best_chunk, best = chunk, est
+    return best_chunk
+
+
+def test_choose_chunk_matches_the_loop_it_replaced():
+    """The vectorised split choice equals the loop over k on 3000 random batches (lengths 1 to
+    64k, uniform and skewed, batch 1 to 256, with and without a graph plan's item cap), so every
+    schedule, and so every kernel launch, is the one the GPU tests ran before."""
+    from flashinfer_gen.decode import choose_chunk
+    rng = np.random.default_rng(7)
+    splits = 0
+    for _ in range(3000):
+        batch = int(rng.choice([1, 2, 7, 32, 64, 256]))
+        top = int(rng.choice([16, 200, 4096, 65536]))
+        lens = rng.integers(1, top + 1, batch) if rng.random() < 0.7 else np.full(batch, int(rng.integers(1, top + 1)))
+        ctas, resident = int(rng.choice([1, 2, 4, 8])), int(rng.choice([132, 264, 528]))
+        cap = None if rng.random() < 0.5 else int(rng.integers(batch, 4 * batch + 300))
+        want = _choose_chunk_loop(lens, ctas, resident, cap)
+        assert choose_chunk(lens, ctas, resident, cap) == want, (lens, ctas, resident, cap)
+        splits += want is not None
+    assert 300 < splits < 2700  # both outcomes are exercised
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_prefill_schedule_stays_within_a_graph_plans_capacity(seed):
     """The capacity a CUDA-graph prefill plan reserves from its first plan (schedule_capacity)
