@@ -318,16 +318,18 @@ class CheckedInputs:
     the first call with tensors of a kind pays for them: an engine calls run() once per layer with
     q of one shape and per-layer caches of one shape. q is known by (shape, strides, dtype,
     device), its address checked every call; a cache by the same of each of its tensors plus
-    their addresses, mapped to what the launch needs of it."""
+    their addresses, mapped to what the launch needs of it. It also remembers what the params
+    hold now (`last_*`), so that run() rewrites only the fields whose source changed.
 
-    def __init__(self):
+    q_rows / q_rows_what / q_padded: the rows q must have (check_q's arguments)."""
+
+    def __init__(self, q_rows: int, q_rows_what: str, q_padded: bool = False):
+        self.q_rows, self.q_rows_what, self.q_padded = q_rows, q_rows_what, q_padded
         self.q: set = set()
-        self.out: set = set()  # `out` tensors given without lse, by metadata and q's shape (finish_run)
+        self.out: set = set()  # `out` tensors given without lse, by metadata and q's (finish_run)
         self.kv: dict = {}
-
-    @staticmethod
-    def q_key(q) -> tuple | None:
-        return (q.shape, q.stride(), q.dtype, q.device) if isinstance(q, torch.Tensor) else None
+        self.scales: dict = {}  # (q_scale, k_scale, v_scale) of Python numbers or None -> the fields
+        self.last_q = self.last_out = self.last_kv = self.last_scales = self.last_lse = None
 
     @staticmethod
     def kv_key(paged_kv_cache) -> tuple | None:
@@ -362,41 +364,95 @@ def launch_params(s, **values) -> tuple[ctypes.Structure, dict]:
     return params, {f.name: getattr(params, f.name) for f in s.fields if isinstance(f.ctype, Struct)}
 
 
+_PLAIN_SCALE = frozenset((float, int, type(None)))  # scales memoised by value (a tensor is read on the device)
+
+
+def run_scales(plan: dict, q_scale, k_scale, v_scale) -> tuple:
+    """The scales' fields (sm_scale · q_scale, k_scale, v_scale and the device tensors' addresses),
+    checked once per value where all three are Python numbers or None, as an engine passes them."""
+    checked = plan["checked"]
+    plain = type(q_scale) in _PLAIN_SCALE and type(k_scale) in _PLAIN_SCALE and type(v_scale) in _PLAIN_SCALE
+    key = (q_scale, k_scale, v_scale)
+    fields = checked.scales.get(key) if plain else None
+    if fields is None:
+        device = plan["device"]
+        qs, qs_dev = scale_arg(q_scale, "q_scale", device, positive=True)
+        ks, ks_dev = scale_arg(k_scale, "k_scale", device, positive=True)
+        vs, vs_dev = scale_arg(v_scale, "v_scale", device)
+        fields = (plan["sm_scale"] * qs, ks, vs, qs_dev, ks_dev, vs_dev)
+        if plain:
+            if len(checked.scales) >= 64:  # an engine has a few; a sweep of values must not grow it
+                checked.scales.clear()
+            checked.scales[key] = fields
+    return fields
+
+
 def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_scale, out, lse, return_lse: bool):
-    """The tail of every run(): the scales, out / lse (allocated, or checked once per kind of
-    tensor, as q is), the per-call fields of the plan's params, the launch. q and kv (the cache as
-    CheckedInputs holds it) are checked by the caller."""
-    device, checked = plan["device"], plan["checked"]
-    # the scales: None (1.0) without a call, as an engine's bf16 layers pass them
-    qs, qs_dev = (1.0, None) if q_scale is None else scale_arg(q_scale, "q_scale", device, positive=True)
-    ks, ks_dev = (1.0, None) if k_scale is None else scale_arg(k_scale, "k_scale", device, positive=True)
-    vs, vs_dev = (1.0, None) if v_scale is None else scale_arg(v_scale, "v_scale", device)
-    # out's checks compare it with q, so q's shape and dtype are part of its key
-    out_key = (out.shape, out.stride(), out.dtype, out.device, q.shape, q.dtype) if (
-        isinstance(out, torch.Tensor) and lse is None and not return_lse) else None
-    if out_key is None or out_key not in checked.out:
-        out, lse = output_tensors(q, out, lse, return_lse, device)
-        if out_key is not None:
-            checked.out.add(out_key)
-    views = plan["views"]
-    pq, pkv, pout, psc = views["q"], views["kv"], views["out"], views["scales"]
-    q_stride, out_stride = q.stride(), out.stride()  # one call each: stride(i) costs as much as stride()
-    pq.data, pq.stride_row, pq.stride_head = q.data_ptr(), q_stride[0], q_stride[1]
-    pkv.k_cache, pkv.v_cache = kv["k_cache"], kv["v_cache"]
-    pkv.stride_page, pkv.stride_slot, pkv.stride_head = kv["strides"]
-    pout.data, pout.stride_row, pout.stride_head = out.data_ptr(), out_stride[0], out_stride[1]
-    pout.lse = lse.data_ptr() if lse is not None else None
-    psc.sm_scale, psc.k_scale, psc.v_scale = plan["sm_scale"] * qs, ks, vs
-    psc.q_scale_device, psc.k_scale_device, psc.v_scale_device = qs_dev, ks_dev, vs_dev
+    """The tail of every run(): q's checks (once per shape, strides, dtype and device; its address
+    every call), the scales, out / lse (allocated, or checked once per kind of tensor, as q is),
+    the params' per-call fields, the launch. kv (the cache as CheckedInputs holds it) is checked by
+    the caller. A field group of the params is rewritten only where its source differs from the
+    last run()'s: each ctypes store costs as much as a comparison, and most runs change only the
+    addresses of q and out."""
+    checked, views = plan["checked"], plan["views"]
+    if not isinstance(q, torch.Tensor):
+        require_tensor(q, "q")
+    q_meta = (q.shape, q.stride(), q.dtype, q.device)
+    if q_meta != checked.last_q:
+        if q_meta not in checked.q:
+            check_q(q, checked.q_rows, plan["num_qo_heads"], plan["head_dim"], plan["q_dtype"], plan["device"],
+                    checked.q_rows_what, padded=checked.q_padded)
+            checked.q.add(q_meta)
+        pq = views["q"]
+        pq.stride_row, pq.stride_head = q_meta[1][0], q_meta[1][1]
+        checked.last_q = q_meta
+    q_ptr = q.data_ptr()
+    if q_ptr % 4:
+        fail(f"q must be 4-byte aligned with even strides, got address {q_ptr:#x}")
+    views["q"].data = q_ptr
+    if q_scale is None and k_scale is None and v_scale is None:
+        scales = plan["unit_scales"]  # as an engine's bf16 layers pass them
+    else:
+        scales = run_scales(plan, q_scale, k_scale, v_scale)
+    if scales is not checked.last_scales:
+        psc = views["scales"]
+        psc.sm_scale, psc.k_scale, psc.v_scale, psc.q_scale_device, psc.k_scale_device, psc.v_scale_device = scales
+        checked.last_scales = scales
+    if lse is None and not return_lse:
+        if out is None:
+            out = torch.empty_like(q)  # q's strides where q is dense, else contiguous; the kernels take out's strides
+        elif isinstance(out, torch.Tensor):  # out's checks compare it with q: q's metadata is in its key
+            out_key = (out.shape, out.stride(), out.dtype, out.device, q_meta)
+            if out_key not in checked.out:
+                output_tensors(q, out, None, False, plan["device"])
+                checked.out.add(out_key)
+        else:
+            output_tensors(q, out, None, False, plan["device"])  # refuses it
+    else:
+        out, lse = output_tensors(q, out, lse, return_lse, plan["device"])
+    out_stride = out.stride()
+    pout = views["out"]
+    if out_stride != checked.last_out:
+        pout.stride_row, pout.stride_head = out_stride[0], out_stride[1]
+        checked.last_out = out_stride
+    pout.data = out.data_ptr()
+    lse_ptr = lse.data_ptr() if lse is not None else None
+    if lse_ptr != checked.last_lse:
+        pout.lse = checked.last_lse = lse_ptr
+    if kv is not checked.last_kv:
+        pkv = views["kv"]
+        pkv.k_cache, pkv.v_cache = kv["k_cache"], kv["v_cache"]
+        pkv.stride_page, pkv.stride_slot, pkv.stride_head = kv["strides"]
+        checked.last_kv = kv
     # launch()'s same-device path inlined (the hot path: one Python call fewer per run())
     entry = plan.get("entry")
     if entry is None:  # the run entry point and a reference to the params, made once per plan
         entry = plan["entry"] = (plan["module"].entry("run"), ctypes.byref(plan["params"]))
-    index = device.index
+    index = plan["device"].index
     if _current_device() == index:
         code = entry[0](entry[1], _current_raw_stream(index))
         if code:
             check_status(code, f"{plan['module'].key.name} run")
     else:
-        launch(plan["module"], plan["params"], device)
+        launch(plan["module"], plan["params"], plan["device"])
     return (out, lse) if return_lse else out

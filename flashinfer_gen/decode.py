@@ -16,7 +16,7 @@ import torch
 
 from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
-from .common import (Wrapper, check_kv, check_kv_alignment, check_q, check_variant, dtype_names, finish_run,
+from .common import (Wrapper, check_kv, check_kv_alignment, check_variant, dtype_names, finish_run,
                      flashinfer_extras, kv_dtype_alias, launch_params, lay_out_plan, lookup, merge_fields,
                      note_graph_run, plan_kv_fields, positional_run_args, resident_ctas, unset_output, CheckedInputs, UNSET_QUERY)
 from .ops import compiled_run, split_cache
@@ -228,7 +228,8 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
             module=module, batch=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
             head_dim=head_dim, page_size=page_size, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
             sm_scale=scale, soft_cap=soft_cap, max_index=max_index, schedule=sched, device=device, ptr=ptr,
-            grid_items=grid_items, grid_merge=grid_merge, params=params, views=views, checked=CheckedInputs())
+            grid_items=grid_items, grid_merge=grid_merge, params=params, views=views,
+            checked=CheckedInputs(batch, "batch"), unit_scales=(scale, 1.0, 1.0, None, None, None))
 
     def _graph_capacity(self, indptr_h: torch.Tensor, page_indices: np.ndarray, max_index: int, ctas_per_item: int,
                         resident: int, config: tuple) -> tuple[dict, dict]:
@@ -278,22 +279,16 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
         if not _eager and torch.compiler.is_compiling():  # one opaque op for torch.compile (ops.py)
             return compiled_run(self, q, *split_cache(paged_kv_cache), args, q_scale, k_scale, v_scale, out, lse,
                                 return_lse)
-        k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
+        if args:
+            k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:
             fail("call plan() before run()")
-        device = plan["device"]
-        batch, hq, hk, d = plan["batch"], plan["num_qo_heads"], plan["num_kv_heads"], plan["head_dim"]
         checked = plan["checked"]
-        q_key = checked.q_key(q)
-        if q_key is None or q_key not in checked.q:
-            check_q(q, batch, hq, d, plan["q_dtype"], device, "batch")
-            checked.q.add(q_key)
-        elif q.data_ptr() % 4:
-            fail(f"q must be 4-byte aligned with even strides, got address {q.data_ptr():#x}")
         kv_key = checked.kv_key(paged_kv_cache)
         kv = checked.kv.get(kv_key)
         if kv is None:
+            device, hk, d = plan["device"], plan["num_kv_heads"], plan["head_dim"]
             k, v = split_paged_kv(paged_kv_cache, self._layout)
             check_kv(k, v, plan["kv_dtype"], device)
             strides = kv_strides(k, self._layout, plan["page_size"], hk, d)

@@ -18,7 +18,7 @@ import torch
 from generator.instances import KINDS
 from generator.kind_prefill import HEAD_DIMS, PARAMS
 
-from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment, check_q,
+from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment,
                      check_variant, dtype_names, finish_run, flashinfer_extras, launch_params, lay_out_plan,
                      lookup_family, merge_fields, note_graph_run, plan_kv_fields, positional_run_args, resident_ctas,
                      unset_output)
@@ -276,22 +276,15 @@ class _BatchPrefill(Wrapper):
                           num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=causal,
                           window_left=window_left, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
                           sm_scale=scale, soft_cap=soft_cap, schedule=sched, device=device, ptr=ptr, params=params,
-                          views=views, checked=CheckedInputs())
+                          views=views, checked=CheckedInputs(int(qo_h[-1]), "qo_indptr[-1]", self._graph is not None),
+                          unit_scales=(scale, 1.0, 1.0, None, None, None))
 
     def _run_common(self, q, kv: dict, q_scale, k_scale, v_scale, out, lse, return_lse):
         """kv: the cache as CheckedInputs holds it (addresses and strides), checked by the caller."""
-        plan = self._plan
-        device, hq, d = plan["device"], plan["num_qo_heads"], plan["head_dim"]
-        checked = plan["checked"]
-        q_key = checked.q_key(q)
-        if q_key is None or q_key not in checked.q:
-            check_q(q, plan["total_qo"], hq, d, plan["q_dtype"], device, "qo_indptr[-1]", padded=self._graph is not None)
-            checked.q.add(q_key)
-        elif q.data_ptr() % 4:
-            fail(f"q must be 4-byte aligned with even strides, got address {q.data_ptr():#x}")
         if self._graph is not None:  # what a later plan() must fit (a replay skips run())
+            require_tensor(q, "q")
             note_graph_run(self._graph, q_rows=q.shape[0], kv_extent=kv["pages"])
-        return finish_run(plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
+        return finish_run(self._plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
 
     def _checked_kv(self, key, check) -> dict:
         """The cache's launch fields, from CheckedInputs, or check(): (k, v, strides) after its checks."""
@@ -351,20 +344,24 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
         if not _eager and torch.compiler.is_compiling():  # one opaque op for torch.compile (ops.py)
             return compiled_run(self, q, *split_cache(paged_kv_cache), args, q_scale, k_scale, v_scale, out, lse,
                                 return_lse)
-        k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
+        if args:
+            k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:
             fail("call plan() before run()")
 
-        def check():
-            k, v = split_paged_kv(paged_kv_cache, self._layout)
-            check_kv(k, v, plan["kv_dtype"], plan["device"])
-            strides = kv_strides(k, self._layout, plan["page_size"], plan["num_kv_heads"], plan["head_dim"])
-            if plan["max_index"] >= k.shape[0]:
-                fail(f"paged_kv_indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
-            return k, v, strides
+        key = CheckedInputs.kv_key(paged_kv_cache)
+        kv = plan["checked"].kv.get(key)
+        if kv is None:  # the first run() with this cache
+            def check():
+                k, v = split_paged_kv(paged_kv_cache, self._layout)
+                check_kv(k, v, plan["kv_dtype"], plan["device"])
+                strides = kv_strides(k, self._layout, plan["page_size"], plan["num_kv_heads"], plan["head_dim"])
+                if plan["max_index"] >= k.shape[0]:
+                    fail(f"paged_kv_indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
+                return k, v, strides
 
-        kv = self._checked_kv(CheckedInputs.kv_key(paged_kv_cache), check)
+            kv = self._checked_kv(key, check)
         return self._run_common(q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
 
 
@@ -415,28 +412,32 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
         """FlashInfer's run(), as the paged wrapper's."""
         if not _eager and torch.compiler.is_compiling():  # one opaque op for torch.compile (ops.py)
             return compiled_run(self, q, k, v, args, q_scale, k_scale, v_scale, out, lse, return_lse)
-        k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
+        if args:
+            k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
         plan = self._plan
         if plan is None:
             fail("call plan() before run()")
 
-        def check():
-            shape = (plan["total_kv"], plan["num_kv_heads"], plan["head_dim"])
-            for t, what in ((k, "k"), (v, "v")):
-                require_tensor(t, what)
-            if k.dtype != v.dtype:
-                fail(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
-            check_kv(k, v, plan["kv_dtype"], plan["device"])
-            for t, what in ((k, "k"), (v, "v")):
-                # a CUDA-graph plan reads the first kv_indptr[-1] rows of its (padded) static k and v
-                fits = t.shape[1:] == shape[1:] and (t.shape[0] >= shape[0] if self._graph else t.shape[0] == shape[0])
-                if t.dim() != 3 or not fits:
-                    fail(f"{what} has shape {tuple(t.shape)}; plan() needs [kv_indptr[-1], num_kv_heads, head_dim] = "
-                         f"{shape}{' (or more rows, with use_cuda_graph)' if self._graph else ''}")
-            if k.stride() != v.stride():
-                fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
-            # page = a request's first row, slot = its row within the request
-            return k, v, (k.stride(0), k.stride(0), k.stride(1))
+        key = CheckedInputs.kv_key((k, v))
+        kv = plan["checked"].kv.get(key)
+        if kv is None:  # the first run() with these K/V
+            def check():
+                shape = (plan["total_kv"], plan["num_kv_heads"], plan["head_dim"])
+                for t, what in ((k, "k"), (v, "v")):
+                    require_tensor(t, what)
+                if k.dtype != v.dtype:
+                    fail(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
+                check_kv(k, v, plan["kv_dtype"], plan["device"])
+                for t, what in ((k, "k"), (v, "v")):
+                    # a CUDA-graph plan reads the first kv_indptr[-1] rows of its (padded) static k and v
+                    fits = t.shape[1:] == shape[1:] and (t.shape[0] >= shape[0] if self._graph else t.shape[0] == shape[0])
+                    if t.dim() != 3 or not fits:
+                        fail(f"{what} has shape {tuple(t.shape)}; plan() needs [kv_indptr[-1], num_kv_heads, head_dim] = "
+                             f"{shape}{' (or more rows, with use_cuda_graph)' if self._graph else ''}")
+                if k.stride() != v.stride():
+                    fail(f"k and v must have the same strides, got {k.stride()} and {v.stride()}")
+                # page = a request's first row, slot = its row within the request
+                return k, v, (k.stride(0), k.stride(0), k.stride(1))
 
-        kv = self._checked_kv(CheckedInputs.kv_key((k, v)), check)
+            kv = self._checked_kv(key, check)
         return self._run_common(q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)

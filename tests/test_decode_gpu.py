@@ -265,6 +265,49 @@ def test_checks_hold_after_a_successful_run(workspace):
         w.run(q, small)
 
 
+def test_run_rewrites_what_changed_since_the_last_run(workspace):
+    """run() rewrites a group of the params only where its source differs from the last run()'s
+    (finish_run): calls that alternate q's strides, out's strides, out given / allocated, lse,
+    the scales (None, floats, device tensors) and two caches must each match the reference."""
+    lens = [1, 16, 33, 70]
+    q, k, v, cache, indptr, indices, last = make_case(lens, 16, 8, 2, 128, torch.bfloat16, torch.bfloat16, "NHD")
+    k2 = (torch.randn_like(k, dtype=torch.float32) * 2).to(k.dtype)  # a second cache of the same shape
+    v2 = torch.randn_like(v, dtype=torch.float32).to(v.dtype)
+    w = BatchDecodeWithPagedKVCacheWrapper(workspace)
+    w.plan(indptr, indices, last, 8, 2, 128, 16, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+    wide = torch.randn(q.shape[0], 12, 128, device="cuda").to(q.dtype)
+    q_strided = wide[:, 2:10]  # another row stride than q's
+    q_strided.copy_(q)
+    scale_t = torch.tensor([0.5], device="cuda")
+    calls = [
+        dict(q=q, cache=cache),
+        dict(q=q_strided, cache=cache, out="strided", k_scale=0.5, v_scale=2.0),
+        dict(q=q, cache=(k2, v2), out="given", lse=True),
+        dict(q=q_strided, cache=(k2, v2), k_scale=scale_t, v_scale=1.5),
+        dict(q=q, cache=cache, out="given", k_scale=0.5, v_scale=2.0),
+        dict(q=q, cache=cache, out="strided"),
+        dict(q=q_strided, cache=(k2, v2), out="given", lse=True, k_scale=0.5, v_scale=2.0),
+        dict(q=q, cache=cache),
+    ]
+    for i, c in enumerate(calls):
+        kk, vv = c["cache"]
+        out = None
+        if c.get("out") == "given":
+            out = torch.full_like(q, float("nan"))
+        elif c.get("out") == "strided":
+            out = torch.full((q.shape[0], 10, 128), float("nan"), device="cuda", dtype=q.dtype)[:, 1:9]
+        lse = torch.full((q.shape[0], 8), float("nan"), device="cuda") if c.get("lse") else None
+        got = w.run(c["q"], c["cache"], k_scale=c.get("k_scale"), v_scale=c.get("v_scale"), out=out, lse=lse)
+        torch.cuda.synchronize()
+        ks = c.get("k_scale")
+        ks = float(ks) if isinstance(ks, torch.Tensor) else (ks or 1.0)
+        ref, ref_lse = decode_reference(q, kk, vv, indptr, indices, last, "NHD", ks, c.get("v_scale") or 1.0)
+        err = relative_error(got, ref)
+        assert err < out_tolerance(q.dtype, kk.dtype), f"call {i} ({c.keys()}): rel. error {err:.3e}"
+        if lse is not None:
+            assert float((lse.double() - ref_lse).abs().max()) < LSE_TOL, f"call {i}: lse"
+
+
 def test_bad_inputs_raise_before_launch(workspace):
     q, k, v, cache, indptr, indices, last = make_case([5, 40], 16, 8, 2, 128, torch.float16, torch.float16, "NHD")
     w = BatchDecodeWithPagedKVCacheWrapper(workspace)
