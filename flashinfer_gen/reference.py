@@ -139,3 +139,52 @@ def ragged_reference(q, k, v, qo_indptr, kv_indptr, k_scale=1.0, v_scale=1.0, sm
             q[qo[b]:qo[b + 1]], k[kvp[b]:kvp[b + 1]], v[kvp[b]:kvp[b + 1]], causal, k_scale, v_scale, sm_scale,
             logits_soft_cap, window_left)
     return out, lse
+
+
+# --- FP8 tiles (the Hopper family with an FP8 cache): q quantised per row, P in e4m3 -------------------
+
+E4M3_MAX = 448.0
+
+
+def quantize_q_rows(q: torch.Tensor) -> torch.Tensor:
+    """q as the FP8-tile kernels read it (prefill_sm90_mainloop.cuh, load_q), dequantised: per (token,
+    head) row, inv = 448 / amax in fp32 (1 for an all-zero row), codes = satfinite RNE of q * inv in
+    e4m3, step = 1 / inv in fp32; returns codes * step in float64. Bit-exact with the kernel: the
+    same IEEE fp32 operations in the same order."""
+    x = q.float()
+    amax = x.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.full_like(amax, E4M3_MAX) / amax, torch.ones_like(amax))
+    codes = (x * inv).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    step = torch.ones_like(inv) / inv
+    return codes.to(torch.float64) * step.to(torch.float64)
+
+
+def fp8_tile_bounds(q, k, v, causal=False, k_scale=1.0, v_scale=1.0, sm_scale=None, logits_soft_cap=None,
+                    window_left=-1):
+    """What bounds an FP8-tile kernel's error against attention_reference on the same (quantised) q
+    and K/V, per output element of one request (q [n, Hq, D], k/v [m, Hk, D]):
+      abs_pv [n, Hq, D]   sum_j p_j |v_j|      (P's e4m3 rounding: each p_j off by <= 2^-4 p_j)
+      rms_pv [n, Hq, D]   sqrt(sum_j p_j^2 v_j^2)  (the same errors taken as independent)
+      abs_v  [n, Hq, D]   sum_j |v_j| over visible keys (P's subnormal codes: <= 2^-10 / 2^8 each)
+      logit  [n, Hq]      max_j sum_d |q_d k_jd| * scale * log2(e): the logits' scale, for the
+                          accumulation error of FP8 WGMMA (about 14 bits, DeepSeek-V3 3.3.2)
+    p is the float64 softmax of the logits as attention_reference has them."""
+    n, hq, d = q.shape
+    m, hk = k.shape[0], k.shape[1]
+    group = hq // hk
+    scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
+    q64 = q.to(torch.float64).reshape(n, hk, group, d)
+    k64 = k.to(torch.float64) * k_scale
+    v64 = v.to(torch.float64) * v_scale
+    s = torch.einsum("nkgd,mkd->kgnm", q64, k64) * scale
+    if logits_soft_cap:
+        s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
+    visible = visible_keys(n, m, causal, window_left, q.device)
+    s = s.masked_fill(~visible, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row that sees no key: 0
+    abs_pv = torch.einsum("kgnm,mkd->nkgd", p, v64.abs()).reshape(n, hq, d)
+    rms_pv = torch.einsum("kgnm,mkd->nkgd", p * p, v64 * v64).sqrt().reshape(n, hq, d)
+    abs_v = torch.einsum("nm,mkd->nkd", visible.to(torch.float64), v64.abs()).repeat_interleave(group, dim=1)
+    mag = torch.einsum("nkgd,mkd->kgnm", q64.abs(), k64.abs()) * abs(scale) / math.log(2.0)
+    logit = mag.masked_fill(~visible, 0.0).amax(-1).permute(2, 0, 1).reshape(n, hq)  # m >= 1 (prefill)
+    return abs_pv, rms_pv, abs_v, logit

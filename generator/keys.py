@@ -20,7 +20,8 @@ CONVERSIONS = ("none", "hardware", "software")
 KV_BYTES = {"f16": 2, "bf16": 2, "e4m3": 1, "e5m2": 1}
 
 # C++ spellings the templates receive (types only).
-CXX_ELEMENT = {"f16": "cute::half_t", "bf16": "cute::bfloat16_t"}
+CXX_ELEMENT = {"f16": "cute::half_t", "bf16": "cute::bfloat16_t", "e4m3": "cute::float_e4m3_t",
+               "e5m2": "cute::float_e5m2_t"}
 CXX_FP8_FORMAT = {"e4m3": "fig::Fp8Format::kE4M3", "e5m2": "fig::Fp8Format::kE5M2"}
 CXX_CONVERSION = {"hardware": "fig::Conversion::kHardware", "software": "fig::Conversion::kSoftware"}
 

@@ -5,11 +5,15 @@ same plan(), work list and parameters, so a wrapper switches family by switching
 The CTA is one producer warpgroup and CONSUMERS consumer warpgroups of CONSUMER_ROWS packed query
 rows each. The numbers the host and the kernel share (rows per CTA, keys per tile) are defined
 here only.
+
+FP8 caches (e4m3, e5m2) run on FP8 WGMMA tiles (conversion "hardware": the consumers quantise q
+per packed row and P to e4m3 with `cvt`; K and V are read as stored, V transposed in shared
+memory by the producer), with a 16-bit q and output.
 """
 from __future__ import annotations
 
 from .arches import ARCH_BY_NAME, Arch
-from .keys import CXX_ELEMENT, Q_DTYPES, InstanceKey, KindSpec
+from .keys import CXX_ELEMENT, FP8_DTYPES, KV_BYTES, Q_DTYPES, InstanceKey, KindSpec
 from .kind_decode import CXX_LOGITS, VARIANTS
 from . import kind_prefill
 from .kind_prefill import WORK_ITEM_BYTES
@@ -21,10 +25,13 @@ CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
 # of 8) add up to at most 3 x 168 = 504. The consumers at head dim 128 use up to R220.
 PRODUCER_REGISTERS = 56
 CONSUMER_REGISTERS = 224
-# 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim.
+# 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim, 8-bit ones of 128.
 HEAD_DIMS = (64, 128, 192, 256)
-KV_DTYPES = ("f16", "bf16")   # FP8 tiles are not built yet (issue 12, milestone 3)
+KV_DTYPES = ("f16", "bf16") + FP8_DTYPES
 TILE_KEYS = (128, 96, 64)     # candidates for keys per stage, preferred first
+# FP8: the V transpose gives each lane of a warp one of 32 four-key groups (prefill_sm90_transpose.cuh)
+FP8_TILE_KEYS = 128
+FP8_ATOM_COLUMNS = 128        # a 128-byte swizzle atom holds 128 one-byte head-dim columns
 MAX_STAGES = 4
 # Registers a consumer thread spends on O (D / 2) and S (N / 2) fp32 accumulators, at most; the
 # rest of CONSUMER_REGISTERS holds P, Q/K/V descriptors, addresses and the softmax state.
@@ -39,15 +46,28 @@ def _align(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def _smem_bytes(head_dim: int, n: int, stages_k: int, stages_v: int) -> int:
-    """sizeof(PrefillSm90Smem::Storage) (prefill_sm90_smem.cuh): Q, then a 1024-aligned union of
-    the K and V rings with the epilogue's fp32 rows and LSE, then the gather's row addresses (one
-    slot more than K stages), the mbarriers (full and empty, per K and per V stage), the work
-    item, all rounded to the storage's 1024-byte alignment."""
-    q = block_m(None) * head_dim * 2
-    ring = _align(stages_k * n * head_dim * 2, 1024) + _align(stages_v * n * head_dim * 2, 1024)
-    epilogue = block_m(None) * (head_dim + 1) * 4
-    tail = (stages_k + 1) * n * 8 + 2 * (stages_k + stages_v) * 8 + WORK_ITEM_BYTES
+def fp8_tiles(key: InstanceKey) -> bool:
+    return key.kv_dtype in FP8_DTYPES
+
+
+def stages_vt(key: InstanceKey) -> int:
+    """Stages of transposed V (FP8 only; the consumers read them as the K-major B operand)."""
+    return 2 if fp8_tiles(key) else 0
+
+
+def _smem_bytes(key: InstanceKey, n: int, stages_k: int, stages_v: int) -> int:
+    """sizeof(PrefillSm90Smem::Storage) (prefill_sm90_smem.cuh): Q (as the GEMM reads it: e4m3
+    with an FP8 cache), then a 1024-aligned union of the K, V (and transposed V) rings with the
+    epilogue's fp32 rows and LSE, then the gather's row addresses (one slot more than K stages),
+    the mbarriers (full and empty, per K, V and transposed-V stage, at least one of the last), the
+    per-row q scales, the work item, all rounded to the storage's 1024-byte alignment."""
+    head_dim, kv_bytes = key.head_dim, KV_BYTES[key.kv_dtype]
+    q = block_m(key) * head_dim * kv_bytes  # Q is quantised to e4m3 with an FP8 cache
+    tile = n * head_dim * kv_bytes
+    ring = _align(stages_k * tile, 1024) + _align(stages_v * tile, 1024) + _align(stages_vt(key) * tile, 1024)
+    epilogue = block_m(key) * (head_dim + 1) * 4
+    barriers = 2 * (stages_k + stages_v + max(stages_vt(key), 1)) * 8
+    tail = (stages_k + 1) * n * 8 + barriers + block_m(key) * 4 + WORK_ITEM_BYTES
     return _align(q + _align(max(ring, epilogue), 1024) + tail, 1024)
 
 
@@ -55,8 +75,8 @@ def block_n(key: InstanceKey) -> int:
     """The largest candidate whose accumulators fit the consumer's registers and of which two
     stages fit the arch's shared memory (one CTA per SM)."""
     arch = ARCH_BY_NAME[key.arch]
-    for n in TILE_KEYS:
-        if (key.head_dim + n) // 2 <= ACCUMULATOR_REGISTERS and _smem_bytes(key.head_dim, n, 2, 2) <= arch.smem_per_block:
+    for n in ((FP8_TILE_KEYS,) if fp8_tiles(key) else TILE_KEYS):
+        if (key.head_dim + n) // 2 <= ACCUMULATOR_REGISTERS and _smem_bytes(key, n, 2, 2) <= arch.smem_per_block:
             return n
     return 0
 
@@ -66,14 +86,21 @@ def pipeline_stages(key: InstanceKey, arch: Arch) -> tuple[int, int]:
     consumers wait on K a GEMM earlier than on V: prefill_sm90_load.cuh), then V up to K's.
     (0, 0): not even two each fit."""
     n = block_n(key)
-    fits = lambda sk, sv: n and _smem_bytes(key.head_dim, n, sk, sv) <= arch.smem_per_block  # noqa: E731
+    fits = lambda sk, sv: n and _smem_bytes(key, n, sk, sv) <= arch.smem_per_block  # noqa: E731
     k = next((s for s in range(MAX_STAGES, 1, -1) if fits(s, 2)), 0)
     v = next((s for s in range(k, 1, -1) if fits(k, s)), 0)
     return (k, v) if k and v else (0, 0)
 
 
 def smem_bytes(key: InstanceKey) -> int:
-    return _smem_bytes(key.head_dim, block_n(key), *pipeline_stages(key, ARCH_BY_NAME[key.arch]))
+    return _smem_bytes(key, block_n(key), *pipeline_stages(key, ARCH_BY_NAME[key.arch]))
+
+
+def fp8_head_dim(key: InstanceKey) -> str | None:
+    if fp8_tiles(key) and key.head_dim % FP8_ATOM_COLUMNS:
+        return (f"FP8 tiles need a head dim that is a multiple of {FP8_ATOM_COLUMNS} (whole 128-byte rows), "
+                f"got {key.head_dim}; the Ampere-path family (backend='sm80') serves it")
+    return None
 
 
 def tiles_fit(key: InstanceKey) -> str | None:
@@ -86,11 +113,13 @@ def template_context(key: InstanceKey) -> dict:
     arch = ARCH_BY_NAME[key.arch]
     return {
         "q_element": CXX_ELEMENT[key.q_dtype],
+        "kv_element": CXX_ELEMENT[key.kv_dtype],
         "logits": CXX_LOGITS[key.variant],
         "head_dim": key.head_dim,
         "block_n": block_n(key),
         "stages_k": pipeline_stages(key, arch)[0],
         "stages_v": pipeline_stages(key, arch)[1],
+        "stages_vt": stages_vt(key),
         "consumers": CONSUMERS,
         "consumer_rows": CONSUMER_ROWS,
         "producer_registers": PRODUCER_REGISTERS,
@@ -105,10 +134,10 @@ SPEC = KindSpec(
     template="prefill_sm90.cu.j2",
     summary="batch prefill on Hopper (sm_90a): a TMA / cp.async producer warpgroup, WGMMA consumer warpgroups",
     abi=kind_prefill.ABI,
-    axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS, "conversion": ("none",),
+    axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS, "conversion": ("none", "hardware"),
           "variant": VARIANTS},
     defaults={"head_dim": (128,), "variant": ("default",)},
-    predicates=(tiles_fit,),
+    predicates=(fp8_head_dim, tiles_fit),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
 )

@@ -2,7 +2,8 @@
 // merge, with the CTA split by role into warpgroups:
 //   warpgroup 0, the producer (prefill_sm90_load.cuh): the K/V tile loads into rings of
 //     kStagesK / kStagesV shared stages, each published through an mbarrier ("full") and freed by the
-//     consumers through another ("empty"); it then gives up most of its registers (setmaxnreg);
+//     consumers through another ("empty"); with an FP8 cache it also transposes each V tile into a
+//     ring of kStagesVt (prefill_sm90_transpose.cuh); it gives up most of its registers (setmaxnreg);
 //   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_mainloop.cuh): 64 packed query
 //     rows each, WGMMA and the online softmax, then the epilogue.
 // One CTA per work item and KV head, as the Ampere kernel; the grid is items x KV heads, items
@@ -24,13 +25,14 @@
 namespace fig {
 
 // The instance's numbers, all from the generator's table (generator/kind_prefill_sm90.py).
-template <int kHeadDim_, int kBlockN_, int kStagesK_, int kStagesV_, int kConsumers_, int kConsumerRows_, int kProducerRegisters_,
-          int kConsumerRegisters_, int kSmemBytes_, int kSmemPerBlock_>
+template <int kHeadDim_, int kBlockN_, int kStagesK_, int kStagesV_, int kStagesVt_, int kConsumers_, int kConsumerRows_,
+          int kProducerRegisters_, int kConsumerRegisters_, int kSmemBytes_, int kSmemPerBlock_>
 struct PrefillSm90Shape {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;                     // keys per stage
   static constexpr int kStagesK = kStagesK_;                   // K tiles in the ring
-  static constexpr int kStagesV = kStagesV_;                   // V tiles
+  static constexpr int kStagesV = kStagesV_;                   // V tiles (as the cache stores them)
+  static constexpr int kStagesVt = kStagesVt_;                 // transposed V tiles (FP8 only, else 0)
   static constexpr int kConsumers = kConsumers_;               // consumer warpgroups
   static constexpr int kConsumerRows = kConsumerRows_;         // packed query rows per consumer
   static constexpr int kBlockM = kConsumers * kConsumerRows;   // packed query rows per CTA
@@ -53,10 +55,17 @@ struct PrefillSm90Shape {
                 "setmaxnreg cannot hand out more registers than the CTA was launched with");
 };
 
-template <class QElement_, class Logits_, class Shape>
+// QElement: q's and the output's 16-bit type. KvElement: the cache's; with an FP8 cache the GEMMs
+// run on FP8 tiles (kFp8): Q quantised per packed row and P to e4m3 (MmaA), K and V as stored.
+template <class QElement_, class KvElement_, class Logits_, class Shape>
 struct PrefillSm90Config : Shape {
   using QElement = QElement_;
+  using KvElement = KvElement_;
   using Logits = Logits_;
+  static constexpr bool kFp8 = sizeof(KvElement) == 1;
+  using MmaA = std::conditional_t<kFp8, cute::float_e4m3_t, QElement>;  // Q and P as the GEMMs read them
+  static_assert(kFp8 || std::is_same_v<QElement, KvElement>, "a 16-bit cache has q's dtype");
+  static_assert(kFp8 == (Shape::kStagesVt > 0), "a transposed-V ring exactly with FP8 tiles");
 };
 
 template <class Cfg>
@@ -100,7 +109,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
     CUTE_UNROLL
     for (int s = 0; s < Cfg::kStagesV; ++s) {
       smem.full_v[s].init(Cfg::kProducerThreads);
-      smem.empty_v[s].init(Cfg::kConsumers * 4);
+      // freed by each consumer warp, or with FP8 by each producer warp once it transposed the tile
+      smem.empty_v[s].init(Cfg::kFp8 ? Cfg::kProducerThreads / 32 : Cfg::kConsumers * 4);
+    }
+    CUTE_UNROLL
+    for (int s = 0; s < Cfg::kStagesVt; ++s) {
+      smem.full_vt[s].init(Cfg::kProducerThreads);
+      smem.empty_vt[s].init(Cfg::kConsumers * 4);
     }
     publish_barrier_init();
   }
@@ -109,7 +124,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegisters>();
-    const int64_t head_bytes = args.kv.head_offset(work.rows.kv_head) * int64_t(sizeof(Element));
+    const int64_t head_bytes = args.kv.head_offset(work.rows.kv_head) * int64_t(sizeof(typename Cfg::KvElement));
     const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
     const int64_t v_minus_k = static_cast<const uint8_t*>(p.kv.v_cache) - static_cast<const uint8_t*>(p.kv.k_cache);
     PrefillSm90Load<Cfg>::run(smem, args.kv, all.maps, work.rows.kv_head, k_base, v_minus_k,
@@ -119,8 +134,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegisters>();
   const int consumer = warpgroup - 1;
   const int thread = threadIdx.x % 128;
-  Mainloop::load_q(smem, consumer, thread, work, p);
   Mainloop ml;
+  ml.load_q(smem, consumer, thread, work, p);
   const int first = work.rows.row_begin + consumer * Cfg::kConsumerRows;
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) ml.bounds[r] = work.key_range(first + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r,
@@ -148,8 +163,7 @@ int prefill_sm90_run(const FigPrefillParams* p, cudaStream_t stream) {
   args.base.kv = PagedKv::from(p->kv);
   args.base.logits_scale = p->scales.sm_scale * p->scales.k_scale;
   args.base.out_scale = p->scales.v_scale;
-  args.maps = KvTensorMaps::cached(p->kv, Cfg::kHeadDim, Cfg::kBlockN,
-                                 std::is_same_v<typename Cfg::QElement, cute::bfloat16_t>);
+  args.maps = KvTensorMaps::cached(p->kv, Cfg::kHeadDim, Cfg::kBlockN, tma_element<typename Cfg::KvElement>());
   if (p->work.num_items > 0) {
     const int err = launch_with_smem(prefill_sm90_kernel<Cfg>, dim3(p->work.num_items * p->kv.num_kv_heads),
                                      Cfg::kThreads, prefill_sm90_smem_bytes<Cfg>(), stream, args);

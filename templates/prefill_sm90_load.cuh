@@ -7,6 +7,10 @@
 // re-read key end - 1 (as the Ampere path): finite values that the consumers mask, so no load
 // leaves the request's pages and no stale NaN reaches P V.
 //
+// FP8 cache: V lands as stored (K's layout, in the V ring) and the producer transposes each tile
+// into the Vt ring (prefill_sm90_transpose.cuh), a tile behind its loads, so the transpose of V(t)
+// waits for loads issued an iteration earlier; the V stage is freed by the producer's own warps.
+//
 // K and V have rings and barriers of their own: the consumers free K(t) once S = Q K^T is done,
 // V(t) only after P V, a GEMM later; with one shared ring (two stages at head dim 128), K waited
 // on V and the consumers on K. K gets the deeper ring (generator/kind_prefill_sm90.py) and is
@@ -18,6 +22,7 @@
 #include <cute/arch/copy_sm80.hpp>
 #include "paged_kv.cuh"
 #include "prefill_sm90_smem.cuh"
+#include "prefill_sm90_transpose.cuh"
 #include "tma_paged_kv.cuh"
 
 namespace fig {
@@ -25,7 +30,7 @@ namespace fig {
 template <class Cfg>
 struct PrefillSm90Load {
   using Smem = PrefillSm90Smem<Cfg>;
-  using Element = typename Cfg::QElement;
+  using Element = typename Cfg::KvElement;
   static constexpr int kThreads = Cfg::kProducerThreads;
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kBlockN = Cfg::kBlockN;
@@ -38,7 +43,8 @@ struct PrefillSm90Load {
   static constexpr int kChunksPerRow = kHeadDim / kChunkElements;
   static constexpr int kPasses = kBlockN * kChunksPerRow / kThreads;
   static_assert(kBlockN * kChunksPerRow % kThreads == 0, "every thread copies the same number of chunks");
-  static_assert(kBlockN / 8 <= 32 && kHeadDim % 64 == 0, "a TMA box (>= 8 keys) per lane of warp 0, 64 columns a piece");
+  static constexpr int kBoxColumns = 128 / sizeof(Element);  // a box row is one 128-byte swizzle row
+  static_assert(kBlockN / 8 <= 32 && kHeadDim % kBoxColumns == 0, "a TMA box (>= 8 keys) per lane of warp 0, 128 bytes a piece");
   using Lookup = PagedKvTileCopy<kBlockN, kHeadDim * sizeof(Element), kHeadDim * sizeof(Element), kThreads>;
 
   // The first key of the item's first tile: tiles start on multiples of kBlockN, so a TMA box
@@ -53,8 +59,15 @@ struct PrefillSm90Load {
                                              int kv_head, const uint8_t* k_base, int64_t v_minus_k, int page_begin,
                                              int begin, int end, int kv_len) {
     using namespace cute;
-    Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});    // (key, d, K stage)
-    Tensor sVt = make_tensor(make_smem_ptr(smem.kv.v), typename Smem::LayoutVt{});  // (d, key, V stage)
+    Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});  // (key, d, K stage)
+    // where V's row `key`, column `column` of stage `stage` lands: V as stored (FP8), or the
+    // MN-major 16-bit operand itself
+    auto v_at = [&](int key, int column, int stage) {
+      if constexpr (Cfg::kFp8)
+        return &make_tensor(make_smem_ptr(smem.kv.v), typename Smem::LayoutV8{})(key, column, stage);
+      else
+        return &make_tensor(make_smem_ptr(smem.kv.v), typename Smem::LayoutVt16{})(column, key, stage);
+    };
     const int first = first_key(begin);
     const int tiles = tile_count(begin, end);
     // TMA where the cache allows it (maps.rows > 0) and the tile lies within the request's keys:
@@ -96,11 +109,11 @@ struct PrefillSm90Load {
       const int stage = t % kStagesV;
       if (t >= kStagesV) smem.empty_v[stage].wait(((t / kStagesV) & 1) ^ 1);
       if (gathered(t)) {
-        copy_rows(smem.row_addrs[t % kRowSlots], v_minus_k, [&](int key, int column) { return &sVt(column, key, stage); });
+        copy_rows(smem.row_addrs[t % kRowSlots], v_minus_k, [&](int key, int column) { return v_at(key, column, stage); });
         cutlass::arch::cpasync_barrier_arrive_noinc(&smem.full_v[stage].bar);
       } else {
         load_boxes(&maps.v, smem.full_v[stage], maps.rows, kv_head, here,
-                   [&](int key, int column) { return &sVt(column, key, stage); });
+                   [&](int key, int column) { return v_at(key, column, stage); });
       }
     };
     // K runs a tile ahead of V: the consumers need K(t + 1) for S(t + 1) while V(t) is still being
@@ -110,18 +123,31 @@ struct PrefillSm90Load {
     if (tiles == 0) return;
     look_ahead(0);
     PagedKv::TokenLocation box = produce_k(0);
+    if constexpr (Cfg::kFp8) {
+      // V(t + 1) is loaded with K(t + 1), then V(t) transposed: its loads had an iteration to land.
+      produce_v(0, box);
 #pragma unroll 1
-    for (int t = 0; t < tiles; ++t) {
-      const PagedKv::TokenLocation v_box = box;
-      if (t + 1 < tiles) box = produce_k(t + 1);
-      produce_v(t, v_box);
+      for (int t = 0; t < tiles; ++t) {
+        if (t + 1 < tiles) {
+          box = produce_k(t + 1);
+          produce_v(t + 1, box);
+        }
+        PrefillSm90TransposeV<Cfg>::tile(smem, t);
+      }
+    } else {
+#pragma unroll 1
+      for (int t = 0; t < tiles; ++t) {
+        const PagedKv::TokenLocation v_box = box;
+        if (t + 1 < tiles) box = produce_k(t + 1);
+        produce_v(t, v_box);
+      }
     }
     cp_async_wait<0>();  // no copy outlives its thread
   }
 
  private:
   // A tile by TMA: every producer thread arrives on `full` (thread 0 also expecting the tile's
-  // bytes), then lane i of warp 0 loads box i (`rows` keys at `loc`) in 64-column pieces.
+  // bytes), then lane i of warp 0 loads box i (`rows` keys at `loc`) in 128-byte-wide pieces.
   template <class Destination>
   __device__ __forceinline__ static void load_boxes(const CUtensorMap* map, StageBarrier& full, int rows, int kv_head,
                                                     PagedKv::TokenLocation loc, Destination&& destination) {
@@ -133,7 +159,7 @@ struct PrefillSm90Load {
       __syncwarp();  // the expected bytes are set before any box can complete
       if (threadIdx.x < kBlockN / rows) {
         CUTE_UNROLL
-        for (int column = 0; column < kHeadDim; column += 64)
+        for (int column = 0; column < kHeadDim; column += kBoxColumns)
           tma_load_kv_box(map, &full.bar, destination(threadIdx.x * rows, column), column, kv_head, loc.slot,
                           loc.page);
       }

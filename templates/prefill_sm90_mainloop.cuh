@@ -3,6 +3,13 @@
 // S = Q K^T (both operands in shared memory), the online softmax in fp32 registers, P converted
 // to 16 bits in the registers that held S, and O += P V with P as the register A operand.
 //
+// FP8 cache (Cfg::kFp8): both GEMMs on e4m3 x e4m3/e5m2 tiles. Q is quantised per packed row as
+// it is loaded: code = rne_satfinite(q * (448 / row amax)), the row's step amax / 448 multiplying
+// that row's logits (so a row's step adapts to its own range: q heads of a group differ widely).
+// P is offset by 2^8 (exp2 of the logit minus the row max plus 8, up to 256 of e4m3's 448), so
+// its small values stay normal codes; the row sum carries the same factor, the LSE subtracts it.
+// P goes to e4m3 in register order, which Vt's key order matches (prefill_sm90_transpose.cuh).
+//
 // The accumulators of a 64 x N WGMMA put, per warp w of the warpgroup and lane 4 g + c, rows
 // 16 w + g and 16 w + g + 8 (r = 0, 1), columns 8 j + 2 c + i, at fragment index 4 j + 2 r + i:
 // the quad layout of mma.sync's m16n8 tiles, so softmax.cuh serves both families.
@@ -12,6 +19,7 @@
 #include "prefill_sm90_load.cuh"
 #include "prefill_sm90_smem.cuh"
 #include "prefill_work.cuh"
+#include "fp8_encode.cuh"
 #include "mma_sm80.cuh"
 #include "softmax.cuh"
 #include "wgmma.cuh"
@@ -21,53 +29,61 @@ namespace fig {
 template <class Cfg>
 struct PrefillSm90Mainloop {
   using Smem = PrefillSm90Smem<Cfg>;
-  using Element = typename Cfg::QElement;
+  using Element = typename Cfg::QElement;  // q as given
+  using MmaA = typename Cfg::MmaA;         // Q and P as the GEMMs read them
+  using KvElement = typename Cfg::KvElement;
   using Logits = typename Cfg::Logits;
+  static constexpr bool kFp8 = Cfg::kFp8;
   static constexpr int kRows = Cfg::kConsumerRows;
   static constexpr int kHeadDim = Cfg::kHeadDim;
   static constexpr int kBlockN = Cfg::kBlockN;
   static constexpr int kStagesK = Cfg::kStagesK;
-  static constexpr int kStagesV = Cfg::kStagesV;
+  static constexpr int kStagesV = kFp8 ? Cfg::kStagesVt : Cfg::kStagesV;  // the ring P V reads
+  static constexpr float kPOffset = kFp8 ? 8.0f : 0.0f;  // log2 of P's headroom factor (see above)
   static constexpr int kSBlocks = kBlockN / 8;    // 8-column blocks of S
   static constexpr int kOBlocks = kHeadDim / 8;   // of O
   static_assert(kRows == 64, "one 64-row WGMMA per consumer warpgroup");
 
   using TiledMmaQK = decltype(cute::make_tiled_mma(cute::GMMA::ss_op_selector<
-      Element, Element, float, cute::Shape<cute::Int<kRows>, cute::Int<kBlockN>, cute::Int<kHeadDim>>>()));
+      MmaA, KvElement, float, cute::Shape<cute::Int<kRows>, cute::Int<kBlockN>, cute::Int<kHeadDim>>>()));
   using TiledMmaPV = decltype(cute::make_tiled_mma(cute::GMMA::rs_op_selector<
-      Element, Element, float, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
-      cute::GMMA::Major::K, cute::GMMA::Major::MN>()));
+      MmaA, KvElement, float, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
+      cute::GMMA::Major::K, kFp8 ? cute::GMMA::Major::K : cute::GMMA::Major::MN>()));
+  using LayoutVt = std::conditional_t<kFp8, typename Smem::LayoutVt8, typename Smem::LayoutVt16>;
   using FragS = decltype(cute::partition_fragment_C(TiledMmaQK{}, cute::Shape<cute::Int<kRows>, cute::Int<kBlockN>>{}));
   using FragO = decltype(cute::partition_fragment_C(TiledMmaPV{}, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>>{}));
-  // P as P V's A operand: ((2 columns, 2 rows, 2 halves of 16 keys), 1, k-block), which is S's
-  // accumulator order, so P(i) is the 16-bit value of S(i).
-  using LayoutP = cute::Layout<
+  // P as P V's A operand. 16-bit: ((2 columns, 2 rows, 2 halves of 16 keys), 1, k-block), which
+  // is S's accumulator order, so P(i) is the 16-bit value of S(i). e4m3: ((4 keys, 2 rows, 2
+  // halves of 16 keys), 1, 32-key k-block), GMMA::ALayout_64x32's register order (see to_p).
+  using LayoutP16 = cute::Layout<
       cute::Shape<cute::Shape<cute::_2, cute::_2, cute::_2>, cute::_1, cute::Int<kBlockN / 16>>,
       cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_8>>;
+  using LayoutP8 = cute::Layout<
+      cute::Shape<cute::Shape<cute::_4, cute::_2, cute::_2>, cute::_1, cute::Int<kBlockN / 32>>,
+      cute::Stride<cute::Stride<cute::_1, cute::_4, cute::_8>, cute::_0, cute::_16>>;
+  using LayoutP = std::conditional_t<kFp8, LayoutP8, LayoutP16>;
+  static constexpr int kPWords = 4 * kSBlocks * int(sizeof(MmaA)) / 4;  // P's 32-bit registers
   static_assert(cute::size(FragS{}) == 4 * kSBlocks && cute::size(FragO{}) == 4 * kOBlocks, "quad layout");
-  static_assert(cute::cosize_v<LayoutP> == 4 * kSBlocks, "P reuses S's order");
+  static_assert(cute::cosize_v<LayoutP> == 4 * kSBlocks, "P has one value per S value");
 
   FragO o;                        // O of the thread's rows, unnormalised
   OnlineSoftmaxRow softmax[2];    // rows r = 0, 1
   int2 bounds[2];                 // keys [x, y] rows r = 0, 1 see
+  float q_step[2];                // FP8: rows r = 0, 1's q quantisation step (1 otherwise)
 
   // Loads the warpgroup's packed Q rows into its shared slot (rows past the request: zeros) and
-  // publishes them to its WGMMAs. thread: 0 ..< 128 within the warpgroup.
-  __device__ __forceinline__ static void load_q(typename Smem::Storage& smem, int warpgroup, int thread,
-                                                const PrefillItem& work, const FigPrefillParams& p) {
+  // publishes them to its WGMMAs; with FP8 tiles quantised per row (q_step: each row's step).
+  // thread: 0 ..< 128 within the warpgroup.
+  __device__ __forceinline__ void load_q(typename Smem::Storage& smem, int warpgroup, int thread,
+                                         const PrefillItem& work, const FigPrefillParams& p) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Smem::LayoutQ{})(_, _, warpgroup);  // (row, d)
     constexpr int kChunk = 16 / sizeof(Element);
-    constexpr int kChunksPerRow = kHeadDim / kChunk;
     const Element* q = static_cast<const Element*>(p.q.data);
     // 16-byte loads where every row start is 16-byte aligned (q only promises 4).
     const bool wide = (reinterpret_cast<uintptr_t>(q) | (p.q.stride_row * sizeof(Element)) |
                        (p.q.stride_head * sizeof(Element))) % 16 == 0;
-    CUTE_UNROLL
-    for (int i = 0; i < kRows * kChunksPerRow / 128; ++i) {
-      const int idx = thread + 128 * i;
-      const int local = idx / kChunksPerRow;
-      const int column = kChunk * (idx % kChunksPerRow);
+    auto load_chunk = [&](int local, int column) {  // q's 16 bytes at (row, column), zeros past the rows
       const int r = work.rows.row_begin + warpgroup * kRows + local;
       uint4 chunk = make_uint4(0u, 0u, 0u, 0u);
       if (r < work.rows.rows_total) {
@@ -80,10 +96,59 @@ struct PrefillSm90Mainloop {
           chunk = make_uint4(words[0], words[1], words[2], words[3]);
         }
       }
-      *reinterpret_cast<uint4*>(&sQ(local, column)) = chunk;
+      return chunk;
+    };
+    if constexpr (!kFp8) {
+      constexpr int kChunksPerRow = kHeadDim / kChunk;
+      CUTE_UNROLL
+      for (int i = 0; i < kRows * kChunksPerRow / 128; ++i) {
+        const int idx = thread + 128 * i;
+        const int column = kChunk * (idx % kChunksPerRow);
+        *reinterpret_cast<uint4*>(&sQ(idx / kChunksPerRow, column)) = load_chunk(idx / kChunksPerRow, column);
+      }
+      q_step[0] = q_step[1] = 1.0f;
+    } else {
+      // Two threads a row, each half the head dim: the row's amax (one shuffle), then the codes of
+      // x * (448 / amax), 16 to a 16-byte store. Reads q twice (the second from L1) rather than
+      // hold a half row in registers.
+      static_assert(kRows * 2 == 128 && (kHeadDim / 2) % 16 == 0, "two threads a row, 16 codes a store");
+      constexpr int kHalf = kHeadDim / 2;
+      const int local = thread / 2;
+      const int column0 = kHalf * (thread % 2);
+      auto value = [](const uint4& chunk, int i) {
+        return float(reinterpret_cast<const Element*>(&chunk)[i]);
+      };
+      float amax = 0.0f;
+      CUTE_UNROLL
+      for (int column = column0; column < column0 + kHalf; column += kChunk) {
+        const uint4 chunk = load_chunk(local, column);
+        CUTE_UNROLL
+        for (int i = 0; i < kChunk; ++i) amax = fmaxf(amax, fabsf(value(chunk, i)));
+      }
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      // IEEE division (not the approximate one): the host reference repeats these steps exactly.
+      const float inv = amax > 0.0f ? __fdiv_rn(Fp8Limits<Fp8Format::kE4M3>::kMax, amax) : 1.0f;
+      CUTE_UNROLL
+      for (int column = column0; column < column0 + kHalf; column += 2 * kChunk) {
+        const uint4 lo = load_chunk(local, column), hi = load_chunk(local, column + kChunk);
+        float x[8];
+        uint4 codes;
+        CUTE_UNROLL
+        for (int i = 0; i < 8; ++i) x[i] = __fmul_rn(value(lo, i), inv);
+        Fp8Encoder<Fp8Format::kE4M3, Conversion::kHardware>::encode8(x, codes.x, codes.y);
+        CUTE_UNROLL
+        for (int i = 0; i < 8; ++i) x[i] = __fmul_rn(value(hi, i), inv);
+        Fp8Encoder<Fp8Format::kE4M3, Conversion::kHardware>::encode8(x, codes.z, codes.w);
+        *reinterpret_cast<uint4*>(&sQ(local, column)) = codes;
+      }
+      if (thread % 2 == 0) smem.q_scale[warpgroup * kRows + local] = __fdiv_rn(1.0f, inv);
     }
     fence_shared_for_wgmma();
     named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
+    if constexpr (kFp8) {
+      CUTE_UNROLL
+      for (int r = 0; r < 2; ++r) q_step[r] = smem.q_scale[warpgroup * kRows + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r];
+    }
   }
 
   // Every tile of keys [begin, end); tiles past hi_min or before lo_max need the per-key mask.
@@ -95,7 +160,13 @@ struct PrefillSm90Mainloop {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Smem::LayoutQ{})(_, _, warpgroup);  // (row, d)
     Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});                 // (key, d, stage)
-    Tensor sVt = make_tensor(make_smem_ptr(smem.kv.v), typename Smem::LayoutVt{});               // (d, key, stage)
+    auto vt_base = [&] {  // P V's B operand: V transposed by the producer (FP8), or as stored
+      if constexpr (kFp8) return smem.kv.vt;
+      else return smem.kv.v;
+    };
+    Tensor sVt = make_tensor(make_smem_ptr(vt_base()), LayoutVt{});                              // (d, key, stage)
+    StageBarrier* full_v = kFp8 ? smem.full_vt : smem.full_v;
+    StageBarrier* empty_v = kFp8 ? smem.empty_vt : smem.empty_v;
     TiledMmaQK mma_qk;
     TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread);
@@ -103,8 +174,8 @@ struct PrefillSm90Mainloop {
     Tensor tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ));   // descriptors (mma, 1, d k-block)
     Tensor tSrK = thr_qk.make_fragment_B(thr_qk.partition_B(sK));   // (mma, 1, d k-block, stage)
     Tensor tOrV = thr_pv.make_fragment_B(thr_pv.partition_B(sVt));  // (mma, 1, key k-block, stage)
-    Tensor p_pairs = make_tensor<uint32_t>(Int<2 * kSBlocks>{});    // P: two 16-bit values each, in S's order
-    Tensor p = make_tensor(recast_ptr<Element>(p_pairs.data()), LayoutP{});
+    Tensor p_words = make_tensor<uint32_t>(Int<kPWords>{});         // P: 16-bit pairs, or e4m3 quads
+    Tensor p = make_tensor(recast_ptr<MmaA>(p_words.data()), LayoutP{});
     clear(o);
     softmax[0].init();
     softmax[1].init();
@@ -144,8 +215,24 @@ struct PrefillSm90Mainloop {
     };
     if (warpgroup == 1) named_barrier_arrive(Cfg::kTurnBarrier, kPair);
     auto to_p = [&](const FragS& s) {
-      CUTE_UNROLL
-      for (int i = 0; i < size(p_pairs); ++i) p_pairs(i) = HalfRowsMma<Element>::pack(s(2 * i), s(2 * i + 1));
+      if constexpr (!kFp8) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(p_words); ++i) p_words(i) = HalfRowsMma<Element>::pack(s(2 * i), s(2 * i + 1));
+      } else {
+        // Register 4 b + r + 2 h holds, in bytes e = 0..3, the columns 8 j + 2 c + {0, 1} of
+        // j = 4 b + 2 h and 4 b + 2 h + 1 of row r: S(4 j + 2 r + {0, 1}) then S(4 (j + 1) + 2 r + {0, 1}).
+        CUTE_UNROLL
+        for (int b = 0; b < kBlockN / 32; ++b) {
+          CUTE_UNROLL
+          for (int h = 0; h < 2; ++h) {
+            const int j = 4 * b + 2 * h;
+            const float x[8] = {s(4 * j), s(4 * j + 1), s(4 * j + 4), s(4 * j + 5),           // r = 0
+                                s(4 * j + 2), s(4 * j + 3), s(4 * j + 6), s(4 * j + 7)};      // r = 1
+            Fp8Encoder<Fp8Format::kE4M3, Conversion::kHardware>::encode8(x, p_words(4 * b + 2 * h),
+                                                                          p_words(4 * b + 2 * h + 1));
+          }
+        }
+      }
     };
     {
       acquire(smem.full_k, kStagesK, 0);
@@ -162,7 +249,7 @@ struct PrefillSm90Mainloop {
 #pragma unroll 1
     for (int t = 1; t < tiles; ++t) {
       acquire(smem.full_k, kStagesK, t);
-      acquire(smem.full_v, kStagesV, t - 1);
+      acquire(full_v, kStagesV, t - 1);
       FragS s;
       my_turn();
       wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStagesK), s);
@@ -173,7 +260,7 @@ struct PrefillSm90Mainloop {
       float rescale[2];
       softmax_step(s, t, rescale);
       warpgroup_wait<0>();
-      release(smem.empty_v, kStagesV, t - 1);
+      release(empty_v, kStagesV, t - 1);
       // Once the rows' maxima settle (most tiles of a long row) every factor is 1: the warp then
       // skips O's multiplies.
       if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
@@ -188,12 +275,12 @@ struct PrefillSm90Mainloop {
       }
       to_p(s);
     }
-    acquire(smem.full_v, kStagesV, tiles - 1);
+    acquire(full_v, kStagesV, tiles - 1);
     my_turn();
     wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (tiles - 1) % kStagesV), o);
     your_turn(true);
     warpgroup_wait<0>();
-    release(smem.empty_v, kStagesV, tiles - 1);
+    release(empty_v, kStagesV, tiles - 1);
   }
 
   // O normalised into the epilogue's fp32 rows (rows of warpgroup w start at 64 w), and the LSE.
@@ -211,7 +298,7 @@ struct PrefillSm90Mainloop {
         *reinterpret_cast<float2*>(&out.o[row][8 * j + 2 * c]) =
             make_float2(o(4 * j + 2 * r) * scale, o(4 * j + 2 * r + 1) * scale);
       }
-      if (c == 0) out.lse[row] = sum > 0.0f ? softmax[r].row_max + log2f(sum) : -INFINITY;
+      if (c == 0) out.lse[row] = sum > 0.0f ? softmax[r].row_max + (log2f(sum) - kPOffset) : -INFINITY;
     }
   }
 
@@ -223,7 +310,7 @@ struct PrefillSm90Mainloop {
     using namespace cute;
     if constexpr (!Logits::kLinear) {
       CUTE_UNROLL
-      for (int i = 0; i < size(s); ++i) s(i) = logits(s(i));
+      for (int i = 0; i < size(s); ++i) s(i) = logits(kFp8 ? s(i) * q_step[(i / 2) % 2] : s(i));
     }
     if constexpr (kMask) {
       const int key0 = tile_begin + 2 * (lane % 4);
@@ -241,8 +328,8 @@ struct PrefillSm90Mainloop {
     }
     float scale = 1.0f;
     if constexpr (Logits::kLinear) scale = logits.scale_log2;
-    rescale[0] = softmax[0].template update_quad_row<kSBlocks>(s, 0, scale);
-    rescale[1] = softmax[1].template update_quad_row<kSBlocks>(s, 1, scale);
+    rescale[0] = softmax[0].template update_quad_row<kSBlocks>(s, 0, Logits::kLinear ? scale * q_step[0] : scale, kPOffset);
+    rescale[1] = softmax[1].template update_quad_row<kSBlocks>(s, 1, Logits::kLinear ? scale * q_step[1] : scale, kPOffset);
   }
 };
 

@@ -35,9 +35,12 @@ struct OnlineSoftmaxRow {
 
   // The same for row r of a fragment in the quad layout of kBlocks 8-column blocks: frag(4 j +
   // 2 r + i) is column 8 j + 2 c + i of row r, as in a WGMMA accumulator (any indexable `frag`).
+  // offset: the probabilities come out multiplied by 2^offset (room for an FP8 P's small values;
+  // the sum carries the same factor, so O / sum does not change, and the LSE subtracts it).
   template <int kBlocks, class Frag>
-  __device__ __forceinline__ float update_quad_row(Frag& frag, int r, float scale = 1.0f) {
-    return update_each<2 * kBlocks>([&](int i) -> float& { return frag(4 * (i / 2) + 2 * r + i % 2); }, scale);
+  __device__ __forceinline__ float update_quad_row(Frag& frag, int r, float scale = 1.0f, float offset = 0.0f) {
+    return update_each<2 * kBlocks>([&](int i) -> float& { return frag(4 * (i / 2) + 2 * r + i % 2); }, scale,
+                                    offset);
   }
 
   __device__ __forceinline__ float row_sum() const {
@@ -51,7 +54,7 @@ struct OnlineSoftmaxRow {
   // The maximum and the sum are single dependent chains on purpose: two interleaved chains or a
   // tree gave ptxas the freedom to hold more values and made the 64-key prefill tiles spill.
   template <int N, class At>
-  __device__ __forceinline__ float update_each(At&& at, float scale = 1.0f) {
+  __device__ __forceinline__ float update_each(At&& at, float scale = 1.0f, float offset = 0.0f) {
     float step_max = at(0);
     CUTE_UNROLL
     for (int i = 1; i < N; ++i) step_max = fmaxf(step_max, at(i));
@@ -59,8 +62,9 @@ struct OnlineSoftmaxRow {
     step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 2));
     const float new_max = fmaxf(row_max, step_max * scale);
     // A row with no valid logit yet keeps max -inf; subtract 0 then so that exp2 gives 0, not NaN.
-    const float shift = new_max == -INFINITY ? 0.0f : new_max;
-    const float rescale = fast_exp2(row_max - shift);
+    const float base = new_max == -INFINITY ? 0.0f : new_max;
+    const float rescale = fast_exp2(row_max - base);
+    const float shift = base - offset;
     lane_sum *= rescale;
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {

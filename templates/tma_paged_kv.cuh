@@ -1,6 +1,6 @@
-// The paged KV cache as a TMA tensor (sm_90): [page, slot, kv head, head dim] of 16-bit elements
-// with the cache's strides, boxes of `rows` consecutive slots of one page by 64 head-dim
-// elements (128 bytes, the 128-byte swizzle of the WGMMA operand layouts). Contiguous K/V (the
+// The paged KV cache as a TMA tensor (sm_90): [page, slot, kv head, head dim] of 16-bit or 8-bit
+// elements with the cache's strides, boxes of `rows` consecutive slots of one page by 128 bytes of
+// head dim (64 or 128 elements: the 128-byte swizzle of the WGMMA operand layouts). Contiguous K/V (the
 // ragged wrapper's one page per request, at its first row) are the same tensor with the page
 // stride equal to the row stride, so page p + slot s is row p + s.
 // rows = the largest power of two that divides the page size and, halving from it, the tile's
@@ -11,11 +11,23 @@
 #pragma once
 #include <cuda.h>
 #include <cuda_runtime.h>
+#include <type_traits>
 #include <cute/arch/copy_sm90_desc.hpp>
 #include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/numeric/numeric_types.hpp>
 #include "fig_abi_common.h"
 
 namespace fig {
+
+// The cache's element as the tensor map describes it (FP8 codes as bytes: TMA only copies them).
+enum TmaElement : int { kTmaF16 = 0, kTmaBF16 = 1, kTmaByte = 2 };
+
+template <class T>
+constexpr int tma_element() {
+  if constexpr (sizeof(T) == 1) return kTmaByte;
+  else if constexpr (std::is_same_v<T, cute::bfloat16_t>) return kTmaBF16;
+  else return kTmaF16;
+}
 
 struct KvTensorMaps {
   CUtensorMap k;  // 64-byte aligned, as a __grid_constant__ kernel parameter needs
@@ -25,8 +37,8 @@ struct KvTensorMaps {
   // make(), remembered per thread for the caches seen last (an engine's run() per layer cycles
   // through one cache per layer; each encode is a driver call on the launch path). The maps
   // depend on the addresses, strides and sizes of the cache alone, all in the key.
-  static KvTensorMaps cached(const FigPagedKv& kv, int head_dim, int tile_keys, bool bf16) {
-    return cached_with(kv, head_dim, tile_keys, bf16, make);
+  static KvTensorMaps cached(const FigPagedKv& kv, int head_dim, int tile_keys, int element) {
+    return cached_with(kv, head_dim, tile_keys, element, make);
   }
 
   // cached() with the encoding step given (a host test counts its calls). A set-associative table:
@@ -41,13 +53,13 @@ struct KvTensorMaps {
   }
 
   template <class Make>
-  static KvTensorMaps cached_with(const FigPagedKv& kv, int head_dim, int tile_keys, bool bf16, Make&& make_maps) {
+  static KvTensorMaps cached_with(const FigPagedKv& kv, int head_dim, int tile_keys, int element, Make&& make_maps) {
     struct Entry {
       const void* k = nullptr;
       const void* v = nullptr;
       int64_t strides[3] = {};
       int page_size = 0, heads = 0, head_dim = 0, tile_keys = 0;
-      bool bf16 = false;
+      int element = -1;
       uint64_t used = 0;  // when last hit or filled
       KvTensorMaps maps;
     };
@@ -60,14 +72,14 @@ struct KvTensorMaps {
       Entry& e = set[way];
       if (e.k == kv.k_cache && e.v == kv.v_cache && e.strides[0] == kv.stride_page &&
           e.strides[1] == kv.stride_slot && e.strides[2] == kv.stride_head && e.page_size == kv.page_size &&
-          e.heads == kv.num_kv_heads && e.head_dim == head_dim && e.tile_keys == tile_keys && e.bf16 == bf16) {
+          e.heads == kv.num_kv_heads && e.head_dim == head_dim && e.tile_keys == tile_keys && e.element == element) {
         e.used = clock;
         return e.maps;
       }
       if (e.used < oldest->used) oldest = &e;
     }
     Entry& e = *oldest;
-    e.maps = make_maps(kv, head_dim, tile_keys, bf16);
+    e.maps = make_maps(kv, head_dim, tile_keys, element);
     e.k = kv.k_cache;
     e.v = kv.v_cache;
     e.strides[0] = kv.stride_page;
@@ -77,30 +89,34 @@ struct KvTensorMaps {
     e.heads = kv.num_kv_heads;
     e.head_dim = head_dim;
     e.tile_keys = tile_keys;
-    e.bf16 = bf16;
+    e.element = element;
     e.used = clock;
     return e.maps;
   }
 
-  // elem_bytes: 2 (the TMA path is 16-bit); the box is 64 elements wide.
-  static KvTensorMaps make(const FigPagedKv& kv, int head_dim, int tile_keys, bool bf16) {
+  // element: a TmaElement; the box is 128 bytes of head dim wide.
+  static KvTensorMaps make(const FigPagedKv& kv, int head_dim, int tile_keys, int element) {
+    const int64_t bytes = element == kTmaByte ? 1 : 2;
+    const int box_columns = int(128 / bytes);
     KvTensorMaps maps;
     maps.rows = 0;
     int rows = tile_keys;
     while (rows >= 8 && kv.page_size % rows != 0) rows /= 2;
     if ((rows & (rows - 1)) != 0) rows = 0;  // not a power of two: box i would start at 12 i keys, say
-    const int64_t strides[3] = {kv.stride_head * 2, kv.stride_slot * 2, kv.stride_page * 2};
+    const int64_t strides[3] = {kv.stride_head * bytes, kv.stride_slot * bytes, kv.stride_page * bytes};
     for (int64_t s : strides)
       if (s % 16 != 0 || s <= 0 || s >= (int64_t(1) << 40)) rows = 0;
-    if (rows < 8 || head_dim % 64 != 0) return maps;
+    if (rows < 8 || head_dim % box_columns != 0) return maps;
     auto encode = encoder();
     if (encode == nullptr) return maps;
     const cuuint64_t dims[4] = {cuuint64_t(head_dim), cuuint64_t(kv.num_kv_heads), cuuint64_t(kv.page_size),
                                 cuuint64_t(0x7fffffff)};  // the page table was checked against the pool
     const cuuint64_t byte_strides[3] = {cuuint64_t(strides[0]), cuuint64_t(strides[1]), cuuint64_t(strides[2])};
-    const cuuint32_t box[4] = {64, 1, cuuint32_t(rows), 1};
+    const cuuint32_t box[4] = {cuuint32_t(box_columns), 1, cuuint32_t(rows), 1};
     const cuuint32_t unit[4] = {1, 1, 1, 1};
-    const CUtensorMapDataType type = bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    const CUtensorMapDataType type = element == kTmaByte   ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                     : element == kTmaBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                           : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     for (int i = 0; i < 2; ++i) {
       CUtensorMap* map = i == 0 ? &maps.k : &maps.v;
       void* base = const_cast<void*>(i == 0 ? kv.k_cache : kv.v_cache);
@@ -131,7 +147,7 @@ struct KvTensorMaps {
   }
 };
 
-// One box: `rows` slots from (page, slot) of KV head `head`, head-dim columns [column, column + 64),
+// One box: `rows` slots from (page, slot) of KV head `head`, head-dim columns [column, column + 128 bytes),
 // into shared memory at `dst`; its bytes complete on `bar`.
 __device__ __forceinline__ void tma_load_kv_box(const CUtensorMap* map, uint64_t* bar, void* dst, int column,
                                                 int head, int slot, int page) {

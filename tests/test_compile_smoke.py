@@ -34,6 +34,7 @@ SMOKE = [
     InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none"),
     InstanceKey("prefill_sm90", "bf16", "bf16", 256, "sm90a", "none"),
     InstanceKey("prefill_sm90", "f16", "f16", 128, "sm90a", "none", "softcap"),
+    InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware"),
     InstanceKey("append", "bf16", "e4m3", 128, "sm80", "software"),
     InstanceKey("append", "f16", "e5m2", 64, "sm90a", "hardware"),
 ]
@@ -90,16 +91,19 @@ def test_every_built_instance_has_its_sass(built_entries):
     fp16 for attention, fp32 -> FP8 with saturation for append) is there exactly where the
     instance asks for hardware conversion."""
     assert {k.arch for k in SMOKE} <= {e.key.arch for e in built_entries}
+    # prefill_sm90 converts the other way: its FP8 tiles quantise q and P to e4m3
     cvt = {"decode": r"F2FP\.F16\.E[45]M[32]", "prefill": r"F2FP\.F16\.E[45]M[32]",
-           "append": r"F2FP\.SATFINITE\.E[45]M[32]\.F32"}
+           "append": r"F2FP\.SATFINITE\.E[45]M[32]\.F32", "prefill_sm90": r"F2FP\.SATFINITE\.E4M3\.F32"}
     for e in built_entries:
         sass = _cuobjdump("-sass", str(e.library))
         arches = set(re.findall(r"arch = (sm_\d+a?)", sass))
         assert arches == {ARCH_BY_NAME[e.key.arch].sass}, f"{e.library.name}: SASS for {arches}"
         if e.key.kind != "append":
-            assert re.search(r"\bHG?MMA\.", sass), f"{e.key.name}: no tensor-core instruction"  # HMMA, or HGMMA
+            # HMMA, or HGMMA (16-bit) / QGMMA (FP8) warpgroup MMAs
+            assert re.search(r"\b(HG?|QG)MMA\.", sass), f"{e.key.name}: no tensor-core instruction"
         if e.key.kind == "prefill_sm90":  # warpgroup MMAs, and the register hand-over between roles
-            assert "HGMMA" in sass and "USETMAXREG" in sass, f"{e.key.name}: no HGMMA / setmaxnreg"
+            gmma = "QGMMA" if e.key.is_fp8 else "HGMMA"
+            assert gmma in sass and "USETMAXREG" in sass, f"{e.key.name}: no {gmma} / setmaxnreg"
         has_cvt = bool(re.search(cvt.get(e.key.kind, cvt["prefill"]), sass))
         assert has_cvt == (e.key.conversion == "hardware"), f"{e.key.name}: FP8 cvt present={has_cvt}"
 

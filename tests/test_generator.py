@@ -40,8 +40,11 @@ def test_default_set():
     # sm80 has only the software conversion; sm90a both
     assert {k.conversion for k in keys if k.arch == "sm80" and k.is_fp8} == {"software"}
     assert {k.conversion for k in keys if k.arch == "sm90a" and k.is_fp8} == {"hardware", "software"}
-    assert len(keys) == 3 * (6 + 10) + 2  # decode, prefill and append; the Hopper prefill's f16, bf16
-    assert {(k.q_dtype, k.arch) for k in keys if k.kind == "prefill_sm90"} == {("f16", "sm90a"), ("bf16", "sm90a")}
+    # decode, prefill and append; the Hopper prefill's f16 and bf16, each with a 16-bit cache of its
+    # dtype and both FP8 caches (FP8 tiles, conversion "hardware")
+    assert len(keys) == 3 * (6 + 10) + 2 * 3
+    sm90 = {(k.q_dtype, k.kv_dtype, k.conversion) for k in keys if k.kind == "prefill_sm90"}
+    assert sm90 == {(q, kv, "none" if kv == q else "hardware") for q in ("f16", "bf16") for kv in (q, "e4m3", "e5m2")}
     assert {k.kind for k in keys} == {"decode", "prefill", "prefill_sm90", "append"}
     assert len({k.name for k in keys}) == len(keys)
 
@@ -67,14 +70,17 @@ def test_prefill_space():
 
 
 def test_prefill_sm90_space():
-    """The Hopper family: sm_90a only, 16-bit caches, head dims in 64-element swizzle atoms; its
+    """The Hopper family: sm_90a only, 16-bit caches at head dims in 64-element swizzle atoms, FP8
+    caches (FP8 tiles, conversion "hardware") at d128 (128-byte rows, and 256 does not fit); its
     tiles and shared memory as rendered; the Ampere family's ABI (one plan(), one set of exports)."""
     keys = enumerate_instances({"kind": ("prefill_sm90",)})
-    assert {k.arch for k in keys} == {"sm90a"} and {k.kv_dtype for k in keys} == {"f16", "bf16"}
-    assert {k.head_dim for k in keys} == {64, 128, 192, 256}
+    assert {k.arch for k in keys} == {"sm90a"} and {k.kv_dtype for k in keys} == {"f16", "bf16", "e4m3", "e5m2"}
+    assert {k.head_dim for k in keys if not k.is_fp8} == {64, 128, 192, 256}
+    assert {(k.head_dim, k.conversion) for k in keys if k.is_fp8} == {(128, "hardware")}
     assert "arch='sm80'" in why_invalid(key(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", conversion="none",
                                             arch="sm80"))
-    assert "kv_dtype='e4m3'" in why_invalid(key(kind="prefill_sm90", conversion="hardware"))
+    assert "conversion='software'" in why_invalid(key(kind="prefill_sm90", conversion="software"))
+    assert "multiple of 128" in why_invalid(key(kind="prefill_sm90", conversion="hardware", head_dim=64))
     assert "head_dim=96" in why_invalid(key(kind="prefill_sm90", kv_dtype="f16", conversion="none", head_dim=96))
     assert KINDS["prefill_sm90"].abi is KINDS["prefill"].abi
     smem_per_block = arches.arch("sm90a").smem_per_block
@@ -84,6 +90,7 @@ def test_prefill_sm90_space():
         assert rows == 128 and constant(source, "kBlockN") == keys_per_tile in kind_prefill_sm90.TILE_KEYS
         assert constant(source, "kSmemBytes") == kind_prefill_sm90.smem_bytes(k) <= smem_per_block
         assert constant(source, "kStagesK") >= constant(source, "kStagesV") >= 2
+        assert constant(source, "kStagesVt") == (2 if k.is_fp8 else 0)
         # the three warpgroups' setmaxnreg counts stay within the CTA's launch allocation (3 x 168)
         assert constant(source, "kProducerRegisters") + 2 * constant(source, "kConsumerRegisters") <= 504
         assert "fig_prefill_run" in source and "fig_prefill_abi_version" in source

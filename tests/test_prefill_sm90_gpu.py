@@ -7,19 +7,39 @@ backend="sm90", for the 16-bit caches this family builds.
 Tolerances are test_prefill_gpu.py's, for the same reason: q.k and p.v accumulate in fp32, P is
 rounded to the q dtype (bf16: 2^-8, fp16: 2^-11) before P V, and the output to the q dtype.
 
+FP8 caches (e4m3, e5m2) run on FP8 WGMMA tiles: q quantised per (token, head) row to e4m3, P to
+e4m3. The reference takes q exactly as the kernel quantises it (quantize_q_rows, bit-exact) and the
+cache's own codes, so what remains is P's rounding and FP8 WGMMA's accumulation. The tolerances
+come from those (fp8_tile_bounds, per output element of the float64 reference):
+  - P: each p_j is rounded to e4m3 (3 mantissa bits): off by at most 2^-4 p_j (half an ulp), so
+    |error| <= 2^-4 sum_j p_j |v_j|; its subnormal codes (P is scaled so that the row max is 2^8)
+    add at most 2^-10 / 2^8 per key: 2^-18 sum_j |v_j|.
+  - the logits: FP8 WGMMA keeps about 14 bits while it accumulates (DeepSeek-V3, 3.3.2); we allow
+    2^-13 of max_j sum_d |q_d k_jd| (log2 units) per logit, which moves each p_j by that times ln 2
+    (relative) and the LSE by at most that.
+  - the 16-bit output: 2^-8 of |out| (bf16's half ulp is 2^-9).
+  Every element must be within the sum. Over the whole output the P errors are independent, each
+  with RMS <= 2^-4 / sqrt(3) p_j |v_j| (uniform within half an ulp at most), so the L2 error must
+  also be within 1.5 x 2^-4 / sqrt(3) ||sqrt(sum_j p_j^2 v_j^2)|| plus the other two terms: this
+  one is what a wrong key order or scale would break first.
+
 Dispatch: backend="auto" takes this family on sm_90 where its instance is built and the Ampere
-path otherwise (an FP8 cache); backend="sm90" for a combination it does not build is an
-ArgumentError that names why.
+path otherwise; backend="sm90" for a combination it does not build is an ArgumentError that
+names why.
 """
+import math
+
 import pytest
 import torch
 
 import flashinfer_gen
 from conftest import requires_gpu
 from flashinfer_gen import ArgumentError
+from flashinfer_gen.reference import fp8_tile_bounds, gather_request, quantize_q_rows
 from test_prefill_gpu import (GROUPS, LAYOUTS, LENGTH_CASES, PAGE_SIZES, _ids, assert_close, check_paged,
-                              check_ragged, make_paged, matrix_combos, matrix_lengths, out_tolerance, paged_ref,
-                              paged_wrapper, plan_paged, poisoned)
+                              check_ragged, heads_for, make_paged, make_ragged, matrix_combos, matrix_lengths,
+                              out_tolerance, paged_ref, paged_wrapper, plan_paged, plan_ragged, poisoned,
+                              ragged_ref, ragged_wrapper)
 
 requires_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                                    reason="the prefill_sm90 family runs on sm_90 (H100/H200) only")
@@ -157,13 +177,171 @@ def test_backend_dispatch(workspace):
     ref, ref_lse = paged_ref(c, causal=True)
     assert_close(out, None, ref, ref_lse, out_tolerance(torch.bfloat16, torch.bfloat16), "auto")
     plan_paged(auto, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
-    assert auto.module.key.kind == "prefill"
+    assert auto.module.key.kind == "prefill_sm90"  # FP8 tiles
+    fa2 = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="fa2")
+    plan_paged(fa2, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
+    assert fa2.module.key.kind == "prefill"  # q kept in 16 bits, K/V upcast
+    c64 = make_paged([3, 70], [100, 70], 16, 8, 2, 64, torch.bfloat16, torch.float8_e4m3fn)
     forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90")
-    with pytest.raises(ArgumentError, match="prefill_sm90.*kv_dtype='e4m3'"):
-        plan_paged(forced, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
+    with pytest.raises(ArgumentError, match="multiple of 128"):
+        plan_paged(forced, c64, torch.bfloat16, torch.float8_e4m3fn, causal=True)
     with pytest.raises(ArgumentError, match="backend must be one of"):
         flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="cudnn")
     fa2 = flashinfer_gen.BatchPrefillWithRaggedKVCacheWrapper(workspace, backend="fa2")
     fa2.plan(c["qo_indptr"], torch.tensor([0, 100, 170], dtype=torch.int32, device="cuda"), 8, 2, 128,
              q_data_type=torch.bfloat16)
     assert fa2.module.key.kind == "prefill"
+
+
+# --- FP8 caches on FP8 WGMMA tiles (see the module's docstring for the tolerances) ------------------
+
+FP8_CASES = ((torch.bfloat16, torch.float8_e4m3fn), (torch.float16, torch.float8_e5m2),
+             (torch.bfloat16, torch.float8_e5m2), (torch.float16, torch.float8_e4m3fn))
+
+
+def fp8_bounds(c, ragged, causal, k_scale, v_scale, sm_scale, soft_cap, window_left, q):
+    """fp8_tile_bounds over every request of case c (paged or ragged), q the quantised q."""
+    qo = c["qo_indptr"].cpu().tolist()
+    parts = []
+    for b in range(len(qo) - 1):
+        if ragged:
+            kvp = c["kv_indptr"].cpu().tolist()
+            k, v = c["k"][kvp[b]:kvp[b + 1]], c["v"][kvp[b]:kvp[b + 1]]
+        else:
+            kvp, last, ps = c["kv_indptr"].cpu().tolist(), c["last"].cpu().tolist(), c["page_size"]
+            kv_len = (kvp[b + 1] - kvp[b] - 1) * ps + last[b]
+            pages = c["indices"][kvp[b]:kvp[b + 1]]
+            k, v = (gather_request(t, pages, kv_len, c["layout"]) for t in (c["k"], c["v"]))
+        parts.append(fp8_tile_bounds(q[qo[b]:qo[b + 1]], k, v, causal, k_scale or 1.0, v_scale or 1.0, sm_scale,
+                                     soft_cap, window_left))
+    return [torch.cat(t) for t in zip(*parts)]
+
+
+def assert_fp8_close(out, lse, ref, ref_lse, bounds, what):
+    abs_pv, rms_pv, abs_v, logit = bounds
+    out64 = out.to(torch.float64)
+    assert torch.isfinite(out64).all(), f"non-finite output ({what})"
+    eps = 2.0 ** -13 * logit  # a logit's accumulation error, log2 units [rows, heads]
+    p_rel = 2.0 ** -4 + eps[..., None] * math.log(2.0)
+    bound = p_rel * abs_pv + 2.0 ** -18 * abs_v + 2.0 ** -8 * ref.abs() + 1e-6
+    err = (out64 - ref).abs()
+    worst = float((err / bound).max()) if err.numel() else 0.0
+    assert worst <= 1.0, f"an element is {worst:.2f}x its bound ({what})"
+    l2 = float(torch.linalg.vector_norm(out64 - ref))
+    l2_bound = float(1.5 * 2.0 ** -4 / math.sqrt(3.0) * torch.linalg.vector_norm(rms_pv)
+                     + 2.0 ** -8 * torch.linalg.vector_norm(ref)
+                     + torch.linalg.vector_norm(eps[..., None] * math.log(2.0) * abs_pv))
+    assert l2 <= l2_bound, f"L2 error {l2:.4g} > {l2_bound:.4g} ({what})"
+    assert torch.isfinite(lse).all(), f"non-finite lse ({what})"
+    lse_err = float(((lse.double() - ref_lse).abs() - (eps + 1e-4)).max()) if lse.numel() else -1.0
+    assert lse_err <= 0.0, f"lse off by {lse_err:.3g} more than its bound ({what})"
+    return l2 / max(float(torch.linalg.vector_norm(ref)), 1e-30)
+
+
+def check_fp8(q_dtype, kv_dtype, layout, page_size, group, qo_lens, kv_lens, ws, hk=None, causal=False,
+              combined=False, k_scale=None, v_scale=None, soft_cap=None, window_left=-1, sm_scale=None, seed=0,
+              ragged=False, d=128):
+    hq, hk = heads_for(group, hk)
+    if ragged:
+        c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, kv_dtype, seed)
+        w = ragged_wrapper(ws, "NHD", backend="sm90")
+        plan_ragged(w, c, q_dtype, kv_dtype, causal, window_left=window_left, logits_soft_cap=soft_cap,
+                    sm_scale=sm_scale)
+    else:
+        c = make_paged(qo_lens, kv_lens, page_size, hq, hk, d, q_dtype, kv_dtype, layout, combined, seed)
+        w = paged_wrapper(ws, layout, backend="sm90")
+        plan_paged(w, c, q_dtype, kv_dtype, causal, window_left=window_left, logits_soft_cap=soft_cap,
+                   sm_scale=sm_scale)
+    assert w.module.key.kind == "prefill_sm90" and w.module.key.conversion == "hardware", w.module.key.name
+    out, lse = poisoned(c["q"])
+    if ragged:
+        w.run(c["q"], c["k"], c["v"], k_scale=k_scale, v_scale=v_scale, out=out, lse=lse)
+    else:
+        w.run(c["q"], c["cache"], k_scale=k_scale, v_scale=v_scale, out=out, lse=lse)
+    torch.cuda.synchronize()
+    q_ref = quantize_q_rows(c["q"])
+    ref_fn = ragged_ref if ragged else paged_ref
+    ref, ref_lse = ref_fn(c, causal, k_scale, v_scale, sm_scale, soft_cap, window_left, q=q_ref)
+    bounds = fp8_bounds(c, ragged, causal, k_scale, v_scale, sm_scale, soft_cap, window_left, q_ref)
+    what = (f"{w.module.key.name}, {'ragged' if ragged else f'{layout}, page {page_size}'}, hq {hq}/hk {hk}, "
+            f"causal {causal}, window {window_left}, qo {list(qo_lens)}, kv {list(kv_lens)}")
+    return assert_fp8_close(out, lse, ref, ref_lse, bounds, what), c, w
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("q_dtype,kv_dtype", FP8_CASES, ids=_ids)
+def test_fp8_matrix(q_dtype, kv_dtype, causal, workspace):
+    """Every (layout, page size 1/16/32, GQA group 1/4/7/8) over the FP8 cases, as the 16-bit matrix."""
+    kv_index = FP8_CASES.index((q_dtype, kv_dtype))
+    for n, (layout, page_size, group) in enumerate(matrix_combos(kv_index, 1, causal)):
+        seed = 2000 + 100 * kv_index + 10 * n + int(causal)
+        qo_lens, kv_lens = matrix_lengths(torch.Generator().manual_seed(seed), causal)
+        check_fp8(q_dtype, kv_dtype, layout, page_size, group, qo_lens, kv_lens, workspace, causal=causal,
+                  k_scale=0.75, v_scale=1.5, seed=seed)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("lens", list(LENGTH_CASES.values()), ids=list(LENGTH_CASES))
+def test_fp8_lengths(lens, causal, workspace):
+    qo_lens, kv_lens = lens
+    for n, (kv_dtype, layout, page_size, group) in enumerate(((torch.float8_e4m3fn, "NHD", 16, 4),
+                                                              (torch.float8_e5m2, "HND", 1, 7),
+                                                              (torch.float8_e4m3fn, "NHD", 64, 8))):
+        check_fp8(torch.bfloat16, kv_dtype, layout, page_size, group, qo_lens, kv_lens, workspace, causal=causal,
+                  seed=n)
+
+
+@pytest.mark.parametrize("q_dtype,kv_dtype", FP8_CASES[:2], ids=_ids)
+def test_fp8_window_softcap_scales_ragged_split(q_dtype, kv_dtype, workspace):
+    qo, kv = [1, 64, 300, 7, 0], [1000, 129, 300, 7, 3]
+    check_fp8(q_dtype, kv_dtype, "NHD", 16, 4, qo, kv, workspace, causal=True, soft_cap=30.0, k_scale=0.5,
+              v_scale=2.0, sm_scale=0.1)
+    check_fp8(q_dtype, kv_dtype, "HND", 32, 8, qo, kv, workspace, causal=True, window_left=40, seed=1)
+    check_fp8(q_dtype, kv_dtype, "NHD", 64, 4, qo, kv, workspace, combined=True, causal=False, seed=2)
+    for causal in (False, True):
+        check_fp8(q_dtype, kv_dtype, None, None, 4, [1, 7, 64, 300, 0, 17], [1, 77, 1000, 300, 5, 17], workspace,
+                  causal=causal, ragged=True, k_scale=0.75, v_scale=1.5, seed=3 + causal)
+        _, c, w = check_fp8(q_dtype, kv_dtype, "NHD", 16, 4, [16], [32768], workspace, hk=8, causal=causal,
+                            k_scale=0.5, v_scale=2.0, seed=5 + causal)
+        assert w._plan["schedule"].num_partial > 0, "batch 1 at 32k keys must be split"
+
+
+def test_fp8_quantisation_error_is_what_the_readme_says(workspace):
+    """The error FP8 tiles add (q per row and P in e4m3) against the float64 reference on the
+    *unquantised* q: bf16 q, e4m3 cache, 32/8 heads, causal. The README quotes the printed
+    figures. q's rounding moves each logit by up to 2^-4 of each q.k term, an error whose effect
+    grows with the logits' spread (here the random data's, about 2 nats), so this is only a gross
+    bound, 1/4, that a wrong scale or key order breaks; the derived bounds are check_fp8's."""
+    rel, c, w = check_fp8(torch.bfloat16, torch.float8_e4m3fn, "NHD", 16, 4, [512, 512], [512, 2048], workspace,
+                          hk=8, causal=True, seed=11)
+    out = w.run(c["q"], c["cache"])
+    ref, _ = paged_ref(c, causal=True)
+    rel_unquantised = float(torch.linalg.vector_norm(out.double() - ref) / torch.linalg.vector_norm(ref))
+    print(f"FP8 tiles, bf16 q / e4m3 cache: rel. L2 error {rel:.4f} against the quantised q, "
+          f"{rel_unquantised:.4f} against q itself")
+    assert rel_unquantised < 0.25
+
+
+def test_fp8_cuda_graph_and_device_scales(workspace):
+    """A captured FP8 run replays to the right answer and follows k_scale / v_scale tensors."""
+    c = make_paged([16, 1, 100, 0], [4096, 1, 4000, 3], 16, 32, 8, 128, torch.bfloat16, torch.float8_e4m3fn)
+    w = paged_wrapper(workspace, backend="sm90")
+    plan_paged(w, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
+    ks, vs = torch.tensor([0.5], device="cuda"), torch.tensor([2.0], device="cuda")
+    out, lse = poisoned(c["q"])
+    w.run(c["q"], c["cache"], k_scale=ks, v_scale=vs, out=out, lse=lse)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        w.run(c["q"], c["cache"], k_scale=ks, v_scale=vs, out=out, lse=lse)
+    q_ref = quantize_q_rows(c["q"])
+    for k_scale, v_scale in ((0.5, 2.0), (0.125, 0.75)):
+        ks.fill_(k_scale)
+        vs.fill_(v_scale)
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref, ref_lse = paged_ref(c, True, k_scale, v_scale, q=q_ref)
+        bounds = fp8_bounds(c, False, True, k_scale, v_scale, None, None, -1, q_ref)
+        assert_fp8_close(out, lse, ref, ref_lse, bounds, f"graph replay, k_scale {k_scale}")

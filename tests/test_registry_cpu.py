@@ -400,7 +400,8 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
     family that cannot serve the call names why."""
     from flashinfer_gen import common
     hopper_bf16 = InstanceKey("prefill_sm90", "bf16", "bf16", 128, "sm90a", "none")
-    fake_cache(tmp_path, built=[hopper_bf16, InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none")])
+    hopper_e4m3 = InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware")
+    fake_cache(tmp_path, built=[hopper_bf16, hopper_e4m3, InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none")])
     reg = Registry(tmp_path)
     monkeypatch.setattr(reg, "lookup", lambda key, jit=None: key)  # the key stands for the loaded module
     monkeypatch.setattr(common, "default_registry", lambda: reg)
@@ -408,11 +409,12 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
     dev, auto = torch.device("cuda", 0), ("prefill_sm90", "prefill")
     pick = lambda kinds, q, kv: common.lookup_family(kinds, dev, q, kv, 128, 0.0, None, False)  # noqa: E731
     assert pick(auto, "bf16", "bf16") == hopper_bf16
-    assert pick(auto, "bf16", "e4m3").kind == "prefill"   # FP8: not in the Hopper family
-    assert pick(auto, "f16", "f16").kind == "prefill"     # valid there but not built: never built implicitly
+    assert pick(auto, "bf16", "e4m3") == hopper_e4m3        # FP8 tiles
+    assert pick(auto, "bf16", "e5m2").kind == "prefill"   # valid there but not built: never built implicitly
+    assert pick(auto, "f16", "f16").kind == "prefill"
     assert pick(("prefill",), "bf16", "bf16").kind == "prefill"
-    with pytest.raises(V.ArgumentError, match="prefill_sm90.*kv_dtype='e4m3'"):
-        pick(("prefill_sm90",), "bf16", "e4m3")
+    with pytest.raises(V.ArgumentError, match="multiple of 128"):
+        common.lookup_family(("prefill_sm90",), dev, "bf16", "e4m3", 64, 0.0, None, False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert pick(auto, "bf16", "bf16").kind == "prefill"   # an A100: the Ampere path
     with pytest.raises(V.ArgumentError, match="arch='sm80'"):

@@ -11,7 +11,7 @@ namespace {
 using fig::KvTensorMaps;
 int encodes = 0;
 
-KvTensorMaps count_encode(const FigPagedKv&, int, int, bool) {
+KvTensorMaps count_encode(const FigPagedKv&, int, int, int) {
   KvTensorMaps maps{};
   maps.rows = ++encodes;  // tells which encode a returned entry came from
   return maps;
@@ -29,8 +29,8 @@ FigPagedKv cache_at(uintptr_t k) {
   return kv;
 }
 
-int lookup(const FigPagedKv& kv, int head_dim = 128, int tile_keys = 128, bool bf16 = true) {
-  return KvTensorMaps::cached_with(kv, head_dim, tile_keys, bf16, count_encode).rows;
+int lookup(const FigPagedKv& kv, int head_dim = 128, int tile_keys = 128, int element = fig::kTmaBF16) {
+  return KvTensorMaps::cached_with(kv, head_dim, tile_keys, element, count_encode).rows;
 }
 
 #define CHECK(cond)                                                                  \
@@ -72,7 +72,8 @@ int main() {
   CHECK(lookup(other) == kLayers + 5);
   CHECK(lookup(kv, 64) == kLayers + 6);
   CHECK(lookup(kv, 128, 64) == kLayers + 7);
-  CHECK(lookup(kv, 128, 128, false) == kLayers + 8);
+  CHECK(lookup(kv, 128, 128, fig::kTmaF16) == kLayers + 8);
+  CHECK(lookup(kv, 128, 128, fig::kTmaByte) == kLayers + 9);
 
   // kWays + 1 caches of one set, used in turn: the least recently used one is replaced each time
   uintptr_t same[KvTensorMaps::kWays + 1];
