@@ -308,8 +308,8 @@ def main(argv=None) -> int:
     b = Bench(args)
     heads = ((32, 32),) if args.quick else HEADS
     kv_names = QUICK_KV_NAMES if args.quick else KV_NAMES
-    if args.family == "sm90":  # its 16-bit tiles only, so far (kind_prefill_sm90.KV_DTYPES)
-        kv_names = ("bf16",)
+    if args.family == "sm90":  # FP8 caches run on its FP8 tiles, conversion "hardware" (q and P to e4m3)
+        b.conversions = ("hardware",)
     for hq, hk in heads:
         for d in args.head_dim:
             b.bench_sdpa("square", BATCH, SEQ, SEQ, hq, hk, d, (False, True))
