@@ -40,6 +40,7 @@ struct PrefillSm90Mainloop {
   static constexpr int kStagesK = Cfg::kStagesK;
   static constexpr int kStagesV = kFp8 ? Cfg::kStagesVt : Cfg::kStagesV;  // the ring P V reads
   static constexpr float kPOffset = kFp8 ? 8.0f : 0.0f;  // log2 of P's headroom factor (see above)
+  static constexpr int kSoftmaxChains = 4;  // independent max / sum chains per row (softmax.cuh)
   static constexpr int kSBlocks = kBlockN / 8;    // 8-column blocks of S
   static constexpr int kOBlocks = kHeadDim / 8;   // of O
   static_assert(kRows == 64, "one 64-row WGMMA per consumer warpgroup");
@@ -328,8 +329,10 @@ struct PrefillSm90Mainloop {
     }
     float scale = 1.0f;
     if constexpr (Logits::kLinear) scale = logits.scale_log2;
-    rescale[0] = softmax[0].template update_quad_row<kSBlocks>(s, 0, Logits::kLinear ? scale * q_step[0] : scale, kPOffset);
-    rescale[1] = softmax[1].template update_quad_row<kSBlocks>(s, 1, Logits::kLinear ? scale * q_step[1] : scale, kPOffset);
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r)
+      rescale[r] = softmax[r].template update_quad_row<kSBlocks, kSoftmaxChains>(
+          s, r, Logits::kLinear ? scale * q_step[r] : scale, kPOffset);
   }
 };
 

@@ -37,10 +37,10 @@ struct OnlineSoftmaxRow {
   // 2 r + i) is column 8 j + 2 c + i of row r, as in a WGMMA accumulator (any indexable `frag`).
   // offset: the probabilities come out multiplied by 2^offset (room for an FP8 P's small values;
   // the sum carries the same factor, so O / sum does not change, and the LSE subtracts it).
-  template <int kBlocks, class Frag>
+  template <int kBlocks, int kChains = 1, class Frag>
   __device__ __forceinline__ float update_quad_row(Frag& frag, int r, float scale = 1.0f, float offset = 0.0f) {
-    return update_each<2 * kBlocks>([&](int i) -> float& { return frag(4 * (i / 2) + 2 * r + i % 2); }, scale,
-                                    offset);
+    return update_each<2 * kBlocks, kChains>([&](int i) -> float& { return frag(4 * (i / 2) + 2 * r + i % 2); },
+                                             scale, offset);
   }
 
   __device__ __forceinline__ float row_sum() const {
@@ -51,13 +51,22 @@ struct OnlineSoftmaxRow {
   }
 
  private:
-  // The maximum and the sum are single dependent chains on purpose: two interleaved chains or a
-  // tree gave ptxas the freedom to hold more values and made the 64-key prefill tiles spill.
-  template <int N, class At>
+  // kChains: the maximum and the sum as that many interleaved dependent chains, combined at the
+  // end. One chain (the default) on purpose where registers are short: two interleaved chains or a
+  // tree gave ptxas the freedom to hold more values and made the Ampere path's 64-key prefill
+  // tiles spill. The Hopper consumers have the registers, and there a 128-long chain was latency
+  // the two warps of a scheduler could not hide.
+  template <int N, int kChains = 1, class At>
   __device__ __forceinline__ float update_each(At&& at, float scale = 1.0f, float offset = 0.0f) {
-    float step_max = at(0);
+    static_assert(N % kChains == 0, "whole chains");
+    float chain_max[kChains];
     CUTE_UNROLL
-    for (int i = 1; i < N; ++i) step_max = fmaxf(step_max, at(i));
+    for (int c = 0; c < kChains; ++c) chain_max[c] = at(c);
+    CUTE_UNROLL
+    for (int i = kChains; i < N; ++i) chain_max[i % kChains] = fmaxf(chain_max[i % kChains], at(i));
+    float step_max = chain_max[0];
+    CUTE_UNROLL
+    for (int c = 1; c < kChains; ++c) step_max = fmaxf(step_max, chain_max[c]);
     step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 1));
     step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, 2));
     const float new_max = fmaxf(row_max, step_max * scale);
@@ -65,12 +74,18 @@ struct OnlineSoftmaxRow {
     const float base = new_max == -INFINITY ? 0.0f : new_max;
     const float rescale = fast_exp2(row_max - base);
     const float shift = base - offset;
-    lane_sum *= rescale;
+    float chain_sum[kChains];
+    chain_sum[0] = lane_sum * rescale;
+    CUTE_UNROLL
+    for (int c = 1; c < kChains; ++c) chain_sum[c] = 0.0f;
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
       at(i) = fast_exp2(fmaf(at(i), scale, -shift));
-      lane_sum += at(i);
+      chain_sum[i % kChains] += at(i);
     }
+    lane_sum = chain_sum[0];
+    CUTE_UNROLL
+    for (int c = 1; c < kChains; ++c) lane_sum += chain_sum[c];
     row_max = new_max;
     return rescale;
   }
