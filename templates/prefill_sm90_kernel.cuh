@@ -147,8 +147,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   const typename Cfg::Logits logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
                                         device_scale(p.scales.k_scale_device, true),
                                     p.scales.logits_soft_cap);
-  ml.run(smem, consumer, thread, work.begin, work.end, first_range.y, last_range.x, logits, all.maps.rows,
-         work.kv_len);
+  ml.run(smem, consumer, thread, work.begin, work.end, first_range.y, last_range.x, logits);
   launch_dependents();  // the merge kernel may be scheduled now (see decode_kernel.cuh)
   constexpr int kConsumerThreads = 128 * Cfg::kConsumers;
   named_barrier_sync(Cfg::kConsumersBarrier, kConsumerThreads);  // every consumer is done with the K/V ring

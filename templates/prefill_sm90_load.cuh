@@ -53,12 +53,6 @@ struct PrefillSm90Load {
   __device__ __forceinline__ static int tile_count(int begin, int end) {
     return end > begin ? (end - first_key(begin) + kBlockN - 1) / kBlockN : 0;
   }
-  // Whether tile t of an item is gathered by cp.async rather than loaded by TMA: where the cache
-  // has no TMA map (tma_rows == 0), and for a tile reaching past the request's keys (see run()).
-  // The consumers ask too: only a gathered tile needs their proxy fence.
-  __device__ __forceinline__ static bool gathered(int tma_rows, int begin, int t, int kv_len) {
-    return tma_rows == 0 || first_key(begin) + (t + 1) * kBlockN > kv_len;
-  }
 
   // Called by the producer warpgroup, warpgroup 0 (so threadIdx.x < kThreads).
   __device__ __forceinline__ static void run(typename Smem::Storage& smem, const PagedKv& kv, const KvTensorMaps& maps,
@@ -80,7 +74,7 @@ struct PrefillSm90Load {
     // a tile reaching past them would read a page's unused slots, whose stale values (NaN, say)
     // P = 0 does not cancel in P V; the gather re-reads the last key there instead. So with TMA
     // only an item's last tile may be gathered.
-    auto gathered = [&](int t) { return PrefillSm90Load::gathered(maps.rows, begin, t, kv_len); };
+    auto gathered = [&](int t) { return maps.rows == 0 || first + (t + 1) * kBlockN > kv_len; };
     // Each tile's lookups (rows to gather, or the TMA boxes' pages) are issued a tile ahead, so
     // their latency (a page-table read) hides under the previous tile's loads and stage waits.
     int64_t k_row = 0;

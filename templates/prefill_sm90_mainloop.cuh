@@ -156,10 +156,8 @@ struct PrefillSm90Mainloop {
   // Software-pipelined by one tile inside the warpgroup: S(t) = Q K(t)^T and O += P(t-1) V(t-1)
   // are issued together, the softmax of S(t) runs while P V still does, and O is rescaled once
   // P V has landed. So the tensor cores get the next GEMM while the FP32 pipes run exp2.
-  // tma_rows, kv_len: which tiles the producer gathers (PrefillSm90Load::gathered), the only ones
-  // whose landed rows this warpgroup must fence for WGMMA.
   __device__ __forceinline__ void run(typename Smem::Storage& smem, int warpgroup, int thread, int begin, int end,
-                                      int hi_min, int lo_max, const Logits& logits, int tma_rows, int kv_len) {
+                                      int hi_min, int lo_max, const Logits& logits) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Smem::LayoutQ{})(_, _, warpgroup);  // (row, d)
     Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});                 // (key, d, stage)
@@ -188,16 +186,10 @@ struct PrefillSm90Mainloop {
     if (tiles == 0) return;
     // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, a GEMM
     // before V(t), so the producer can refill it while P V still reads V.
-    // After the wait, a gathered tile's rows (cp.async: generic-proxy writes, which complete the
-    // barrier with no thread left to fence them) are fenced for WGMMA's async-proxy reads here. A
-    // TMA tile is written by the async proxy itself, and FP8's Vt by threads that fenced before
-    // they arrived: neither needs it (a fence per tile was measurable).
-    auto acquire = [&](StageBarrier* full, int stages, int t, bool fence) {
+    auto acquire = [&](StageBarrier* full, int stages, int t) {
       full[t % stages].wait((t / stages) & 1);
-      if (fence) fence_shared_for_wgmma();
+      fence_shared_for_wgmma();  // the producer's cp.async writes, seen by this thread, to WGMMA's reads
     };
-    auto fence_k = [&](int t) { return PrefillSm90Load<Cfg>::gathered(tma_rows, begin, t, kv_len); };
-    auto fence_v = [&](int t) { return !kFp8 && fence_k(t); };
     auto release = [&](StageBarrier* empty, int stages, int t) {
       __syncwarp();
       if (lane == 0) empty[t % stages].arrive();  // this warp's WGMMAs have read it
@@ -244,7 +236,7 @@ struct PrefillSm90Mainloop {
       }
     };
     {
-      acquire(smem.full_k, kStagesK, 0, fence_k(0));
+      acquire(smem.full_k, kStagesK, 0);
       FragS s;
       my_turn();
       wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, 0), s);
@@ -257,8 +249,8 @@ struct PrefillSm90Mainloop {
     }
 #pragma unroll 1
     for (int t = 1; t < tiles; ++t) {
-      acquire(smem.full_k, kStagesK, t, fence_k(t));
-      acquire(full_v, kStagesV, t - 1, fence_v(t - 1));
+      acquire(smem.full_k, kStagesK, t);
+      acquire(full_v, kStagesV, t - 1);
       FragS s;
       my_turn();
       wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStagesK), s);
@@ -284,7 +276,7 @@ struct PrefillSm90Mainloop {
       }
       to_p(s);
     }
-    acquire(full_v, kStagesV, tiles - 1, fence_v(tiles - 1));
+    acquire(full_v, kStagesV, tiles - 1);
     my_turn();
     wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (tiles - 1) % kStagesV), o);
     your_turn(true);
