@@ -25,6 +25,10 @@ CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
 # of 8) add up to at most 3 x 168 = 504. The consumers at head dim 128 use up to R220.
 PRODUCER_REGISTERS = 56
 CONSUMER_REGISTERS = 224
+# FP8: the producer also transposes V (8 x 8-byte blocks in registers) and spilled at 56; the
+# consumers' P is half as wide, and they fit in 216.
+FP8_PRODUCER_REGISTERS = 64
+FP8_CONSUMER_REGISTERS = 216
 # 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim, 8-bit ones of 128.
 HEAD_DIMS = (64, 128, 192, 256)
 KV_DTYPES = ("f16", "bf16") + FP8_DTYPES
@@ -122,8 +126,8 @@ def template_context(key: InstanceKey) -> dict:
         "stages_vt": stages_vt(key),
         "consumers": CONSUMERS,
         "consumer_rows": CONSUMER_ROWS,
-        "producer_registers": PRODUCER_REGISTERS,
-        "consumer_registers": CONSUMER_REGISTERS,
+        "producer_registers": FP8_PRODUCER_REGISTERS if fp8_tiles(key) else PRODUCER_REGISTERS,
+        "consumer_registers": FP8_CONSUMER_REGISTERS if fp8_tiles(key) else CONSUMER_REGISTERS,
         "smem_bytes": smem_bytes(key),
         "smem_per_block": arch.smem_per_block,
     }
