@@ -71,6 +71,23 @@ def visible_keys(qo_len: int, kv_len: int, causal: bool, window_left: int, devic
     return visible
 
 
+def _request_logits(q, k, v, causal, k_scale, v_scale, sm_scale, logits_soft_cap, window_left):
+    """(q64 [n, Hk, g, D], k64 and v64 scaled [m, Hk, D], the logits s [Hk, g, n, m] with hidden keys
+    at -inf, visible [n, m], the logits scale) of one request, in float64."""
+    n, hq, d = q.shape
+    m, hk = k.shape[0], k.shape[1]
+    scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
+    q64 = q.to(torch.float64).reshape(n, hk, hq // hk, d)
+    k64 = k.to(torch.float64) * k_scale
+    v64 = v.to(torch.float64) * v_scale
+    s = torch.einsum("nkgd,mkd->kgnm", q64, k64) * scale
+    if logits_soft_cap:
+        s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
+    visible = visible_keys(n, m, causal, window_left, q.device)
+    s = s.masked_fill(~visible, float("-inf"))  # replaces, so a NaN logit of a hidden key vanishes
+    return q64, k64, v64, s, visible, scale
+
+
 def attention_reference(q, k, v, causal=False, k_scale=1.0, v_scale=1.0, sm_scale=None, logits_soft_cap=None,
                         window_left=-1):
     """One request: q [n, Hq, D], k/v [m, Hk, D] (any dtype, upcast exactly) -> (out [n, Hq, D]
@@ -84,17 +101,8 @@ def attention_reference(q, k, v, causal=False, k_scale=1.0, v_scale=1.0, sm_scal
     its V inside a tile: a NaN V at a hidden key of a processed tile poisons that dim. The tests
     place V NaNs at visible keys only.)"""
     n, hq, d = q.shape
-    m, hk = k.shape[0], k.shape[1]
-    group = hq // hk
-    scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
-    q64 = q.to(torch.float64).reshape(n, hk, group, d)
-    k64 = k.to(torch.float64) * k_scale
-    v64 = v.to(torch.float64) * v_scale
-    s = torch.einsum("nkgd,mkd->kgnm", q64, k64) * scale
-    if logits_soft_cap:
-        s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
-    visible = visible_keys(n, m, causal, window_left, q.device)
-    s = s.masked_fill(~visible, float("-inf"))  # replaces, so a NaN logit of a hidden key vanishes
+    q64, k64, v64, s, visible, _ = _request_logits(q, k, v, causal, k_scale, v_scale, sm_scale, logits_soft_cap,
+                                                   window_left)
     lse_e = torch.logsumexp(s, dim=-1)  # [Hk, g, n]
     p = torch.exp(s - lse_e[..., None])
     v_nan = torch.isnan(v64)
@@ -170,17 +178,9 @@ def fp8_tile_bounds(q, k, v, causal=False, k_scale=1.0, v_scale=1.0, sm_scale=No
                           accumulation error of FP8 WGMMA (about 14 bits, DeepSeek-V3 3.3.2)
     p is the float64 softmax of the logits as attention_reference has them."""
     n, hq, d = q.shape
-    m, hk = k.shape[0], k.shape[1]
-    group = hq // hk
-    scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
-    q64 = q.to(torch.float64).reshape(n, hk, group, d)
-    k64 = k.to(torch.float64) * k_scale
-    v64 = v.to(torch.float64) * v_scale
-    s = torch.einsum("nkgd,mkd->kgnm", q64, k64) * scale
-    if logits_soft_cap:
-        s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
-    visible = visible_keys(n, m, causal, window_left, q.device)
-    s = s.masked_fill(~visible, float("-inf"))
+    group = hq // k.shape[1]
+    q64, k64, v64, s, visible, scale = _request_logits(q, k, v, causal, k_scale, v_scale, sm_scale, logits_soft_cap,
+                                                       window_left)
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row that sees no key: 0
     abs_pv = torch.einsum("kgnm,mkd->nkgd", p, v64.abs()).reshape(n, hq, d)
     rms_pv = torch.einsum("kgnm,mkd->nkgd", p * p, v64 * v64).sqrt().reshape(n, hq, d)
