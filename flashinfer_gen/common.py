@@ -371,8 +371,10 @@ def run_scales(plan: dict, q_scale, k_scale, v_scale) -> tuple:
     """The scales' fields (sm_scale · q_scale, k_scale, v_scale and the device tensors' addresses),
     checked once per value where all three are Python numbers or None, as an engine passes them."""
     checked = plan["checked"]
-    plain = type(q_scale) in _PLAIN_SCALE and type(k_scale) in _PLAIN_SCALE and type(v_scale) in _PLAIN_SCALE
     key = (q_scale, k_scale, v_scale)
+    # by value: -0.0 == 0.0 as keys, so a zero (a v_scale of -0.0 flips the zeros' sign) is not kept
+    plain = type(q_scale) in _PLAIN_SCALE and type(k_scale) in _PLAIN_SCALE and type(v_scale) in _PLAIN_SCALE \
+        and 0.0 not in key
     fields = checked.scales.get(key) if plain else None
     if fields is None:
         device = plan["device"]
@@ -387,13 +389,15 @@ def run_scales(plan: dict, q_scale, k_scale, v_scale) -> tuple:
     return fields
 
 
-def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_scale, out, lse, return_lse: bool):
+def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_scale, out, lse, return_lse: bool,
+               graph: dict | None = None):
     """The tail of every run(): q's checks (once per shape, strides, dtype and device; its address
     every call), the scales, out / lse (allocated, or checked once per kind of tensor, as q is),
     the params' per-call fields, the launch. kv (the cache as CheckedInputs holds it) is checked by
     the caller. A field group of the params is rewritten only where its source differs from the
     last run()'s: each ctypes store costs as much as a comparison, and most runs change only the
-    addresses of q and out."""
+    addresses of q and out. graph: a CUDA-graph wrapper's state, told the sizes this run uses
+    (note_graph_run) once its inputs passed their checks."""
     checked, views = plan["checked"], plan["views"]
     if not isinstance(q, torch.Tensor):
         require_tensor(q, "q")
@@ -439,6 +443,8 @@ def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_sca
     lse_ptr = lse.data_ptr() if lse is not None else None
     if lse_ptr != checked.last_lse:
         pout.lse = checked.last_lse = lse_ptr
+    if graph is not None:  # what a later plan() must fit (a replay skips run()); a padded q's rows too
+        note_graph_run(graph, **({"q_rows": q_meta[0][0]} if checked.q_padded else {}), kv_extent=kv["pages"])
     if kv is not checked.last_kv:
         pkv = views["kv"]
         pkv.k_cache, pkv.v_cache = kv["k_cache"], kv["v_cache"]

@@ -18,7 +18,7 @@ from generator.kind_decode import HEAD_DIMS, PARAMS, STEP_TOKENS, WARPS
 
 from .common import (Wrapper, check_kv, check_kv_alignment, check_variant, dtype_names, finish_run,
                      flashinfer_extras, kv_dtype_alias, launch_params, lay_out_plan, lookup, merge_fields,
-                     note_graph_run, plan_kv_fields, positional_run_args, resident_ctas, unset_output, CheckedInputs, UNSET_QUERY)
+                     plan_kv_fields, positional_run_args, resident_ctas, unset_output, CheckedInputs, UNSET_QUERY)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_page_table, fail, kv_strides, require_int_index,
                          split_paged_kv)
@@ -297,9 +297,7 @@ class BatchDecodeWithPagedKVCacheWrapper(Wrapper):
                 fail(f"indices refers to page {plan['max_index']} but the cache has {k.shape[0]} pages")
             kv = checked.kv[kv_key] = dict(k_cache=k.data_ptr(), v_cache=v.data_ptr(), strides=strides,
                                            pages=k.shape[0])
-        if self._graph is not None:  # what a later plan() must fit (a replay skips run())
-            note_graph_run(self._graph, kv_extent=kv["pages"])
-        return finish_run(plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
+        return finish_run(plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse, self._graph)
 
 
 class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):

@@ -20,7 +20,7 @@ from generator.kind_prefill import HEAD_DIMS, PARAMS
 
 from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment,
                      check_variant, dtype_names, finish_run, flashinfer_extras, launch_params, lay_out_plan,
-                     lookup_family, merge_fields, note_graph_run, plan_kv_fields, positional_run_args, resident_ctas,
+                     lookup_family, merge_fields, plan_kv_fields, positional_run_args, resident_ctas,
                      unset_output)
 from .ops import compiled_run, split_cache
 from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_page_table,
@@ -281,10 +281,7 @@ class _BatchPrefill(Wrapper):
 
     def _run_common(self, q, kv: dict, q_scale, k_scale, v_scale, out, lse, return_lse):
         """kv: the cache as CheckedInputs holds it (addresses and strides), checked by the caller."""
-        if self._graph is not None:  # what a later plan() must fit (a replay skips run())
-            require_tensor(q, "q")
-            note_graph_run(self._graph, q_rows=q.shape[0], kv_extent=kv["pages"])
-        return finish_run(self._plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse)
+        return finish_run(self._plan, q, kv, q_scale, k_scale, v_scale, out, lse, return_lse, self._graph)
 
     def _checked_kv(self, key, check) -> dict:
         """The cache's launch fields, from CheckedInputs, or check(): (k, v, strides) after its checks."""

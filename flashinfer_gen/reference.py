@@ -156,12 +156,12 @@ E4M3_MAX = 448.0
 
 def quantize_q_rows(q: torch.Tensor) -> torch.Tensor:
     """q as the FP8-tile kernels read it (prefill_sm90_mainloop.cuh, load_q), dequantised: per (token,
-    head) row, inv = 448 / amax in fp32 (1 for an all-zero row), codes = satfinite RNE of q * inv in
+    head) row, inv = 448 / amax in fp32, at most 2^126 (1 for an all-zero row), codes = satfinite RNE of q * inv in
     e4m3, step = 1 / inv in fp32; returns codes * step in float64. Bit-exact with the kernel: the
     same IEEE fp32 operations in the same order."""
     x = q.float()
     amax = x.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, torch.full_like(amax, E4M3_MAX) / amax, torch.ones_like(amax))
+    inv = torch.where(amax > 0, (torch.full_like(amax, E4M3_MAX) / amax).clamp(max=2.0 ** 126), torch.ones_like(amax))
     codes = (x * inv).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     step = torch.ones_like(inv) / inv
     return codes.to(torch.float64) * step.to(torch.float64)

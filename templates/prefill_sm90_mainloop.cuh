@@ -128,7 +128,9 @@ struct PrefillSm90Mainloop {
       }
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
       // IEEE division (not the approximate one): the host reference repeats these steps exactly.
-      const float inv = amax > 0.0f ? __fdiv_rn(Fp8Limits<Fp8Format::kE4M3>::kMax, amax) : 1.0f;
+      // Capped at 2^126: a row whose amax is below 448 / FLT_MAX (bf16 holds such values) would
+      // get an infinite factor, and its zeros NaN codes.
+      const float inv = amax > 0.0f ? fminf(__fdiv_rn(Fp8Limits<Fp8Format::kE4M3>::kMax, amax), 0x1p126f) : 1.0f;
       CUTE_UNROLL
       for (int column = column0; column < column0 + kHalf; column += 2 * kChunk) {
         const uint4 lo = load_chunk(local, column), hi = load_chunk(local, column + kChunk);
