@@ -174,13 +174,13 @@ class Bench:
                                                         BatchPrefillWithRaggedKVCacheWrapper)
                             if layout == "paged":
                                 w = BatchPrefillWithPagedKVCacheWrapper(self.workspace, kv_layout="NHD",
-                                                                        fp8_conversion=fp8_conversion, backend=FAMILY)
+                                                                        fp8_conversion=fp8_conversion, backend=FAMILY, fp8_tiles=True)
                                 w.plan(qo_indptr, page_indptr, page_indices, last, hq, hk, d, page, causal=causal,
                                        q_data_type=torch.bfloat16, kv_data_type=dtype)
                                 fn = lambda w=w: w.run(q, kv, out=out)  # noqa: E731
                             else:
                                 w = BatchPrefillWithRaggedKVCacheWrapper(self.workspace, kv_layout="NHD",
-                                                                         fp8_conversion=fp8_conversion, backend=FAMILY)
+                                                                         fp8_conversion=fp8_conversion, backend=FAMILY, fp8_tiles=True)
                                 w.plan(qo_indptr, kv_indptr, hq, hk, d, causal=causal,
                                        q_data_type=torch.bfloat16, kv_data_type=dtype)
                                 fn = lambda w=w: w.run(q, kv[0], kv[1], out=out)  # noqa: E731

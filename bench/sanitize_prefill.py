@@ -27,7 +27,7 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
     v = torch.randn(num_pages, page, hk, d, generator=gen).cuda().to(kv_dtype)
     q = torch.randn(int(qo_indptr[-1]), hq, d, generator=gen).cuda().to(torch.bfloat16)
     ws = torch.empty(32 << 20, dtype=torch.uint8, device="cuda")
-    w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion, backend=backend)
+    w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion, backend=backend, fp8_tiles=True)
     w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, q_data_type=torch.bfloat16,
            kv_data_type=kv_dtype)
     out = w.run(q, (k, v))

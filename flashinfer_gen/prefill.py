@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from generator.instances import KINDS
+from generator.keys import FP8_DTYPES
 from generator.kind_prefill import HEAD_DIMS, PARAMS
 
 from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment,
@@ -38,6 +39,25 @@ BACKENDS = {
     "fa2": ("prefill",),
 }
 RAGGED_PAGE_SIZE = 1 << 30  # one page holds a whole request's contiguous rows
+# The Hopper family's FP8 tiles are opt-in (fp8_tiles=True): their O accumulates across the tiles
+# of a work item in FP8 WGMMA, whose adds keep about 14 bits, and on a 32768-key request with V of
+# mean 3 the output came out 39% low (bench/check_fp8_accumulation.py, H100, 023716c; the Ampere
+# path: 0.15%). Until O is promoted to fp32 per tile, backend="auto" keeps FP8 caches on the
+# Ampere path.
+FP8_TILES_KIND = "prefill_sm90"
+
+
+def families(backend: str, kv_name: str, fp8_tiles: bool) -> tuple[str, ...]:
+    """The kinds backend= may use for this cache, preferred first (BACKENDS without the FP8 tiles
+    unless asked for)."""
+    kinds = BACKENDS[backend]
+    if kv_name in FP8_DTYPES and not fp8_tiles:
+        kinds = tuple(k for k in kinds if k != FP8_TILES_KIND)
+        if not kinds:
+            fail(f"backend={backend!r} with an FP8 cache runs the Hopper family's FP8 tiles, which are "
+                 "experimental (their output drifts low on long requests: README, 'The Hopper prefill kernel'); "
+                 "pass fp8_tiles=True to the wrapper to run them, or use backend='sm80'")
+    return kinds
 
 
 @dataclass
@@ -120,12 +140,13 @@ class _BatchPrefill(Wrapper):
 
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str, use_cuda_graph: bool,
                  buffers: dict[str, torch.Tensor | None], custom_mask_buf, mask_indptr_buf, backend: str, jit_args,
-                 fp8_conversion: str | None, jit: bool | None):
+                 fp8_conversion: str | None, jit: bool | None, fp8_tiles: bool = False):
         """workspace_buffer: a CUDA tensor of a 1-byte dtype (FlashInfer suggests 128 MB) for the split-KV
         partials; wrappers may share one (each keeps its own work list). fp8_conversion: None
         (hardware where the arch has it), "hardware" or "software". jit: build a missing instance
         on demand. backend: "auto", "sm90" (Hopper WGMMA family, sm_90a only), "sm80" (the mma.sync
-        family, every arch), or FlashInfer's "fa3" / "fa2" for those two.
+        family, every arch), or FlashInfer's "fa3" / "fa2" for those two. fp8_tiles: let an FP8
+        cache run on the Hopper family's FP8 tiles (experimental: see FP8_TILES_KIND's note).
 
         use_cuda_graph: capture once, re-plan every step, as with the decode wrapper. `buffers`
         (FlashInfer's *_buf arguments: int32, on the workspace's device) fix the batch size
@@ -147,7 +168,10 @@ class _BatchPrefill(Wrapper):
             fail("jit_args is not supported: instances come from this library's generator (jit=True builds one)")
         if not isinstance(use_cuda_graph, bool):
             fail(f"use_cuda_graph must be a bool, got {use_cuda_graph!r}")
+        if not isinstance(fp8_tiles, bool):
+            fail(f"fp8_tiles must be a bool, got {fp8_tiles!r}")
         self._backend = backend
+        self._fp8_tiles = fp8_tiles
         self._graph = None
         if use_cuda_graph:
             device = self._workspace.device
@@ -233,8 +257,8 @@ class _BatchPrefill(Wrapper):
         if causal and (qo_len > kv_len).any():
             b = int(np.nonzero(qo_len > kv_len)[0][0])
             fail(f"causal: request {b} has qo_len {qo_len[b]} > kv_len {kv_len[b]}; its first queries would see no key")
-        module = lookup_family(BACKENDS[self._backend], device, q_name, kv_name, head_dim, soft_cap,
-                               self._fp8_conversion, self._jit)
+        module = lookup_family(families(self._backend, kv_name, self._fp8_tiles), device, q_name, kv_name, head_dim,
+                               soft_cap, self._fp8_conversion, self._jit)
         tile_rows, tile_keys = KINDS[module.key.kind].tiles(module.key)
         group, resident = num_qo_heads // num_kv_heads, resident_ctas(module, device)
         copies = dict(page_table.pop("copies"), qo_indptr_buf=qo_h)
@@ -300,13 +324,14 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
                  qo_indptr_buf: torch.Tensor | None = None, paged_kv_indptr_buf: torch.Tensor | None = None,
                  paged_kv_indices_buf: torch.Tensor | None = None,
                  paged_kv_last_page_len_buf: torch.Tensor | None = None, custom_mask_buf=None, mask_indptr_buf=None,
-                 backend: str = "auto", jit_args=None, *, fp8_conversion: str | None = None, jit: bool | None = None):
+                 backend: str = "auto", jit_args=None, *, fp8_conversion: str | None = None, jit: bool | None = None,
+                 fp8_tiles: bool = False):
         """FlashInfer's signature (argument order included); see _BatchPrefill for the arguments."""
         super().__init__(workspace_buffer, kv_layout, use_cuda_graph,
                          dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
                               paged_kv_indices_buf=paged_kv_indices_buf,
                               paged_kv_last_page_len_buf=paged_kv_last_page_len_buf),
-                         custom_mask_buf, mask_indptr_buf, backend, jit_args, fp8_conversion, jit)
+                         custom_mask_buf, mask_indptr_buf, backend, jit_args, fp8_conversion, jit, fp8_tiles)
 
     def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
              paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
@@ -366,14 +391,14 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  qo_indptr_buf: torch.Tensor | None = None, kv_indptr_buf: torch.Tensor | None = None,
                  custom_mask_buf=None, mask_indptr_buf=None, backend: str = "auto", jit_args=None, *,
-                 fp8_conversion: str | None = None, jit: bool | None = None):
+                 fp8_conversion: str | None = None, jit: bool | None = None, fp8_tiles: bool = False):
         """FlashInfer's signature (argument order included); see _BatchPrefill for the arguments.
         With use_cuda_graph, k and v may have more rows than the plan's kv_indptr[-1]."""
         if kv_layout != "NHD":
             fail(f"ragged K/V are [tokens, num_kv_heads, head_dim]: kv_layout must be 'NHD', got {kv_layout!r}")
         super().__init__(workspace_buffer, kv_layout, use_cuda_graph,
                          dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf), custom_mask_buf,
-                         mask_indptr_buf, backend, jit_args, fp8_conversion, jit)
+                         mask_indptr_buf, backend, jit_args, fp8_conversion, jit, fp8_tiles)
 
     def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
              head_dim_qk: int, head_dim_vo: int | None = None, custom_mask=None, packed_custom_mask=None,

@@ -140,7 +140,8 @@ SPEC = KindSpec(
     abi=kind_prefill.ABI,
     axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS, "conversion": ("none", "hardware"),
           "variant": VARIANTS},
-    defaults={"head_dim": (128,), "variant": ("default",)},
+    # FP8 tiles are opt-in at run time (flashinfer_gen/prefill.py, FP8_TILES_KIND): not built by default
+    defaults={"head_dim": (128,), "variant": ("default",), "kv_dtype": ("f16", "bf16")},
     predicates=(fp8_head_dim, tiles_fit),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),

@@ -31,9 +31,11 @@ come from those (fp8_tile_bounds, per output element of the float64 reference):
   also be within 1.5 x 2^-4 / sqrt(3) ||sqrt(sum_j p_j^2 v_j^2)|| plus the other terms' norms: this
   one is what a wrong key order or scale would break first.
 
-Dispatch: backend="auto" takes this family on sm_90 where its instance is built and the Ampere
-path otherwise; backend="sm90" for a combination it does not build is an ArgumentError that
-names why.
+FP8 tiles are opt-in (the wrappers' fp8_tiles=True): O's accumulation across tiles in FP8 WGMMA
+drifts low on long requests (bench/check_fp8_accumulation.py: 39% at 32768 keys of V with mean 3).
+Dispatch: backend="auto" takes this family on sm_90 where its instance is built (and, for an FP8
+cache, fp8_tiles=True) and the Ampere path otherwise; backend="sm90" for a combination it does not
+build, or an FP8 cache without fp8_tiles, is an ArgumentError that names why.
 """
 import math
 
@@ -185,12 +187,15 @@ def test_backend_dispatch(workspace):
     ref, ref_lse = paged_ref(c, causal=True)
     assert_close(out, None, ref, ref_lse, out_tolerance(torch.bfloat16, torch.bfloat16), "auto")
     plan_paged(auto, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
-    assert auto.module.key.kind == "prefill_sm90"  # FP8 tiles
-    fa2 = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="fa2")
-    plan_paged(fa2, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
-    assert fa2.module.key.kind == "prefill"  # q kept in 16 bits, K/V upcast
-    c64 = make_paged([3, 70], [100, 70], 16, 8, 2, 64, torch.bfloat16, torch.float8_e4m3fn)
+    assert auto.module.key.kind == "prefill"  # FP8 tiles are opt-in: q kept in 16 bits, K/V upcast
+    opted = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, fp8_tiles=True)
+    plan_paged(opted, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
+    assert opted.module.key.kind == "prefill_sm90"  # FP8 tiles
     forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90")
+    with pytest.raises(ArgumentError, match="fp8_tiles=True"):
+        plan_paged(forced, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
+    c64 = make_paged([3, 70], [100, 70], 16, 8, 2, 64, torch.bfloat16, torch.float8_e4m3fn)
+    forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90", fp8_tiles=True)
     with pytest.raises(ArgumentError, match="multiple of 128"):
         plan_paged(forced, c64, torch.bfloat16, torch.float8_e4m3fn, causal=True)
     with pytest.raises(ArgumentError, match="backend must be one of"):
@@ -272,12 +277,12 @@ def check_fp8(q_dtype, kv_dtype, layout, page_size, group, qo_lens, kv_lens, ws,
     hq, hk = heads_for(group, hk)
     if ragged:
         c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, kv_dtype, seed)
-        w = ragged_wrapper(ws, "NHD", backend="sm90")
+        w = ragged_wrapper(ws, "NHD", backend="sm90", fp8_tiles=True)
         plan_ragged(w, c, q_dtype, kv_dtype, causal, window_left=window_left, logits_soft_cap=soft_cap,
                     sm_scale=sm_scale)
     else:
         c = make_paged(qo_lens, kv_lens, page_size, hq, hk, d, q_dtype, kv_dtype, layout, combined, seed)
-        w = paged_wrapper(ws, layout, backend="sm90")
+        w = paged_wrapper(ws, layout, backend="sm90", fp8_tiles=True)
         plan_paged(w, c, q_dtype, kv_dtype, causal, window_left=window_left, logits_soft_cap=soft_cap,
                    sm_scale=sm_scale)
     assert w.module.key.kind == "prefill_sm90" and w.module.key.conversion == "hardware", w.module.key.name
@@ -365,7 +370,7 @@ def test_fp8_quantisation_error_is_what_the_readme_says(workspace):
 def test_fp8_cuda_graph_and_device_scales(workspace):
     """A captured FP8 run replays to the right answer and follows k_scale / v_scale tensors."""
     c = make_paged([16, 1, 100, 0], [4096, 1, 4000, 3], 16, 32, 8, 128, torch.bfloat16, torch.float8_e4m3fn)
-    w = paged_wrapper(workspace, backend="sm90")
+    w = paged_wrapper(workspace, backend="sm90", fp8_tiles=True)
     plan_paged(w, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
     ks, vs = torch.tensor([0.5], device="cuda"), torch.tensor([2.0], device="cuda")
     out, lse = poisoned(c["q"])

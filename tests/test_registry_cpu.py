@@ -419,3 +419,17 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
     assert pick(auto, "bf16", "bf16").kind == "prefill"   # an A100: the Ampere path
     with pytest.raises(V.ArgumentError, match="arch='sm80'"):
         pick(("prefill_sm90",), "bf16", "bf16")
+
+
+def test_fp8_tiles_are_opt_in():
+    """prefill.families: an FP8 cache leaves the Hopper family's FP8 tiles out of backend="auto"
+    unless fp8_tiles=True, and backend="sm90" without it is an ArgumentError that names the switch;
+    16-bit caches are unaffected."""
+    from flashinfer_gen.prefill import families
+    assert families("auto", "bf16", False) == ("prefill_sm90", "prefill")
+    assert families("auto", "e4m3", False) == ("prefill",)
+    assert families("auto", "e5m2", True) == ("prefill_sm90", "prefill")
+    assert families("sm80", "e4m3", False) == ("prefill",)
+    assert families("fa3", "e4m3", True) == ("prefill_sm90",)
+    with pytest.raises(V.ArgumentError, match="fp8_tiles=True"):
+        families("sm90", "e4m3", False)
