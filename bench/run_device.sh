@@ -4,6 +4,8 @@
 # carried in .wheels/ (nvidia-cutlass, setuptools for the build backend, the cuobjdump/nvdisasm
 # test extras); everything else is on the device image. Logs and results go to $OUT.
 # Usage (on the device): FIG_COMMIT=<sha> bash bench/run_device.sh {readme|install|tests|bench|prefill|ab} ...
+#   Write the sha out as it is here: the device's copy of .git can be stale, so a $(git rev-parse)
+#   run there has named an older commit (two result files of 2026-11-27 were corrected by hand).
 #   readme       the README's main command, then its test command (full suite, log in $OUT)
 #   install      the README's install step only; tests: pytest with $FIG_PYTEST_ARGS
 #   bench        the decode benchmark (bench/results/decode-*.json shape set) into $OUT
