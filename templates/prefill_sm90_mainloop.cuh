@@ -237,6 +237,47 @@ struct PrefillSm90Mainloop {
         }
       }
     };
+    if constexpr (kFp8) {
+      // FP8: one tile at a time inside the warpgroup (the other warpgroup's GEMMs fill the tensor
+      // cores during this one's softmax), so that each tile's P V goes to a fragment of its own,
+      // in the registers S had, and joins O in fp32. Chained into O by FP8 WGMMA, whose adds keep
+      // ~14 bits, a long request's O drifted low (39% at 32768 keys of V with mean 3,
+      // bench/check_fp8_accumulation.py); and the pipelined step's S, O and a per-tile fragment
+      // together spilled the consumers' registers.
+#pragma unroll 1
+      for (int t = 0; t < tiles; ++t) {
+        acquire(smem.full_k, kStagesK, t);
+        float rescale[2];
+        {
+          FragS s;
+          my_turn();
+          wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStagesK), s);
+          your_turn(t == tiles - 1);
+          warpgroup_wait<0>();
+          release(smem.empty_k, kStagesK, t);
+          softmax_step(s, t, rescale);
+          to_p(s);
+        }
+        if (t > 0 && __any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
+          CUTE_UNROLL
+          for (int j = 0; j < kOBlocks; ++j) {
+            CUTE_UNROLL
+            for (int r = 0; r < 2; ++r) {
+              o(4 * j + 2 * r) *= rescale[r];
+              o(4 * j + 2 * r + 1) *= rescale[r];
+            }
+          }
+        }
+        acquire(full_v, kStagesV, t);
+        FragO o_tile;
+        wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, t % kStagesV), o_tile);
+        warpgroup_wait<0>();
+        release(empty_v, kStagesV, t);
+        CUTE_UNROLL
+        for (int i = 0; i < size(o); ++i) o(i) += o_tile(i);
+      }
+      return;
+    }
     {
       acquire(smem.full_k, kStagesK, 0);
       FragS s;
