@@ -6,7 +6,8 @@ Shapes (issue 11, item 5):
   square   B=4 requests x S=4096 (qo_len = kv_len = 4096), heads 32/32 and 32/8, head dim 64/128/256,
            paged (page 16, pages scattered randomly over the pool) and ragged (contiguous), causal off/on,
            KV bf16 / e4m3 / e5m2, FP8 with each conversion the device's arch runs ("hardware" and
-           "software" on sm_89+/sm_90, "software" only on sm_80/86). q bf16 always.
+           "software" on sm_89+/sm_90, "software" only on sm_80/86). q bf16; with --family sm90 also q
+           e4m3 (codes of N(0, 1), q_scale 1, output bf16) on each FP8 cache: q/k/v all in FP8.
   chunked  16 requests x 512 new tokens whose KV is the last 512 of an 8192-token KV (qo_len 512,
            kv_len 8192, causal aligned bottom-right as in FlashInfer), 32/8 heads, d128, page 16,
            KV bf16 and e4m3 (each conversion). Peers get an explicit bottom-right causal mask (dense
@@ -106,7 +107,7 @@ class Bench:
         self.conversions = arch.conversions if arch is not None else ("hardware", "software")
         self.dtypes = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
         self.rows = []
-        print(f"{'shape':<8} {'layout':<7} {'kv':<5} {'conv':<9} {'c':>1} {'D':>4} {'Hq/Hk':>6} {'us':>10} "
+        print(f"{'shape':<8} {'layout':<7} {'q/kv':<10} {'conv':<9} {'c':>1} {'D':>4} {'Hq/Hk':>6} {'us':>10} "
               f"{'TFLOP/s':>8}  instance / error", flush=True)
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class Bench:
         tail = f"{who}  ERROR {row['error']}" if row.get("error") else who
         us = f"{row['time_us']:>10.1f}" if row.get("time_us") else f"{'-':>10}"
         tf = f"{row['tflops']:>8.1f}" if row.get("tflops") else f"{'-':>8}"
-        print(f"{shape:<8} {layout:<7} {row['kv_dtype']:<5} {row['conversion']:<9} {int(row['causal']):>1} "
+        print(f"{shape:<8} {layout:<7} {row['q_dtype'] + '/' + row['kv_dtype']:<10} {row['conversion']:<9} {int(row['causal']):>1} "
               f"{row['head_dim']:>4} {row['num_qo_heads']:>3}/{row['num_kv_heads']:<2} {us} {tf}  {tail}", flush=True)
 
     @staticmethod
@@ -143,13 +144,15 @@ class Bench:
         return row
 
     # ---- ours ----------------------------------------------------------------------------------
-    def bench_ours(self, shape, batch, qo_len, kv_len, hq, hk, d, causal_set, kv_names, layouts):
-        """Every (kv dtype, layout, causal, conversion) of one shape on the same q and KV tensors."""
+    def bench_ours(self, shape, batch, qo_len, kv_len, hq, hk, d, causal_set, kv_names, layouts, fp8_q=False):
+        """Every (kv dtype, layout, causal, conversion) of one shape on the same q and KV tensors;
+        fp8_q: also q in e4m3 (its codes: q's bf16 values rounded) on each FP8 cache."""
         torch = self.torch
         qo_indptr = torch.arange(0, batch * qo_len + 1, qo_len, dtype=torch.int32, device="cuda")
         kv_indptr = torch.arange(0, batch * kv_len + 1, kv_len, dtype=torch.int32, device="cuda")
-        q = self.randn((batch * qo_len, hq, d), torch.bfloat16)
-        out = torch.empty_like(q)
+        q16 = self.randn((batch * qo_len, hq, d), torch.bfloat16)
+        qs = {"bf16": q16, "e4m3": q16.to(torch.float8_e4m3fn) if fp8_q else None}
+        out = torch.empty_like(q16)
         for kv_name in kv_names:
             dtype = self.dtypes[kv_name]
             convs = ("none",) if kv_name == "bf16" else self.conversions
@@ -163,37 +166,39 @@ class Bench:
                     kv = (self.randn((num_pages, page, hk, d), dtype), self.randn((num_pages, page, hk, d), dtype))
                 else:
                     kv = (self.randn((batch * kv_len, hk, d), dtype), self.randn((batch * kv_len, hk, d), dtype))
-                for causal in causal_set:
-                    for conv in convs:
-                        row = dict(family=FAMILY, kv_dtype=kv_name, conversion=conv, layout=layout,
-                                   page_size=page,
-                                   **self.base_row(shape, batch, qo_len, kv_len, hq, hk, d, causal))
-                        fp8_conversion = None if conv == "none" else conv
-                        try:
-                            from flashinfer_gen import (BatchPrefillWithPagedKVCacheWrapper,
-                                                        BatchPrefillWithRaggedKVCacheWrapper)
-                            if layout == "paged":
-                                w = BatchPrefillWithPagedKVCacheWrapper(self.workspace, kv_layout="NHD",
-                                                                        fp8_conversion=fp8_conversion, backend=FAMILY, fp8_tiles=True)
-                                w.plan(qo_indptr, page_indptr, page_indices, last, hq, hk, d, page, causal=causal,
-                                       q_data_type=torch.bfloat16, kv_data_type=dtype)
-                                fn = lambda w=w: w.run(q, kv, out=out)  # noqa: E731
-                            else:
-                                w = BatchPrefillWithRaggedKVCacheWrapper(self.workspace, kv_layout="NHD",
-                                                                         fp8_conversion=fp8_conversion, backend=FAMILY, fp8_tiles=True)
-                                w.plan(qo_indptr, kv_indptr, hq, hk, d, causal=causal,
-                                       q_data_type=torch.bfloat16, kv_data_type=dtype)
-                                fn = lambda w=w: w.run(q, kv[0], kv[1], out=out)  # noqa: E731
-                            row["instance"] = w.module.key.name
-                            self.timed(row, fn)
-                        except Exception as e:  # not built, refused, or failed: recorded, not hidden
-                            row.setdefault("instance", None)
-                            row.update(time_us=None, tflops=None, error=error_string(e))
-                        self.record(row)
-                        w = fn = None
+                q_names = ("bf16", "e4m3") if fp8_q and kv_name != "bf16" else ("bf16",)
+                for causal, conv, q_name in [(c, v, n) for c in causal_set for v in convs for n in q_names]:
+                    q = qs[q_name]
+                    row = dict(family=FAMILY, kv_dtype=kv_name, conversion=conv, layout=layout,
+                               page_size=page,
+                               **self.base_row(shape, batch, qo_len, kv_len, hq, hk, d, causal))
+                    row["q_dtype"] = q_name
+                    fp8_conversion = None if conv == "none" else conv
+                    try:
+                        from flashinfer_gen import (BatchPrefillWithPagedKVCacheWrapper,
+                                                    BatchPrefillWithRaggedKVCacheWrapper)
+                        if layout == "paged":
+                            w = BatchPrefillWithPagedKVCacheWrapper(self.workspace, kv_layout="NHD",
+                                                                    fp8_conversion=fp8_conversion, backend=FAMILY)
+                            w.plan(qo_indptr, page_indptr, page_indices, last, hq, hk, d, page, causal=causal,
+                                   q_data_type=q.dtype, kv_data_type=dtype, o_data_type=torch.bfloat16)
+                            fn = lambda w=w: w.run(q, kv, out=out)  # noqa: E731
+                        else:
+                            w = BatchPrefillWithRaggedKVCacheWrapper(self.workspace, kv_layout="NHD",
+                                                                     fp8_conversion=fp8_conversion, backend=FAMILY)
+                            w.plan(qo_indptr, kv_indptr, hq, hk, d, causal=causal,
+                                   q_data_type=q.dtype, kv_data_type=dtype, o_data_type=torch.bfloat16)
+                            fn = lambda w=w: w.run(q, kv[0], kv[1], out=out)  # noqa: E731
+                        row["instance"] = w.module.key.name
+                        self.timed(row, fn)
+                    except Exception as e:  # not built, refused, or failed: recorded, not hidden
+                        row.setdefault("instance", None)
+                        row.update(time_us=None, tflops=None, error=error_string(e))
+                    self.record(row)
+                    w = fn = None
                 kv = None
                 torch.cuda.empty_cache()
-        del q, out
+        del q16, qs, out
         torch.cuda.empty_cache()
 
     # ---- peers ---------------------------------------------------------------------------------
@@ -273,13 +278,16 @@ class Bench:
 
         ours_bf16 = find(family=FAMILY, layout="paged", page_size=PAGE, kv_dtype="bf16")
         ours_ragged = find(family=FAMILY, layout="ragged", kv_dtype="bf16")
+        q8_ragged = find(family=FAMILY, layout="ragged", kv_dtype="e4m3", q_dtype="e4m3")
         flash = find(family="peer", backend="flash")
         cudnn = find(family="peer", backend="cudnn")
         ratio = lambda a, b: round(a / b, 3) if a and b else None  # noqa: E731
         out = dict(ours_bf16_paged16_tflops=ours_bf16, ours_bf16_ragged_tflops=ours_ragged, torch_flash_tflops=flash,
                    torch_cudnn_tflops=cudnn, ours_bf16_paged16_over_torch_flash=ratio(ours_bf16, flash),
                    ours_bf16_ragged_over_torch_cudnn=ratio(ours_ragged, cudnn),
-                   ours_bf16_paged16_over_ragged=ratio(ours_bf16, ours_ragged))
+                   ours_bf16_paged16_over_ragged=ratio(ours_bf16, ours_ragged),
+                   ours_q_e4m3_kv_e4m3_ragged_tflops=q8_ragged,
+                   ours_q_e4m3_kv_e4m3_over_bf16_ragged=ratio(q8_ragged, ours_ragged))
         for conv in self.conversions:
             e4m3 = find(family=FAMILY, layout="paged", page_size=PAGE, kv_dtype="e4m3", conversion=conv)
             out[f"ours_e4m3_{conv}_paged16_tflops"] = e4m3
@@ -313,7 +321,8 @@ def main(argv=None) -> int:
     for hq, hk in heads:
         for d in args.head_dim:
             b.bench_sdpa("square", BATCH, SEQ, SEQ, hq, hk, d, (False, True))
-            b.bench_ours("square", BATCH, SEQ, SEQ, hq, hk, d, (False, True), kv_names, ("paged", "ragged"))
+            b.bench_ours("square", BATCH, SEQ, SEQ, hq, hk, d, (False, True), kv_names, ("paged", "ragged"),
+                         fp8_q=args.family == "sm90")
     if not args.quick and CHUNK_D in args.head_dim:
         hq, hk = CHUNK_HEADS
         b.bench_sdpa("chunked", CHUNK_BATCH, CHUNK_QO, CHUNK_KV, hq, hk, CHUNK_D, (True,))

@@ -25,7 +25,7 @@ from flashinfer_gen.reference import attention_reference, quantize_q_rows, relat
 
 
 def run(backend, q, k, v, qo_indptr, kv_indptr, hq, hk, d, ws):
-    w = BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend, fp8_tiles=True)
+    w = BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
     w.plan(qo_indptr, kv_indptr, hq, hk, d, causal=False, q_data_type=q.dtype, kv_data_type=k.dtype)
     out = w.run(q, k, v)
     torch.cuda.synchronize()

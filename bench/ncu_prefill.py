@@ -36,8 +36,7 @@ def main(argv: list[str]) -> None:
     qo_indptr = torch.arange(0, batch * seq + 1, seq, device="cuda", dtype=torch.int32)
     q = torch.randn(batch * seq, hq, d, device="cuda", generator=gen).to(torch.bfloat16)
     w = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"),
-                                                           fp8_conversion=conversion, jit=True, backend=backend,
-                                                           fp8_tiles=True)
+                                                           fp8_conversion=conversion, jit=True, backend=backend)
     w.plan(qo_indptr, kv_indptr, indices, last, hq, hk, d, page, causal=causal, q_data_type=torch.bfloat16,
            kv_data_type=DTYPES[kv_name])
     for _ in range(2):

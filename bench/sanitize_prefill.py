@@ -1,8 +1,10 @@
 """One small paged prefill per KV dtype and conversion (causal, GQA 4, ragged lengths, a split-KV
 case), on each prefill family the GPU runs (backend sm80, and sm90 on Hopper: 16-bit caches and
-FP8 caches on FP8 tiles, pages of 16 by TMA, of 3 by the cp.async gather), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
-bench/sanitize_prefill.py`. Checks each result against the float64 reference as well (FP8 tiles: on q quantised as the kernel
-does, within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3 rounding)."""
+FP8 caches on FP8 tiles with a bf16 or an e4m3 q, pages of 16 by TMA, of 3 by the cp.async
+gather), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
+bench/sanitize_prefill.py`. Checks each result against the float64 reference as well (FP8 tiles: on q
+as the kernel reads it, within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3
+rounding)."""
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from flashinfer_gen.reference import prefill_reference, quantize_q_rows, relativ
 from generator.arches import arch_for_capability  # noqa: E402
 
 
-def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, backend="sm80"):
+def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, backend="sm80", q_dtype=torch.bfloat16):
     gen = torch.Generator().manual_seed(1)
     kv = torch.tensor(kv_lens)
     pages = (kv + page - 1) // page
@@ -25,16 +27,16 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
     num_pages = int(indptr[-1]) + 3
     k = torch.randn(num_pages, page, hk, d, generator=gen).cuda().to(kv_dtype)
     v = torch.randn(num_pages, page, hk, d, generator=gen).cuda().to(kv_dtype)
-    q = torch.randn(int(qo_indptr[-1]), hq, d, generator=gen).cuda().to(torch.bfloat16)
+    q = torch.randn(int(qo_indptr[-1]), hq, d, generator=gen).cuda().to(q_dtype)
     ws = torch.empty(32 << 20, dtype=torch.uint8, device="cuda")
-    w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion, backend=backend, fp8_tiles=True)
-    w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, q_data_type=torch.bfloat16,
+    w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion, backend=backend)
+    w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, q_data_type=q_dtype,
            kv_data_type=kv_dtype)
-    out = w.run(q, (k, v))
+    out = w.run(q, (k, v), q_scale=0.5 if q_dtype.itemsize == 1 else None)
     torch.cuda.synchronize()
     fp8_tiles = w.module.key.kind == "prefill_sm90" and kv_dtype.itemsize == 1
-    ref, _ = prefill_reference(quantize_q_rows(q) if fp8_tiles else q, k, v, qo_indptr, indptr.cuda(), indices.cuda(),
-                               last, causal=True)
+    q_ref = q.double() * 0.5 if q_dtype.itemsize == 1 else quantize_q_rows(q) if fp8_tiles else q
+    ref, _ = prefill_reference(q_ref, k, v, qo_indptr, indptr.cuda(), indices.cuda(), last, causal=True)
     err = relative_error(out, ref)
     print(f"{w.module.key.name}: {w._plan['schedule'].request.size} items, {w._plan['schedule'].num_partial} "
           f"partial slots, rel. error {err:.2e}")
@@ -55,6 +57,8 @@ def main() -> int:
             for kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # FP8 tiles: the V transpose ring
                 ok &= case(kv_dtype, None, [1, 70, 33], [40, 200, 33], page=page, backend="sm90")
             ok &= case(torch.float8_e4m3fn, None, [16], [3000], page=page, backend="sm90")
+            ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], page=page, backend="sm90",
+                       q_dtype=torch.float8_e4m3fn)  # q given in e4m3
     print("all within tolerance" if ok else "SOME CASE FAILED")
     return 0 if ok else 1
 

@@ -14,8 +14,8 @@ from generator.abi import Struct, fill
 from generator.keys import FP8_DTYPES
 
 from .registry import Module, check_status, default_registry
-from .validation import (KV_LAYOUTS, check_cuda_tensor, check_scalar, device_arch, dtype_name, fail, require_tensor,
-                         scale_arg)
+from .validation import (KV_LAYOUTS, TORCH_DTYPES, check_cuda_tensor, check_scalar, device_arch, dtype_name, fail,
+                         require_tensor, scale_arg)
 
 _ALIGN = 256
 INT32_MAX = 2**31 - 1
@@ -137,26 +137,47 @@ def kv_dtype_alias(kv_data_type, data_type):
     return data_type
 
 
-def dtype_names(q_data_type, kv_data_type) -> tuple[str, str]:
+def dtype_names(q_data_type, kv_data_type, fp8_q: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(q, kv) dtype names; q is 16-bit, or one of fp8_q (the FP8 q dtypes some kind of the caller's
+    builds), which needs an FP8 cache."""
     q_name = dtype_name(q_data_type, "q_data_type")
-    if q_name not in ("f16", "bf16"):
-        fail(f"q_data_type must be float16 or bfloat16, got {q_data_type!r}")
-    return q_name, q_name if kv_data_type is None else dtype_name(kv_data_type, "kv_data_type")
+    if q_name not in ("f16", "bf16") + fp8_q:
+        also = "".join(f" or {TORCH_DTYPES[n]}" for n in fp8_q)
+        fail(f"q_data_type must be float16 or bfloat16{also}, got {q_data_type!r}")
+    kv_name = q_name if kv_data_type is None else dtype_name(kv_data_type, "kv_data_type")
+    if q_name in FP8_DTYPES and kv_name not in FP8_DTYPES:
+        fail(f"an FP8 q ({q_data_type}) needs an FP8 KV cache (kv_data_type float8_e4m3fn or float8_e5m2), got "
+             f"{kv_data_type!r}")
+    return q_name, kv_name
+
+
+def o_dtype_name(q_name: str, o_data_type) -> str:
+    """The key's o_dtype: "same" for a 16-bit q (whose output has its dtype; o_data_type may say
+    so), f16 or bf16 for an FP8 q (bf16 unless o_data_type says)."""
+    o_name = None if o_data_type is None else dtype_name(o_data_type, "o_data_type")
+    if q_name not in FP8_DTYPES:
+        if o_name not in (None, q_name):
+            fail(f"o_data_type must be q's dtype ({TORCH_DTYPES[q_name]}) for a 16-bit q, got {o_data_type!r}")
+        return "same"
+    if o_name not in (None, "f16", "bf16"):
+        fail(f"o_data_type must be float16 or bfloat16 for an FP8 q, got {o_data_type!r}")
+    return o_name or "bf16"
 
 
 def instance_key(kind: str, device: torch.device, q_name: str, kv_name: str, head_dim: int, soft_cap: float,
-                 fp8_conversion: str | None) -> InstanceKey:
+                 fp8_conversion: str | None, o_name: str = "same") -> InstanceKey:
     """The key of this call on `device`'s arch: the arch's preferred FP8 conversion (hardware
     where it has cvt) unless the caller forces one."""
     arch = device_arch(device)
     conversion = (fp8_conversion or arch.default_conversion) if kv_name in FP8_DTYPES else "none"
-    return InstanceKey(kind, q_name, kv_name, head_dim, arch.name, conversion, "softcap" if soft_cap > 0 else "default")
+    return InstanceKey(kind, q_name, kv_name, head_dim, arch.name, conversion, "softcap" if soft_cap > 0 else "default",
+                       o_name)
 
 
 def lookup(kind: str, device: torch.device, q_name: str, kv_name: str, head_dim: int, soft_cap: float,
-           fp8_conversion: str | None, jit: bool | None) -> Module:
+           fp8_conversion: str | None, jit: bool | None, o_name: str = "same") -> Module:
     """The instance for this call (instance_key), loaded, or built on demand with jit."""
-    key = instance_key(kind, device, q_name, kv_name, head_dim, soft_cap, fp8_conversion)
+    key = instance_key(kind, device, q_name, kv_name, head_dim, soft_cap, fp8_conversion, o_name)
     reason = why_invalid(key)
     if reason is not None:
         fail(f"unsupported combination {key.name}: {reason}")
@@ -164,16 +185,16 @@ def lookup(kind: str, device: torch.device, q_name: str, kv_name: str, head_dim:
 
 
 def lookup_family(kinds: tuple[str, ...], device: torch.device, q_name: str, kv_name: str, head_dim: int,
-                  soft_cap: float, fp8_conversion: str | None, jit: bool | None) -> Module:
+                  soft_cap: float, fp8_conversion: str | None, jit: bool | None, o_name: str = "same") -> Module:
     """The first of `kinds` (kernel families of one ABI, preferred first) whose instance for this
     call is valid on the device's arch and built; the last is looked up as `lookup` does (built on
     demand with jit, else InstanceNotBuiltError), so a preferred family is never built implicitly."""
     built = set(default_registry().built_keys())
     for kind in kinds[:-1]:
-        key = instance_key(kind, device, q_name, kv_name, head_dim, soft_cap, fp8_conversion)
+        key = instance_key(kind, device, q_name, kv_name, head_dim, soft_cap, fp8_conversion, o_name)
         if why_invalid(key) is None and key in built:
             return default_registry().lookup(key, jit=False)
-    return lookup(kinds[-1], device, q_name, kv_name, head_dim, soft_cap, fp8_conversion, jit)
+    return lookup(kinds[-1], device, q_name, kv_name, head_dim, soft_cap, fp8_conversion, jit, o_name)
 
 
 def resident_ctas(module: Module, device: torch.device) -> int:
@@ -251,8 +272,9 @@ def check_q(q, rows: int, num_heads: int, head_dim: int, dtype: torch.dtype, dev
              f"{(rows, num_heads, head_dim)} from plan(), got {tuple(q.shape)}")
     if q.dtype != dtype:
         fail(f"q has dtype {q.dtype}, plan() was for {dtype}")
-    if q.data_ptr() % 4 or any(s % 2 for s in q.stride()[:2]):
-        fail(f"q must be 4-byte aligned with even strides, got strides {q.stride()}")
+    if q.data_ptr() % 4 or any(s * q.element_size() % 4 for s in q.stride()[:2]):
+        fail(f"q's rows must start 4-byte aligned (its address and its token and head strides in bytes), got "
+             f"strides {q.stride()} of {q.element_size()}-byte elements")
 
 
 def check_kv(k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
@@ -271,16 +293,20 @@ def check_kv_alignment(k: torch.Tensor, v: torch.Tensor, strides) -> None:
             fail(f"{what} rows must be 16-byte aligned (data pointer and strides), got strides {k.stride()}")
 
 
-def output_tensors(q: torch.Tensor, out, lse, return_lse: bool, device: torch.device):
-    """`out` (allocated if None) and `lse` (allocated if asked for), checked against q."""
+def output_tensors(q: torch.Tensor, out, lse, return_lse: bool, device: torch.device,
+                   out_dtype: torch.dtype | None = None):
+    """`out` (allocated if None) and `lse` (allocated if asked for), checked against q; out_dtype:
+    the output's dtype where it is not q's (an FP8 q)."""
     rows, hq, d = q.shape
+    out_dtype = out_dtype or q.dtype
     if out is None:
-        out = torch.empty_like(q)  # q's strides where q is dense, else contiguous; the kernels take out's strides
+        # q's strides where q is dense, else contiguous; the kernels take out's strides
+        out = torch.empty_like(q, dtype=out_dtype)
     else:
         require_tensor(out, "out")
         check_cuda_tensor(out, "out", device)
-        if tuple(out.shape) != (rows, hq, d) or out.dtype != q.dtype:
-            fail(f"out must be {(rows, hq, d)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
+        if tuple(out.shape) != (rows, hq, d) or out.dtype != out_dtype:
+            fail(f"out must be {(rows, hq, d)} {out_dtype}, got {tuple(out.shape)} {out.dtype}")
     if lse is None and return_lse:
         lse = torch.empty((rows, hq), dtype=torch.float32, device=device)
     if lse is not None:
@@ -422,18 +448,20 @@ def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_sca
         psc = views["scales"]
         psc.sm_scale, psc.k_scale, psc.v_scale, psc.q_scale_device, psc.k_scale_device, psc.v_scale_device = scales
         checked.last_scales = scales
+    out_dtype = plan.get("out_dtype")  # where it is not q's (an FP8 q)
     if lse is None and not return_lse:
         if out is None:
-            out = torch.empty_like(q)  # q's strides where q is dense, else contiguous; the kernels take out's strides
+            # q's strides where q is dense, else contiguous; the kernels take out's strides
+            out = torch.empty_like(q) if out_dtype is None else torch.empty_like(q, dtype=out_dtype)
         elif isinstance(out, torch.Tensor):  # out's checks compare it with q: q's metadata is in its key
             out_key = (out.shape, out.stride(), out.dtype, out.device, q_meta)
             if out_key not in checked.out:
-                output_tensors(q, out, None, False, plan["device"])
+                output_tensors(q, out, None, False, plan["device"], out_dtype)
                 checked.out.add(out_key)
         else:
-            output_tensors(q, out, None, False, plan["device"])  # refuses it
+            output_tensors(q, out, None, False, plan["device"], out_dtype)  # refuses it
     else:
-        out, lse = output_tensors(q, out, lse, return_lse, plan["device"])
+        out, lse = output_tensors(q, out, lse, return_lse, plan["device"], out_dtype)
     out_stride = out.stride()
     pout = views["out"]
     if out_stride != checked.last_out:

@@ -48,7 +48,9 @@ def attention_run(wrapper_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Te
 @attention_run.register_fake
 def _(wrapper_id, q, k, v, q_scale, k_scale, v_scale, return_lse):
     lse_shape = q.shape[:-1] if return_lse else (0,)
-    return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
+    plan = getattr(_WRAPPERS.get(wrapper_id), "_plan", None) or {}
+    out_dtype = plan.get("out_dtype") or q.dtype  # an FP8 q's plan names it
+    return torch.empty_like(q, dtype=out_dtype), q.new_empty(lse_shape, dtype=torch.float32)
 
 
 def compiled_run(wrapper, q, k, v, args, q_scale, k_scale, v_scale, out, lse, return_lse):

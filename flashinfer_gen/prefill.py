@@ -20,7 +20,7 @@ from generator.keys import FP8_DTYPES
 from generator.kind_prefill import HEAD_DIMS, PARAMS
 
 from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment,
-                     check_variant, dtype_names, finish_run, flashinfer_extras, launch_params, lay_out_plan,
+                     check_variant, dtype_names, finish_run, o_dtype_name, flashinfer_extras, launch_params, lay_out_plan,
                      lookup_family, merge_fields, plan_kv_fields, positional_run_args, resident_ctas,
                      unset_output)
 from .ops import compiled_run, split_cache
@@ -39,24 +39,30 @@ BACKENDS = {
     "fa2": ("prefill",),
 }
 RAGGED_PAGE_SIZE = 1 << 30  # one page holds a whole request's contiguous rows
-# The Hopper family's FP8 tiles are opt-in (fp8_tiles=True): their O accumulates across the tiles
-# of a work item in FP8 WGMMA, whose adds keep about 14 bits, and on a 32768-key request with V of
-# mean 3 the output came out 39% low (bench/check_fp8_accumulation.py, H100, 023716c; the Ampere
-# path: 0.15%). Until O is promoted to fp32 per tile, backend="auto" keeps FP8 caches on the
-# Ampere path.
+# The Hopper family runs an FP8 cache on FP8 WGMMA tiles, which quantise a 16-bit q to e4m3 per
+# packed row (README, "The Hopper prefill kernel": 4.1% relative L2 error on random data against
+# 0.17% with q kept in 16 bits). fp8_tiles=False keeps q in 16 bits: backend="auto" then takes the
+# Ampere path for an FP8 cache, which upcasts K/V instead.
 FP8_TILES_KIND = "prefill_sm90"
+# the FP8 q dtypes some prefill family builds (q given in FP8, with q_scale and an o_data_type)
+FP8_Q_DTYPES = tuple(d for d in FP8_DTYPES if any(d in KINDS[k].allowed("q_dtype") for k in BACKENDS["auto"]))
 
 
-def families(backend: str, kv_name: str, fp8_tiles: bool) -> tuple[str, ...]:
-    """The kinds backend= may use for this cache, preferred first (BACKENDS without the FP8 tiles
-    unless asked for)."""
+def families(backend: str, q_name: str, kv_name: str, fp8_tiles: bool) -> tuple[str, ...]:
+    """The kinds backend= may use for these dtypes, preferred first: BACKENDS, less the FP8 tiles
+    for an FP8 cache where fp8_tiles is False, less the kinds that build no FP8 q for one."""
     kinds = BACKENDS[backend]
     if kv_name in FP8_DTYPES and not fp8_tiles:
         kinds = tuple(k for k in kinds if k != FP8_TILES_KIND)
         if not kinds:
-            fail(f"backend={backend!r} with an FP8 cache runs the Hopper family's FP8 tiles, which are "
-                 "experimental (their output drifts low on long requests: README, 'The Hopper prefill kernel'); "
-                 "pass fp8_tiles=True to the wrapper to run them, or use backend='sm80'")
+            fail(f"backend={backend!r} runs an FP8 cache only on the Hopper family's FP8 tiles (q quantised to "
+                 "e4m3), which fp8_tiles=False refuses; use backend='sm80' to keep q in 16 bits")
+    if q_name in FP8_DTYPES:
+        able = tuple(k for k in kinds if q_name in KINDS[k].allowed("q_dtype"))
+        if not able:
+            fail(f"an {TORCH_DTYPES[q_name]} q runs only on the Hopper family's FP8 tiles (backend 'sm90' or 'auto' "
+                 f"on an sm_90 GPU{', with fp8_tiles=True' if not fp8_tiles else ''}); got backend={backend!r}")
+        kinds = able
     return kinds
 
 
@@ -140,13 +146,14 @@ class _BatchPrefill(Wrapper):
 
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str, use_cuda_graph: bool,
                  buffers: dict[str, torch.Tensor | None], custom_mask_buf, mask_indptr_buf, backend: str, jit_args,
-                 fp8_conversion: str | None, jit: bool | None, fp8_tiles: bool = False):
+                 fp8_conversion: str | None, jit: bool | None, fp8_tiles: bool = True):
         """workspace_buffer: a CUDA tensor of a 1-byte dtype (FlashInfer suggests 128 MB) for the split-KV
         partials; wrappers may share one (each keeps its own work list). fp8_conversion: None
         (hardware where the arch has it), "hardware" or "software". jit: build a missing instance
         on demand. backend: "auto", "sm90" (Hopper WGMMA family, sm_90a only), "sm80" (the mma.sync
-        family, every arch), or FlashInfer's "fa3" / "fa2" for those two. fp8_tiles: let an FP8
-        cache run on the Hopper family's FP8 tiles (experimental: see FP8_TILES_KIND's note).
+        family, every arch), or FlashInfer's "fa3" / "fa2" for those two. fp8_tiles: False keeps a
+        16-bit q in 16 bits with an FP8 cache (the Ampere path) instead of the Hopper family's FP8
+        tiles, which quantise it to e4m3 (see FP8_TILES_KIND's note).
 
         use_cuda_graph: capture once, re-plan every step, as with the decode wrapper. `buffers`
         (FlashInfer's *_buf arguments: int32, on the workspace's device) fix the batch size
@@ -245,20 +252,21 @@ class _BatchPrefill(Wrapper):
 
     def _plan_common(self, qo_indptr, kv_len: np.ndarray, num_qo_heads, num_kv_heads, head_dim, page_size, causal,
                      pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-                     page_table: dict) -> None:
+                     o_data_type, page_table: dict) -> None:
         device = self._workspace.device
         window_left, soft_cap, scale = check_variant(head_dim, pos_encoding_mode, window_left, logits_soft_cap,
                                                      sm_scale)
         if not isinstance(causal, bool):
             fail(f"causal must be a bool, got {causal!r}")
-        q_name, kv_name = dtype_names(q_data_type, kv_data_type)
+        q_name, kv_name = dtype_names(q_data_type, kv_data_type, FP8_Q_DTYPES)
+        o_name = o_dtype_name(q_name, o_data_type)
         qo_h = check_indptr(qo_indptr, "qo_indptr", batch=kv_len.size)
         qo_len = np.diff(qo_h.numpy()).astype(np.int64)
         if causal and (qo_len > kv_len).any():
             b = int(np.nonzero(qo_len > kv_len)[0][0])
             fail(f"causal: request {b} has qo_len {qo_len[b]} > kv_len {kv_len[b]}; its first queries would see no key")
-        module = lookup_family(families(self._backend, kv_name, self._fp8_tiles), device, q_name, kv_name, head_dim,
-                               soft_cap, self._fp8_conversion, self._jit)
+        module = lookup_family(families(self._backend, q_name, kv_name, self._fp8_tiles), device, q_name, kv_name,
+                               head_dim, soft_cap, self._fp8_conversion, self._jit, o_name)
         tile_rows, tile_keys = KINDS[module.key.kind].tiles(module.key)
         group, resident = num_qo_heads // num_kv_heads, resident_ctas(module, device)
         copies = dict(page_table.pop("copies"), qo_indptr_buf=qo_h)
@@ -299,6 +307,7 @@ class _BatchPrefill(Wrapper):
         self._plan = dict(module=module, total_qo=int(qo_h[-1]), num_qo_heads=num_qo_heads,
                           num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size, causal=causal,
                           window_left=window_left, q_dtype=TORCH_DTYPES[q_name], kv_dtype=TORCH_DTYPES[kv_name],
+                          out_dtype=None if o_name == "same" else TORCH_DTYPES[o_name],
                           sm_scale=scale, soft_cap=soft_cap, schedule=sched, device=device, ptr=ptr, params=params,
                           views=views, checked=CheckedInputs(int(qo_h[-1]), "qo_indptr[-1]", self._graph is not None),
                           unit_scales=(scale, 1.0, 1.0, None, None, None))
@@ -325,7 +334,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
                  paged_kv_indices_buf: torch.Tensor | None = None,
                  paged_kv_last_page_len_buf: torch.Tensor | None = None, custom_mask_buf=None, mask_indptr_buf=None,
                  backend: str = "auto", jit_args=None, *, fp8_conversion: str | None = None, jit: bool | None = None,
-                 fp8_tiles: bool = False):
+                 fp8_tiles: bool = True):
         """FlashInfer's signature (argument order included); see _BatchPrefill for the arguments."""
         super().__init__(workspace_buffer, kv_layout, use_cuda_graph,
                          dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
@@ -339,8 +348,10 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
              causal: bool = False, pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
              sm_scale: float | None = None, window_left: int = -1, logits_soft_cap: float | None = None,
              rope_scale: float | None = None, rope_theta: float | None = None, q_data_type="float16",
-             kv_data_type=None, non_blocking: bool = True) -> None:
-        """FlashInfer's signature (argument order included)."""
+             kv_data_type=None, o_data_type=None, non_blocking: bool = True) -> None:
+        """FlashInfer's signature (argument order included). An FP8 q (q_data_type float8_e4m3fn,
+        with an FP8 cache; run() takes its q_scale) writes o_data_type, float16 or bfloat16
+        (bfloat16 if None); a 16-bit q writes its own dtype."""
         flashinfer_extras(head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, use_fp16_qk_reduction, rope_scale,
                           rope_theta, non_blocking)
         for t, what in ((qo_indptr, "qo_indptr"), (paged_kv_indptr, "paged_kv_indptr"),
@@ -353,7 +364,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefill):
         indices = paged_kv_indices.detach()[: int(indptr_h[-1])].to("cpu", torch.int64).numpy()
         self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, page_size, causal,
                           pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-                          dict(page_indptr=indptr_h.numpy(), page_indices=indices, kv_extent=max_index + 1,
+                          o_data_type, dict(page_indptr=indptr_h.numpy(), page_indices=indices, kv_extent=max_index + 1,
                                copies=dict(paged_kv_indptr_buf=indptr_h, paged_kv_indices_buf=torch.from_numpy(indices),
                                            paged_kv_last_page_len_buf=last_h)))
         self._plan["max_index"] = max_index
@@ -391,7 +402,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
     def __init__(self, workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
                  qo_indptr_buf: torch.Tensor | None = None, kv_indptr_buf: torch.Tensor | None = None,
                  custom_mask_buf=None, mask_indptr_buf=None, backend: str = "auto", jit_args=None, *,
-                 fp8_conversion: str | None = None, jit: bool | None = None, fp8_tiles: bool = False):
+                 fp8_conversion: str | None = None, jit: bool | None = None, fp8_tiles: bool = True):
         """FlashInfer's signature (argument order included); see _BatchPrefill for the arguments.
         With use_cuda_graph, k and v may have more rows than the plan's kv_indptr[-1]."""
         if kv_layout != "NHD":
@@ -405,8 +416,10 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
              causal: bool = False, pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False,
              window_left: int = -1, logits_soft_cap: float | None = None, sm_scale: float | None = None,
              rope_scale: float | None = None, rope_theta: float | None = None, q_data_type="float16",
-             kv_data_type=None, non_blocking: bool = True) -> None:
-        """FlashInfer's signature (argument order included)."""
+             kv_data_type=None, o_data_type=None, non_blocking: bool = True) -> None:
+        """FlashInfer's signature (argument order included). An FP8 q (q_data_type float8_e4m3fn,
+        with an FP8 cache; run() takes its q_scale) writes o_data_type, float16 or bfloat16
+        (bfloat16 if None); a 16-bit q writes its own dtype."""
         flashinfer_extras(head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, use_fp16_qk_reduction, rope_scale,
                           rope_theta, non_blocking)
         require_int_index(qo_indptr, "qo_indptr")
@@ -423,7 +436,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
                  f"{int(kv_len.max())} and {int(kv_h[-1])}")
         self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, RAGGED_PAGE_SIZE, causal,
                           pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-                          dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1], kv_extent=int(kv_h[-1]),
+                          o_data_type, dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1], kv_extent=int(kv_h[-1]),
                                copies=dict(kv_indptr_buf=torch.from_numpy(kv_h))))
         self._plan["total_kv"] = int(kv_h[-1])
 

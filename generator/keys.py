@@ -16,6 +16,8 @@ from .arches import ARCH_BY_NAME, ARCH_NAMES
 Q_DTYPES = ("f16", "bf16")
 KV_DTYPES = ("f16", "bf16", "e4m3", "e5m2")
 FP8_DTYPES = ("e4m3", "e5m2")
+# The output's dtype: "same" as a 16-bit q's; an FP8 q (a kind whose axes allow one) names it.
+O_DTYPES = ("same", "f16", "bf16")
 CONVERSIONS = ("none", "hardware", "software")
 KV_BYTES = {"f16": 2, "bf16": 2, "e4m3": 1, "e5m2": 1}
 
@@ -35,11 +37,13 @@ class InstanceKey:
     arch: str
     conversion: str
     variant: str = "default"
+    o_dtype: str = "same"
 
     @property
     def name(self) -> str:
+        out = "" if self.o_dtype == "same" else f"_o{self.o_dtype}"
         return (f"{self.kind}_q{self.q_dtype}_kv{self.kv_dtype}_d{self.head_dim}_{self.arch}"
-                f"_{self.conversion}_{self.variant}")
+                f"_{self.conversion}_{self.variant}{out}")
 
     @property
     def filename(self) -> str:
@@ -48,6 +52,11 @@ class InstanceKey:
     @property
     def is_fp8(self) -> bool:
         return self.kv_dtype in FP8_DTYPES
+
+    @property
+    def out_dtype(self) -> str:
+        """The output's dtype (a 16-bit one)."""
+        return self.q_dtype if self.o_dtype == "same" else self.o_dtype
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,6 +119,14 @@ def kv16_matches_q(key: InstanceKey) -> str | None:
     return None
 
 
+def o_dtype_matches_q(key: InstanceKey) -> str | None:
+    if key.q_dtype in FP8_DTYPES and key.o_dtype == "same":
+        return "an FP8 q writes a 16-bit output: o_dtype must be 'f16' or 'bf16'"
+    if key.q_dtype not in FP8_DTYPES and key.o_dtype != "same":
+        return f"a {key.q_dtype} q writes its own dtype: o_dtype must be 'same', got {key.o_dtype!r}"
+    return None
+
+
 def conversion_matches_kv(key: InstanceKey) -> str | None:
     if key.is_fp8 and key.conversion == "none":
         return "an FP8 KV cache needs conversion 'hardware' or 'software'"
@@ -131,4 +148,5 @@ def kv_element_type(key: InstanceKey) -> str:
     return f"fig::Kv16<{CXX_ELEMENT[key.kv_dtype]}>"
 
 
-SHARED_PREDICATES: tuple[Predicate, ...] = (kv16_matches_q, conversion_matches_kv, hardware_conversion_needs_cvt)
+SHARED_PREDICATES: tuple[Predicate, ...] = (kv16_matches_q, o_dtype_matches_q, conversion_matches_kv,
+                                            hardware_conversion_needs_cvt)

@@ -6,14 +6,15 @@ The CTA is one producer warpgroup and CONSUMERS consumer warpgroups of CONSUMER_
 rows each. The numbers the host and the kernel share (rows per CTA, keys per tile) are defined
 here only.
 
-FP8 caches (e4m3, e5m2) run on FP8 WGMMA tiles (conversion "hardware": the consumers quantise q
-per packed row and P to e4m3 with `cvt`; K and V are read as stored, V transposed in shared
-memory by the producer), with a 16-bit q and output.
+FP8 caches (e4m3, e5m2) run on FP8 WGMMA tiles (conversion "hardware": the consumers quantise a
+16-bit q per packed row and P to e4m3 with `cvt`; K and V are read as stored, V transposed in
+shared memory by the producer). q may also come as e4m3 (its per-tensor q_scale folded into the
+logits scale, as k_scale is), with the output dtype in the key (o_dtype f16 or bf16).
 """
 from __future__ import annotations
 
 from .arches import ARCH_BY_NAME, Arch
-from .keys import CXX_ELEMENT, FP8_DTYPES, KV_BYTES, Q_DTYPES, InstanceKey, KindSpec
+from .keys import CXX_ELEMENT, FP8_DTYPES, KV_BYTES, O_DTYPES, Q_DTYPES, InstanceKey, KindSpec
 from .kind_decode import CXX_LOGITS, VARIANTS
 from . import kind_prefill
 from .kind_prefill import WORK_ITEM_BYTES
@@ -32,6 +33,7 @@ FP8_CONSUMER_REGISTERS = 216
 # 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim, 8-bit ones of 128.
 HEAD_DIMS = (64, 128, 192, 256)
 KV_DTYPES = ("f16", "bf16") + FP8_DTYPES
+FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes e4m3 or e5m2; e4m3 is asked for)
 TILE_KEYS = (128, 96, 64)     # candidates for keys per stage, preferred first
 # FP8: the V transpose gives each lane of a warp one of 32 four-key groups (prefill_sm90_transpose.cuh)
 FP8_TILE_KEYS = 128
@@ -117,6 +119,7 @@ def template_context(key: InstanceKey) -> dict:
     arch = ARCH_BY_NAME[key.arch]
     return {
         "q_element": CXX_ELEMENT[key.q_dtype],
+        "o_element": CXX_ELEMENT[key.out_dtype],
         "kv_element": CXX_ELEMENT[key.kv_dtype],
         "logits": CXX_LOGITS[key.variant],
         "head_dim": key.head_dim,
@@ -138,10 +141,10 @@ SPEC = KindSpec(
     template="prefill_sm90.cu.j2",
     summary="batch prefill on Hopper (sm_90a): a TMA / cp.async producer warpgroup, WGMMA consumer warpgroups",
     abi=kind_prefill.ABI,
-    axes={"q_dtype": Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS, "conversion": ("none", "hardware"),
-          "variant": VARIANTS},
-    # FP8 tiles are opt-in at run time (flashinfer_gen/prefill.py, FP8_TILES_KIND): not built by default
-    defaults={"head_dim": (128,), "variant": ("default",), "kv_dtype": ("f16", "bf16")},
+    axes={"q_dtype": Q_DTYPES + FP8_Q_DTYPES, "kv_dtype": KV_DTYPES, "head_dim": HEAD_DIMS,
+          "conversion": ("none", "hardware"), "variant": VARIANTS, "o_dtype": O_DTYPES},
+    # an FP8 q (and its output dtypes) is built on request (flashinfer-gen build --q-dtype e4m3, or jit)
+    defaults={"head_dim": (128,), "variant": ("default",), "q_dtype": Q_DTYPES},
     predicates=(fp8_head_dim, tiles_fit),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),

@@ -20,7 +20,7 @@ struct MergeShape {
   static_assert(kHeadDim % 4 == 0 && kGroups >= 1, "head dim must be a multiple of 4, at most 512");
 };
 
-template <class QElement, int kHeadDim>
+template <class OElement, int kHeadDim>
 __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials_kernel(const FigSplitMerge merge, const FigOutput out) {
   using Shape = MergeShape<kHeadDim>;
   __shared__ float4 group_acc[Shape::kGroups][Shape::kDimLanes];
@@ -81,21 +81,21 @@ __global__ void __launch_bounds__(MergeShape<kHeadDim>::kThreads) merge_partials
       acc.x += a.x; acc.y += a.y; acc.z += a.z; acc.w += a.w;
       total += group_sum[g];
     }
-    QElement* dst = static_cast<QElement*>(out.data) + row * out.stride_row + qo_head * out.stride_head + 4 * lane;
-    dst[0] = QElement(acc.x / total);
-    dst[1] = QElement(acc.y / total);
-    dst[2] = QElement(acc.z / total);
-    dst[3] = QElement(acc.w / total);
+    OElement* dst = static_cast<OElement*>(out.data) + row * out.stride_row + qo_head * out.stride_head + 4 * lane;
+    dst[0] = OElement(acc.x / total);
+    dst[1] = OElement(acc.y / total);
+    dst[2] = OElement(acc.z / total);
+    dst[3] = OElement(acc.w / total);
     if (lane == 0 && out.lse != nullptr) out.lse[int64_t(row) * out.num_heads + qo_head] = m + log2f(total);
   }
 }
 
 // Launches the merge of `merge`'s split rows (if any) as a programmatic dependent of the kernel
 // before it on `stream`. Returns a cudaError_t value.
-template <class QElement, int kHeadDim>
+template <class OElement, int kHeadDim>
 int launch_merge(const FigSplitMerge& merge, const FigOutput& out, cudaStream_t stream) {
   if (merge.num_items == 0) return int(cudaSuccess);
-  return int(launch_dependent(merge_partials_kernel<QElement, kHeadDim>, dim3(merge.num_items, out.num_heads),
+  return int(launch_dependent(merge_partials_kernel<OElement, kHeadDim>, dim3(merge.num_items, out.num_heads),
                               dim3(MergeShape<kHeadDim>::kThreads), 0, stream, merge, out));
 }
 

@@ -42,7 +42,7 @@ struct PrefillEpilogue {
   template <int kWriters>
   __device__ __forceinline__ static void write(const SharedStorage& smem, const PrefillRows& rows,
                                                const FigPrefillParams& p, int thread) {
-    using QElement = typename Cfg::QElement;
+    using OElement = typename Cfg::OElement;
     constexpr int kQuads = kHeadDim / 4;
     for (int idx = thread; idx < kBlockM * kQuads; idx += kWriters) {
       const int local = idx / kQuads;
@@ -54,11 +54,11 @@ struct PrefillEpilogue {
       const float4 v = *reinterpret_cast<const float4*>(&smem.o[local][d]);
       if (rows.partial < 0) {
         const int64_t token = rows.qo_start + qtoken;
-        QElement* out = static_cast<QElement*>(p.out.data) + token * p.out.stride_row + head * p.out.stride_head + d;
-        out[0] = QElement(v.x);
-        out[1] = QElement(v.y);
-        out[2] = QElement(v.z);
-        out[3] = QElement(v.w);
+        OElement* out = static_cast<OElement*>(p.out.data) + token * p.out.stride_row + head * p.out.stride_head + d;
+        out[0] = OElement(v.x);
+        out[1] = OElement(v.y);
+        out[2] = OElement(v.z);
+        out[3] = OElement(v.w);
         if (d == 0 && p.out.lse != nullptr) p.out.lse[token * p.out.num_heads + head] = smem.lse[local];
       } else {
         // Slots are token-major, so a token's pieces are the merge kernel's contiguous range.

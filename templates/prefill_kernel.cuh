@@ -35,6 +35,7 @@ struct PrefillShape {
 template <class QElement_, class Kv_, class Logits_, class Shape>
 struct PrefillConfig : Shape {
   using QElement = QElement_;
+  using OElement = QElement_;  // the output's type (the epilogue's and the merge's)
   using Kv = Kv_;
   using Logits = Logits_;
 };
@@ -193,7 +194,7 @@ int prefill_run(const FigPrefillParams* p, cudaStream_t stream) {
                                      prefill_smem_bytes<Cfg>(), stream, args);
     if (err != 0) return err;
   }
-  return launch_merge<typename Cfg::QElement, Cfg::kHeadDim>(p->merge, p->out, stream);
+  return launch_merge<typename Cfg::OElement, Cfg::kHeadDim>(p->merge, p->out, stream);
 }
 
 template <class Cfg>

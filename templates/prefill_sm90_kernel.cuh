@@ -55,16 +55,24 @@ struct PrefillSm90Shape {
                 "setmaxnreg cannot hand out more registers than the CTA was launched with");
 };
 
-// QElement: q's and the output's 16-bit type. KvElement: the cache's; with an FP8 cache the GEMMs
-// run on FP8 tiles (kFp8): Q quantised per packed row and P to e4m3 (MmaA), K and V as stored.
-template <class QElement_, class KvElement_, class Logits_, class Shape>
+// QElement: q's type as given (16-bit, or e4m3 with an FP8 cache); OElement: the output's 16-bit
+// type. KvElement: the cache's; with an FP8 cache the GEMMs run on FP8 tiles (kFp8): a 16-bit Q
+// quantised per packed row as it is loaded (kQuantiseQ), an e4m3 Q as given, P to e4m3 (MmaA), K
+// and V as stored.
+template <class QElement_, class KvElement_, class OElement_, class Logits_, class Shape>
 struct PrefillSm90Config : Shape {
   using QElement = QElement_;
   using KvElement = KvElement_;
+  using OElement = OElement_;
   using Logits = Logits_;
   static constexpr bool kFp8 = sizeof(KvElement) == 1;
+  static constexpr bool kQuantiseQ = kFp8 && sizeof(QElement) == 2;
   using MmaA = std::conditional_t<kFp8, cute::float_e4m3_t, QElement>;  // Q and P as the GEMMs read them
   static_assert(kFp8 || std::is_same_v<QElement, KvElement>, "a 16-bit cache has q's dtype");
+  static_assert(sizeof(QElement) == 2 || (kFp8 && std::is_same_v<QElement, cute::float_e4m3_t>),
+                "an 8-bit q is e4m3, with an FP8 cache");
+  static_assert(sizeof(OElement) == 2 && (sizeof(QElement) == 1 || std::is_same_v<OElement, QElement>),
+                "a 16-bit q writes its own dtype; an FP8 q a 16-bit one");
   static_assert(kFp8 == (Shape::kStagesVt > 0), "a transposed-V ring exactly with FP8 tiles");
 };
 
@@ -87,7 +95,6 @@ template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __grid_constant__ PrefillSm90Args all) {
   const PrefillArgs& args = all.base;
   using Smem = PrefillSm90Smem<Cfg>;
-  using Element = typename Cfg::QElement;
   using Mainloop = PrefillSm90Mainloop<Cfg>;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   auto& smem = *reinterpret_cast<typename Smem::Storage*>(smem_raw);
@@ -169,7 +176,7 @@ int prefill_sm90_run(const FigPrefillParams* p, cudaStream_t stream) {
                                      Cfg::kThreads, prefill_sm90_smem_bytes<Cfg>(), stream, args);
     if (err != 0) return err;
   }
-  return launch_merge<typename Cfg::QElement, Cfg::kHeadDim>(p->merge, p->out, stream);
+  return launch_merge<typename Cfg::OElement, Cfg::kHeadDim>(p->merge, p->out, stream);
 }
 
 template <class Cfg>

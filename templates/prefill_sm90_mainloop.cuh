@@ -3,9 +3,10 @@
 // S = Q K^T (both operands in shared memory), the online softmax in fp32 registers, P converted
 // to 16 bits in the registers that held S, and O += P V with P as the register A operand.
 //
-// FP8 cache (Cfg::kFp8): both GEMMs on e4m3 x e4m3/e5m2 tiles. Q is quantised per packed row as
-// it is loaded: code = rne_satfinite(q * (448 / row amax)), the row's step amax / 448 multiplying
-// that row's logits (so a row's step adapts to its own range: q heads of a group differ widely).
+// FP8 cache (Cfg::kFp8): both GEMMs on e4m3 x e4m3/e5m2 tiles. A 16-bit Q is quantised per packed
+// row as it is loaded: code = rne_satfinite(q * (448 / row amax)), the row's step amax / 448
+// multiplying that row's logits (so a row's step adapts to its own range: q heads of a group
+// differ widely); an e4m3 Q is read as given, its per-tensor q_scale folded into the logits scale.
 // P is offset by 2^8 (exp2 of the logit minus the row max plus 8, up to 256 of e4m3's 448), so
 // its small values stay normal codes; the row sum carries the same factor, the LSE subtracts it.
 // P goes to e4m3 in register order, which Vt's key order matches (prefill_sm90_transpose.cuh).
@@ -70,10 +71,11 @@ struct PrefillSm90Mainloop {
   FragO o;                        // O of the thread's rows, unnormalised
   OnlineSoftmaxRow softmax[2];    // rows r = 0, 1
   int2 bounds[2];                 // keys [x, y] rows r = 0, 1 see
-  float q_step[2];                // FP8: rows r = 0, 1's q quantisation step (1 otherwise)
+  float q_step[2];                // rows r = 0, 1's q quantisation step (kQuantiseQ; 1 otherwise)
 
   // Loads the warpgroup's packed Q rows into its shared slot (rows past the request: zeros) and
-  // publishes them to its WGMMAs; with FP8 tiles quantised per row (q_step: each row's step).
+  // publishes them to its WGMMAs; a 16-bit q with FP8 tiles quantised per row (q_step: each row's
+  // step), an e4m3 q as given (its q_scale is in the logits scale).
   // thread: 0 ..< 128 within the warpgroup.
   __device__ __forceinline__ void load_q(typename Smem::Storage& smem, int warpgroup, int thread,
                                          const PrefillItem& work, const FigPrefillParams& p) {
@@ -99,7 +101,8 @@ struct PrefillSm90Mainloop {
       }
       return chunk;
     };
-    if constexpr (!kFp8) {
+    if constexpr (!Cfg::kQuantiseQ) {  // q as the GEMM reads it: 16-bit, or e4m3 given by the caller
+      static_assert(std::is_same_v<Element, MmaA>, "copied as given");
       constexpr int kChunksPerRow = kHeadDim / kChunk;
       CUTE_UNROLL
       for (int i = 0; i < kRows * kChunksPerRow / 128; ++i) {
@@ -148,7 +151,7 @@ struct PrefillSm90Mainloop {
     }
     fence_shared_for_wgmma();
     named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
-    if constexpr (kFp8) {
+    if constexpr (Cfg::kQuantiseQ) {
       CUTE_UNROLL
       for (int r = 0; r < 2; ++r) q_step[r] = smem.q_scale[warpgroup * kRows + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r];
     }

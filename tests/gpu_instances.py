@@ -20,9 +20,10 @@ SELECTIONS = (
     # the other prefill head dims (tiles, fragments and the merge off powers of two), q bf16
     {"kind": ("prefill",), "head_dim": (80, 96, 192), "variant": ("default",), "q_dtype": ("bf16",)},
     {"kind": ("append",), "head_dim": (64, 128, 256)},
-    # the Hopper family (sm_90a only: nothing on other arches); soft-cap at head dim 128
+    # the Hopper family (sm_90a only: nothing on other arches; an e4m3 q with both output dtypes);
+    # soft-cap at head dim 128 with a 16-bit q
     {"kind": ("prefill_sm90",), "head_dim": (64, 128, 192, 256), "variant": ("default",)},
-    {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",)},
+    {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",), "q_dtype": ("f16", "bf16")},
 )
 
 

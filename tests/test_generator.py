@@ -40,11 +40,12 @@ def test_default_set():
     # sm80 has only the software conversion; sm90a both
     assert {k.conversion for k in keys if k.arch == "sm80" and k.is_fp8} == {"software"}
     assert {k.conversion for k in keys if k.arch == "sm90a" and k.is_fp8} == {"hardware", "software"}
-    # decode, prefill and append; the Hopper prefill's f16 and bf16 with a 16-bit cache of its dtype
-    # (its FP8 tiles are opt-in, not in the default build)
-    assert len(keys) == 3 * (6 + 10) + 2
-    sm90 = {(k.q_dtype, k.kv_dtype, k.conversion) for k in keys if k.kind == "prefill_sm90"}
-    assert sm90 == {("f16", "f16", "none"), ("bf16", "bf16", "none")}
+    # decode, prefill and append; the Hopper prefill's f16 and bf16 q, each with a 16-bit cache of
+    # its dtype and both FP8 caches (FP8 tiles, conversion "hardware"); an FP8 q is built on request
+    assert len(keys) == 3 * (6 + 10) + 2 * 3
+    sm90 = {(k.q_dtype, k.kv_dtype, k.conversion, k.o_dtype) for k in keys if k.kind == "prefill_sm90"}
+    assert sm90 == {(q, kv, "none" if kv == q else "hardware", "same") for q in ("f16", "bf16")
+                    for kv in (q, "e4m3", "e5m2")}
     assert {k.kind for k in keys} == {"decode", "prefill", "prefill_sm90", "append"}
     assert len({k.name for k in keys}) == len(keys)
 
@@ -77,6 +78,18 @@ def test_prefill_sm90_space():
     assert {k.arch for k in keys} == {"sm90a"} and {k.kv_dtype for k in keys} == {"f16", "bf16", "e4m3", "e5m2"}
     assert {k.head_dim for k in keys if not k.is_fp8} == {64, 128, 192, 256}
     assert {(k.head_dim, k.conversion) for k in keys if k.is_fp8} == {(128, "hardware")}
+    # an e4m3 q: with an FP8 cache, writing f16 or bf16 (o_dtype); a 16-bit q writes its own dtype
+    assert {(k.kv_dtype, k.o_dtype) for k in keys if k.q_dtype == "e4m3" and k.variant == "default"} == {
+        (kv, o) for kv in ("e4m3", "e5m2") for o in ("f16", "bf16")}
+    assert {k.o_dtype for k in keys if k.q_dtype != "e4m3"} == {"same"}
+    fp8_q = key(kind="prefill_sm90", q_dtype="e4m3", o_dtype="f16")
+    assert why_invalid(fp8_q) is None and fp8_q.name.endswith("_default_of16") and fp8_q.out_dtype == "f16"
+    assert "fig::PrefillSm90Config<cute::float_e4m3_t, cute::float_e4m3_t, cute::half_t," in render(fp8_q)
+    assert "o_dtype must be 'f16' or 'bf16'" in why_invalid(key(kind="prefill_sm90", q_dtype="e4m3"))
+    assert "o_dtype must be 'same'" in why_invalid(key(kind="prefill_sm90", o_dtype="bf16"))
+    assert "16-bit KV cache must have the q dtype" in why_invalid(
+        key(kind="prefill_sm90", q_dtype="e4m3", kv_dtype="bf16", conversion="none", o_dtype="bf16"))
+    assert "q_dtype='e4m3'" in why_invalid(key(kind="prefill", q_dtype="e4m3", o_dtype="bf16"))
     assert "arch='sm80'" in why_invalid(key(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", conversion="none",
                                             arch="sm80"))
     assert "conversion='software'" in why_invalid(key(kind="prefill_sm90", conversion="software"))
@@ -152,6 +165,8 @@ def test_key_from_older_or_newer_manifest():
     assert InstanceKey.from_dict(k.as_dict()) == k
     old = {f: v for f, v in k.as_dict().items() if f != "variant"}  # written before `variant` existed
     assert InstanceKey.from_dict(old) == k
+    old = {f: v for f, v in k.as_dict().items() if f != "o_dtype"}  # written before `o_dtype` existed
+    assert InstanceKey.from_dict(old) == k and k.o_dtype == "same" and "_o" not in k.name
     with pytest.raises(ValueError, match="lacks the field 'head_dim'"):
         InstanceKey.from_dict({f: v for f, v in k.as_dict().items() if f != "head_dim"})
     with pytest.raises(ValueError, match="does not know"):

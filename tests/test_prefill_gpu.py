@@ -114,8 +114,10 @@ def plan_ragged(w, c, q_dtype, kv_dtype, causal=False, **opts):
            kv_data_type=kv_dtype, **opts)
 
 
-def poisoned(q):
-    return torch.full_like(q, float("nan")), torch.full(q.shape[:2], float("nan"), device=q.device)
+def poisoned(q, out_dtype=None):
+    """NaN out (q's dtype, or out_dtype) and lse of q's shape."""
+    return (torch.full_like(q, float("nan"), dtype=out_dtype or q.dtype),
+            torch.full(q.shape[:2], float("nan"), device=q.device))
 
 
 def paged_ref(c, causal=False, k_scale=None, v_scale=None, sm_scale=None, soft_cap=None, window_left=-1, q=None):

@@ -7,9 +7,11 @@ backend="sm90", for the 16-bit caches this family builds.
 Tolerances are test_prefill_gpu.py's, for the same reason: q.k and p.v accumulate in fp32, P is
 rounded to the q dtype (bf16: 2^-8, fp16: 2^-11) before P V, and the output to the q dtype.
 
-FP8 caches (e4m3, e5m2) run on FP8 WGMMA tiles: q quantised per (token, head) row to e4m3, P to
-e4m3. The reference takes q exactly as the kernel quantises it (quantize_q_rows, bit-exact) and the
-cache's own codes, so what remains is P's rounding and FP8 WGMMA's accumulation. The tolerances
+FP8 caches (e4m3, e5m2) run on FP8 WGMMA tiles: a 16-bit q quantised per (token, head) row to
+e4m3, P to e4m3. The reference takes q exactly as the kernel quantises it (quantize_q_rows,
+bit-exact) and the cache's own codes, so what remains is P's rounding and FP8 WGMMA's
+accumulation. An e4m3 q given by the caller (its q_scale in the logits, the output in
+o_data_type) is exact too: the reference takes its codes times q_scale, and the same bounds hold. The tolerances
 come from those (fp8_tile_bounds, per output element of the float64 reference):
   - P: each p_j is rounded to e4m3 (3 mantissa bits): off by at most 2^-4 p_j (half an ulp), so
     |error| <= 2^-4 sum_j p_j |v_j|; its subnormal codes (P is scaled so that the row max is 2^8)
@@ -22,7 +24,7 @@ come from those (fp8_tile_bounds, per output element of the float64 reference):
     by at most that. (2^-13 alone was too tight: the H100 showed
     LSE errors of about 2^-12.5 of the sum.) test_fp8_lse_where_the_sums_are_exact pins the LSE to
     1e-4 on values whose sums the accumulation cannot round, so this bound covers only rounding.
-  - the 16-bit output: 2^-8 of |out| (bf16's half ulp is 2^-9).
+  - the 16-bit output: 2^-8 of |out| (bf16's half ulp is 2^-9; fp16's 2^-12).
   - O's accumulation: each tile's P V is summed by FP8 WGMMA (N / 32 = 4 k32 instructions, each
     off by about 2^-13 of a value no larger than that tile's sum_j p_j |v_j|) into a fragment of
     its own, then added to O in fp32, so O is off by at most 2^-11 sum_j p_j |v_j|. (Chained
@@ -33,11 +35,10 @@ come from those (fp8_tile_bounds, per output element of the float64 reference):
   also be within 1.5 x 2^-4 / sqrt(3) ||sqrt(sum_j p_j^2 v_j^2)|| plus the other terms' norms: this
   one is what a wrong key order or scale would break first.
 
-FP8 tiles are opt-in (the wrappers' fp8_tiles=True): O's accumulation across tiles in FP8 WGMMA
-drifts low on long requests (bench/check_fp8_accumulation.py: 39% at 32768 keys of V with mean 3).
-Dispatch: backend="auto" takes this family on sm_90 where its instance is built (and, for an FP8
-cache, fp8_tiles=True) and the Ampere path otherwise; backend="sm90" for a combination it does not
-build, or an FP8 cache without fp8_tiles, is an ArgumentError that names why.
+Dispatch: backend="auto" takes this family on sm_90 where its instance is built (an FP8 cache on
+its FP8 tiles unless the wrapper has fp8_tiles=False) and the Ampere path otherwise;
+backend="sm90" for a combination it does not build, or an FP8 cache with fp8_tiles=False, and an
+FP8 q on the Ampere path are ArgumentErrors that name why.
 """
 import math
 
@@ -179,8 +180,9 @@ def test_cuda_graph_capture(workspace):
 
 
 def test_backend_dispatch(workspace):
-    """auto: this family for a 16-bit cache where built, the Ampere path for FP8; sm90 for FP8 and
-    an unknown backend are clear errors before any launch."""
+    """auto: this family where built (FP8 caches on its FP8 tiles), the Ampere path with
+    fp8_tiles=False; what a backend cannot serve, and an unknown backend, are clear errors before
+    any launch."""
     c = make_paged([3, 70], [100, 70], 16, 8, 2, 128, torch.bfloat16, torch.bfloat16)
     auto = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace)
     plan_paged(auto, c, torch.bfloat16, torch.bfloat16, causal=True)
@@ -189,15 +191,17 @@ def test_backend_dispatch(workspace):
     ref, ref_lse = paged_ref(c, causal=True)
     assert_close(out, None, ref, ref_lse, out_tolerance(torch.bfloat16, torch.bfloat16), "auto")
     plan_paged(auto, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
-    assert auto.module.key.kind == "prefill"  # FP8 tiles are opt-in: q kept in 16 bits, K/V upcast
-    opted = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, fp8_tiles=True)
-    plan_paged(opted, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
-    assert opted.module.key.kind == "prefill_sm90"  # FP8 tiles
-    forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90")
-    with pytest.raises(ArgumentError, match="fp8_tiles=True"):
+    assert auto.module.key.kind == "prefill_sm90"  # FP8 tiles
+    in16 = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, fp8_tiles=False)
+    plan_paged(in16, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
+    assert in16.module.key.kind == "prefill"  # q kept in 16 bits, K/V upcast
+    with pytest.raises(ArgumentError, match="runs only on the Hopper family's FP8 tiles"):
+        plan_paged(in16, c, torch.float8_e4m3fn, torch.float8_e4m3fn, causal=True)
+    forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90", fp8_tiles=False)
+    with pytest.raises(ArgumentError, match="backend='sm80'"):
         plan_paged(forced, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
     c64 = make_paged([3, 70], [100, 70], 16, 8, 2, 64, torch.bfloat16, torch.float8_e4m3fn)
-    forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90", fp8_tiles=True)
+    forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90")
     with pytest.raises(ArgumentError, match="multiple of 128"):
         plan_paged(forced, c64, torch.bfloat16, torch.float8_e4m3fn, causal=True)
     with pytest.raises(ArgumentError, match="backend must be one of"):
@@ -274,35 +278,46 @@ def small_integers(c, seed):
         t.copy_(torch.randint(-2, 3, t.shape, generator=gen).to(torch.float32).to(t.dtype))
 
 
+def fp8_q_ref(c, q_scale):
+    """q as the kernel reads it: quantised per row (a 16-bit q), or an e4m3 q's codes times q_scale."""
+    if c["q"].element_size() == 2:
+        return quantize_q_rows(c["q"])
+    return c["q"].double() * (1.0 if q_scale is None else float(q_scale))
+
+
 def check_fp8(q_dtype, kv_dtype, layout, page_size, group, qo_lens, kv_lens, ws, hk=None, causal=False,
               combined=False, k_scale=None, v_scale=None, soft_cap=None, window_left=-1, sm_scale=None, seed=0,
-              ragged=False, d=128, exact_sums=False):
+              ragged=False, d=128, exact_sums=False, q_scale=None, o_dtype=None):
+    """An FP8 cache on FP8 tiles against the derived bounds; q_dtype e4m3: q given in FP8, with
+    q_scale, writing o_dtype (None: the plan's default, bf16)."""
     hq, hk = heads_for(group, hk)
+    opts = dict(window_left=window_left, logits_soft_cap=soft_cap, sm_scale=sm_scale)
+    if o_dtype is not None:
+        opts["o_data_type"] = o_dtype
     if ragged:
         c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, kv_dtype, seed)
-        w = ragged_wrapper(ws, "NHD", backend="sm90", fp8_tiles=True)
-        plan_ragged(w, c, q_dtype, kv_dtype, causal, window_left=window_left, logits_soft_cap=soft_cap,
-                    sm_scale=sm_scale)
+        w = ragged_wrapper(ws, "NHD", backend="sm90")
+        plan_ragged(w, c, q_dtype, kv_dtype, causal, **opts)
     else:
         c = make_paged(qo_lens, kv_lens, page_size, hq, hk, d, q_dtype, kv_dtype, layout, combined, seed)
-        w = paged_wrapper(ws, layout, backend="sm90", fp8_tiles=True)
-        plan_paged(w, c, q_dtype, kv_dtype, causal, window_left=window_left, logits_soft_cap=soft_cap,
-                   sm_scale=sm_scale)
+        w = paged_wrapper(ws, layout, backend="sm90")
+        plan_paged(w, c, q_dtype, kv_dtype, causal, **opts)
     assert w.module.key.kind == "prefill_sm90" and w.module.key.conversion == "hardware", w.module.key.name
+    out_dtype = q_dtype if q_dtype.itemsize == 2 else (o_dtype or torch.bfloat16)
     if exact_sums:
         small_integers(c, seed)
-    out, lse = poisoned(c["q"])
+    out, lse = poisoned(c["q"], out_dtype)
     if ragged:
-        w.run(c["q"], c["k"], c["v"], k_scale=k_scale, v_scale=v_scale, out=out, lse=lse)
+        w.run(c["q"], c["k"], c["v"], q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, out=out, lse=lse)
     else:
-        w.run(c["q"], c["cache"], k_scale=k_scale, v_scale=v_scale, out=out, lse=lse)
+        w.run(c["q"], c["cache"], q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, out=out, lse=lse)
     torch.cuda.synchronize()
-    q_ref = quantize_q_rows(c["q"])
+    q_ref = fp8_q_ref(c, q_scale)
     ref_fn = ragged_ref if ragged else paged_ref
     ref, ref_lse = ref_fn(c, causal, k_scale, v_scale, sm_scale, soft_cap, window_left, q=q_ref)
     bounds = fp8_bounds(c, ragged, causal, k_scale, v_scale, sm_scale, soft_cap, window_left, q_ref)
     what = (f"{w.module.key.name}, {'ragged' if ragged else f'{layout}, page {page_size}'}, hq {hq}/hk {hk}, "
-            f"causal {causal}, window {window_left}, qo {list(qo_lens)}, kv {list(kv_lens)}")
+            f"causal {causal}, window {window_left}, q_scale {q_scale}, qo {list(qo_lens)}, kv {list(kv_lens)}")
     return assert_fp8_close(out, lse, ref, ref_lse, bounds, what, exact_sums), c, w
 
 
@@ -373,7 +388,7 @@ def test_fp8_quantisation_error_is_what_the_readme_says(workspace):
 def test_fp8_cuda_graph_and_device_scales(workspace):
     """A captured FP8 run replays to the right answer and follows k_scale / v_scale tensors."""
     c = make_paged([16, 1, 100, 0], [4096, 1, 4000, 3], 16, 32, 8, 128, torch.bfloat16, torch.float8_e4m3fn)
-    w = paged_wrapper(workspace, backend="sm90", fp8_tiles=True)
+    w = paged_wrapper(workspace, backend="sm90")
     plan_paged(w, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
     ks, vs = torch.tensor([0.5], device="cuda"), torch.tensor([2.0], device="cuda")
     out, lse = poisoned(c["q"])
@@ -407,7 +422,7 @@ def test_fp8_long_request_keeps_its_mean(workspace):
     v = (torch.randn(batch * kv, hk, d, device="cuda", generator=gen) + 3.0).to(torch.float8_e4m3fn)
     c = dict(q=q, k=k, v=v, qo_indptr=torch.arange(0, batch * qo + 1, qo, dtype=torch.int32, device="cuda"),
              kv_indptr=torch.arange(0, batch * kv + 1, kv, dtype=torch.int32, device="cuda"), hq=hq, hk=hk, d=d)
-    w = ragged_wrapper(workspace, "NHD", backend="sm90", fp8_tiles=True)
+    w = ragged_wrapper(workspace, "NHD", backend="sm90")
     plan_ragged(w, c, torch.bfloat16, torch.float8_e4m3fn)
     assert w._plan["schedule"].num_partial == 0, "the requests must not be split (the point of the test)"
     out, lse = poisoned(q)
@@ -421,3 +436,81 @@ def test_fp8_long_request_keeps_its_mean(workspace):
         assert abs(bias) <= 2.0 ** -11 + 2.0 ** -8, f"request {b}: O is off by {bias:+.3e} on average"
         bounds = fp8_tile_bounds(q_ref, k[ks], v[ks])
         assert_fp8_close(out[qs], lse[qs], ref, ref_lse, bounds, f"request {b} of 32768 keys")
+
+
+# --- q given in e4m3 (q_scale, o_data_type) ------------------------------------------------------
+
+FP8_Q_CASES = ((torch.float8_e4m3fn, torch.bfloat16), (torch.float8_e5m2, torch.float16),
+               (torch.float8_e4m3fn, torch.float16), (torch.float8_e5m2, torch.bfloat16))  # (kv, out)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kv_dtype,o_dtype", FP8_Q_CASES, ids=_ids)
+def test_fp8_q_matrix(kv_dtype, o_dtype, causal, workspace):
+    """An e4m3 q (codes of N(0, 1), q_scale 0.5) with each cache and output dtype: the (layout,
+    page size, group) rotation, then a ragged batch with every length case."""
+    kv_index = FP8_Q_CASES.index((kv_dtype, o_dtype))
+    for n, (layout, page_size, group) in enumerate(matrix_combos(kv_index, 2, causal)):
+        seed = 3000 + 100 * kv_index + 10 * n + int(causal)
+        qo_lens, kv_lens = matrix_lengths(torch.Generator().manual_seed(seed), causal)
+        check_fp8(torch.float8_e4m3fn, kv_dtype, layout, page_size, group, qo_lens, kv_lens, workspace, causal=causal,
+                  q_scale=0.5, k_scale=0.75, v_scale=1.5, o_dtype=o_dtype, seed=seed)
+    check_fp8(torch.float8_e4m3fn, kv_dtype, None, None, 4, [1, 7, 64, 300, 0, 17], [1, 77, 1000, 300, 5, 17],
+              workspace, causal=causal, ragged=True, q_scale=0.25, o_dtype=o_dtype, seed=3900 + kv_index)
+
+
+def test_fp8_q_window_softcap_split_exact(workspace):
+    """An e4m3 q: window, soft-cap (with sm_scale), split-KV, the default output dtype (bf16), and
+    the LSE on values whose sums the accumulation keeps exact."""
+    e4m3 = torch.float8_e4m3fn
+    qo, kv = [1, 64, 300, 7, 0], [1000, 129, 300, 7, 3]
+    check_fp8(e4m3, e4m3, "NHD", 16, 4, qo, kv, workspace, causal=True, soft_cap=30.0, sm_scale=0.1, q_scale=2.0,
+              o_dtype=torch.bfloat16)
+    check_fp8(e4m3, torch.float8_e5m2, "HND", 32, 8, qo, kv, workspace, causal=True, window_left=40, q_scale=0.5,
+              seed=1)
+    _, _, w = check_fp8(e4m3, e4m3, "NHD", 16, 4, [16], [32768], workspace, hk=8, causal=False, q_scale=0.125,
+                        v_scale=2.0, o_dtype=torch.float16, seed=2)
+    assert w._plan["schedule"].num_partial > 0, "batch 1 at 32k keys must be split"
+    check_fp8(e4m3, e4m3, "NHD", 16, 4, [1, 64, 300, 7], [1000, 129, 300, 7], workspace, causal=True, q_scale=0.5,
+              seed=3, exact_sums=True)
+
+
+def test_fp8_q_cuda_graph_device_scale_and_bad_inputs(workspace):
+    """A captured run with q_scale as a device tensor follows its value; out's dtype is the plan's
+    o_data_type; what does not fit an FP8 q is an ArgumentError before any launch."""
+    e4m3 = torch.float8_e4m3fn
+    c = make_paged([16, 1, 100, 0], [4096, 1, 4000, 3], 16, 32, 8, 128, e4m3, e4m3)
+    w = paged_wrapper(workspace, backend="sm90")
+    plan_paged(w, c, e4m3, e4m3, causal=True, o_data_type=torch.float16)
+    qs = torch.tensor([0.5], device="cuda")
+    out, lse = poisoned(c["q"], torch.float16)
+    w.run(c["q"], c["cache"], q_scale=qs, out=out, lse=lse)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        w.run(c["q"], c["cache"], q_scale=qs, out=out, lse=lse)
+    for q_scale in (0.5, 0.0625):
+        qs.fill_(q_scale)
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        q_ref = fp8_q_ref(c, q_scale)
+        ref, ref_lse = paged_ref(c, True, q=q_ref)
+        bounds = fp8_bounds(c, False, True, None, None, None, None, -1, q_ref)
+        assert_fp8_close(out, lse, ref, ref_lse, bounds, f"graph replay, q_scale {q_scale}")
+    assert w.run(c["q"], c["cache"], q_scale=0.5).dtype == torch.float16
+    with pytest.raises(ArgumentError, match="out must be .* torch.float16"):
+        w.run(c["q"], c["cache"], out=torch.empty(c["q"].shape, dtype=torch.bfloat16, device="cuda"))
+    with pytest.raises(ArgumentError, match="q has dtype torch.bfloat16"):
+        w.run(c["q"].to(torch.bfloat16), c["cache"])
+    odd = torch.empty(c["q"].shape[0], c["q"].shape[1], 130, dtype=e4m3, device="cuda")[..., 1:129]
+    with pytest.raises(ArgumentError, match="4-byte aligned"):
+        w.run(odd, c["cache"])
+    for bad, match in ((dict(o_data_type=e4m3), "float16 or bfloat16 for an FP8 q"),
+                       (dict(q_data_type=torch.float8_e5m2), "q_data_type must be"),
+                       (dict(kv_data_type=torch.bfloat16), "needs an FP8 KV cache")):
+        args = {**dict(q_data_type=e4m3, kv_data_type=e4m3), **bad}
+        with pytest.raises(ArgumentError, match=match):
+            w.plan(c["qo_indptr"], c["kv_indptr"], c["indices"], c["last"], c["hq"], c["hk"], c["d"], c["page_size"],
+                   causal=True, **args)

@@ -113,9 +113,9 @@ def test_cli_list_shows_the_matrix(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASHINFER_GEN_CACHE", str(tmp_path))
     out = registry_table()
     rows = [line.split() for line in out.splitlines()]
-    assert rows[0] == ["kind", "q_dtype", "kv_dtype", "head_dim", "conversion", "variant", "sm90a"]
-    assert ["decode", "bf16", "e4m3", "128", "hardware", "default", "built"] in rows
-    assert ["decode", "bf16", "e4m3", "128", "software", "default", "missing"] in rows
+    assert rows[0] == ["kind", "q_dtype", "kv_dtype", "head_dim", "conversion", "variant", "o_dtype", "sm90a"]
+    assert ["decode", "bf16", "e4m3", "128", "hardware", "default", "same", "built"] in rows
+    assert ["decode", "bf16", "e4m3", "128", "software", "default", "same", "missing"] in rows
     assert "1 of 2 generated instances built" in out
 
 
@@ -421,15 +421,45 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
         pick(("prefill_sm90",), "bf16", "bf16")
 
 
-def test_fp8_tiles_are_opt_in():
-    """prefill.families: an FP8 cache leaves the Hopper family's FP8 tiles out of backend="auto"
-    unless fp8_tiles=True, and backend="sm90" without it is an ArgumentError that names the switch;
-    16-bit caches are unaffected."""
-    from flashinfer_gen.prefill import families
-    assert families("auto", "bf16", False) == ("prefill_sm90", "prefill")
-    assert families("auto", "e4m3", False) == ("prefill",)
-    assert families("auto", "e5m2", True) == ("prefill_sm90", "prefill")
-    assert families("sm80", "e4m3", False) == ("prefill",)
-    assert families("fa3", "e4m3", True) == ("prefill_sm90",)
+def test_prefill_families():
+    """prefill.families: backend="auto" offers the Hopper family's FP8 tiles to an FP8 cache unless
+    fp8_tiles=False (then the Ampere path, and backend="sm90" is an ArgumentError naming sm80); an
+    FP8 q goes only to the kinds that build one, and a backend with none says where it runs."""
+    from flashinfer_gen.prefill import FP8_Q_DTYPES, families
+    assert FP8_Q_DTYPES == ("e4m3",)
+    assert families("auto", "bf16", "bf16", True) == ("prefill_sm90", "prefill")
+    assert families("auto", "bf16", "bf16", False) == ("prefill_sm90", "prefill")
+    assert families("auto", "bf16", "e4m3", True) == ("prefill_sm90", "prefill")
+    assert families("auto", "f16", "e5m2", False) == ("prefill",)
+    assert families("sm80", "bf16", "e4m3", True) == ("prefill",)
+    assert families("fa3", "bf16", "e4m3", True) == ("prefill_sm90",)
+    assert families("auto", "e4m3", "e5m2", True) == ("prefill_sm90",)
+    with pytest.raises(V.ArgumentError, match="backend='sm80' to keep q in 16 bits"):
+        families("sm90", "bf16", "e4m3", False)
+    with pytest.raises(V.ArgumentError, match="runs only on the Hopper family's FP8 tiles"):
+        families("sm80", "e4m3", "e4m3", True)
     with pytest.raises(V.ArgumentError, match="fp8_tiles=True"):
-        families("sm90", "e4m3", False)
+        families("auto", "e4m3", "e4m3", False)
+
+
+def test_q_and_output_dtype_names():
+    """dtype_names / o_dtype_name: a 16-bit q writes its own dtype; an FP8 q (where the caller's
+    kinds build one) needs an FP8 cache and writes float16 or bfloat16 (bfloat16 by default)."""
+    from flashinfer_gen.common import dtype_names, o_dtype_name
+    e4m3, e5m2 = torch.float8_e4m3fn, torch.float8_e5m2
+    assert dtype_names(torch.bfloat16, e4m3) == ("bf16", "e4m3")
+    assert dtype_names(e4m3, e5m2, ("e4m3",)) == ("e4m3", "e5m2")
+    assert dtype_names(e4m3, None, ("e4m3",)) == ("e4m3", "e4m3")
+    with pytest.raises(V.ArgumentError, match="float16 or bfloat16, got"):
+        dtype_names(e4m3, e4m3)  # decode builds no FP8 q
+    with pytest.raises(V.ArgumentError, match="or torch.float8_e4m3fn, got"):
+        dtype_names(e5m2, e5m2, ("e4m3",))
+    with pytest.raises(V.ArgumentError, match="needs an FP8 KV cache"):
+        dtype_names(e4m3, torch.bfloat16, ("e4m3",))
+    assert o_dtype_name("bf16", None) == o_dtype_name("bf16", torch.bfloat16) == "same"
+    assert o_dtype_name("e4m3", None) == "bf16"
+    assert o_dtype_name("e4m3", torch.float16) == "f16" and o_dtype_name("e4m3", "bfloat16") == "bf16"
+    with pytest.raises(V.ArgumentError, match="must be q's dtype"):
+        o_dtype_name("f16", torch.bfloat16)
+    with pytest.raises(V.ArgumentError, match="float16 or bfloat16 for an FP8 q"):
+        o_dtype_name("e4m3", e4m3)
