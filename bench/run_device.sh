@@ -99,9 +99,9 @@ while [ $# -gt 0 ]; do
       ncu --clock-control none -k regex:${FIG_NCU_KERNEL:-prefill_kernel} -s 1 -c 1 --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats --section InstructionStats \
-        --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum \
+        --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active \
         python bench/ncu_prefill.py $kv $conv ${FIG_NCU_ARGS:-} >"$OUT/ncu_${kv}_${conv:-none}.txt" 2>&1 || rc=1
-      grep -E "profiled|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|hmma_cycles|bank_conflicts|pipe_lsu|No Eligible|Stall" \
+      grep -E "profiled|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|hmma_cycles|pipe_xu|pipe_fma|bank_conflicts|pipe_lsu|No Eligible|Stall" \
         "$OUT/ncu_${kv}_${conv:-none}.txt" | head -20 | sed "s/^/$case: /"
     done
     ;;

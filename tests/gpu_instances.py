@@ -21,9 +21,11 @@ SELECTIONS = (
     {"kind": ("prefill",), "head_dim": (80, 96, 192), "variant": ("default",), "q_dtype": ("bf16",)},
     {"kind": ("append",), "head_dim": (64, 128, 256)},
     # the Hopper family (sm_90a only: nothing on other arches; an e4m3 q with both output dtypes);
-    # soft-cap at head dim 128 with a 16-bit q
+    # soft-cap at head dim 128 (an e4m3 q: one cache and output dtype)
     {"kind": ("prefill_sm90",), "head_dim": (64, 128, 192, 256), "variant": ("default",)},
     {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",), "q_dtype": ("f16", "bf16")},
+    {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",), "q_dtype": ("e4m3",),
+     "kv_dtype": ("e4m3",), "o_dtype": ("bf16",)},
 )
 
 
