@@ -13,6 +13,8 @@ logits scale, as k_scale is), with the output dtype in the key (o_dtype f16 or b
 """
 from __future__ import annotations
 
+import os
+
 from .arches import ARCH_BY_NAME, Arch
 from .keys import CXX_ELEMENT, FP8_DTYPES, KV_BYTES, O_DTYPES, Q_DTYPES, InstanceKey, KindSpec
 from .kind_decode import CXX_LOGITS, VARIANTS
@@ -38,7 +40,17 @@ TILE_KEYS = (128, 96, 64)     # candidates for keys per stage, preferred first
 # FP8: the V transpose gives each lane of a warp one of 32 four-key groups (prefill_sm90_transpose.cuh)
 FP8_TILE_KEYS = 128
 FP8_ATOM_COLUMNS = 128        # a 128-byte swizzle atom holds 128 one-byte head-dim columns
+FP8_STAGES_VT = 3             # transposed-V stages (stages_vt)
 MAX_STAGES = 4
+# Tuning hook for bench/ only: "k16=2,v16=3,k8=4,v8=4,vt8=3" overrides the ring depths below (K, V
+# of a 16-bit cache; K, V as landed and transposed V of an FP8 one) for the generator; the kernel
+# static_asserts that the shared memory still fits. Build each setting into a cache of its own.
+TUNE_ENV = "FIG_PREFILL_SM90_TUNE"
+
+
+def _tune() -> dict:
+    text = os.environ.get(TUNE_ENV, "")
+    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
 # Registers a consumer thread spends on O (D / 2) and S (N / 2) fp32 accumulators, at most; the
 # rest of CONSUMER_REGISTERS holds P, Q/K/V descriptors, addresses and the softmax state.
 ACCUMULATOR_REGISTERS = 192
@@ -57,8 +69,9 @@ def fp8_tiles(key: InstanceKey) -> bool:
 
 
 def stages_vt(key: InstanceKey) -> int:
-    """Stages of transposed V (FP8 only; the consumers read them as the K-major B operand)."""
-    return 2 if fp8_tiles(key) else 0
+    """Stages of transposed V (FP8 only; the consumers read them as the K-major B operand). Three:
+    with two, the consumers waited on the transpose in 9.5% of the samples (H100, 48cb667)."""
+    return _tune().get("vt8", FP8_STAGES_VT) if fp8_tiles(key) else 0
 
 
 def _smem_bytes(key: InstanceKey, n: int, stages_k: int, stages_v: int) -> int:
@@ -88,13 +101,22 @@ def block_n(key: InstanceKey) -> int:
 
 
 def pipeline_stages(key: InstanceKey, arch: Arch) -> tuple[int, int]:
-    """(K stages, V stages): K first, as many as fit up to MAX_STAGES next to two of V (the
-    consumers wait on K a GEMM earlier than on V: prefill_sm90_load.cuh), then V up to K's.
-    (0, 0): not even two each fit."""
+    """(K stages, V stages) as deep as the shared memory allows, up to MAX_STAGES. A 16-bit
+    cache's V first, next to two of K, then K up to V's: the consumers hold V(t) a GEMM longer
+    than K(t) (P V(t) runs beside S(t + 1)), so V is the ring the producer waits on and the
+    consumers too (H100, 48cb667, d128: 16% of the samples in each when K had three stages and V
+    two). An FP8 cache's K first, then V up to K's: the producer transposes V into a ring of its
+    own (stages_vt), which the consumers hold instead. (0, 0): not even two each fit."""
     n = block_n(key)
     fits = lambda sk, sv: n and _smem_bytes(key, n, sk, sv) <= arch.smem_per_block  # noqa: E731
-    k = next((s for s in range(MAX_STAGES, 1, -1) if fits(s, 2)), 0)
-    v = next((s for s in range(k, 1, -1) if fits(k, s)), 0)
+    if fp8_tiles(key):
+        k = next((s for s in range(MAX_STAGES, 1, -1) if fits(s, 2)), 0)
+        v = next((s for s in range(k, 1, -1) if fits(k, s)), 0)
+    else:
+        v = next((s for s in range(MAX_STAGES, 1, -1) if fits(2, s)), 0)
+        k = next((s for s in range(v, 1, -1) if fits(s, v)), 0)
+    tune, dtype = _tune(), "8" if fp8_tiles(key) else "16"
+    k, v = tune.get("k" + dtype, k), tune.get("v" + dtype, v)
     return (k, v) if k and v else (0, 0)
 
 
