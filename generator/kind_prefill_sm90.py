@@ -40,7 +40,7 @@ TILE_KEYS = (128, 96, 64)     # candidates for keys per stage, preferred first
 # FP8: the V transpose gives each lane of a warp one of 32 four-key groups (prefill_sm90_transpose.cuh)
 FP8_TILE_KEYS = 128
 FP8_ATOM_COLUMNS = 128        # a 128-byte swizzle atom holds 128 one-byte head-dim columns
-FP8_STAGES_VT = 3             # transposed-V stages (stages_vt)
+FP8_STAGES_VT = 2             # transposed-V stages (stages_vt)
 MAX_STAGES = 4
 # Tuning hook for bench/ only: "k16=2,v16=3,k8=4,v8=4,vt8=3" overrides the ring depths below (K, V
 # of a 16-bit cache; K, V as landed and transposed V of an FP8 one) for the generator; the kernel
@@ -69,8 +69,9 @@ def fp8_tiles(key: InstanceKey) -> bool:
 
 
 def stages_vt(key: InstanceKey) -> int:
-    """Stages of transposed V (FP8 only; the consumers read them as the K-major B operand). Three:
-    with two, the consumers waited on the transpose in 9.5% of the samples (H100, 48cb667)."""
+    """Stages of transposed V (FP8 only; the consumers read them as the K-major B operand). Three
+    measured no faster than two (H100, 638f081), though with two the consumers waited on the
+    transpose in 9.5% of ncu's stall samples (48cb667)."""
     return _tune().get("vt8", FP8_STAGES_VT) if fp8_tiles(key) else 0
 
 
@@ -101,20 +102,15 @@ def block_n(key: InstanceKey) -> int:
 
 
 def pipeline_stages(key: InstanceKey, arch: Arch) -> tuple[int, int]:
-    """(K stages, V stages) as deep as the shared memory allows, up to MAX_STAGES. A 16-bit
-    cache's V first, next to two of K, then K up to V's: the consumers hold V(t) a GEMM longer
-    than K(t) (P V(t) runs beside S(t + 1)), so V is the ring the producer waits on and the
-    consumers too (H100, 48cb667, d128: 16% of the samples in each when K had three stages and V
-    two). An FP8 cache's K first, then V up to K's: the producer transposes V into a ring of its
-    own (stages_vt), which the consumers hold instead. (0, 0): not even two each fit."""
+    """(K stages, V stages): K first, as many as fit up to MAX_STAGES next to two of V (the
+    consumers wait on K a GEMM earlier than on V: prefill_sm90_load.cuh), then V up to K's.
+    (0, 0): not even two each fit. Measured against V first (K 2, V 3 at d128, H100, 638f081,
+    `bench/results/prefill-tune-sm90-rings-*`): no faster, ragged bf16 5% slower, though ncu's stall
+    samples at 48cb667 had the consumers and the producer each waiting on V in 16-18% of them."""
     n = block_n(key)
     fits = lambda sk, sv: n and _smem_bytes(key, n, sk, sv) <= arch.smem_per_block  # noqa: E731
-    if fp8_tiles(key):
-        k = next((s for s in range(MAX_STAGES, 1, -1) if fits(s, 2)), 0)
-        v = next((s for s in range(k, 1, -1) if fits(k, s)), 0)
-    else:
-        v = next((s for s in range(MAX_STAGES, 1, -1) if fits(2, s)), 0)
-        k = next((s for s in range(v, 1, -1) if fits(s, v)), 0)
+    k = next((s for s in range(MAX_STAGES, 1, -1) if fits(s, 2)), 0)
+    v = next((s for s in range(k, 1, -1) if fits(k, s)), 0)
     tune, dtype = _tune(), "8" if fp8_tiles(key) else "16"
     k, v = tune.get("k" + dtype, k), tune.get("v" + dtype, v)
     return (k, v) if k and v else (0, 0)
