@@ -129,7 +129,8 @@ class Bench:
         tail = f"{who}  ERROR {row['error']}" if row.get("error") else who
         us = f"{row['time_us']:>10.1f}" if row.get("time_us") else f"{'-':>10}"
         tf = f"{row['tflops']:>8.1f}" if row.get("tflops") else f"{'-':>8}"
-        print(f"{shape:<8} {layout:<7} {row['q_dtype'] + '/' + row['kv_dtype']:<10} {row['conversion']:<9} {int(row['causal']):>1} "
+        dtypes = row["q_dtype"] + "/" + row["kv_dtype"]
+        print(f"{shape:<8} {layout:<7} {dtypes:<10} {row['conversion']:<9} {int(row['causal']):>1} "
               f"{row['head_dim']:>4} {row['num_qo_heads']:>3}/{row['num_kv_heads']:<2} {us} {tf}  {tail}", flush=True)
 
     @staticmethod
@@ -276,8 +277,8 @@ class Bench:
                     return r.get("tflops")
             return None
 
-        ours_bf16 = find(family=FAMILY, layout="paged", page_size=PAGE, kv_dtype="bf16")
-        ours_ragged = find(family=FAMILY, layout="ragged", kv_dtype="bf16")
+        ours_bf16 = find(family=FAMILY, layout="paged", page_size=PAGE, kv_dtype="bf16", q_dtype="bf16")
+        ours_ragged = find(family=FAMILY, layout="ragged", kv_dtype="bf16", q_dtype="bf16")
         q8_ragged = find(family=FAMILY, layout="ragged", kv_dtype="e4m3", q_dtype="e4m3")
         flash = find(family="peer", backend="flash")
         cudnn = find(family="peer", backend="cudnn")
@@ -289,7 +290,7 @@ class Bench:
                    ours_q_e4m3_kv_e4m3_ragged_tflops=q8_ragged,
                    ours_q_e4m3_kv_e4m3_over_bf16_ragged=ratio(q8_ragged, ours_ragged))
         for conv in self.conversions:
-            e4m3 = find(family=FAMILY, layout="paged", page_size=PAGE, kv_dtype="e4m3", conversion=conv)
+            e4m3 = find(family=FAMILY, layout="paged", page_size=PAGE, kv_dtype="e4m3", conversion=conv, q_dtype="bf16")
             out[f"ours_e4m3_{conv}_paged16_tflops"] = e4m3
             out[f"ours_e4m3_{conv}_over_ours_bf16_paged16"] = round(e4m3 / ours_bf16, 3) if e4m3 and ours_bf16 else None
         return out

@@ -1,11 +1,14 @@
 """Two checks of the Hopper family's FP8 tiles that the test suite's shapes do not reach (a
 measurement, printed; exit 1 only on a non-finite output):
 
-1. O's accumulation across tiles. FP8 WGMMA chains P V into O's accumulator for every tile of an
-   unsplit request (kv_len / 32 k32 instructions), and keeps about 14 bits while it adds
-   (DeepSeek-V3, 3.3.2). So a long request whose V has a non-zero mean per channel is where a
-   truncation would add up: 16 requests x 128 queries on 32768 keys (32/8 heads, d128, e4m3, ragged:
-   512 work items, so plan() does not split them), V = N(0, 1) + 3. Printed: the relative L2
+1. O's accumulation across tiles. FP8 WGMMA keeps about 14 bits while it adds (DeepSeek-V3,
+   3.3.2): chained into O's accumulator for every tile of an unsplit request (kv_len / 32 k32
+   instructions, as up to 023716c), O drifted 39% low here; since 8e54979 each tile's P V has a
+   fragment of its own, added to O in fp32. A long request whose V has a non-zero mean per channel
+   is where a truncation would add up: 16 requests x 128 queries on 32768 keys (32/8 heads, d128,
+   e4m3, ragged: 64 work items x 8 KV heads, so plan() does not split them), V = N(0, 1) + 3. The
+   mean signed error also carries P's e4m3 rounding, which is biased low for p spread over a
+   binade (tests/test_prefill_sm90_gpu.py's long-request test removes it). Printed: the relative L2
    error and the mean signed relative error of O against the float64 reference on q quantised as
    the kernel does, for the first and last request; the Ampere path (q in 16 bits, K/V upcast) on
    the same data beside it.

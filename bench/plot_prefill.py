@@ -41,7 +41,8 @@ def series_label(s):
         return f"torch SDPA {s[1]}, dense bf16"
     layout, kv, conv, page, q = s[1], s[3], s[4], s[5], s[6]
     name = f"paged{page}" if layout == "paged" else layout
-    return f"flashinfer_gen {name} " + (kv if q == "bf16" else f"q {q} / kv {kv}") + ("" if conv == "none" else f" ({conv})")
+    dtypes = kv if q == "bf16" else f"q {q} / kv {kv}"
+    return f"flashinfer_gen {name} {dtypes}" + ("" if conv == "none" else f" ({conv})")
 
 
 def best(rows, gk, sk):
@@ -86,7 +87,8 @@ def main(path: str, png: str | None = None) -> None:
     ax2.axhline(1.0, color="black", linewidth=1)
     ax2.set_ylabel("speed-up over SDPA flash\n(dense bf16)")
     ax2.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], [group_label(g, rows) for g in groups])
-    ax.set_title(f"Batch prefill ({data.get('family', 'sm80')} family), d{HEAD_DIM}, q bf16 unless named — {data['device']}, "
+    ax.set_title(f"Batch prefill ({data.get('family', 'sm80')} family), d{HEAD_DIM}, q bf16 unless named — "
+                 f"{data['device']}, "
                  f"commit {data['commit']}, "
                  f"{data['date'][:10]}, torch {data['torch']}")
     ax.legend(fontsize=8, ncol=3, loc="upper left")

@@ -438,7 +438,7 @@ def finish_run(plan: dict, q: torch.Tensor, kv: Mapping, q_scale, k_scale, v_sca
         checked.last_q = q_meta
     q_ptr = q.data_ptr()
     if q_ptr % 4:
-        fail(f"q must be 4-byte aligned with even strides, got address {q_ptr:#x}")
+        fail(f"q's rows must start 4-byte aligned, got address {q_ptr:#x}")
     views["q"].data = q_ptr
     if q_scale is None and k_scale is None and v_scale is None:
         scales = plan["unit_scales"]  # as an engine's bf16 layers pass them

@@ -33,23 +33,28 @@ def _scale(x) -> float:
 
 @torch.library.custom_op("flashinfer_gen::attention_run", mutates_args=())
 def attention_run(wrapper_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_scale: float,
-                  k_scale: float, v_scale: float, return_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """run() of the wrapper `wrapper_id`: k, v are its paged caches (4-D) or ragged K/V (3-D).
-    Returns (out, lse); lse is empty unless return_lse."""
+                  k_scale: float, v_scale: float, return_lse: bool,
+                  out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """run() of the wrapper `wrapper_id`: k, v are its paged caches (4-D) or ragged K/V (3-D);
+    out_dtype: what its plan writes (q's dtype, or an FP8 q's o_data_type), an argument so that a
+    compiled graph is specialised on it rather than on the wrapper's state. Returns (out, lse);
+    lse is empty unless return_lse."""
     wrapper = _WRAPPERS[wrapper_id]
     kv = (q, (k, v)) if k.dim() == 4 else (q, k, v)
     result = wrapper.run(*kv, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse,
                          _eager=True)
+    out = result[0] if return_lse else result
+    if out.dtype != out_dtype:  # the plan changed under a compiled graph that was traced for another
+        raise RuntimeError(f"flashinfer_gen: the compiled call was traced for an output of {out_dtype}, but the "
+                           f"wrapper's plan now writes {out.dtype}; compile again after such a plan()")
     if return_lse:
         return result
     return result, torch.empty(0, dtype=torch.float32, device=q.device)
 
 
 @attention_run.register_fake
-def _(wrapper_id, q, k, v, q_scale, k_scale, v_scale, return_lse):
+def _(wrapper_id, q, k, v, q_scale, k_scale, v_scale, return_lse, out_dtype):
     lse_shape = q.shape[:-1] if return_lse else (0,)
-    plan = getattr(_WRAPPERS.get(wrapper_id), "_plan", None) or {}
-    out_dtype = plan.get("out_dtype") or q.dtype  # an FP8 q's plan names it
     return torch.empty_like(q, dtype=out_dtype), q.new_empty(lse_shape, dtype=torch.float32)
 
 
@@ -57,10 +62,18 @@ def compiled_run(wrapper, q, k, v, args, q_scale, k_scale, v_scale, out, lse, re
     """What a wrapper's run() does under torch.compile: one attention_run op, then `out` / `lse`
     filled if the caller gave them (the op itself returns fresh tensors)."""
     from .common import positional_run_args
+    from .validation import fail
     k_scale, v_scale, out, lse, return_lse = positional_run_args(args, k_scale, v_scale, out, lse, return_lse)
     want_lse = bool(return_lse or lse is not None)
+    plan = wrapper._plan
+    if plan is None:
+        fail("call plan() before run()")
+    out_dtype = plan.get("out_dtype") or plan["q_dtype"]  # read here, where Dynamo guards it
+    if out is not None and (not isinstance(out, torch.Tensor) or out.dtype != out_dtype or out.shape != q.shape):
+        fail(f"out must be {tuple(q.shape)} {out_dtype}, got {getattr(out, 'shape', out)} "
+             f"{getattr(out, 'dtype', '')}")
     result, result_lse = torch.ops.flashinfer_gen.attention_run(wrapper._op_id, q, k, v, _scale(q_scale),
-                                                                _scale(k_scale), _scale(v_scale), want_lse)
+                                                                _scale(k_scale), _scale(v_scale), want_lse, out_dtype)
     if out is not None:
         out.copy_(result)
         result = out

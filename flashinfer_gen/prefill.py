@@ -20,7 +20,8 @@ from generator.keys import FP8_DTYPES
 from generator.kind_prefill import HEAD_DIMS, PARAMS
 
 from .common import (INT32_MAX, UNSET_QUERY, CheckedInputs, Wrapper, check_kv, check_kv_alignment,
-                     check_variant, dtype_names, finish_run, o_dtype_name, flashinfer_extras, launch_params, lay_out_plan,
+                     check_variant, dtype_names, finish_run, o_dtype_name, flashinfer_extras, launch_params,
+                     lay_out_plan,
                      lookup_family, merge_fields, plan_kv_fields, positional_run_args, resident_ctas,
                      unset_output)
 from .ops import compiled_run, split_cache
@@ -50,19 +51,20 @@ FP8_Q_DTYPES = tuple(d for d in FP8_DTYPES if any(d in KINDS[k].allowed("q_dtype
 
 def families(backend: str, q_name: str, kv_name: str, fp8_tiles: bool) -> tuple[str, ...]:
     """The kinds backend= may use for these dtypes, preferred first: BACKENDS, less the FP8 tiles
-    for an FP8 cache where fp8_tiles is False, less the kinds that build no FP8 q for one."""
+    for a 16-bit q on an FP8 cache where fp8_tiles is False (they would quantise it), and for an
+    FP8 q only the kinds that build one (fp8_tiles does not concern it: nothing is quantised)."""
     kinds = BACKENDS[backend]
+    if q_name in FP8_DTYPES:
+        able = tuple(k for k in kinds if q_name in KINDS[k].allowed("q_dtype"))
+        if not able:
+            fail(f"a q of dtype {TORCH_DTYPES[q_name]} runs only on the Hopper family's FP8 tiles (backend 'sm90' or "
+                 f"'auto' on an sm_90 GPU); got backend={backend!r}")
+        return able
     if kv_name in FP8_DTYPES and not fp8_tiles:
         kinds = tuple(k for k in kinds if k != FP8_TILES_KIND)
         if not kinds:
             fail(f"backend={backend!r} runs an FP8 cache only on the Hopper family's FP8 tiles (q quantised to "
                  "e4m3), which fp8_tiles=False refuses; use backend='sm80' to keep q in 16 bits")
-    if q_name in FP8_DTYPES:
-        able = tuple(k for k in kinds if q_name in KINDS[k].allowed("q_dtype"))
-        if not able:
-            fail(f"an {TORCH_DTYPES[q_name]} q runs only on the Hopper family's FP8 tiles (backend 'sm90' or 'auto' "
-                 f"on an sm_90 GPU{', with fp8_tiles=True' if not fp8_tiles else ''}); got backend={backend!r}")
-        kinds = able
     return kinds
 
 
@@ -436,7 +438,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefill):
                  f"{int(kv_len.max())} and {int(kv_h[-1])}")
         self._plan_common(qo_indptr, kv_len, num_qo_heads, num_kv_heads, head_dim_qk, RAGGED_PAGE_SIZE, causal,
                           pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
-                          o_data_type, dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1], kv_extent=int(kv_h[-1]),
+                          o_data_type,
+                          dict(page_indptr=np.arange(kv_len.size + 1), page_indices=kv_h[:-1], kv_extent=int(kv_h[-1]),
                                copies=dict(kv_indptr_buf=torch.from_numpy(kv_h))))
         self._plan["total_kv"] = int(kv_h[-1])
 

@@ -15,11 +15,13 @@ WORKSPACE_BYTES = 64 << 20
 _wrappers: dict = {}
 
 
-def _wrapper(kind, device: torch.device, layout: str):
-    key = (kind, device, layout)
+def _wrapper(kind, device: torch.device, layout: str, **options):
+    """options: the prefill wrapper's keyword-only ones (fp8_tiles)."""
+    key = (kind, device, layout, tuple(sorted(options.items())))
     if key not in _wrappers:
         workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-        _wrappers[key] = kind(workspace, layout) if kind is BatchDecodeWithPagedKVCacheWrapper else kind(workspace)
+        _wrappers[key] = (kind(workspace, layout) if kind is BatchDecodeWithPagedKVCacheWrapper
+                          else kind(workspace, **options))
     return _wrappers[key]
 
 
@@ -71,19 +73,23 @@ def single_prefill_with_kv_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  logits_soft_cap: float | None = None, rope_scale: float | None = None,
                                  rope_theta: float | None = None, return_lse: bool = False, *,
                                  q_scale: float | None = None, k_scale: float | None = None,
-                                 v_scale: float | None = None):
-    """q: [qo_len, num_qo_heads, head_dim]; k, v: one request's keys and values. Returns out like q
-    (and lse [qo_len, num_qo_heads], base 2, with return_lse). Causal aligns to the end of the keys."""
+                                 v_scale: float | None = None, o_data_type=None, fp8_tiles: bool = True):
+    """q: [qo_len, num_qo_heads, head_dim]; k, v: one request's keys and values. Returns out of q's
+    shape (q's dtype; an e4m3 q writes o_data_type, bfloat16 by default) and, with return_lse, lse
+    [qo_len, num_qo_heads], base 2. Causal aligns to the end of the keys. fp8_tiles=False keeps a
+    16-bit q in 16 bits with an FP8 K/V (the batch prefill wrappers' argument)."""
     require_tensor(q, "q")
     if q.dim() != 3:
         fail(f"q must be [qo_len, num_qo_heads, head_dim], got shape {tuple(q.shape)}")
     kv_len, hk = _kv(k, v, kv_layout)
     if kv_layout == "HND":  # the ragged kernel reads [tokens, heads, dim] through strides: a view
         k, v = k.transpose(0, 1), v.transpose(0, 1)
-    w = _wrapper(BatchPrefillWithRaggedKVCacheWrapper, q.device, "NHD")
+    if not isinstance(fp8_tiles, bool):
+        fail(f"fp8_tiles must be a bool, got {fp8_tiles!r}")
+    w = _wrapper(BatchPrefillWithRaggedKVCacheWrapper, q.device, "NHD", fp8_tiles=fp8_tiles)
     w.plan(torch.tensor([0, q.shape[0]], dtype=torch.int32), torch.tensor([0, kv_len], dtype=torch.int32), q.shape[1],
            hk, q.shape[2], custom_mask=custom_mask, packed_custom_mask=packed_custom_mask, causal=causal,
            pos_encoding_mode=pos_encoding_mode, use_fp16_qk_reduction=use_fp16_qk_reduction, window_left=window_left,
            logits_soft_cap=logits_soft_cap, sm_scale=sm_scale, rope_scale=rope_scale, rope_theta=rope_theta,
-           q_data_type=q.dtype, kv_data_type=k.dtype)
+           q_data_type=q.dtype, kv_data_type=k.dtype, o_data_type=o_data_type)
     return w.run(q, k, v, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse)

@@ -8,6 +8,7 @@ specs in `instances.KINDS`; adding a kind adds a spec, its headers and its templ
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Mapping
 
 from .abi import KindAbi
@@ -62,7 +63,9 @@ class InstanceKey:
         return dataclasses.asdict(self)
 
     def describe(self) -> str:
-        return ", ".join(f"{f} {getattr(self, f)}" for f in KEY_FIELDS)
+        """The key in words (rendered into each source); o_dtype only where it is not "same", so
+        that the sources, and so the built libraries, of keys from before the field stay current."""
+        return ", ".join(f"{f} {getattr(self, f)}" for f in KEY_FIELDS if f != "o_dtype" or self.o_dtype != "same")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "InstanceKey":
@@ -84,6 +87,19 @@ class InstanceKey:
 
 
 KEY_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceKey))
+
+
+def tuning_overrides(env: str, names: tuple[str, ...]) -> dict[str, int]:
+    """A kind's bench-only tuning hook: the environment variable `env` as "name=int,..." with
+    each name one of `names` (anything else is an error that says so, not a silent default)."""
+    text = os.environ.get(env, "")
+    out = {}
+    for item in (i for i in text.split(",") if i):
+        name, eq, value = item.partition("=")
+        if not eq or name not in names or not value.lstrip("-").isdigit():
+            raise ValueError(f"{env}={text!r}: {item!r} is not name=integer with name one of {list(names)}")
+        out[name] = int(value)
+    return out
 Predicate = Callable[[InstanceKey], "str | None"]
 
 

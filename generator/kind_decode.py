@@ -6,11 +6,11 @@ imports them for its schedule.
 """
 from __future__ import annotations
 
-import os
 
 from . import abi
 from .arches import ARCH_BY_NAME, Arch
-from .keys import CONVERSIONS, CXX_ELEMENT, KV_BYTES, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
+from .keys import (CONVERSIONS, CXX_ELEMENT, KV_BYTES, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type,
+                   tuning_overrides)
 
 WARPS = 4              # warps per CTA; each owns one warp tile or one slice of a tile's tokens
 STEP_TOKENS = 16       # tokens per warp step: the k of the P.V mma (m16n8k16)
@@ -26,6 +26,7 @@ MIN_CTAS_FOR_LATENCY = 2  # a lone CTA (4 warps) cannot hide the softmax and con
 REGISTER_OVERHEAD = 100  # addresses, softmax state, converted fragments (ptxas -v: 188 uncapped, fp8 d128)
 # Tuning hook for bench/tune_decode.py only: "stages=4,min_ctas=3" overrides the derived constants.
 TUNE_ENV = "FIG_DECODE_TUNE"
+TUNE_NAMES = ("stages", "min_ctas")
 
 
 def step_bytes_per_warp(kv_dtype: str, head_dim: int) -> int:
@@ -101,8 +102,7 @@ def min_ctas_per_sm(kv_dtype: str, head_dim: int, arch: Arch, conversion: str = 
 
 
 def _tuning_overrides() -> dict:
-    text = os.environ.get(TUNE_ENV, "")
-    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
+    return tuning_overrides(TUNE_ENV, TUNE_NAMES)
 
 
 def copy_ring_fits(key: InstanceKey) -> str | None:

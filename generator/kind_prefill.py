@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from . import abi
 from .arches import ARCH_BY_NAME, Arch
-from .keys import CONVERSIONS, CXX_ELEMENT, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type
+from .keys import (CONVERSIONS, CXX_ELEMENT, KV_DTYPES, Q_DTYPES, InstanceKey, KindSpec, kv_element_type,
+                   tuning_overrides)
 from .kind_decode import CXX_LOGITS, VARIANTS
 
-import os
 
 WARPS = 4
 HEAD_DIMS = (64, 80, 96, 128, 192, 256)
@@ -23,8 +23,7 @@ TUNE_ENV = "FIG_PREFILL_TUNE"
 
 
 def _tune() -> dict:
-    text = os.environ.get(TUNE_ENV, "")
-    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
+    return tuning_overrides(TUNE_ENV, ("m_tiles", "block_n", "stages"))
 
 
 def m_tiles(head_dim: int) -> int:

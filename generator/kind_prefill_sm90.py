@@ -13,10 +13,10 @@ logits scale, as k_scale is), with the output dtype in the key (o_dtype f16 or b
 """
 from __future__ import annotations
 
-import os
 
 from .arches import ARCH_BY_NAME, Arch
-from .keys import CXX_ELEMENT, FP8_DTYPES, KV_BYTES, O_DTYPES, Q_DTYPES, InstanceKey, KindSpec
+from .keys import (CXX_ELEMENT, FP8_DTYPES, KV_BYTES, O_DTYPES, Q_DTYPES, InstanceKey, KindSpec,
+                   tuning_overrides)
 from .kind_decode import CXX_LOGITS, VARIANTS
 from . import kind_prefill
 from .kind_prefill import WORK_ITEM_BYTES
@@ -49,8 +49,7 @@ TUNE_ENV = "FIG_PREFILL_SM90_TUNE"
 
 
 def _tune() -> dict:
-    text = os.environ.get(TUNE_ENV, "")
-    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
+    return tuning_overrides(TUNE_ENV, ("k16", "v16", "k8", "v8", "vt8"))
 # Registers a consumer thread spends on O (D / 2) and S (N / 2) fp32 accumulators, at most; the
 # rest of CONSUMER_REGISTERS holds P, Q/K/V descriptors, addresses and the softmax state.
 ACCUMULATOR_REGISTERS = 192
@@ -113,7 +112,7 @@ def pipeline_stages(key: InstanceKey, arch: Arch) -> tuple[int, int]:
     v = next((s for s in range(k, 1, -1) if fits(k, s)), 0)
     tune, dtype = _tune(), "8" if fp8_tiles(key) else "16"
     k, v = tune.get("k" + dtype, k), tune.get("v" + dtype, v)
-    return (k, v) if k and v else (0, 0)
+    return (k, v) if n and k and v else (0, 0)
 
 
 def smem_bytes(key: InstanceKey) -> int:

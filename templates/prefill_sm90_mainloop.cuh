@@ -158,9 +158,10 @@ struct PrefillSm90Mainloop {
   }
 
   // Every tile of keys [begin, end); tiles past hi_min or before lo_max need the per-key mask.
-  // Software-pipelined by one tile inside the warpgroup: S(t) = Q K(t)^T and O += P(t-1) V(t-1)
-  // are issued together, the softmax of S(t) runs while P V still does, and O is rescaled once
-  // P V has landed. So the tensor cores get the next GEMM while the FP32 pipes run exp2.
+  // 16-bit: software-pipelined by one tile inside the warpgroup: S(t) = Q K(t)^T and O +=
+  // P(t-1) V(t-1) are issued together, the softmax of S(t) runs while P V still does, and O is
+  // rescaled once P V has landed. So the tensor cores get the next GEMM while the FP32 pipes run
+  // exp2. FP8: one tile at a time (see the kFp8 loop), the other warpgroup's GEMMs overlapping.
   __device__ __forceinline__ void run(typename Smem::Storage& smem, int warpgroup, int thread, int begin, int end,
                                       int hi_min, int lo_max, const Logits& logits) {
     using namespace cute;
@@ -209,10 +210,11 @@ struct PrefillSm90Mainloop {
         scores<false>(s, tile_begin, lane, logits, rescale);
     };
     // Ping-pong: the two consumers take turns issuing their GEMMs (one turn = the GEMMs of one
-    // step), so one's softmax runs on the FP32 pipes while the other's GEMMs hold the tensor
-    // cores, instead of both competing for each at once. Warpgroup w waits on barrier
-    // kTurnBarrier + w, which the other warpgroup arrives on after its own turn; warpgroup 0 goes
-    // first. Each takes tiles + 1 turns, so warpgroup 1 skips its last arrival (no one waits).
+    // step; FP8: S = Q K^T alone, P V issued outside the turns), so one's softmax runs on the FP32
+    // pipes while the other's GEMMs hold the tensor cores, instead of both competing for each at
+    // once. Warpgroup w waits on barrier kTurnBarrier + w, which the other warpgroup arrives on
+    // after its own turn; warpgroup 0 goes first. Each takes tiles + 1 turns (FP8: tiles), and
+    // warpgroup 1 skips its last arrival (no one waits for it).
     static_assert(Cfg::kConsumers == 2, "ping-pong between two consumer warpgroups");
     constexpr int kPair = 2 * 128;
     auto my_turn = [&] { named_barrier_sync(Cfg::kTurnBarrier + warpgroup, kPair); };

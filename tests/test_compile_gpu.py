@@ -85,3 +85,34 @@ def test_prefill_call_compiles_fullgraph_with_lse():
     want = attend(q, k, v)
     got = torch.compile(attend, fullgraph=True)(q, k, v)
     assert torch.equal(got, want)
+
+
+@torch.no_grad()
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="an e4m3 q runs on the Hopper prefill family (sm_90) only")
+def test_prefill_with_e4m3_q_compiles_and_follows_the_output_dtype():
+    """An e4m3 q writes the plan's o_data_type, which the compiled call takes from the plan it
+    traced under: a re-plan to another output dtype compiles again (Dynamo's guard on the plan)
+    rather than returning a tensor of the old dtype; an `out` of another dtype is refused."""
+    batch, seq, hq, hk, d, page = 2, 64, 8, 2, 128, 16
+    k, v, indices, indptr, last, _ = setup(batch, seq, hq, hk, d, page, fp8=True)
+    workspace = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+    w = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace)
+    qo_indptr = torch.tensor([0, 64, 128], dtype=torch.int32, device="cuda")
+    q = torch.randn(128, hq, d, device="cuda").to(torch.float8_e4m3fn)
+
+    def attend(q, k, v):
+        return w.run(q, (k, v), q_scale=0.5, k_scale=0.75).float()
+
+    compiled = torch.compile(attend, fullgraph=True)
+    for o_dtype in (torch.float16, torch.bfloat16):
+        w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, q_data_type=torch.float8_e4m3fn,
+               kv_data_type=torch.float8_e4m3fn, o_data_type=o_dtype)
+        assert w.run(q, (k, v)).dtype == o_dtype
+        assert torch.equal(compiled(q, k, v), attend(q, k, v))
+    # what run() does under torch.compile, called directly: an out of the wrong dtype is refused
+    # (it would otherwise be filled by a converting copy_)
+    from flashinfer_gen.ops import compiled_run
+    with pytest.raises(flashinfer_gen.ArgumentError, match="out must be"):
+        compiled_run(w, q, k, v, (), None, None, None, torch.empty(q.shape, dtype=torch.float16, device="cuda"),
+                     None, False)

@@ -424,7 +424,8 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
 def test_prefill_families():
     """prefill.families: backend="auto" offers the Hopper family's FP8 tiles to an FP8 cache unless
     fp8_tiles=False (then the Ampere path, and backend="sm90" is an ArgumentError naming sm80); an
-    FP8 q goes only to the kinds that build one, and a backend with none says where it runs."""
+    FP8 q goes only to the kinds that build one, whatever fp8_tiles says, and a backend with none
+    says where it runs."""
     from flashinfer_gen.prefill import FP8_Q_DTYPES, families
     assert FP8_Q_DTYPES == ("e4m3",)
     assert families("auto", "bf16", "bf16", True) == ("prefill_sm90", "prefill")
@@ -434,12 +435,11 @@ def test_prefill_families():
     assert families("sm80", "bf16", "e4m3", True) == ("prefill",)
     assert families("fa3", "bf16", "e4m3", True) == ("prefill_sm90",)
     assert families("auto", "e4m3", "e5m2", True) == ("prefill_sm90",)
+    assert families("sm90", "e4m3", "e4m3", False) == ("prefill_sm90",)  # an FP8 q: nothing to quantise
     with pytest.raises(V.ArgumentError, match="backend='sm80' to keep q in 16 bits"):
         families("sm90", "bf16", "e4m3", False)
-    with pytest.raises(V.ArgumentError, match="runs only on the Hopper family's FP8 tiles"):
+    with pytest.raises(V.ArgumentError, match="q of dtype torch.float8_e4m3fn runs only on the Hopper"):
         families("sm80", "e4m3", "e4m3", True)
-    with pytest.raises(V.ArgumentError, match="fp8_tiles=True"):
-        families("auto", "e4m3", "e4m3", False)
 
 
 def test_q_and_output_dtype_names():
