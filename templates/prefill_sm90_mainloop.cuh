@@ -242,6 +242,20 @@ struct PrefillSm90Mainloop {
         }
       }
     };
+    // O's rows times their softmax factors. Once the rows' maxima settle (most tiles of a long
+    // row) every factor is 1: the warp then skips O's multiplies.
+    auto rescale_o = [&](const float (&rescale)[2]) {
+      if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
+        CUTE_UNROLL
+        for (int j = 0; j < kOBlocks; ++j) {
+          CUTE_UNROLL
+          for (int r = 0; r < 2; ++r) {
+            o(4 * j + 2 * r) *= rescale[r];
+            o(4 * j + 2 * r + 1) *= rescale[r];
+          }
+        }
+      }
+    };
     if constexpr (kFp8) {
       // FP8: one tile at a time inside the warpgroup (the other warpgroup's GEMMs fill the tensor
       // cores during this one's softmax), so that each tile's P V goes to a fragment of its own,
@@ -263,16 +277,7 @@ struct PrefillSm90Mainloop {
           softmax_step(s, t, rescale);
           to_p(s);
         }
-        if (t > 0 && __any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
-          CUTE_UNROLL
-          for (int j = 0; j < kOBlocks; ++j) {
-            CUTE_UNROLL
-            for (int r = 0; r < 2; ++r) {
-              o(4 * j + 2 * r) *= rescale[r];
-              o(4 * j + 2 * r + 1) *= rescale[r];
-            }
-          }
-        }
+        if (t > 0) rescale_o(rescale);
         acquire(full_v, kStagesV, t);
         FragO o_tile;
         wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, t % kStagesV), o_tile);
@@ -310,18 +315,7 @@ struct PrefillSm90Mainloop {
       softmax_step(s, t, rescale);
       warpgroup_wait<0>();
       release(empty_v, kStagesV, t - 1);
-      // Once the rows' maxima settle (most tiles of a long row) every factor is 1: the warp then
-      // skips O's multiplies.
-      if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
-        CUTE_UNROLL
-        for (int j = 0; j < kOBlocks; ++j) {
-          CUTE_UNROLL
-          for (int r = 0; r < 2; ++r) {
-            o(4 * j + 2 * r) *= rescale[r];
-            o(4 * j + 2 * r + 1) *= rescale[r];
-          }
-        }
-      }
+      rescale_o(rescale);
       to_p(s);
     }
     acquire(full_v, kStagesV, tiles - 1);
