@@ -120,6 +120,11 @@ def smem_bytes(key: InstanceKey) -> int:
     return _smem_bytes(key, block_n(key), *pipeline_stages(key, ARCH_BY_NAME[key.arch]))
 
 
+def persistent(key: InstanceKey) -> bool:
+    """Whether the instance's CTAs are persistent (plan() then lists each CTA's units)."""
+    return key.head_dim <= PERSISTENT_MAX_HEAD_DIM
+
+
 def fp8_head_dim(key: InstanceKey) -> str | None:
     if fp8_tiles(key) and key.head_dim % FP8_ATOM_COLUMNS:
         return (f"FP8 tiles need a head dim that is a multiple of {FP8_ATOM_COLUMNS} (whole 128-byte rows), "
@@ -151,7 +156,7 @@ def template_context(key: InstanceKey) -> dict:
         "consumer_registers": FP8_CONSUMER_REGISTERS if fp8_tiles(key) else CONSUMER_REGISTERS,
         "smem_bytes": smem_bytes(key),
         "smem_per_block": arch.smem_per_block,
-        "persistent": "true" if key.head_dim <= PERSISTENT_MAX_HEAD_DIM else "false",
+        "persistent": "true" if persistent(key) else "false",
     }
 
 
@@ -167,4 +172,5 @@ SPEC = KindSpec(
     predicates=(fp8_head_dim, tiles_fit),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
+    persistent=persistent,
 )

@@ -90,25 +90,4 @@ int kernel_occupancy(void (*kernel)(Args), int threads, size_t smem, int* ctas_p
   return int(err);
 }
 
-// CTAs of `kernel` the current device holds at once (SMs x CTAs per SM), asked of the driver once
-// per device and kernel (per thread, as launch_with_smem's limit), for a persistent kernel's grid;
-// a cudaError_t value, negated, where the driver could not say.
-template <class Args>
-int resident_ctas(void (*kernel)(Args), int threads, size_t smem) {
-  thread_local const void* asked_kernel[64];
-  thread_local int answer[64];
-  const void* key = reinterpret_cast<const void*>(kernel);
-  int device = 0;
-  const bool known = cudaGetDevice(&device) == cudaSuccess && device >= 0 && device < 64;
-  if (known && asked_kernel[device] == key) return answer[device];
-  int ctas_per_sm = 0, num_sms = 0;
-  const int err = kernel_occupancy(kernel, threads, smem, &ctas_per_sm, &num_sms);
-  if (err != 0) return -err;
-  if (known) {
-    asked_kernel[device] = key;
-    answer[device] = ctas_per_sm * num_sms;
-  }
-  return ctas_per_sm * num_sms;
-}
-
 }  // namespace fig

@@ -100,18 +100,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   auto& smem = *reinterpret_cast<typename Smem::Storage*>(smem_raw);
 
   const FigPrefillParams& p = args.p;
-  // Persistent: the grid is at most what the GPU holds at once, and CTA b takes the work units
-  // b, b + gridDim.x, ... of units = items x KV heads, items fastest: the CTAs running together
-  // are the query tiles of few KV heads, which then read the same K/V rows while L2 still holds
-  // them (KV heads fastest, every resident CTA streamed a different head's K/V, and the working
-  // set of a long prompt outgrew L2), and since plan() orders items longest first, each CTA
-  // starts on the longest. The producer and the consumers walk the same units, each counting
-  // the tiles they put through the rings (`ring`), so stages and barrier phases run on across
-  // items, and the producer loads an item's first tiles while the consumers finish the last one.
-  // The unit count comes from the kernel's parameters (constant memory, no register held across
-  // the mainloop) and the live items (past them: a capacity-sized plan's unused ones) from global
-  // memory once per unit. Where the consumers' accumulators leave no room for that loop (head dims
-  // past 128: generator/kind_prefill_sm90.py), an instance is not persistent (kPersistent).
+  // Persistent (kPersistent): the grid is at most what the GPU holds at once, and each CTA walks
+  // the list of work units (item, KV head) that plan() dealt it, longest first and balanced
+  // across the CTAs, with the units of one KV head together so that the CTAs running at once read
+  // the same K/V rows while L2 holds them (prefill.py, cta_unit_lists). The producer and the
+  // consumers walk the same list, each counting the tiles they put through the rings (`ring`), so
+  // stages and barrier phases run on across items, and the producer loads an item's first tiles
+  // while the consumers finish the last one. Where the consumers' accumulators leave no room for
+  // that loop (head dims past 128: generator/kind_prefill_sm90.py), one CTA per unit, items
+  // fastest (KV heads fastest, every resident CTA streamed a different head's K/V, and the
+  // working set of a long prompt outgrew L2), skipping a capacity-sized plan's unused items.
   if (threadIdx.x == 0) {
     CUTE_UNROLL
     for (int s = 0; s < Cfg::kStagesK; ++s) {
@@ -133,14 +131,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   }
   __syncthreads();
 
-  // The CTA's units: blockIdx.x, and with kPersistent blockIdx.x + gridDim.x, ...; body(item, KV
-  // head, ring) returns the item's tiles. Without kPersistent the grid is one CTA per unit.
+  // The CTA's units, body(item, KV head, ring) returning the item's tiles: with kPersistent the
+  // list plan() made for this CTA (live units only, balanced across the CTAs: prefill.py,
+  // cta_unit_lists), else the one unit blockIdx.x (one CTA per unit).
   auto for_each_unit = [&](auto&& body) {
     if constexpr (Cfg::kPersistent) {
       int ring = 0;
-      for (int unit = blockIdx.x; unit < p.work.num_items * p.kv.num_kv_heads; unit += gridDim.x) {
-        const int item = unit % p.work.num_items;
-        if (item < *p.work.live_items) ring += body(item, unit / p.work.num_items, ring);
+      for (int i = p.work.cta_indptr[blockIdx.x]; i < p.work.cta_indptr[blockIdx.x + 1]; ++i) {
+        const int unit = p.work.cta_units[i];
+        ring += body(unit % p.work.num_items, unit / p.work.num_items, ring);
       }
     } else {
       const int item = blockIdx.x % p.work.num_items;
@@ -204,11 +203,10 @@ int prefill_sm90_run(const FigPrefillParams* p, cudaStream_t stream) {
   args.base.out_scale = p->scales.v_scale;
   args.maps = KvTensorMaps::cached(p->kv, Cfg::kHeadDim, Cfg::kBlockN, tma_element<typename Cfg::KvElement>());
   if (p->work.num_items > 0) {
-    const int units = p->work.num_items * p->kv.num_kv_heads;
-    const int resident =
-        Cfg::kPersistent ? resident_ctas(prefill_sm90_kernel<Cfg>, Cfg::kThreads, prefill_sm90_smem_bytes<Cfg>()) : 0;
-    if (resident < 0) return -resident;
-    const int err = launch_with_smem(prefill_sm90_kernel<Cfg>, dim3(resident > 0 ? min(units, resident) : units),
+    // a persistent instance's grid is plan()'s (work.ctas: at most the CTAs the GPU holds at once)
+    const int grid = Cfg::kPersistent ? p->work.ctas : p->work.num_items * p->kv.num_kv_heads;
+    if (grid <= 0) return int(cudaErrorInvalidValue);
+    const int err = launch_with_smem(prefill_sm90_kernel<Cfg>, dim3(grid),
                                      Cfg::kThreads, prefill_sm90_smem_bytes<Cfg>(), stream, args);
     if (err != 0) return err;
   }

@@ -463,3 +463,31 @@ def test_q_and_output_dtype_names():
         o_dtype_name("f16", torch.bfloat16)
     with pytest.raises(V.ArgumentError, match="float16 or bfloat16 for an FP8 q"):
         o_dtype_name("e4m3", e4m3)
+
+
+def test_cta_unit_lists_cover_every_unit_once_and_balance():
+    """prefill.cta_unit_lists (a persistent kernel's per-CTA work): every (item, KV head) unit
+    exactly once, encoded item + head x stride; each CTA's units longest first; and the CTAs' sums
+    within one unit's cost of each other (the snake deal over units sorted longest first), on
+    random causal-like batches, with fewer, equal and more units than CTAs."""
+    from flashinfer_gen.prefill import cta_unit_lists
+    gen = np.random.default_rng(5)
+    for trial in range(200):
+        items, heads = int(gen.integers(1, 60)), int(gen.integers(1, 9))
+        ctas = int(gen.integers(1, 140))
+        begin = gen.integers(0, 3000, items)
+        end = begin + gen.integers(1, 9000, items)
+        stride = items + int(gen.integers(0, 5))  # a CUDA-graph plan's capacity may exceed the live items
+        indptr, units = cta_unit_lists(begin, end, heads, ctas, 128, stride)
+        assert indptr.size == ctas + 1 and indptr[0] == 0 and indptr[-1] == units.size == items * heads
+        assert (np.diff(indptr) >= 0).all()
+        item, head = units % stride, units // stride
+        assert sorted(zip(item.tolist(), head.tolist())) == [(i, h) for i in range(items) for h in range(heads)]
+        cost = end[item] - begin[item] + 128
+        sums = [int(cost[indptr[c]:indptr[c + 1]].sum()) for c in range(ctas)]
+        for c in range(ctas):
+            own = cost[indptr[c]:indptr[c + 1]]
+            assert (np.diff(own) <= 0).all(), "a CTA's units longest first"
+        if items * heads >= ctas:
+            assert max(sums) - min(sums) <= cost.max(), (trial, max(sums), min(sums), cost.max())
+    assert [a.size for a in cta_unit_lists(np.zeros(0, int), np.zeros(0, int), 4, 3, 128, 8)] == [4, 0]
