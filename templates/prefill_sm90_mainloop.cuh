@@ -347,9 +347,12 @@ struct PrefillSm90Mainloop {
                          (p.out.stride_head * sizeof(OElement))) % 4) == 0;
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
+      // row_sum() shuffles within the quad under a full-warp mask: every lane calls it before the
+      // rows past the item branch off (a lane that skipped it left the others waiting, and a
+      // persistent CTA, which goes on to its next unit, hung there: a warp of 4 valid rows in 8)
+      const float sum = softmax[r].row_sum();
       const int packed = rows.row_begin + warpgroup * kRows + 16 * (thread / 32) + g + 8 * r;
       if (packed >= rows.rows_total) continue;
-      const float sum = softmax[r].row_sum();
       const float scale = sum > 0.0f ? out_scale / sum : 0.0f;
       const float lse = sum > 0.0f ? softmax[r].row_max + (log2f(sum) - kPOffset) : -INFINITY;
       const int head = rows.qo_head(packed);
