@@ -20,6 +20,7 @@
 #   ncu          Nsight Compute reports of the d128 prefill kernel ($FIG_NCU_CASES, bench/ncu_prefill.py;
 #                $FIG_NCU_ARGS e.g. "--backend sm90" with FIG_NCU_KERNEL=prefill_sm90_kernel)
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
+#   abprefill DIR  bench_prefill.py --family sm90 --quick (pages 16, 64) for this tree and DIR, twice each
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.wheels PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -107,6 +108,28 @@ while [ $# -gt 0 ]; do
     ;;
   tune)  # the prefill tile-shape sweep, variants in $FIG_TUNE_VARIANTS
     bash bench/tune_prefill.sh $FIG_TUNE_VARIANTS
+    ;;
+  abprefill)  # abprefill DIR: Hopper prefill A/B, this tree against the checkout in DIR, same machine:
+    # the d128 instances of bench_prefill --quick built for each (caches of their own), then its
+    # rows (pages 16 and 64, ragged; causal or not) for this tree, DIR, this tree, DIR
+    base=$(cd "$1" && pwd); shift
+    for tree in "$PWD" "$base"; do
+      name=$([ "$tree" = "$PWD" ] && echo new || echo base)
+      (cd "$tree" && FLASHINFER_GEN_CACHE=/tmp/fig_abp_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build \
+         --kind prefill_sm90 --arch sm90a --head-dim 128 --q-dtype bf16,e4m3 --kv-dtype bf16,e4m3 \
+         --conversion none,hardware --variant default --jobs 8 >"$OUT/abp_build_$name.log" 2>&1) &
+    done
+    wait
+    for round in 1 2; do
+      for tree in "$PWD" "$base"; do
+        name=$([ "$tree" = "$PWD" ] && echo new || echo base)
+        FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_abp_$name FLASHINFER_GEN_JIT=1 python bench/bench_prefill.py \
+          --family sm90 --quick --pages 16,64 --reps 10 --out "$OUT/abp_${name}_$round.json" >"$OUT/abp_${name}_$round.log" 2>&1 \
+          || { tail -20 "$OUT/abp_${name}_$round.log"; rc=1; }
+        grep -E "^B4" "$OUT/abp_${name}_$round.log" | cut -c9-78 | sed "s/^/$name$round /" | head -40
+      done
+    done
+    break
     ;;
   ab)
     base=$(cd "$1" && pwd); shift

@@ -3,6 +3,7 @@ device's capacity, the workspace layout, and the checks of q, the KV tensors, ou
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 from typing import Mapping
 
@@ -206,6 +207,16 @@ def resident_ctas(module: Module, device: torch.device) -> int:
         return ctas.value, sms.value
     ctas_per_sm, num_sms = module.per_device("occupancy", device.index, query)
     return max(1, ctas_per_sm) * num_sms
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_bytes(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).L2_cache_size)
+
+
+def l2_bytes(device: torch.device) -> int:
+    """The device's L2 cache size in bytes (queried once per device)."""
+    return _l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _align(n: int) -> int:

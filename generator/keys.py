@@ -114,6 +114,7 @@ class KindSpec:
     predicates: tuple[Predicate, ...]              # the kind's own refusals, after the shared ones
     context: Callable[[InstanceKey], dict]         # the constants its template renders
     tiles: Callable[[InstanceKey], tuple[int, int]] | None = None  # (rows, keys) per CTA tile, where plan() needs them
+    persistent: Callable[[InstanceKey], bool] | None = None  # CTAs walk plan()'s per-CTA unit lists (work.ctas)
 
     def allowed(self, field: str) -> tuple:
         if field == "kind":

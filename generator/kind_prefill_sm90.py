@@ -19,7 +19,6 @@ from .keys import (CXX_ELEMENT, FP8_DTYPES, KV_BYTES, O_DTYPES, Q_DTYPES, Instan
                    tuning_overrides)
 from .kind_decode import CXX_LOGITS, VARIANTS
 from . import kind_prefill
-from .kind_prefill import WORK_ITEM_BYTES
 
 CONSUMERS = 2
 CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
@@ -30,8 +29,11 @@ PRODUCER_REGISTERS = 56
 CONSUMER_REGISTERS = 224
 # FP8: the producer also transposes V (8 x 8-byte blocks in registers) and spilled at 56; the
 # consumers' P is half as wide, and they fit in 216.
-FP8_PRODUCER_REGISTERS = 64
+FP8_PRODUCER_REGISTERS = 72  # 64 before the producer looped over work units (it then spilled)
 FP8_CONSUMER_REGISTERS = 216
+# Persistent CTAs (prefill_sm90_kernel.cuh) up to this head dim: at 192 and 256, O takes 96 and 128
+# of the consumers' registers and the loop's state over work units spilled them.
+PERSISTENT_MAX_HEAD_DIM = 128
 # 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim, 8-bit ones of 128.
 HEAD_DIMS = (64, 128, 192, 256)
 KV_DTYPES = ("f16", "bf16") + FP8_DTYPES
@@ -76,18 +78,17 @@ def stages_vt(key: InstanceKey) -> int:
 
 def _smem_bytes(key: InstanceKey, n: int, stages_k: int, stages_v: int) -> int:
     """sizeof(PrefillSm90Smem::Storage) (prefill_sm90_smem.cuh): Q (as the GEMM reads it: e4m3
-    with an FP8 cache), then a 1024-aligned union of the K, V (and transposed V) rings with the
-    epilogue's fp32 rows and LSE, then the gather's row addresses (one slot more than K stages),
-    the mbarriers (full and empty, per K, V and transposed-V stage, at least one of the last), the
-    per-row q scales, the work item, all rounded to the storage's 1024-byte alignment."""
+    with an FP8 cache), then the 1024-aligned K, V (and transposed V) rings, then the gather's row
+    addresses (one slot more than K stages), the mbarriers (full and empty, per K, V and
+    transposed-V stage, at least one of the last), the per-row q scales, all rounded to the
+    storage's 1024-byte alignment."""
     head_dim, kv_bytes = key.head_dim, KV_BYTES[key.kv_dtype]
     q = block_m(key) * head_dim * kv_bytes  # Q is quantised to e4m3 with an FP8 cache
     tile = n * head_dim * kv_bytes
     ring = _align(stages_k * tile, 1024) + _align(stages_v * tile, 1024) + _align(stages_vt(key) * tile, 1024)
-    epilogue = block_m(key) * (head_dim + 1) * 4
     barriers = 2 * (stages_k + stages_v + max(stages_vt(key), 1)) * 8
-    tail = (stages_k + 1) * n * 8 + barriers + block_m(key) * 4 + WORK_ITEM_BYTES
-    return _align(q + _align(max(ring, epilogue), 1024) + tail, 1024)
+    tail = (stages_k + 1) * n * 8 + barriers + block_m(key) * 4
+    return _align(q + ring + tail, 1024)
 
 
 def block_n(key: InstanceKey) -> int:
@@ -117,6 +118,11 @@ def pipeline_stages(key: InstanceKey, arch: Arch) -> tuple[int, int]:
 
 def smem_bytes(key: InstanceKey) -> int:
     return _smem_bytes(key, block_n(key), *pipeline_stages(key, ARCH_BY_NAME[key.arch]))
+
+
+def persistent(key: InstanceKey) -> bool:
+    """Whether the instance's CTAs are persistent (plan() then lists each CTA's units)."""
+    return key.head_dim <= PERSISTENT_MAX_HEAD_DIM
 
 
 def fp8_head_dim(key: InstanceKey) -> str | None:
@@ -150,6 +156,7 @@ def template_context(key: InstanceKey) -> dict:
         "consumer_registers": FP8_CONSUMER_REGISTERS if fp8_tiles(key) else CONSUMER_REGISTERS,
         "smem_bytes": smem_bytes(key),
         "smem_per_block": arch.smem_per_block,
+        "persistent": "true" if persistent(key) else "false",
     }
 
 
@@ -165,4 +172,5 @@ SPEC = KindSpec(
     predicates=(fp8_head_dim, tiles_fit),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
+    persistent=persistent,
 )

@@ -1,19 +1,18 @@
-// Batch prefill, Hopper path (sm_90a): the Ampere path's work items, ABI, epilogue and split-KV
-// merge, with the CTA split by role into warpgroups:
+// Batch prefill, Hopper path (sm_90a): the Ampere path's work items, ABI and split-KV merge, with
+// the CTA split by role into warpgroups:
 //   warpgroup 0, the producer (prefill_sm90_load.cuh): the K/V tile loads into rings of
 //     kStagesK / kStagesV shared stages, each published through an mbarrier ("full") and freed by the
 //     consumers through another ("empty"); with an FP8 cache it also transposes each V tile into a
 //     ring of kStagesVt (prefill_sm90_transpose.cuh); it gives up most of its registers (setmaxnreg);
 //   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_mainloop.cuh): 64 packed query
-//     rows each, WGMMA and the online softmax, then the epilogue.
-// One CTA per work item and KV head, as the Ampere kernel; the grid is items x KV heads, items
-// fastest (see the kernel), and plan() orders items longest first.
+//     rows each, WGMMA and the online softmax, then O stored from their registers.
+// Persistent: a grid of at most the CTAs the GPU holds at once, each taking work units (work item,
+// KV head) in turn (see the kernel); plan() orders items longest first.
 #pragma once
 #include <cuda_runtime.h>
 #include "fig_abi_prefill.h"
 #include "launch.cuh"
 #include "merge.cuh"
-#include "prefill_epilogue.cuh"
 #include "prefill_sm90_load.cuh"
 #include "prefill_sm90_mainloop.cuh"
 #include "prefill_sm90_smem.cuh"
@@ -26,8 +25,9 @@ namespace fig {
 
 // The instance's numbers, all from the generator's table (generator/kind_prefill_sm90.py).
 template <int kHeadDim_, int kBlockN_, int kStagesK_, int kStagesV_, int kStagesVt_, int kConsumers_, int kConsumerRows_,
-          int kProducerRegisters_, int kConsumerRegisters_, int kSmemBytes_, int kSmemPerBlock_>
+          int kProducerRegisters_, int kConsumerRegisters_, int kSmemBytes_, int kSmemPerBlock_, bool kPersistent_>
 struct PrefillSm90Shape {
+  static constexpr bool kPersistent = kPersistent_;           // CTAs loop over work units (the kernel)
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;                     // keys per stage
   static constexpr int kStagesK = kStagesK_;                   // K tiles in the ring
@@ -100,14 +100,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   auto& smem = *reinterpret_cast<typename Smem::Storage*>(smem_raw);
 
   const FigPrefillParams& p = args.p;
-  // Items fastest: the CTAs resident together are the query tiles of few KV heads, which then
-  // read the same K/V rows while L2 still holds them (KV heads fastest, every resident CTA
-  // streamed a different head's K/V, and the working set of a long prompt outgrew L2).
-  const int item = blockIdx.x % p.work.num_items;
-  if (item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
-  const PrefillItem work = PrefillItem::load(p, item, blockIdx.x / p.work.num_items);
+  // Persistent (kPersistent): the grid is at most what the GPU holds at once, and each CTA walks
+  // the list of work units (item, KV head) that plan() dealt it, longest first and balanced
+  // across the CTAs, with the units of one KV head together so that the CTAs running at once read
+  // the same K/V rows while L2 holds them (prefill.py, cta_unit_lists). The producer and the
+  // consumers walk the same list, each counting the tiles they put through the rings (`ring`), so
+  // stages and barrier phases run on across items, and the producer loads an item's first tiles
+  // while the consumers finish the last one. Where the consumers' accumulators leave no room for
+  // that loop (head dims past 128: generator/kind_prefill_sm90.py), one CTA per unit, items
+  // fastest (KV heads fastest, every resident CTA streamed a different head's K/V, and the
+  // working set of a long prompt outgrew L2), skipping a capacity-sized plan's unused items.
   if (threadIdx.x == 0) {
-    smem.rows = work.rows;
     CUTE_UNROLL
     for (int s = 0; s < Cfg::kStagesK; ++s) {
       smem.full_k[s].init(Cfg::kProducerThreads);
@@ -128,39 +131,67 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   }
   __syncthreads();
 
+  // The CTA's units, body(item, KV head, ring) returning the item's tiles: with kPersistent the
+  // list plan() made for this CTA (live units only, balanced across the CTAs: prefill.py,
+  // cta_unit_lists), else the one unit blockIdx.x (one CTA per unit).
+  auto for_each_unit = [&](auto&& body) {
+    if constexpr (Cfg::kPersistent) {
+      int ring = 0;
+      for (int i = p.work.cta_indptr[blockIdx.x]; i < p.work.cta_indptr[blockIdx.x + 1]; ++i) {
+        const int unit = p.work.cta_units[i];
+        ring += body(unit % p.work.num_items, unit / p.work.num_items, ring);
+      }
+    } else {
+      const int item = blockIdx.x % p.work.num_items;
+      if (item < *p.work.live_items) body(item, blockIdx.x / p.work.num_items, 0);
+    }
+  };
+
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegisters>();
-    const int64_t head_bytes = args.kv.head_offset(work.rows.kv_head) * int64_t(sizeof(typename Cfg::KvElement));
-    const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
     const int64_t v_minus_k = static_cast<const uint8_t*>(p.kv.v_cache) - static_cast<const uint8_t*>(p.kv.k_cache);
-    PrefillSm90Load<Cfg>::run(smem, args.kv, all.maps, work.rows.kv_head, k_base, v_minus_k,
-                              __ldg(p.kv.indptr + work.rows.request), work.begin, work.end, work.kv_len);
+    for_each_unit([&](int item, int kv_head, int ring) {
+      const PrefillItem work = PrefillItem::load(p, item, kv_head);
+      const int64_t head_bytes = args.kv.head_offset(kv_head) * int64_t(sizeof(typename Cfg::KvElement));
+      const uint8_t* k_base = static_cast<const uint8_t*>(p.kv.k_cache) + head_bytes;
+      return PrefillSm90Load<Cfg>::run(smem, args.kv, all.maps, kv_head, k_base, v_minus_k,
+                                       __ldg(p.kv.indptr + work.rows.request), work.begin, work.end, work.kv_len, ring);
+    });
+    cute::cp_async_wait<0>();  // no copy outlives its thread
     return;
   }
   cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegisters>();
   const int consumer = warpgroup - 1;
   const int thread = threadIdx.x % 128;
-  Mainloop ml;
-  ml.load_q(smem, consumer, thread, work, p);
-  const int first = work.rows.row_begin + consumer * Cfg::kConsumerRows;
-  CUTE_UNROLL
-  for (int r = 0; r < 2; ++r) ml.bounds[r] = work.key_range(first + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r,
-                                                            p.causal, p.window_left);
-  // Bounds shared by every row of the warpgroup: tiles inside them need no per-key test.
-  const int2 first_range = work.key_range(first, p.causal, p.window_left);
-  const int2 last_range = work.key_range(max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1),
-                                         p.causal, p.window_left);
-  const typename Cfg::Logits logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
-                                        device_scale(p.scales.k_scale_device, true),
-                                    p.scales.logits_soft_cap);
-  ml.run(smem, consumer, thread, work.begin, work.end, first_range.y, last_range.x, logits);
+  for_each_unit([&](int item, int kv_head, int ring) {
+    Mainloop ml;
+    int begin, end, hi_min, lo_max;  // what the mainloop needs of the item; the rest is reloaded after it
+    {
+      const PrefillItem work = PrefillItem::load(p, item, kv_head);
+      ml.load_q(smem, consumer, thread, work, p);
+      const int first = work.rows.row_begin + consumer * Cfg::kConsumerRows;
+      CUTE_UNROLL
+      for (int r = 0; r < 2; ++r)
+        ml.bounds[r] = work.key_range(first + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r, p.causal,
+                                      p.window_left);
+      // Bounds shared by every row of the warpgroup: tiles inside them need no per-key test.
+      hi_min = work.key_range(first, p.causal, p.window_left).y;
+      lo_max = work.key_range(max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1), p.causal,
+                              p.window_left).x;
+      begin = work.begin;
+      end = work.end;
+    }
+    const typename Cfg::Logits logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
+                                          device_scale(p.scales.k_scale_device, true),
+                                      p.scales.logits_soft_cap);
+    ml.run(smem, consumer, thread, begin, end, hi_min, lo_max, logits, ring);
+    // The item's rows, read again (held across the mainloop, they spilled)
+    ml.store(PrefillItem::load(p, item, kv_head).rows, p, consumer, thread,
+             args.out_scale * device_scale(p.scales.v_scale_device, false));
+    return PrefillSm90Load<Cfg>::tile_count(begin, end);
+  });
   launch_dependents();  // the merge kernel may be scheduled now (see decode_kernel.cuh)
-  constexpr int kConsumerThreads = 128 * Cfg::kConsumers;
-  named_barrier_sync(Cfg::kConsumersBarrier, kConsumerThreads);  // every consumer is done with the K/V ring
-  ml.stage(smem.epilogue, consumer, thread, args.out_scale * device_scale(p.scales.v_scale_device, false));
-  named_barrier_sync(Cfg::kConsumersBarrier, kConsumerThreads);
-  PrefillEpilogue<Cfg>::template write<kConsumerThreads>(smem.epilogue, smem.rows, p, threadIdx.x - 128);
 }
 
 template <class Cfg>
@@ -172,7 +203,10 @@ int prefill_sm90_run(const FigPrefillParams* p, cudaStream_t stream) {
   args.base.out_scale = p->scales.v_scale;
   args.maps = KvTensorMaps::cached(p->kv, Cfg::kHeadDim, Cfg::kBlockN, tma_element<typename Cfg::KvElement>());
   if (p->work.num_items > 0) {
-    const int err = launch_with_smem(prefill_sm90_kernel<Cfg>, dim3(p->work.num_items * p->kv.num_kv_heads),
+    // a persistent instance's grid is plan()'s (work.ctas: at most the CTAs the GPU holds at once)
+    const int grid = Cfg::kPersistent ? p->work.ctas : p->work.num_items * p->kv.num_kv_heads;
+    if (grid <= 0) return int(cudaErrorInvalidValue);
+    const int err = launch_with_smem(prefill_sm90_kernel<Cfg>, dim3(grid),
                                      Cfg::kThreads, prefill_sm90_smem_bytes<Cfg>(), stream, args);
     if (err != 0) return err;
   }

@@ -54,10 +54,13 @@ struct PrefillSm90Load {
     return end > begin ? (end - first_key(begin) + kBlockN - 1) / kBlockN : 0;
   }
 
-  // Called by the producer warpgroup, warpgroup 0 (so threadIdx.x < kThreads).
-  __device__ __forceinline__ static void run(typename Smem::Storage& smem, const PagedKv& kv, const KvTensorMaps& maps,
-                                             int kv_head, const uint8_t* k_base, int64_t v_minus_k, int page_begin,
-                                             int begin, int end, int kv_len) {
+  // One work item's tiles, called by the producer warpgroup, warpgroup 0 (so threadIdx.x <
+  // kThreads), for each of the CTA's items in turn. `ring`: the tiles the CTA's earlier items put
+  // through the rings, so that stages and barrier phases run on across items (the consumers
+  // count the same); the item's tile t is the rings' tile ring + t. Returns the item's tiles.
+  __device__ __forceinline__ static int run(typename Smem::Storage& smem, const PagedKv& kv, const KvTensorMaps& maps,
+                                            int kv_head, const uint8_t* k_base, int64_t v_minus_k, int page_begin,
+                                            int begin, int end, int kv_len, int ring) {
     using namespace cute;
     Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});  // (key, d, K stage)
     // where V's row `key`, column `column` of stage `stage` lands: V as stored (FP8), or the
@@ -86,17 +89,19 @@ struct PrefillSm90Load {
       else if (threadIdx.x < kBlockN / maps.rows)
         next_box = kv.locate(page_begin, first + t * kBlockN + threadIdx.x * maps.rows);
     };
-    // K of tile t into stage t % kStagesK: a gathered tile's row addresses go to slot t % kRowSlots
-    // first, which V's copy of the same tile reads an iteration later. Returns the tile's boxes.
+    // K of tile t into stage r % kStagesK (r = ring + t): a gathered tile's row addresses go to slot
+    // r % kRowSlots first, which V's copy of the same tile reads an iteration later. Returns the
+    // tile's boxes.
     auto produce_k = [&](int t) {
-      const int stage = t % kStagesK;
+      const int r = ring + t;
+      const int stage = r % kStagesK;
       const PagedKv::TokenLocation here = next_box;
-      if (t >= kStagesK) smem.empty_k[stage].wait(((t / kStagesK) & 1) ^ 1);  // consumers done with t - kStagesK
+      if (r >= kStagesK) smem.empty_k[stage].wait(((r / kStagesK) & 1) ^ 1);  // consumers done with r - kStagesK
       if (gathered(t)) {
-        Lookup::store(smem.row_addrs[t % kRowSlots], k_row);
+        Lookup::store(smem.row_addrs[r % kRowSlots], k_row);
         named_barrier_sync(Cfg::kProducerBarrier, kThreads);
         look_ahead(t + 1);
-        copy_rows(smem.row_addrs[t % kRowSlots], 0, [&](int key, int column) { return &sK(key, column, stage); });
+        copy_rows(smem.row_addrs[r % kRowSlots], 0, [&](int key, int column) { return &sK(key, column, stage); });
         cutlass::arch::cpasync_barrier_arrive_noinc(&smem.full_k[stage].bar);
       } else {
         look_ahead(t + 1);
@@ -106,10 +111,11 @@ struct PrefillSm90Load {
       return here;
     };
     auto produce_v = [&](int t, PagedKv::TokenLocation here) {
-      const int stage = t % kStagesV;
-      if (t >= kStagesV) smem.empty_v[stage].wait(((t / kStagesV) & 1) ^ 1);
+      const int r = ring + t;
+      const int stage = r % kStagesV;
+      if (r >= kStagesV) smem.empty_v[stage].wait(((r / kStagesV) & 1) ^ 1);
       if (gathered(t)) {
-        copy_rows(smem.row_addrs[t % kRowSlots], v_minus_k, [&](int key, int column) { return v_at(key, column, stage); });
+        copy_rows(smem.row_addrs[r % kRowSlots], v_minus_k, [&](int key, int column) { return v_at(key, column, stage); });
         cutlass::arch::cpasync_barrier_arrive_noinc(&smem.full_v[stage].bar);
       } else {
         load_boxes(&maps.v, smem.full_v[stage], maps.rows, kv_head, here,
@@ -120,7 +126,10 @@ struct PrefillSm90Load {
     // read by P V(t), so K(t + 1) must not queue behind the wait for V's stage. Each barrier
     // completes once every producer thread's loads before it have landed; the producer never
     // waits for its own loads, only for free stages.
-    if (tiles == 0) return;
+    if (tiles == 0) return 0;
+    // Every producer thread is done with the previous item: its gathered tiles' row addresses are
+    // guarded by the barrier of each gathered tile, which an item with TMA tiles does not have.
+    named_barrier_sync(Cfg::kProducerBarrier, kThreads);
     look_ahead(0);
     PagedKv::TokenLocation box = produce_k(0);
     if constexpr (Cfg::kFp8) {
@@ -135,7 +144,7 @@ struct PrefillSm90Load {
 #pragma unroll 1
       for (int t = 0; t < tiles; ++t) {
         if (t + kAhead < tiles) produce_v(t + kAhead, produce_k(t + kAhead));
-        PrefillSm90TransposeV<Cfg>::tile(smem, t);
+        PrefillSm90TransposeV<Cfg>::tile(smem, ring + t);
       }
     } else {
 #pragma unroll 1
@@ -145,7 +154,7 @@ struct PrefillSm90Load {
         produce_v(t, v_box);
       }
     }
-    cp_async_wait<0>();  // no copy outlives its thread
+    return tiles;
   }
 
  private:

@@ -16,7 +16,6 @@
 // the quad layout of mma.sync's m16n8 tiles, so softmax.cuh serves both families.
 #pragma once
 #include <cute/tensor.hpp>
-#include "prefill_epilogue.cuh"
 #include "prefill_sm90_load.cuh"
 #include "prefill_sm90_smem.cuh"
 #include "prefill_work.cuh"
@@ -80,6 +79,10 @@ struct PrefillSm90Mainloop {
   __device__ __forceinline__ void load_q(typename Smem::Storage& smem, int warpgroup, int thread,
                                          const PrefillItem& work, const FigPrefillParams& p) {
     using namespace cute;
+    // A persistent CTA's earlier item: every thread of the warpgroup has read its rows' q_scale (an
+    // item without tiles passes no other barrier of the warpgroup's before this one rewrites it;
+    // its WGMMAs, which read Q, are waited for by each warp at the end of run()).
+    if constexpr (Cfg::kPersistent) named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
     Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Smem::LayoutQ{})(_, _, warpgroup);  // (row, d)
     constexpr int kChunk = 16 / sizeof(Element);
     const Element* q = static_cast<const Element*>(p.q.data);
@@ -162,8 +165,9 @@ struct PrefillSm90Mainloop {
   // P(t-1) V(t-1) are issued together, the softmax of S(t) runs while P V still does, and O is
   // rescaled once P V has landed. So the tensor cores get the next GEMM while the FP32 pipes run
   // exp2. FP8: one tile at a time (see the kFp8 loop), the other warpgroup's GEMMs overlapping.
+  // ring: the tiles of the CTA's earlier items (the producer's count: prefill_sm90_load.cuh).
   __device__ __forceinline__ void run(typename Smem::Storage& smem, int warpgroup, int thread, int begin, int end,
-                                      int hi_min, int lo_max, const Logits& logits) {
+                                      int hi_min, int lo_max, const Logits& logits, int ring) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Smem::LayoutQ{})(_, _, warpgroup);  // (row, d)
     Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});                 // (key, d, stage)
@@ -191,14 +195,15 @@ struct PrefillSm90Mainloop {
     const int tiles = PrefillSm90Load<Cfg>::tile_count(begin, end);
     if (tiles == 0) return;
     // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, a GEMM
-    // before V(t), so the producer can refill it while P V still reads V.
+    // before V(t), so the producer can refill it while P V still reads V. The item's tile t is
+    // the rings' tile ring + t.
     auto acquire = [&](StageBarrier* full, int stages, int t) {
-      full[t % stages].wait((t / stages) & 1);
+      full[(ring + t) % stages].wait(((ring + t) / stages) & 1);
       fence_shared_for_wgmma();  // the producer's cp.async writes, seen by this thread, to WGMMA's reads
     };
     auto release = [&](StageBarrier* empty, int stages, int t) {
       __syncwarp();
-      if (lane == 0) empty[t % stages].arrive();  // this warp's WGMMAs have read it
+      if (lane == 0) empty[(ring + t) % stages].arrive();  // this warp's WGMMAs have read it
     };
     // Softmax of S(t) in place; returns through `rescale` O's factors. Masked tiles are a separate
     // instantiation: a run-time flag would put the per-key test into every tile.
@@ -270,7 +275,7 @@ struct PrefillSm90Mainloop {
         {
           FragS s;
           my_turn();
-          wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStagesK), s);
+          wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
           your_turn(t == tiles - 1);
           warpgroup_wait<0>();
           release(smem.empty_k, kStagesK, t);
@@ -280,7 +285,7 @@ struct PrefillSm90Mainloop {
         if (t > 0) rescale_o(rescale);
         acquire(full_v, kStagesV, t);
         FragO o_tile;
-        wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, t % kStagesV), o_tile);
+        wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (ring + t) % kStagesV), o_tile);
         warpgroup_wait<0>();
         release(empty_v, kStagesV, t);
         CUTE_UNROLL
@@ -292,7 +297,7 @@ struct PrefillSm90Mainloop {
       acquire(smem.full_k, kStagesK, 0);
       FragS s;
       my_turn();
-      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, 0), s);
+      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, ring % kStagesK), s);
       your_turn(false);
       warpgroup_wait<0>();
       release(smem.empty_k, kStagesK, 0);
@@ -306,8 +311,8 @@ struct PrefillSm90Mainloop {
       acquire(full_v, kStagesV, t - 1);
       FragS s;
       my_turn();
-      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, t % kStagesK), s);
-      wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (t - 1) % kStagesV), o);
+      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
+      wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (ring + t - 1) % kStagesV), o);
       your_turn(false);
       warpgroup_wait<1>();  // S(t) is in; P(t-1) V(t-1) may still run
       release(smem.empty_k, kStagesK, t);
@@ -320,28 +325,62 @@ struct PrefillSm90Mainloop {
     }
     acquire(full_v, kStagesV, tiles - 1);
     my_turn();
-    wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (tiles - 1) % kStagesV), o);
+    wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (ring + tiles - 1) % kStagesV), o);
     your_turn(true);
     warpgroup_wait<0>();
     release(empty_v, kStagesV, tiles - 1);
   }
 
-  // O normalised into the epilogue's fp32 rows (rows of warpgroup w start at 64 w), and the LSE.
-  __device__ __forceinline__ void stage(typename PrefillEpilogue<Cfg>::SharedStorage& out, int warpgroup, int thread,
+  // The thread's two rows of O, normalised, and their LSE (base 2), from its registers to global
+  // memory: the output (OElement), or a split-KV piece's fp32 partial for the merge kernel. A row
+  // that saw no key (an empty piece) stores O = 0 and LSE = -inf, which the merge weighs as
+  // nothing. Each quad's 4 threads store a row's 8 consecutive columns of each 8-column block, so
+  // a warp's store covers 8 rows x 16 bytes (32 for the fp32 partials): no shared-memory staging,
+  // which would need the ring the producer is filling with the CTA's next item.
+  __device__ __forceinline__ void store(const PrefillRows& rows, const FigPrefillParams& p, int warpgroup, int thread,
                                         float out_scale) const {
+    using OElement = typename Cfg::OElement;
     const int g = (thread % 32) / 4;
     const int c = thread % 4;
+    // pairs of OElement as one 4-byte store where every row start allows it (out promises 2 bytes)
+    const bool pairs = ((reinterpret_cast<uintptr_t>(p.out.data) | (p.out.stride_row * sizeof(OElement)) |
+                         (p.out.stride_head * sizeof(OElement))) % 4) == 0;
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
+      // row_sum() shuffles within the quad under a full-warp mask: every lane calls it before the
+      // rows past the item branch off (a lane that skipped it left the others waiting, and a
+      // persistent CTA, which goes on to its next unit, hung there: a warp of 4 valid rows in 8)
       const float sum = softmax[r].row_sum();
-      const int row = warpgroup * kRows + 16 * (thread / 32) + g + 8 * r;
+      const int packed = rows.row_begin + warpgroup * kRows + 16 * (thread / 32) + g + 8 * r;
+      if (packed >= rows.rows_total) continue;
       const float scale = sum > 0.0f ? out_scale / sum : 0.0f;
-      CUTE_UNROLL
-      for (int j = 0; j < kOBlocks; ++j) {
-        *reinterpret_cast<float2*>(&out.o[row][8 * j + 2 * c]) =
-            make_float2(o(4 * j + 2 * r) * scale, o(4 * j + 2 * r + 1) * scale);
+      const float lse = sum > 0.0f ? softmax[r].row_max + (log2f(sum) - kPOffset) : -INFINITY;
+      const int head = rows.qo_head(packed);
+      const int qtoken = rows.token(packed);
+      if (rows.partial < 0) {
+        const int64_t token = rows.qo_start + qtoken;
+        OElement* dst = static_cast<OElement*>(p.out.data) + token * p.out.stride_row + head * p.out.stride_head + 2 * c;
+        CUTE_UNROLL
+        for (int j = 0; j < kOBlocks; ++j) {
+          const OElement lo = OElement(o(4 * j + 2 * r) * scale), hi = OElement(o(4 * j + 2 * r + 1) * scale);
+          if (pairs) {
+            *reinterpret_cast<uint32_t*>(dst + 8 * j) =
+                uint32_t(reinterpret_cast<const uint16_t&>(lo)) | (uint32_t(reinterpret_cast<const uint16_t&>(hi)) << 16);
+          } else {
+            dst[8 * j] = lo;
+            dst[8 * j + 1] = hi;
+          }
+        }
+        if (c == 0 && p.out.lse != nullptr) p.out.lse[token * p.out.num_heads + head] = lse;
+      } else {
+        // Slots are token-major, so a token's pieces are the merge kernel's contiguous range.
+        const int64_t index = (int64_t(rows.partial) + int64_t(qtoken) * rows.pieces) * p.out.num_heads + head;
+        float* dst = p.merge.partial_out + index * kHeadDim + 2 * c;
+        CUTE_UNROLL
+        for (int j = 0; j < kOBlocks; ++j)
+          *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(o(4 * j + 2 * r) * scale, o(4 * j + 2 * r + 1) * scale);
+        if (c == 0) p.merge.partial_lse[index] = lse;
       }
-      if (c == 0) out.lse[row] = sum > 0.0f ? softmax[r].row_max + (log2f(sum) - kPOffset) : -INFINITY;
     }
   }
 

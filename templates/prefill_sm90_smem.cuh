@@ -12,7 +12,6 @@
 #pragma once
 #include <cute/tensor.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
-#include "prefill_epilogue.cuh"
 #include "prefill_work.cuh"
 #include "sm90_sync.cuh"
 
@@ -71,14 +70,12 @@ struct PrefillSm90Smem {
   using KvRing = std::conditional_t<Cfg::kFp8, KvRing8, KvRing16>;
 
   // SW128 operands need 1024-byte aligned bases: they come first, at offset 0 of the dynamic
-  // shared memory (the kernel has no static shared memory). The epilogue's fp32 staging reuses
-  // the K/V ring once every tile is consumed.
+  // shared memory (the kernel has no static shared memory). The consumers store O from their
+  // registers (the CTA is persistent: the producer fills the ring with the next item's tiles
+  // meanwhile), so nothing else shares the ring.
   struct Storage {
     alignas(1024) MmaA q[cute::cosize_v<LayoutQ>];
-    union {
-      KvRing kv;
-      typename PrefillEpilogue<Cfg>::SharedStorage epilogue;
-    };
+    KvRing kv;
     // K row addresses of a gathered tile, from the producer's lookups (prefill_sm90_load.cuh)
     int64_t row_addrs[kStagesK + 1][kBlockN];
     // K and V are filled and freed apart (prefill_sm90_load.cuh says why).
@@ -89,7 +86,6 @@ struct PrefillSm90Smem {
     StageBarrier full_vt[kStagesVt == 0 ? 1 : kStagesVt];  // FP8 only (one unused pair otherwise)
     StageBarrier empty_vt[kStagesVt == 0 ? 1 : kStagesVt];
     float q_scale[Cfg::kBlockM];          // FP8: each packed row's q quantisation step (row amax / 448)
-    PrefillRows rows;  // the work item, for the epilogue: in registers across the mainloop it spilled
   };
 };
 

@@ -50,8 +50,9 @@ struct PrefillSm90TransposeV {
     return row * 128 + ((((column >> 4) ^ row) & 7) << 4) + (column & 15);
   }
 
-  // Tile t: waits until V(t) has landed and Vt's stage is free, transposes, publishes Vt(t) and
-  // frees V(t)'s stage. Called by every producer thread, for t = 0, 1, ... in order.
+  // Tile t of the rings (counted across the CTA's items): waits until V(t) has landed and Vt's
+  // stage is free, transposes, publishes Vt(t) and frees V(t)'s stage. Called by every producer
+  // thread, for t = 0, 1, ... in order.
   __device__ __forceinline__ static void tile(typename Smem::Storage& smem, int t) {
     const int v_stage = t % kStagesV;
     const int vt_stage = t % kStagesVt;

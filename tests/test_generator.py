@@ -107,6 +107,8 @@ def test_prefill_sm90_space():
         # the three warpgroups' setmaxnreg counts stay within the CTA's launch allocation (3 x 168)
         assert constant(source, "kProducerRegisters") + 2 * constant(source, "kConsumerRegisters") <= 504
         assert "fig_prefill_run" in source and "fig_prefill_abi_version" in source
+        # persistent CTAs where the consumers' registers hold the loop over work units
+        assert f"/*kPersistent=*/{'true' if k.head_dim <= kind_prefill_sm90.PERSISTENT_MAX_HEAD_DIM else 'false'}" in source
     d128 = key(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", conversion="none")
     assert (kind_prefill_sm90.block_n(d128), kind_prefill_sm90.pipeline_stages(d128, arches.arch("sm90a"))) == \
         (128, (3, 2))

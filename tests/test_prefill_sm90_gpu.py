@@ -588,3 +588,23 @@ def test_fp8_q_graph_wrapper_follows_each_plan(workspace):
         bounds = fp8_bounds(c, False, True, None, None, None, None, -1, q_ref)
         assert_fp8_close(out[:total], lse[:total], ref, ref_lse, bounds, f"graph step qo {qo_lens} kv {kv_lens}")
         assert out[total:].isnan().all() and lse[total:].isnan().all(), "rows past the plan's were written"
+
+
+@pytest.mark.parametrize("ctas", [1, 2, 3])
+def test_persistent_ctas_walk_many_items(ctas, workspace, monkeypatch):
+    """A persistent instance (head dim <= 128) with its grid capped at 1-3 CTAs: each CTA walks many
+    work units, so its rings wrap within and across items, for TMA and gathered tiles (page 3),
+    16-bit and FP8 caches, an e4m3 q, split-KV, and a CUDA-graph wrapper, against the same
+    references and bounds as the uncapped tests."""
+    import flashinfer_gen.prefill as prefill
+    monkeypatch.setattr(prefill, "MAX_PERSISTENT_CTAS", ctas)
+    bf16, f16, e4m3 = torch.bfloat16, torch.float16, torch.float8_e4m3fn
+    w, _ = check_paged(bf16, bf16, None, 128, "NHD", 16, 4, [1, 64, 300, 129, 7], [1, 1000, 300, 256, 900], workspace,
+                       causal=True, seed=ctas, **SM90)
+    assert w._plan["params"].work.ctas == ctas
+    check_paged(f16, f16, None, 64, "HND", 3, 7, [77, 5, 30], [640, 9, 300], workspace, causal=False, seed=ctas, **SM90)
+    check_ragged(bf16, bf16, None, 128, 8, [16], [32768], workspace, causal=True, hk=8, seed=ctas, **SM90)
+    check_fp8(bf16, e4m3, "NHD", 16, 4, [1, 64, 300, 7], [1000, 129, 300, 7], workspace, causal=True, seed=ctas)
+    check_fp8(e4m3, torch.float8_e5m2, "HND", 3, 8, [33, 100], [99, 700], workspace, causal=True, q_scale=0.5,
+              o_dtype=f16, seed=ctas)
+    test_fp8_q_graph_wrapper_follows_each_plan(workspace)
