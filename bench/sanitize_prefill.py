@@ -1,7 +1,7 @@
 """One small paged prefill per KV dtype and conversion (causal, GQA 4, ragged lengths, a split-KV
 case), on each prefill family the GPU runs (backend sm80, and sm90 on Hopper: 16-bit caches and
 FP8 caches on FP8 tiles with a bf16 or an e4m3 q, pages of 16 by TMA, of 3 by the cp.async
-gather), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
+gather; persistent CTAs capped at 2, so each walks many units), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
 bench/sanitize_prefill.py`. Checks each result against the float64 reference as well (FP8 tiles: on q
 as the kernel reads it, within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3
 rounding)."""
@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper  # noqa: E402
+from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper, prefill  # noqa: E402
 from flashinfer_gen.reference import prefill_reference, quantize_q_rows, relative_error  # noqa: E402
 from generator.arches import arch_for_capability  # noqa: E402
 
 
-def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, backend="sm80", q_dtype=torch.bfloat16):
+def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, backend="sm80", q_dtype=torch.bfloat16,
+         ctas=None):
+    prefill.MAX_PERSISTENT_CTAS = ctas  # a persistent instance's grid capped: each CTA walks many units
     gen = torch.Generator().manual_seed(1)
     kv = torch.tensor(kv_lens)
     pages = (kv + page - 1) // page
@@ -38,8 +40,9 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
     q_ref = q.double() * 0.5 if q_dtype.itemsize == 1 else quantize_q_rows(q) if fp8_tiles else q
     ref, _ = prefill_reference(q_ref, k, v, qo_indptr, indptr.cuda(), indices.cuda(), last, causal=True)
     err = relative_error(out, ref)
+    grid = w._plan["params"].work.ctas
     print(f"{w.module.key.name}: {w._plan['schedule'].request.size} items, {w._plan['schedule'].num_partial} "
-          f"partial slots, rel. error {err:.2e}")
+          f"partial slots, {f'{grid} persistent CTAs' if grid else 'a CTA per unit'}, rel. error {err:.2e}")
     return err < (0.05 if fp8_tiles else 1e-2)
 
 
@@ -59,6 +62,8 @@ def main() -> int:
             ok &= case(torch.float8_e4m3fn, None, [16], [3000], page=page, backend="sm90")
             ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], page=page, backend="sm90",
                        q_dtype=torch.float8_e4m3fn)  # q given in e4m3
+            for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):  # persistent CTAs, rings running on across units
+                ok &= case(kv_dtype, None, [1, 70, 33, 300], [40, 200, 33, 700], page=page, backend="sm90", ctas=2)
     print("all within tolerance" if ok else "SOME CASE FAILED")
     return 0 if ok else 1
 
