@@ -111,12 +111,13 @@ while [ $# -gt 0 ]; do
     ;;
   abprefill)  # abprefill DIR: Hopper prefill A/B, this tree against the checkout in DIR, same machine:
     # the d128 instances of bench_prefill --quick built for each (caches of their own), then its
-    # rows (pages 16 and 64, ragged; causal or not) for this tree, DIR, this tree, DIR
+    # rows (pages 16 and 64, ragged; causal or not; $FIG_ABP_ARGS instead of --quick --pages 16,64)
+    # for this tree, DIR, this tree, DIR
     base=$(cd "$1" && pwd); shift
     for tree in "$PWD" "$base"; do
       name=$([ "$tree" = "$PWD" ] && echo new || echo base)
       (cd "$tree" && FLASHINFER_GEN_CACHE=/tmp/fig_abp_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build \
-         --kind prefill_sm90 --arch sm90a --head-dim 128 --q-dtype bf16,e4m3 --kv-dtype bf16,e4m3 \
+         --kind prefill_sm90 --arch sm90a --head-dim 128 --q-dtype bf16,e4m3 --kv-dtype bf16,e4m3,e5m2 \
          --conversion none,hardware --variant default --jobs 8 >"$OUT/abp_build_$name.log" 2>&1) &
     done
     wait
@@ -124,9 +125,9 @@ while [ $# -gt 0 ]; do
       for tree in "$PWD" "$base"; do
         name=$([ "$tree" = "$PWD" ] && echo new || echo base)
         FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_abp_$name FLASHINFER_GEN_JIT=1 python bench/bench_prefill.py \
-          --family sm90 --quick --pages 16,64 --reps 10 --out "$OUT/abp_${name}_$round.json" >"$OUT/abp_${name}_$round.log" 2>&1 \
+          --family sm90 ${FIG_ABP_ARGS:---quick --pages 16,64} --reps 10 --out "$OUT/abp_${name}_$round.json" >"$OUT/abp_${name}_$round.log" 2>&1 \
           || { tail -20 "$OUT/abp_${name}_$round.log"; rc=1; }
-        grep -E "^B4" "$OUT/abp_${name}_$round.log" | cut -c9-78 | sed "s/^/$name$round /" | head -40
+        grep -E "^(B4|chunked)" "$OUT/abp_${name}_$round.log" | grep -v dense | cut -c1-78 | sed "s/^/$name$round /" | head -40
       done
     done
     break
