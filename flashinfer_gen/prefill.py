@@ -135,30 +135,31 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
 
 
 def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas: int, tile_keys: int,
-                   stride: int, section: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   stride: int, heads_per_section: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A persistent kernel's work: (indptr [ctas + 1], units) with CTA c's units
     units[indptr[c]:indptr[c + 1]], unit = item + kv_head x stride (stride: the kernel's
-    num_items). section ([kv_heads x items], heads slowest; one section by default): the units
-    are taken section by section (l2_sections: units whose K/V rows fit in L2 together, since
-    they run at about the same time), longest first within one (cost: keys plus a tile for the
-    item's own setup; ties by KV head, then item), dealt out to the CTAs in a snake (least
-    loaded CTA first, to the most loaded, then back), which keeps the CTAs' sums within about one
-    unit of each other, as longest-first assignment does, in O(units) numpy per section.
-    (Longest first over every unit at once had a causal prompt's CTAs streaming 128 heads' K/V
-    together, past L2: bf16 B4 S4096 causal at 0.79x the one-CTA-per-unit kernel, H100.)"""
+    num_items). The KV heads are taken in sections of heads_per_section (all of them by default):
+    a section's K/V rows should fit in L2, since its units run at about the same time. Within a
+    section the units go longest first (cost: keys plus a tile for the item's own setup; ties by
+    KV head, then item), dealt out to the CTAs in a snake (least loaded CTA first, to the most
+    loaded, then back), which keeps the CTAs' sums within about one unit of each other, as
+    longest-first assignment does, in O(units) numpy per section. (Longest first over every head at
+    once had a causal prompt's CTAs streaming 128 heads' K/V together, past L2: bf16 B4 S4096
+    causal at 0.79x the non-persistent kernel, H100.)"""
     items = kv_begin.size
     if items == 0 or ctas == 0:
         return np.zeros(ctas + 1, dtype=np.int32), np.zeros(0, dtype=np.int32)
     cost = np.tile(kv_end.astype(np.int64) - kv_begin + tile_keys, kv_heads)    # [heads x items], heads slowest
     head = np.repeat(np.arange(kv_heads), items)
     item = np.tile(np.arange(items), kv_heads)
-    section = np.zeros(cost.size, dtype=np.int64) if section is None else np.asarray(section, dtype=np.int64)
+    section = head // max(1, heads_per_section or kv_heads)
     order = np.lexsort((item, head, -cost, section))                             # by section, longest first
     cta = np.empty(order.size, dtype=np.int64)
     load = np.zeros(ctas, dtype=np.int64)
-    ordered = section[order]
-    bounds = np.flatnonzero(np.diff(ordered, prepend=ordered[0] - 1, append=ordered[-1] + 1))
+    bounds = np.searchsorted(section[order], np.arange(section.max() + 2))
     for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if lo == hi:
+            continue
         seats = np.argsort(load, kind="stable")                                  # least loaded CTA first
         k = np.arange(hi - lo)
         lap, seat = k // ctas, k % ctas
@@ -170,17 +171,14 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
     return indptr.astype(np.int32), units.astype(np.int32)
 
 
-def l2_sections(request: np.ndarray, kv_len: np.ndarray, kv_heads: int, head_dim: int, kv_bytes: int,
-                l2_bytes: int) -> np.ndarray:
-    """Each unit's section for cta_unit_lists ([kv_heads x items], heads slowest): the (KV head,
-    request) pairs in order, head by head, their K and V rows laid end to end and cut into spans
-    of half of L2 (the other half is left to the rows in flight); a pair belongs to the span it
-    starts in. So one section's units re-read rows that L2 still holds. A pair larger than a span
-    is a section of its own."""
-    pair_bytes = kv_len.astype(np.int64) * head_dim * 2 * kv_bytes             # [batch]: one KV head's K and V
-    start = np.concatenate([[0], np.cumsum(pair_bytes)[:-1]])                  # a pair's offset within its head
-    offset = np.arange(kv_heads)[:, None] * pair_bytes.sum() + start[request][None, :]
-    return (offset // max(1, l2_bytes // 2)).reshape(-1)
+def l2_heads_per_section(kv_len: np.ndarray, head_dim: int, kv_bytes: int, l2_bytes: int) -> int:
+    """KV heads whose K and V rows (every request's) fill at most half of L2 (at least one): the
+    persistent kernel's section (cta_unit_lists); the other half is left to the rows in flight.
+    Finer sections, of (KV head, request) pairs, measured worse on the H100 (a4402df against
+    3f02ffa, bench/results/ab/prefill-sm90-l2pairs-*: d128 rows at 0.985x, geometric mean, and
+    chunked prefill with an e4m3 cache at 0.8x)."""
+    per_head = max(1, int(kv_len.sum()) * head_dim * 2 * kv_bytes)
+    return max(1, (l2_bytes // 2) // per_head)
 
 
 def schedule_capacity(rows: int, batch: int, group: int, kv_heads: int, tile_rows: int,
@@ -344,10 +342,9 @@ class _BatchPrefill(Wrapper):
         if spec.persistent is not None and spec.persistent(module.key):
             ctas = (min(sched.request.size * num_kv_heads, resident, MAX_PERSISTENT_CTAS or resident)
                     if capacity is None else capacity["ctas"])
-        section = (l2_sections(sched.request, kv_len, num_kv_heads, head_dim, KV_BYTES[kv_name], l2_bytes(device))
-                   if ctas else None)
+        sections = l2_heads_per_section(kv_len, head_dim, KV_BYTES[kv_name], l2_bytes(device)) if ctas else None
         cta_indptr, cta_units = cta_unit_lists(sched.kv_begin, sched.kv_end, num_kv_heads, ctas, tile_keys, grid_items,
-                                               section)
+                                               sections)
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
                       partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
                       merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len,

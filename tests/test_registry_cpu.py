@@ -467,43 +467,36 @@ def test_q_and_output_dtype_names():
 
 def test_cta_unit_lists_cover_every_unit_once_and_balance():
     """prefill.cta_unit_lists (a persistent kernel's per-CTA work): every (item, KV head) unit
-    exactly once, encoded item + head x stride; each CTA's units section by section, longest
+    exactly once, encoded item + head x stride; each CTA's units by section of KV heads, longest
     first within one; the CTAs' sums within one unit's cost of each other with one section (the
     snake deal over units sorted longest first), within 2.5 with several (each section's snake
-    starts at the least loaded CTA; 2.4 the worst of 2000 random trials); on random causal-like
-    batches with fewer, equal and more units than CTAs, the sections from l2_sections."""
-    from flashinfer_gen.prefill import cta_unit_lists, l2_sections
+    starts at the least loaded CTA; 2.43 the worst of 2000 random trials); on random causal-like
+    batches with fewer, equal and more units than CTAs."""
+    from flashinfer_gen.prefill import cta_unit_lists, l2_heads_per_section
     gen = np.random.default_rng(5)
     for trial in range(200):
-        items, heads, batch = int(gen.integers(1, 60)), int(gen.integers(1, 9)), int(gen.integers(1, 6))
+        items, heads = int(gen.integers(1, 60)), int(gen.integers(1, 9))
         ctas = int(gen.integers(1, 140))
         begin = gen.integers(0, 3000, items)
         end = begin + gen.integers(1, 9000, items)
-        request = np.sort(gen.integers(0, batch, items))
-        kv_len = np.array([int(end[request == b].max(initial=1)) for b in range(batch)])
         stride = items + int(gen.integers(0, 5))  # a CUDA-graph plan's capacity may exceed the live items
-        for l2 in (None, int(gen.integers(1, 40)) << 20):
-            section = None if l2 is None else l2_sections(request, kv_len, heads, 128, 2, l2)
-            indptr, units = cta_unit_lists(begin, end, heads, ctas, 128, stride, section)
+        for per_section in (None, int(gen.integers(1, heads + 1))):
+            indptr, units = cta_unit_lists(begin, end, heads, ctas, 128, stride, per_section)
             assert indptr.size == ctas + 1 and indptr[0] == 0 and indptr[-1] == units.size == items * heads
             assert (np.diff(indptr) >= 0).all()
             item, head = units % stride, units // stride
             assert sorted(zip(item.tolist(), head.tolist())) == [(i, h) for i in range(items) for h in range(heads)]
             cost = end[item] - begin[item] + 128
-            own_section = np.zeros(units.size, int) if section is None else section[head * items + item]
+            section = head // (per_section or heads)
             sums = [int(cost[indptr[c]:indptr[c + 1]].sum()) for c in range(ctas)]
             for c in range(ctas):
-                own, sec = cost[indptr[c]:indptr[c + 1]], own_section[indptr[c]:indptr[c + 1]]
-                assert (np.diff(sec) >= 0).all(), "a CTA's units section by section"
-                assert (np.diff(own)[np.diff(sec) == 0] <= 0).all(), "longest first within a section"
+                own, own_section = cost[indptr[c]:indptr[c + 1]], section[indptr[c]:indptr[c + 1]]
+                assert (np.diff(own_section) >= 0).all(), "a CTA's units section by section"
+                assert (np.diff(own)[np.diff(own_section) == 0] <= 0).all(), "longest first within a section"
             if items * heads >= ctas:
-                bound = cost.max() * (1 if own_section.max() == 0 else 2.5)
-                assert max(sums) - min(sums) <= bound, (trial, l2, max(sums), min(sums), cost.max())
-    # B4 S4096, d128, bf16 K and V: a (KV head, request) pair is 2 MB, 12.5 to a half of 50 MB of L2:
-    # the pairs that start within each 25 MB span, 13 or 12 (of 32 units each)
-    section = l2_sections(np.repeat(np.arange(4), 32), np.full(4, 4096), 8, 128, 2, 50 << 20)
-    assert section.shape == (8 * 128,) and np.isin(np.bincount(section)[:-1], (12 * 32, 13 * 32)).all()
-    assert (np.diff(section) >= 0).all() and section.max() == 2
-    # a pair past half of L2 is a section of its own
-    assert len(set(l2_sections(np.arange(3), np.full(3, 1 << 20), 1, 256, 2, 50 << 20).tolist())) == 3
+                bound = cost.max() * (1 if (per_section or heads) >= heads else 2.5)
+                assert max(sums) - min(sums) <= bound, (trial, per_section, max(sums), min(sums), cost.max())
+    # B4 S4096, d128, bf16 K and V: 8 MB a KV head; half of a 50 MB L2 holds 3
+    assert l2_heads_per_section(np.full(4, 4096), 128, 2, 50 << 20) == 3
+    assert l2_heads_per_section(np.full(4, 1 << 20), 256, 2, 50 << 20) == 1
     assert [a.size for a in cta_unit_lists(np.zeros(0, int), np.zeros(0, int), 4, 3, 128, 8)] == [4, 0]
