@@ -43,7 +43,7 @@ struct PrefillSm90Shape {
   static constexpr int kSmemBytes = kSmemBytes_;
   static constexpr int kSmemPerBlock = kSmemPerBlock_;
   // Named barriers (0 is __syncthreads): the producer's, one per consumer's Q, the consumers' own,
-  // and one per consumer for its turn to issue GEMMs (prefill_sm90_mainloop.cuh).
+  // and one per consumer for its turn to issue GEMMs (16-bit tiles: prefill_sm90_mainloop.cuh).
   static constexpr int kProducerBarrier = 1;
   static constexpr int kQBarrier = 2;
   static constexpr int kConsumersBarrier = kQBarrier + kConsumers;
