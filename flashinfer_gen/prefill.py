@@ -141,32 +141,49 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
     num_items). The KV heads are taken in sections of heads_per_section (all of them by default):
     a section's K/V rows should fit in L2, since its units run at about the same time. Within a
     section the units go longest first (cost: keys plus a tile for the item's own setup; ties by
-    KV head, then item), dealt out to the CTAs in a snake (least loaded CTA first, to the most
-    loaded, then back), which keeps the CTAs' sums within about one unit of each other, as
-    longest-first assignment does, in O(units) numpy per section. (Longest first over every head at
+    KV head, then item, so that units of equal length run head by head), dealt out to the CTAs
+    in a snake (least loaded CTA first, to the most loaded, then back: over units sorted longest
+    first the laps' differences cancel, where dealing each lap the same way adds them up), which
+    keeps the CTAs' sums within about one unit of each other. (Longest first over every head at
     once had a causal prompt's CTAs streaming 128 heads' K/V together, past L2: bf16 B4 S4096
-    causal at 0.79x the non-persistent kernel, H100.)"""
+    causal at 0.79x the non-persistent kernel, H100.) The units are placed, not sorted: plan()
+    runs every step (B16 S8192 causal, 32 KV heads, 131k units: 13 ms with a sort of the units,
+    ~5 ms placed; B4 S4096, 32 heads: under 1 ms)."""
     items = kv_begin.size
     if items == 0 or ctas == 0:
         return np.zeros(ctas + 1, dtype=np.int32), np.zeros(0, dtype=np.int32)
-    cost = np.tile(kv_end.astype(np.int64) - kv_begin + tile_keys, kv_heads)    # [heads x items], heads slowest
-    head = np.repeat(np.arange(kv_heads), items)
-    item = np.tile(np.arange(items), kv_heads)
-    section = head // max(1, heads_per_section or kv_heads)
-    order = np.lexsort((item, head, -cost, section))                             # by section, longest first
-    cta = np.empty(order.size, dtype=np.int64)
+    if (stride - 1) + (kv_heads - 1) * stride > INT32_MAX:
+        fail(f"{kv_heads} KV heads x {stride} work items do not fit the kernel's 32-bit unit numbers")
+    item_cost = kv_end.astype(np.int64) - kv_begin + tile_keys
+    by_cost = np.argsort(-item_cost, kind="stable")                            # items longest first, ties by item
+    sorted_cost = item_cost[by_cost]
+    # Runs of equal cost among the sorted items: a section lists run by run, each run head by head.
+    new_run = np.concatenate([[True], sorted_cost[1:] != sorted_cost[:-1]])
+    run_start = np.flatnonzero(new_run)
+    run_of = np.cumsum(new_run) - 1
+    start = run_start[run_of]                                                  # [items]: its run's first position
+    length = np.diff(np.append(run_start, items))[run_of]                      # [items]: its run's length
+    offset = np.arange(items) - start                                          # [items]: within its run
+    per = max(1, min(kv_heads, heads_per_section or kv_heads))
+    unit_item = np.empty(items * kv_heads, dtype=np.int64)                     # dealing order
+    unit_head = np.empty(items * kv_heads, dtype=np.int64)
+    cta = np.empty(items * kv_heads, dtype=np.int64)
     load = np.zeros(ctas, dtype=np.int64)
-    bounds = np.searchsorted(section[order], np.arange(section.max() + 2))
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if lo == hi:
-            continue
-        seats = np.argsort(load, kind="stable")                                  # least loaded CTA first
+    for h0 in range(0, kv_heads, per):
+        heads = min(per, kv_heads - h0)
+        lo, hi = h0 * items, (h0 + heads) * items
+        local = np.arange(heads)[:, None]
+        where = lo + start * heads + local * length + offset                    # [heads, items]: position in the order
+        unit_item[where] = by_cost[None, :]
+        unit_head[where] = h0 + local
+        seats = np.argsort(load, kind="stable")                                # least loaded CTA first
         k = np.arange(hi - lo)
         lap, seat = k // ctas, k % ctas
         cta[lo:hi] = seats[np.where(lap % 2 == 0, seat, ctas - 1 - seat)]
-        np.add.at(load, cta[lo:hi], cost[order[lo:hi]])
-    by_cta = np.argsort(cta, kind="stable")                                     # each CTA's units in order
-    units = (item[order] + head[order] * stride)[by_cta]
+        load += np.bincount(cta[lo:hi], weights=item_cost[unit_item[lo:hi]], minlength=ctas).astype(np.int64)
+    # each CTA's units in dealing order (a stable sort of 16-bit keys is numpy's radix sort)
+    by_cta = np.argsort(cta.astype(np.int16 if ctas <= 1 << 15 else np.int32), kind="stable")
+    units = (unit_item + unit_head * stride)[by_cta]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(cta, minlength=ctas))])
     return indptr.astype(np.int32), units.astype(np.int32)
 
@@ -272,7 +289,9 @@ class _BatchPrefill(Wrapper):
         if fixed is None:
             items, slots = schedule_capacity(total_qo, batch, group, num_kv_heads, tile_rows, resident)
             fits = self._workspace.numel() // (num_heads * (head_dim + 1) * 4) - 1  # less one for lse's alignment
-            fixed = dict(config=config, rows=total_qo, items=items, partial_slots=max(0, min(slots, fits)))
+            # a persistent instance's grid, fixed with the rest: the captured launch keeps it
+            ctas = min(items * num_kv_heads, resident, MAX_PERSISTENT_CTAS or resident)
+            fixed = dict(config=config, rows=total_qo, items=items, partial_slots=max(0, min(slots, fits)), ctas=ctas)
         elif config != fixed["config"]:
             fail("a CUDA-graph wrapper keeps its first plan's configuration (instance, heads, head dim, page size, "
                  "causal, window, sm_scale, soft-cap), which a captured graph has baked in; make another wrapper "
@@ -298,7 +317,7 @@ class _BatchPrefill(Wrapper):
             pages = g["buffers"]["paged_kv_indices_buf"].numel()
         rows, items = fixed["rows"], fixed["items"]
         merge_rows = min(rows, fixed["partial_slots"] // 2)  # a split row takes two partial slots or more
-        ctas = min(items * num_kv_heads, resident, MAX_PERSISTENT_CTAS or resident)  # a persistent instance's grid
+        ctas = fixed["ctas"]
         return dict(cta_indptr=ctas + 1, cta_units=items * num_kv_heads, ctas=ctas,
                     request=items, row_begin=items, kv_begin=items, kv_end=items, partial=items, pieces=items,
                     merge_row=merge_rows, merge_indptr=merge_rows + 1, qo_indptr=batch + 1, kv_len=batch,

@@ -6,8 +6,9 @@
 //     ring of kStagesVt (prefill_sm90_transpose.cuh); it gives up most of its registers (setmaxnreg);
 //   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_mainloop.cuh): 64 packed query
 //     rows each, WGMMA and the online softmax, then O stored from their registers.
-// Persistent: a grid of at most the CTAs the GPU holds at once, each taking work units (work item,
-// KV head) in turn (see the kernel); plan() orders items longest first.
+// Persistent up to head dim 128: a grid of at most the CTAs the GPU holds at once, each taking work
+// units (work item, KV head) in turn (see the kernel); past it one CTA per unit. plan() orders
+// items longest first.
 #pragma once
 #include <cuda_runtime.h>
 #include "fig_abi_prefill.h"
@@ -42,12 +43,11 @@ struct PrefillSm90Shape {
   static constexpr int kConsumerRegisters = kConsumerRegisters_;
   static constexpr int kSmemBytes = kSmemBytes_;
   static constexpr int kSmemPerBlock = kSmemPerBlock_;
-  // Named barriers (0 is __syncthreads): the producer's, one per consumer's Q, the consumers' own,
-  // and one per consumer for its turn to issue GEMMs (16-bit tiles: prefill_sm90_mainloop.cuh).
+  // Named barriers (0 is __syncthreads): the producer's, one per consumer's Q, and one per
+  // consumer for its turn to issue GEMMs (16-bit tiles: prefill_sm90_mainloop.cuh).
   static constexpr int kProducerBarrier = 1;
   static constexpr int kQBarrier = 2;
-  static constexpr int kConsumersBarrier = kQBarrier + kConsumers;
-  static constexpr int kTurnBarrier = kConsumersBarrier + 1;
+  static constexpr int kTurnBarrier = kQBarrier + kConsumers;
   static_assert(kTurnBarrier + kConsumers <= 16, "16 named barriers");
   // setmaxnreg moves registers within the CTA's launch allocation (65536 / kThreads a thread,
   // rounded down to 8): what the producer gives up is all the consumers can take.
@@ -101,9 +101,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
 
   const FigPrefillParams& p = args.p;
   // Persistent (kPersistent): the grid is at most what the GPU holds at once, and each CTA walks
-  // the list of work units (item, KV head) that plan() dealt it, longest first and balanced
-  // across the CTAs, with the units of one KV head together so that the CTAs running at once read
-  // the same K/V rows while L2 holds them (prefill.py, cta_unit_lists). The producer and the
+  // the list of work units (item, KV head) that plan() dealt it: by sections of KV heads whose
+  // K/V rows fit in L2, so that the CTAs running at once re-read rows L2 holds, longest first
+  // within a section and balanced across the CTAs (prefill.py, cta_unit_lists). The producer and the
   // consumers walk the same list, each counting the tiles they put through the rings (`ring`), so
   // stages and barrier phases run on across items, and the producer loads an item's first tiles
   // while the consumers finish the last one. Where the consumers' accumulators leave no room for

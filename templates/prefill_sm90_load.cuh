@@ -127,8 +127,9 @@ struct PrefillSm90Load {
     // completes once every producer thread's loads before it have landed; the producer never
     // waits for its own loads, only for free stages.
     if (tiles == 0) return 0;
-    // Every producer thread is done with the previous item: its gathered tiles' row addresses are
-    // guarded by the barrier of each gathered tile, which an item with TMA tiles does not have.
+    // Every producer thread is done with the previous item. Defensive: a row-address slot is
+    // rewritten only after the consumers freed a later K stage, whose "full" barrier every producer
+    // thread arrives on after its reads of that slot, so the rings already order it.
     named_barrier_sync(Cfg::kProducerBarrier, kThreads);
     look_ahead(0);
     PagedKv::TokenLocation box = produce_k(0);

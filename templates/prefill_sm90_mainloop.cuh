@@ -164,7 +164,7 @@ struct PrefillSm90Mainloop {
   // 16-bit: software-pipelined by one tile inside the warpgroup: S(t) = Q K(t)^T and O +=
   // P(t-1) V(t-1) are issued together, the softmax of S(t) runs while P V still does, and O is
   // rescaled once P V has landed. So the tensor cores get the next GEMM while the FP32 pipes run
-  // exp2. FP8: one tile at a time (see the kFp8 loop), the other warpgroup's GEMMs overlapping.
+  // exp2. FP8: one tile at a time (see the kFp8 loop), the other warpgroup's GEMMs free to overlap.
   // ring: the tiles of the CTA's earlier items (the producer's count: prefill_sm90_load.cuh).
   __device__ __forceinline__ void run(typename Smem::Storage& smem, int warpgroup, int thread, int begin, int end,
                                       int hi_min, int lo_max, const Logits& logits, int ring) {
@@ -268,7 +268,7 @@ struct PrefillSm90Mainloop {
       }
     };
     if constexpr (kFp8) {
-      // FP8: one tile at a time inside the warpgroup (the other warpgroup's GEMMs fill the tensor
+      // FP8: one tile at a time inside the warpgroup (the other warpgroup's GEMMs can fill the tensor
       // cores during this one's softmax), so that each tile's P V goes to a fragment of its own,
       // in the registers S had, and joins O in fp32. Chained into O by FP8 WGMMA, whose adds keep
       // ~14 bits, a long request's O drifted low (39% at 32768 keys of V with mean 3,

@@ -468,10 +468,10 @@ def test_q_and_output_dtype_names():
 def test_cta_unit_lists_cover_every_unit_once_and_balance():
     """prefill.cta_unit_lists (a persistent kernel's per-CTA work): every (item, KV head) unit
     exactly once, encoded item + head x stride; each CTA's units by section of KV heads, longest
-    first within one; the CTAs' sums within one unit's cost of each other with one section (the
-    snake deal over units sorted longest first), within 2.5 with several (each section's snake
-    starts at the least loaded CTA; 2.43 the worst of 2000 random trials); on random causal-like
-    batches with fewer, equal and more units than CTAs."""
+    first within one; the CTAs' sums within one unit's cost of each other with one section, within
+    2.5 with several (each section's snake starts at the least loaded CTA; 2.43 the worst of 2000
+    random trials), on random causal-like batches with fewer, equal and more units than CTAs; then
+    the snake itself and the order of ties, on cases built so that a deal without them fails."""
     from flashinfer_gen.prefill import cta_unit_lists, l2_heads_per_section
     gen = np.random.default_rng(5)
     for trial in range(200):
@@ -496,6 +496,18 @@ def test_cta_unit_lists_cover_every_unit_once_and_balance():
             if items * heads >= ctas:
                 bound = cost.max() * (1 if (per_section or heads) >= heads else 2.5)
                 assert max(sums) - min(sums) <= bound, (trial, per_section, max(sums), min(sums), cost.max())
+    # the snake itself: 32 items of linearly falling cost on 4 CTAs, 8 laps. Dealt the same way
+    # every lap, CTA 0 would get the largest of each (spread 24 x 128); the snake's alternate laps
+    # cancel (spread within one lap's, 3 x 128)
+    indptr, units = cta_unit_lists(np.zeros(32, int), np.arange(1, 33) * 128, 1, 4, 128, 32)
+    cost = 128 * (np.arange(1, 33) + 1)
+    sums = [int(cost[units[indptr[c]:indptr[c + 1]]].sum()) for c in range(4)]
+    assert max(sums) - min(sums) <= 3 * 128, sums
+    # ties: units of equal length go head by head, item by item (so the CTAs running together
+    # share KV heads): the first lap gives CTA c the c-th (head, item), the next lap runs back
+    indptr, units = cta_unit_lists(np.zeros(5, int), np.full(5, 640), 3, 4, 128, 5)
+    firsts = [int(units[indptr[c]]) for c in range(4)]
+    assert firsts == [0, 1, 2, 3] and int(units[indptr[3] + 1]) == 4 and int(units[indptr[2] + 1]) == 0 + 1 * 5, units
     # B4 S4096, d128, bf16 K and V: 8 MB a KV head; half of a 50 MB L2 holds 3
     assert l2_heads_per_section(np.full(4, 4096), 128, 2, 50 << 20) == 3
     assert l2_heads_per_section(np.full(4, 1 << 20), 256, 2, 50 << 20) == 1
