@@ -43,12 +43,10 @@ struct PrefillSm90Shape {
   static constexpr int kConsumerRegisters = kConsumerRegisters_;
   static constexpr int kSmemBytes = kSmemBytes_;
   static constexpr int kSmemPerBlock = kSmemPerBlock_;
-  // Named barriers (0 is __syncthreads): the producer's, one per consumer's Q, and one per
-  // consumer for its turn to issue GEMMs (16-bit tiles: prefill_sm90_mainloop.cuh).
+  // Named barriers (0 is __syncthreads): the producer's, and one per consumer's Q.
   static constexpr int kProducerBarrier = 1;
   static constexpr int kQBarrier = 2;
-  static constexpr int kTurnBarrier = kQBarrier + kConsumers;
-  static_assert(kTurnBarrier + kConsumers <= 16, "16 named barriers");
+  static_assert(kQBarrier + kConsumers <= 16, "16 named barriers");
   // setmaxnreg moves registers within the CTA's launch allocation (65536 / kThreads a thread,
   // rounded down to 8): what the producer gives up is all the consumers can take.
   static_assert(kProducerRegisters + kConsumers * kConsumerRegisters <= (65536 / kThreads) / 8 * 8 * (1 + kConsumers),
@@ -147,7 +145,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
     }
   };
 
-  const int warpgroup = threadIdx.x / 128;
+  // From lane 0, so that the compiler knows it warp-uniform: the warpgroup's shared-memory
+  // descriptors (Q's slot) then live in uniform registers, not in each thread's.
+  const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0);
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegisters>();
     const int64_t v_minus_k = static_cast<const uint8_t*>(p.kv.v_cache) - static_cast<const uint8_t*>(p.kv.k_cache);
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   const int thread = threadIdx.x % 128;
   for_each_unit([&](int item, int kv_head, int ring) {
     Mainloop ml;
-    int begin, end, hi_min, lo_max;  // what the mainloop needs of the item; the rest is reloaded after it
+    int begin, end, hi_min, lo_max, kv_len;  // what the mainloop needs of the item; the rest is reloaded after it
     {
       const PrefillItem work = PrefillItem::load(p, item, kv_head);
       ml.load_q(smem, consumer, thread, work, p);
@@ -181,11 +181,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
                               p.window_left).x;
       begin = work.begin;
       end = work.end;
+      kv_len = work.kv_len;
     }
     const typename Cfg::Logits logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
                                           device_scale(p.scales.k_scale_device, true),
                                       p.scales.logits_soft_cap);
-    ml.run(smem, consumer, thread, begin, end, hi_min, lo_max, logits, ring);
+    ml.run(smem, consumer, thread, begin, end, hi_min, lo_max, logits, ring, all.maps.rows, kv_len);
     // The item's rows, read again (held across the mainloop, they spilled)
     ml.store(PrefillItem::load(p, item, kv_head).rows, p, consumer, thread,
              args.out_scale * device_scale(p.scales.v_scale_device, false));

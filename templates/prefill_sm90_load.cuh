@@ -16,8 +16,9 @@
 // on V and the consumers on K. K gets the deeper ring (generator/kind_prefill_sm90.py) and is
 // loaded a tile ahead. Each thread's loads complete a "full" barrier on their own (TMA's byte
 // count, or cp.async.mbarrier.arrive.noinc), so the producer never waits for its own loads, only
-// for free stages; after each wait the consumers fence the landed rows for WGMMA's async-proxy
-// reads (which the gathered ones need: cp.async writes through the generic proxy).
+// for free stages; after the wait for a gathered tile (gathered()) the consumers fence its rows
+// for WGMMA's async-proxy reads, as cp.async writes through the generic proxy (TMA tiles land in
+// the async proxy and need none).
 #pragma once
 #include <cute/arch/copy_sm80.hpp>
 #include "paged_kv.cuh"
@@ -53,6 +54,12 @@ struct PrefillSm90Load {
   __device__ __forceinline__ static int tile_count(int begin, int end) {
     return end > begin ? (end - first_key(begin) + kBlockN - 1) / kBlockN : 0;
   }
+  // Whether the item's tile t (keys from `first`) is gathered with cp.async rather than loaded by
+  // TMA: every tile without TMA boxes (rows == 0), and a request's last, partial tile, whose
+  // rows past kv_len TMA would read from the next request or past the cache.
+  __device__ __forceinline__ static bool gathered(int rows, int kv_len, int first, int t) {
+    return rows == 0 || first + (t + 1) * kBlockN > kv_len;
+  }
 
   // One work item's tiles, called by the producer warpgroup, warpgroup 0 (so threadIdx.x <
   // kThreads), for each of the CTA's items in turn. `ring`: the tiles the CTA's earlier items put
@@ -77,7 +84,7 @@ struct PrefillSm90Load {
     // a tile reaching past them would read a page's unused slots, whose stale values (NaN, say)
     // P = 0 does not cancel in P V; the gather re-reads the last key there instead. So with TMA
     // only an item's last tile may be gathered.
-    auto gathered = [&](int t) { return maps.rows == 0 || first + (t + 1) * kBlockN > kv_len; };
+    auto gathered = [&](int t) { return PrefillSm90Load::gathered(maps.rows, kv_len, first, t); };
     // Each tile's lookups (rows to gather, or the TMA boxes' pages) are issued a tile ahead, so
     // their latency (a page-table read) hides under the previous tile's loads and stage waits.
     int64_t k_row = 0;

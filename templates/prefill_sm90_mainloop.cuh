@@ -41,6 +41,11 @@ struct PrefillSm90Mainloop {
   static constexpr int kStagesV = kFp8 ? Cfg::kStagesVt : Cfg::kStagesV;  // the ring P V reads
   static constexpr float kPOffset = kFp8 ? 8.0f : 0.0f;  // log2 of P's headroom factor (see above)
   static constexpr int kSoftmaxChains = 4;  // independent max / sum chains per row (softmax.cuh)
+  // 16-bit tiles keep a row's running max while no logit passes it by more than 2^8 (softmax.cuh,
+  // rebase_quad_rows): P up to 2^8, which 16-bit P and fp32 O hold with their usual relative
+  // precision, and no quad shuffle or rescale of O in most tiles of a long row (H200, ragged
+  // bf16: +3%).
+  static constexpr float kMaxSlack = 8.0f;
   static constexpr int kSBlocks = kBlockN / 8;    // 8-column blocks of S
   static constexpr int kOBlocks = kHeadDim / 8;   // of O
   static_assert(kRows == 64, "one 64-row WGMMA per consumer warpgroup");
@@ -161,13 +166,13 @@ struct PrefillSm90Mainloop {
   }
 
   // Every tile of keys [begin, end); tiles past hi_min or before lo_max need the per-key mask.
-  // 16-bit: software-pipelined by one tile inside the warpgroup: S(t) = Q K(t)^T and O +=
-  // P(t-1) V(t-1) are issued together, the softmax of S(t) runs while P V still does, and O is
-  // rescaled once P V has landed. So the tensor cores get the next GEMM while the FP32 pipes run
-  // exp2. FP8: one tile at a time (see the kFp8 loop), the other warpgroup's GEMMs free to overlap.
-  // ring: the tiles of the CTA's earlier items (the producer's count: prefill_sm90_load.cuh).
+  // The two consumer warpgroups run without turns: each one's GEMMs fill the tensor cores while
+  // the other makes P (see the 16-bit loop). ring: the tiles of the CTA's earlier items (the
+  // producer's count: prefill_sm90_load.cuh); rows, kv_len: the cache's TMA box rows and the
+  // request's keys, which say what tiles the producer gathered with cp.async (Load::gathered).
   __device__ __forceinline__ void run(typename Smem::Storage& smem, int warpgroup, int thread, int begin, int end,
-                                      int hi_min, int lo_max, const Logits& logits, int ring) {
+                                      int hi_min, int lo_max, const Logits& logits, int ring, int rows,
+                                      int kv_len) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Smem::LayoutQ{})(_, _, warpgroup);  // (row, d)
     Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});                 // (key, d, stage)
@@ -194,12 +199,24 @@ struct PrefillSm90Mainloop {
     const int first = PrefillSm90Load<Cfg>::first_key(begin);
     const int tiles = PrefillSm90Load<Cfg>::tile_count(begin, end);
     if (tiles == 0) return;
-    // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, a GEMM
-    // before V(t), so the producer can refill it while P V still reads V. The item's tile t is
-    // the rings' tile ring + t.
-    auto acquire = [&](StageBarrier* full, int stages, int t) {
+    // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, before P V
+    // reads V(t), so the producer can refill it meanwhile. The item's tile t is the rings' tile
+    // ring + t. A TMA tile lands in the async proxy that WGMMA reads; a gathered one (cp.async, the generic
+    // proxy) needs a proxy fence by the reader after the wait (H200, ragged bf16: fencing every
+    // tile cost 2-3%). The transposed V of FP8 tiles is fenced by the producer threads that wrote it.
+    auto acquire = [&](StageBarrier* full, int stages, int t, bool gathered) {
       full[(ring + t) % stages].wait(((ring + t) / stages) & 1);
-      fence_shared_for_wgmma();  // the producer's cp.async writes, seen by this thread, to WGMMA's reads
+      if (gathered) fence_shared_for_wgmma();
+    };
+    auto gathered = [&](int t) { return PrefillSm90Load<Cfg>::gathered(rows, kv_len, first, t); };
+    // Logits and mask of tile t's S (masked tiles: a separate instantiation, so that the per-key
+    // test stays out of the others).
+    auto logits_and_mask = [&](FragS& s, int t, float (&scale)[2]) {
+      const int tile_begin = first + t * kBlockN;
+      if (tile_begin + kBlockN - 1 > hi_min || tile_begin < lo_max)
+        logits_masked<true>(s, tile_begin, lane, logits, scale);
+      else
+        logits_masked<false>(s, tile_begin, lane, logits, scale);
     };
     auto release = [&](StageBarrier* empty, int stages, int t) {
       __syncwarp();
@@ -214,30 +231,9 @@ struct PrefillSm90Mainloop {
       else
         scores<false>(s, tile_begin, lane, logits, rescale);
     };
-    // Ping-pong (16-bit tiles): the two consumers take turns issuing their GEMMs (one turn = the
-    // GEMMs of one step), so one's softmax runs on the FP32 pipes while the other's GEMMs hold the
-    // tensor cores, instead of both competing for each at once. Warpgroup w waits on barrier
-    // kTurnBarrier + w, which the other warpgroup arrives on after its own turn; warpgroup 0 goes
-    // first. Each takes tiles + 1 turns, and warpgroup 1 skips its last arrival (no one waits for
-    // it). The FP8 loop, whose GEMMs take half the time and which runs a tile at a time, is
-    // faster without turns (H200, ragged e4m3 B4 S4096: +2-4%, two rounds; 16-bit -1%).
-    static_assert(Cfg::kConsumers == 2, "ping-pong between two consumer warpgroups");
-    constexpr bool kPingPong = !kFp8;
-    constexpr int kPair = 2 * 128;
-    auto my_turn = [&] {
-      if constexpr (kPingPong) named_barrier_sync(Cfg::kTurnBarrier + warpgroup, kPair);
-    };
-    auto your_turn = [&](bool last) {
-      if constexpr (kPingPong)
-        if (warpgroup == 0 || !last) named_barrier_arrive(Cfg::kTurnBarrier + 1 - warpgroup, kPair);
-    };
-    if constexpr (kPingPong)
-      if (warpgroup == 1) named_barrier_arrive(Cfg::kTurnBarrier, kPair);
+    // FP8 P in P V's register order.
     auto to_p = [&](const FragS& s) {
-      if constexpr (!kFp8) {
-        CUTE_UNROLL
-        for (int i = 0; i < size(p_words); ++i) p_words(i) = HalfRowsMma<Element>::pack(s(2 * i), s(2 * i + 1));
-      } else {
+      {
         // Register 4 b + r + 2 h holds, in bytes e = 0..3, the columns 8 j + 2 c + {0, 1} of
         // j = 4 b + 2 h and 4 b + 2 h + 1 of row r: S(4 j + 2 r + {0, 1}) then S(4 (j + 1) + 2 r + {0, 1}).
         CUTE_UNROLL
@@ -253,20 +249,6 @@ struct PrefillSm90Mainloop {
         }
       }
     };
-    // O's rows times their softmax factors. Once the rows' maxima settle (most tiles of a long
-    // row) every factor is 1: the warp then skips O's multiplies.
-    auto rescale_o = [&](const float (&rescale)[2]) {
-      if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
-        CUTE_UNROLL
-        for (int j = 0; j < kOBlocks; ++j) {
-          CUTE_UNROLL
-          for (int r = 0; r < 2; ++r) {
-            o(4 * j + 2 * r) *= rescale[r];
-            o(4 * j + 2 * r + 1) *= rescale[r];
-          }
-        }
-      }
-    };
     if constexpr (kFp8) {
       // FP8: one tile at a time inside the warpgroup (the other warpgroup's GEMMs can fill the tensor
       // cores during this one's softmax), so that each tile's P V goes to a fragment of its own,
@@ -276,20 +258,18 @@ struct PrefillSm90Mainloop {
       // together spilled the consumers' registers.
 #pragma unroll 1
       for (int t = 0; t < tiles; ++t) {
-        acquire(smem.full_k, kStagesK, t);
+        acquire(smem.full_k, kStagesK, t, gathered(t));
         float rescale[2];
         {
           FragS s;
-          my_turn();
           wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
-          your_turn(t == tiles - 1);
           warpgroup_wait<0>();
           release(smem.empty_k, kStagesK, t);
           softmax_step(s, t, rescale);
           to_p(s);
         }
         if (t > 0) rescale_o(rescale);
-        acquire(full_v, kStagesV, t);
+        acquire(full_v, kStagesV, t, false);
         FragO o_tile;
         wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (ring + t) % kStagesV), o_tile);
         warpgroup_wait<0>();
@@ -297,44 +277,56 @@ struct PrefillSm90Mainloop {
         CUTE_UNROLL
         for (int i = 0; i < size(o); ++i) o(i) += o_tile(i);
       }
-      return;
-    }
-    {
-      acquire(smem.full_k, kStagesK, 0);
-      FragS s;
-      my_turn();
-      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, ring % kStagesK), s);
-      your_turn(false);
-      warpgroup_wait<0>();
-      release(smem.empty_k, kStagesK, 0);
-      float rescale[2];  // O is 0: nothing to rescale
-      softmax_step(s, 0, rescale);
-      to_p(s);
-    }
+    } else {
+      // 16-bit tiles. Per tile, S = Q K^T, the rows' max, then P = exp2 with P V issued a
+      // 16-key block at a time as its P comes out of exp2: the tensor cores run P V while the MUFU
+      // pipe makes the rest of P. A warp that issues WGMMAs faster than they run waits at the
+      // issue, so P V issued whole, after the softmax or together with the next Q K^T (the
+      // software pipeline this replaced), held the warp there past its own softmax (H200 clock64
+      // traces, README). The next tile's Q K^T follows P V on the tensor cores; its wait covers
+      // both, and the other warpgroup's GEMMs fill the tensor cores meanwhile.
+      warpgroup_fence_operand(o);
 #pragma unroll 1
-    for (int t = 1; t < tiles; ++t) {
-      acquire(smem.full_k, kStagesK, t);
-      acquire(full_v, kStagesV, t - 1);
-      FragS s;
-      my_turn();
-      wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
-      wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (ring + t - 1) % kStagesV), o);
-      your_turn(false);
-      warpgroup_wait<1>();  // S(t) is in; P(t-1) V(t-1) may still run
-      release(smem.empty_k, kStagesK, t);
-      float rescale[2];
-      softmax_step(s, t, rescale);
+      for (int t = 0; t < tiles; ++t) {
+        acquire(smem.full_k, kStagesK, t, gathered(t));
+        FragS s;
+        wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
+        warpgroup_wait<0>();  // S(t) is in, and P(t-1) V(t-1) is done
+        release(smem.empty_k, kStagesK, t);
+        if (t > 0) release(empty_v, kStagesV, t - 1);
+        float scale[2], shift[2], rescale[2];
+        logits_and_mask(s, t, scale);
+        OnlineSoftmaxRow::rebase_quad_rows<kSBlocks, kSoftmaxChains>(softmax, s, scale, kPOffset, kMaxSlack, rescale,
+                                                                     shift);
+        rescale_o(rescale);
+        acquire(full_v, kStagesV, t, gathered(t));
+        const int stage = (ring + t) % kStagesV;
+        float tile_sum[2] = {0.0f, 0.0f};  // rows r = 0, 1
+        CUTE_UNROLL
+        for (int kb = 0; kb < kBlockN / 16; ++kb) {
+          // P(_, _, kb) is S(8 kb + 2 w + {0, 1}), w = 0..3: row (w % 2), keys 16 kb + 8 (w / 2) + 2 c + {0, 1}
+          CUTE_UNROLL
+          for (int w = 0; w < 4; ++w) {
+            float pair[2];
+            CUTE_UNROLL
+            for (int i = 0; i < 2; ++i) {
+              pair[i] = fast_exp2(fmaf(s(8 * kb + 2 * w + i), scale[w % 2], -shift[w % 2]));
+              tile_sum[w % 2] += pair[i];
+            }
+            p_words(4 * kb + w) = HalfRowsMma<Element>::pack(pair[0], pair[1]);
+            warpgroup_fence_operand(p_words(4 * kb + w));
+          }
+          warpgroup_arrive();
+          gemm(mma_pv, p(_, _, kb), tOrV(_, _, kb, stage), o);
+          warpgroup_commit_batch();
+        }
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) softmax[r].lane_sum += tile_sum[r];
+      }
       warpgroup_wait<0>();
-      release(empty_v, kStagesV, t - 1);
-      rescale_o(rescale);
-      to_p(s);
+      warpgroup_fence_operand(o);
+      release(empty_v, kStagesV, tiles - 1);
     }
-    acquire(full_v, kStagesV, tiles - 1);
-    my_turn();
-    wgmma_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (ring + tiles - 1) % kStagesV), o);
-    your_turn(true);
-    warpgroup_wait<0>();
-    release(empty_v, kStagesV, tiles - 1);
   }
 
   // The thread's two rows of O, normalised, and their LSE (base 2), from its registers to global
@@ -391,10 +383,27 @@ struct PrefillSm90Mainloop {
   }
 
  private:
-  // Logits (variant), mask and the online softmax of one tile's S, in place (S becomes P in fp32).
+  // O's rows times their softmax factors. Once the rows' maxima settle (most tiles of a long
+  // row) every factor is 1: the warp then skips O's multiplies.
+  __device__ __forceinline__ void rescale_o(const float (&rescale)[2]) {
+    if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
+      CUTE_UNROLL
+      for (int j = 0; j < kOBlocks; ++j) {
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          o(4 * j + 2 * r) *= rescale[r];
+          o(4 * j + 2 * r + 1) *= rescale[r];
+        }
+      }
+    }
+  }
+
+  // Logits (variant) and mask of one tile's S, in place: the row's logit is then scale[r] * s
+  // (linear logits: the folded scale, times an FP8 q's row step; otherwise 1, the variant's
+  // logits already in s).
   template <bool kMask>
-  __device__ __forceinline__ void scores(FragS& s, int tile_begin, int lane, const Logits& logits,
-                                         float (&rescale)[2]) {
+  __device__ __forceinline__ void logits_masked(FragS& s, int tile_begin, int lane, const Logits& logits,
+                                                float (&scale)[2]) {
     using namespace cute;
     if constexpr (!Logits::kLinear) {
       CUTE_UNROLL
@@ -414,12 +423,22 @@ struct PrefillSm90Mainloop {
         }
       }
     }
-    float scale = 1.0f;
-    if constexpr (Logits::kLinear) scale = logits.scale_log2;
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      if constexpr (Logits::kLinear) scale[r] = logits.scale_log2 * q_step[r];
+      else scale[r] = 1.0f;
+    }
+  }
+
+  // Logits (variant), mask and the online softmax of one tile's S, in place (S becomes P in fp32).
+  template <bool kMask>
+  __device__ __forceinline__ void scores(FragS& s, int tile_begin, int lane, const Logits& logits,
+                                         float (&rescale)[2]) {
+    float scale[2];
+    logits_masked<kMask>(s, tile_begin, lane, logits, scale);
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r)
-      rescale[r] = softmax[r].template update_quad_row<kSBlocks, kSoftmaxChains>(
-          s, r, Logits::kLinear ? scale * q_step[r] : scale, kPOffset);
+      rescale[r] = softmax[r].template update_quad_row<kSBlocks, kSoftmaxChains>(s, r, scale[r], kPOffset);
   }
 };
 

@@ -43,6 +43,57 @@ struct OnlineSoftmaxRow {
                                              scale, offset);
   }
 
+  // Rows r = 0, 1 of a thread's quad-layout fragment (frag(4 j + 2 r + i): raw logits, the row's
+  // logits being scale[r] * frag with scale[r] > 0, masked entries -inf) for a new tile, their
+  // running maxima kept while they hold: when no logit of the warp's rows passes its row's max by
+  // more than `slack` (log2 units; the warp votes), the tile's probabilities are taken against the
+  // maxima as they stand (at most 2^slack, times 2^offset) and nothing is rescaled, with no quad
+  // shuffle on the way; otherwise every row of the warp moves to its exact new max. Returns
+  // through shift what each row's logits subtract before exp2 (P = exp2(scale[r] * x - shift[r]))
+  // and through rescale O's factors; lane_sum comes back rescaled, and the caller adds the tile's
+  // P to it. For callers that make P themselves (the Hopper prefill issues P V a block at a time
+  // as P comes out of exp2).
+  template <int kBlocks, int kChains, class Frag>
+  __device__ __forceinline__ static void rebase_quad_rows(OnlineSoftmaxRow (&row)[2], const Frag& frag,
+                                                          const float (&scale)[2], float offset, float slack,
+                                                          float (&rescale)[2], float (&shift)[2]) {
+    constexpr int N = 2 * kBlocks;
+    static_assert(N % kChains == 0, "whole chains");
+    float local[2];
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      float chain_max[kChains];
+      CUTE_UNROLL
+      for (int c = 0; c < kChains; ++c) chain_max[c] = frag(4 * (c / 2) + 2 * r + c % 2);
+      CUTE_UNROLL
+      for (int i = kChains; i < N; ++i)
+        chain_max[i % kChains] = fmaxf(chain_max[i % kChains], frag(4 * (i / 2) + 2 * r + i % 2));
+      local[r] = chain_max[0];
+      CUTE_UNROLL
+      for (int c = 1; c < kChains; ++c) local[r] = fmaxf(local[r], chain_max[c]);
+    }
+    // "Not within": a row without a max yet (-inf) takes the exact path as soon as it sees a
+    // finite logit, and a NaN logit takes it too (and stays NaN).
+    const bool exact = __any_sync(0xffffffffu, !(local[0] * scale[0] <= row[0].row_max + slack) ||
+                                                   !(local[1] * scale[1] <= row[1].row_max + slack));
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      float new_max = row[r].row_max;
+      if (exact) {
+        float m = local[r];
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        new_max = fmaxf(new_max, m * scale[r]);
+      }
+      // A row with no valid logit yet keeps max -inf; subtract 0 then so that exp2 gives 0, not NaN.
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      rescale[r] = exact ? fast_exp2(row[r].row_max - base) : 1.0f;
+      shift[r] = base - offset;
+      row[r].lane_sum *= rescale[r];
+      row[r].row_max = new_max;
+    }
+  }
+
   __device__ __forceinline__ float row_sum() const {
     float s = lane_sum;
     s += __shfl_xor_sync(0xffffffffu, s, 1);

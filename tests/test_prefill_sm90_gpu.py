@@ -51,7 +51,7 @@ import flashinfer_gen
 from conftest import requires_gpu
 from flashinfer_gen import ArgumentError
 from flashinfer_gen.reference import attention_reference, fp8_tile_bounds, gather_request, quantize_q_rows
-from test_prefill_gpu import (GROUPS, LAYOUTS, LENGTH_CASES, PAGE_SIZES, _ids, assert_close, check_paged,
+from test_prefill_gpu import (GROUPS, LAYOUTS, LENGTH_CASES, LSE_TOL, PAGE_SIZES, _ids, assert_close, check_paged,
                               check_ragged, heads_for, indptr_of, kv_values, make_paged, make_ragged, matrix_combos,
                               matrix_lengths, out_tolerance, paged_ref, paged_wrapper, plan_paged, plan_ragged,
                               poisoned, ragged_ref, ragged_wrapper)
@@ -155,6 +155,46 @@ def test_ragged(q_dtype, kv_dtype, causal, workspace):
         assert w.module.key.kind == "prefill_sm90"
         check_ragged(q_dtype, kv_dtype, None, d, 8, [5, 129], [4096, 129], workspace, causal=causal, seed=10 + n,
                      **SM90)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("q_dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_running_max_jumps(q_dtype, causal, workspace):
+    """Rows whose largest logit grows by large steps from tile to tile, so that O and the sums are
+    rescaled by factors as small as 2^-50, and to 0 past the 300x block, while P V is issued a block
+    at a time (prefill_sm90_mainloop.cuh): keys scaled by 64-key blocks (0.5, 0.5, 3, 3, 6, 6, 20,
+    20, 300, 1, then 1) make every row's largest logit grow in steps of about 6, 7, 35 and 700 nats,
+    at tiles of 64 keys (head dim 256) and 128."""
+    scales = torch.tensor([0.5, 0.5, 3, 3, 6, 6, 20, 20, 300, 1], dtype=torch.float64).repeat_interleave(64)
+    for n, d in enumerate(HEAD_DIMS):
+        qo_lens, kv_lens = [150, 9], [640 + 77, 300]
+        hq, hk = heads_for(2)
+        c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, q_dtype, seed=20 + n)
+        key_scale = torch.ones(sum(kv_lens), dtype=torch.float64)
+        key_scale[:640] = scales
+        key_scale[kv_lens[0]:] = scales[:kv_lens[1]]
+        c["k"] = (c["k"].double() * key_scale.to(c["k"].device)[:, None, None]).to(q_dtype)
+        w = ragged_wrapper(workspace, "NHD", **SM90)
+        plan_ragged(w, c, q_dtype, q_dtype, causal)
+        assert w.module.key.kind == "prefill_sm90"
+        out, lse = poisoned(c["q"])
+        w.run(c["q"], c["k"], c["v"], out=out, lse=lse)
+        torch.cuda.synchronize()
+        ref, ref_lse = ragged_ref(c, causal)
+        what = f"{w.module.key.name}, logits growing by key block, causal {causal}"
+        assert_close(out, None, ref, ref_lse, out_tolerance(q_dtype, q_dtype), what)
+        # The logits here reach ~10^3 (log2 units): fp32 keeps each of their d-term sums to about
+        # d 2^-24 of the sum of the terms' magnitudes, and the LSE (nearly the largest logit)
+        # inherits that; LSE_TOL alone assumes logits of order one.
+        q_abs, k_abs = c["q"].double().abs(), c["k"].double().abs()
+        bound = torch.zeros_like(ref_lse)
+        for r in range(len(qo_lens)):
+            qs, ks = slice(c["qo_indptr"][r], c["qo_indptr"][r + 1]), slice(c["kv_indptr"][r], c["kv_indptr"][r + 1])
+            terms = torch.einsum("thd,khd->thk", q_abs[qs], k_abs[ks].repeat_interleave(hq // hk, dim=1))
+            bound[qs] = terms.amax(-1) if terms.numel() else 0.0
+        bound = LSE_TOL + d * 2.0 ** -24 * bound * (d ** -0.5) * math.log2(math.e)
+        lse_err = (lse.double() - ref_lse).abs()
+        assert bool((lse_err <= bound).all()), f"lse error {float(lse_err.max()):.3e} past its bound ({what})"
 
 
 def test_head_dim_192_paged(workspace):
