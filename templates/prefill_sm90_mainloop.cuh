@@ -1,7 +1,8 @@
 // A consumer warpgroup of the Hopper prefill: kConsumerRows (64) packed query rows (token x q head
 // of one KV head's group) against every tile of keys the producer publishes. Per tile, on WGMMA:
 // S = Q K^T (both operands in shared memory), the online softmax in fp32 registers, P converted
-// to 16 bits in the registers that held S, and O += P V with P as the register A operand.
+// to the A operand's type in registers, and O += P V with P as the register A operand (16-bit
+// tiles: a 16-key block at a time, see run()).
 //
 // FP8 cache (Cfg::kFp8): both GEMMs on e4m3 x e4m3/e5m2 tiles. A 16-bit Q is quantised per packed
 // row as it is loaded: code = rne_satfinite(q * (448 / row amax)), the row's step amax / 448
