@@ -41,7 +41,7 @@ struct PrefillSm90Mainloop {
   static constexpr int kStagesK = Cfg::kStagesK;
   static constexpr int kStagesV = kFp8 ? Cfg::kStagesVt : Cfg::kStagesV;  // the ring P V reads
   static constexpr float kPOffset = kFp8 ? 8.0f : 0.0f;  // log2 of P's headroom factor (see above)
-  static constexpr int kSoftmaxChains = 4;  // independent max / sum chains per row (softmax.cuh)
+  static constexpr int kSoftmaxChains = 4;  // independent max chains per row (and sum chains, FP8: softmax.cuh)
   // 16-bit tiles keep a row's running max while no logit passes it by more than 2^8 (softmax.cuh,
   // rebase_quad_rows): P up to 2^8, which 16-bit P and fp32 O hold with their usual relative
   // precision, and no quad shuffle or rescale of O in most tiles of a long row (H200, ragged
@@ -234,19 +234,17 @@ struct PrefillSm90Mainloop {
     };
     // FP8 P in P V's register order.
     auto to_p = [&](const FragS& s) {
-      {
-        // Register 4 b + r + 2 h holds, in bytes e = 0..3, the columns 8 j + 2 c + {0, 1} of
-        // j = 4 b + 2 h and 4 b + 2 h + 1 of row r: S(4 j + 2 r + {0, 1}) then S(4 (j + 1) + 2 r + {0, 1}).
+      // Register 4 b + r + 2 h holds, in bytes e = 0..3, the columns 8 j + 2 c + {0, 1} of
+      // j = 4 b + 2 h and 4 b + 2 h + 1 of row r: S(4 j + 2 r + {0, 1}) then S(4 (j + 1) + 2 r + {0, 1}).
+      CUTE_UNROLL
+      for (int b = 0; b < kBlockN / 32; ++b) {
         CUTE_UNROLL
-        for (int b = 0; b < kBlockN / 32; ++b) {
-          CUTE_UNROLL
-          for (int h = 0; h < 2; ++h) {
-            const int j = 4 * b + 2 * h;
-            const float x[8] = {s(4 * j), s(4 * j + 1), s(4 * j + 4), s(4 * j + 5),           // r = 0
-                                s(4 * j + 2), s(4 * j + 3), s(4 * j + 6), s(4 * j + 7)};      // r = 1
-            Fp8Encoder<Fp8Format::kE4M3, Conversion::kHardware>::encode8(x, p_words(4 * b + 2 * h),
-                                                                          p_words(4 * b + 2 * h + 1));
-          }
+        for (int h = 0; h < 2; ++h) {
+          const int j = 4 * b + 2 * h;
+          const float x[8] = {s(4 * j), s(4 * j + 1), s(4 * j + 4), s(4 * j + 5),           // r = 0
+                              s(4 * j + 2), s(4 * j + 3), s(4 * j + 6), s(4 * j + 7)};      // r = 1
+          Fp8Encoder<Fp8Format::kE4M3, Conversion::kHardware>::encode8(x, p_words(4 * b + 2 * h),
+                                                                        p_words(4 * b + 2 * h + 1));
         }
       }
     };

@@ -73,7 +73,8 @@ struct OnlineSoftmaxRow {
       for (int c = 1; c < kChains; ++c) local[r] = fmaxf(local[r], chain_max[c]);
     }
     // "Not within": a row without a max yet (-inf) takes the exact path as soon as it sees a
-    // finite logit, and a NaN logit takes it too (and stays NaN).
+    // finite logit. (fmaxf drops a NaN logit from the max, but its exp2 is NaN: the row's sum and
+    // O carry it either way.)
     const bool exact = __any_sync(0xffffffffu, !(local[0] * scale[0] <= row[0].row_max + slack) ||
                                                    !(local[1] * scale[1] <= row[1].row_max + slack));
     CUTE_UNROLL

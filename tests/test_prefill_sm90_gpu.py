@@ -161,10 +161,12 @@ def test_ragged(q_dtype, kv_dtype, causal, workspace):
 @pytest.mark.parametrize("q_dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_running_max_jumps(q_dtype, causal, workspace):
     """Rows whose largest logit grows by large steps from tile to tile, so that O and the sums are
-    rescaled by factors as small as 2^-50, and to 0 past the 300x block, while P V is issued a block
-    at a time (prefill_sm90_mainloop.cuh): keys scaled by 64-key blocks (0.5, 0.5, 3, 3, 6, 6, 20,
-    20, 300, 1, then 1) make every row's largest logit grow in steps of about 6, 7, 35 and 700 nats,
-    at tiles of 64 keys (head dim 256) and 128."""
+    rescaled by factors as small as 2^-89, and to 0 past the 300x block, while P V is issued a block
+    at a time and a row's max is kept while within 2^8 (prefill_sm90_mainloop.cuh): keys (standard
+    deviation 2) scaled by 64-key blocks (0.5, 0.5, 3, 3, 6, 6, 20, 20, 300, 1, then 1) make every
+    row's largest logit grow in steps of about 11, 13, 62 and 1300 nats, at tiles of 64 keys (head
+    dim 256) and 128. Request 1 (9 rows, 300 keys) stops before the 300x block, so its output still
+    weighs the earlier tiles; request 0's rows all see it."""
     scales = torch.tensor([0.5, 0.5, 3, 3, 6, 6, 20, 20, 300, 1], dtype=torch.float64).repeat_interleave(64)
     for n, d in enumerate(HEAD_DIMS):
         qo_lens, kv_lens = [150, 9], [640 + 77, 300]
