@@ -202,29 +202,34 @@ struct PrefillSm90Mainloop {
     if (tiles == 0) return;
     // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, before P V
     // reads V(t), so the producer can refill it meanwhile. The item's tile t is the rings' tile
-    // ring + t. A TMA tile lands in the async proxy that WGMMA reads; a gathered one (cp.async, the generic
-    // proxy) needs a proxy fence by the reader after the wait (H200, ragged bf16: fencing every
-    // tile cost 2-3%). The transposed V of FP8 tiles is fenced by the producer threads that wrote it.
+    // ring + t. A TMA tile lands in the async proxy that WGMMA reads; a gathered one (cp.async,
+    // the generic proxy) needs a proxy fence by the reader after the wait (H200, ragged bf16:
+    // fencing every tile cost 2-3%). The transposed V of FP8 tiles is fenced by the producer
+    // threads that wrote it.
     auto acquire = [&](StageBarrier* full, int stages, int t, bool gathered) {
       full[(ring + t) % stages].wait(((ring + t) / stages) & 1);
       if (gathered) fence_shared_for_wgmma();
     };
     auto gathered = [&](int t) { return PrefillSm90Load<Cfg>::gathered(rows, kv_len, first, t); };
-    // Logits and mask of tile t's S (masked tiles: a separate instantiation, so that the per-key
-    // test stays out of the others).
-    auto logits_and_mask = [&](FragS& s, int t, float (&scale)[2]) {
-      const int tile_begin = first + t * kBlockN;
-      if (tile_begin + kBlockN - 1 > hi_min || tile_begin < lo_max)
-        logits_masked<true>(s, tile_begin, lane, logits, scale);
-      else
-        logits_masked<false>(s, tile_begin, lane, logits, scale);
-    };
     auto release = [&](StageBarrier* empty, int stages, int t) {
       __syncwarp();
       if (lane == 0) empty[(ring + t) % stages].arrive();  // this warp's WGMMAs have read it
     };
-    // Softmax of S(t) in place; returns through `rescale` O's factors. Masked tiles are a separate
-    // instantiation: a run-time flag would put the per-key test into every tile.
+    // Whether tile t needs the per-key mask. Masked tiles are a separate instantiation: a run-time
+    // flag would put the per-key test into every tile.
+    auto masked = [&](int t) {
+      const int tile_begin = first + t * kBlockN;
+      return tile_begin + kBlockN - 1 > hi_min || tile_begin < lo_max;
+    };
+    // Logits and mask of tile t's S (16-bit tiles).
+    auto logits_and_mask = [&](FragS& s, int t, float (&scale)[2]) {
+      if (masked(t))
+        logits_masked<true>(s, first + t * kBlockN, lane, logits, scale);
+      else
+        logits_masked<false>(s, first + t * kBlockN, lane, logits, scale);
+    };
+    // Softmax of S(t) in place (FP8 tiles); returns through `rescale` O's factors. (The mask test
+    // is masked()'s, written out: through masked() ptxas orders the FP8 instances' code otherwise.)
     auto softmax_step = [&](FragS& s, int t, float (&rescale)[2]) {
       const int tile_begin = first + t * kBlockN;
       if (tile_begin + kBlockN - 1 > hi_min || tile_begin < lo_max)
