@@ -96,13 +96,20 @@ def test_lengths(lens, causal, workspace):
                     causal=causal, seed=n, qo_on_cpu=bool(n % 2), **SM90)
 
 
-@pytest.mark.parametrize("page_size", [1, 16, 64, 128, 3])
+@pytest.mark.parametrize("page_size", [1, 8, 16, 32, 64, 128, 3])
 def test_page_sizes(page_size, workspace):
-    """Pages smaller than, equal to and larger than a 128-key tile, and one that divides nothing."""
+    """Pages smaller than, equal to and larger than a 128-key tile, and one that divides nothing.
+    Pages of 8 to 64 keys are TMA boxes of that many rows, whose instructions the producer's four
+    warps share (prefill_sm90_load.cuh): up to 64 a tile at head dim 256 with pages of 8 (16 boxes
+    of four 128-byte pieces), 8 an FP8 tile at head dim 128 with pages of 16."""
     check_paged(torch.bfloat16, torch.bfloat16, None, 128, "NHD", page_size, 4, [1, 64, 300, 129],
                 [1, 1000, 300, 256], workspace, causal=True, seed=page_size, **SM90)
     check_paged(torch.float16, torch.float16, None, 64, "HND", page_size, 1, [77], [640], workspace,
                 causal=False, seed=page_size + 1, **SM90)
+    check_paged(torch.bfloat16, torch.bfloat16, None, 256, "HND", page_size, 2, [130, 5], [520, 385], workspace,
+                causal=True, seed=page_size + 2, **SM90)
+    check_fp8(torch.bfloat16, torch.float8_e4m3fn, "NHD", page_size, 4, [1, 200, 64], [1, 700, 256], workspace,
+              causal=True, seed=page_size + 3)
 
 
 @pytest.mark.parametrize("group", [2, 3, 5, 12, 16, 32])
