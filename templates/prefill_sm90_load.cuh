@@ -170,10 +170,10 @@ struct PrefillSm90Load {
  private:
   // The tile's TMA instructions (a box of `rows` keys and 128 bytes of head dim each) are spread
   // over the producer's four warps, each on a scheduler of its own: instruction i = 4 lane + warp
-  // loads piece i % kPieces of box i / kPieces. Issued by lanes 0..7 of warp 0 alone, each
-  // instruction held up that scheduler's consumer warps, and through them both consumer
-  // warpgroups, by about 50 cycles (H200, bf16 d128 B4 S4096: each instruction added ~25 ns to
-  // every tile step, paged16 ran at 0.75x contiguous; spread, 0.93x, and contiguous itself +5%).
+  // loads piece i % kPieces of box i / kPieces. Issued by lanes of warp 0 alone, each instruction
+  // added ~25 ns to every tile step (H200, bf16 d128 B4 S4096: paged16 at 0.75x contiguous; spread,
+  // 0.90-0.97x, and contiguous itself +3-7%): we read it as that scheduler's consumer warps held
+  // up, and through them both consumer warpgroups, whose WGMMAs wait for their slowest warp.
   __device__ __forceinline__ static int tma_instruction() { return 4 * (threadIdx.x % 32) + threadIdx.x / 32; }
   __device__ __forceinline__ static int tma_box() { return tma_instruction() / kPieces; }
 
