@@ -2,8 +2,8 @@
 constants and its C ABI, which it shares with the Ampere-path prefill (`kind_prefill.ABI`): the
 same plan(), work list and parameters, so a wrapper switches family by switching instance.
 
-The CTA is one producer warpgroup and CONSUMERS consumer warpgroups of CONSUMER_ROWS packed query
-rows each. The numbers the host and the kernel share (rows per CTA, keys per tile) are defined
+The CTA is one producer warpgroup and consumers(key) consumer warpgroups of CONSUMER_ROWS packed
+query rows each. The numbers the host and the kernel share (rows per CTA, keys per tile) are defined
 here only.
 
 FP8 caches (e4m3, e5m2) run on FP8 WGMMA tiles (conversion "hardware": the consumers quantise a
@@ -27,6 +27,17 @@ CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
 # of 8) add up to at most 3 x 168 = 504. The consumers at head dim 128 use up to R220.
 PRODUCER_REGISTERS = 56
 CONSUMER_REGISTERS = 224
+# Up to head dim 64 a 16-bit tile's consumer (O 32 registers, S and P 96 at 128 keys) fits in 160
+# registers, so the CTA takes a third consumer warpgroup (128 a thread at 512 threads: 32 + 3 x
+# 160 = 512): each scheduler then has three consumer warps to switch between where the softmax
+# and the GEMM waits leave one idle. H100, d64 B4 S4096 32/32, bf16 ragged / paged 16 / paged 64,
+# two rounds against two consumers in the same run: non-causal 447-451 TFLOP/s against 373-379,
+# causal 384-388 against 328-334. At head dim 128 three consumers need tiles of 64 keys to fit,
+# and those lost: 526-533 against 576-596 (H200; 80-key tiles 342, 96-key ones serialised WGMMAs).
+WIDE_CONSUMERS = 3
+WIDE_MAX_HEAD_DIM = 64
+WIDE_PRODUCER_REGISTERS = 32
+WIDE_CONSUMER_REGISTERS = 160
 # FP8: the producer also transposes V (8 x 8-byte blocks in registers) and spilled at 56; the
 # consumers' P is half as wide, and they fit in 216.
 FP8_PRODUCER_REGISTERS = 72  # 64 before the producer looped over work units (it then spilled)
@@ -57,8 +68,24 @@ def _tune() -> dict:
 ACCUMULATOR_REGISTERS = 192
 
 
+def wide(key: InstanceKey) -> bool:
+    """Whether the CTA has WIDE_CONSUMERS consumer warpgroups (16-bit tiles up to WIDE_MAX_HEAD_DIM)."""
+    return not fp8_tiles(key) and key.head_dim <= WIDE_MAX_HEAD_DIM
+
+
+def consumers(key: InstanceKey) -> int:
+    return WIDE_CONSUMERS if wide(key) else CONSUMERS
+
+
+def registers(key: InstanceKey) -> tuple[int, int]:
+    """(producer, consumer) setmaxnreg counts."""
+    if fp8_tiles(key):
+        return FP8_PRODUCER_REGISTERS, FP8_CONSUMER_REGISTERS
+    return (WIDE_PRODUCER_REGISTERS, WIDE_CONSUMER_REGISTERS) if wide(key) else (PRODUCER_REGISTERS, CONSUMER_REGISTERS)
+
+
 def block_m(key: InstanceKey) -> int:
-    return CONSUMERS * CONSUMER_ROWS
+    return consumers(key) * CONSUMER_ROWS
 
 
 def _align(n: int, to: int) -> int:
@@ -150,10 +177,10 @@ def template_context(key: InstanceKey) -> dict:
         "stages_k": pipeline_stages(key, arch)[0],
         "stages_v": pipeline_stages(key, arch)[1],
         "stages_vt": stages_vt(key),
-        "consumers": CONSUMERS,
+        "consumers": consumers(key),
         "consumer_rows": CONSUMER_ROWS,
-        "producer_registers": FP8_PRODUCER_REGISTERS if fp8_tiles(key) else PRODUCER_REGISTERS,
-        "consumer_registers": FP8_CONSUMER_REGISTERS if fp8_tiles(key) else CONSUMER_REGISTERS,
+        "producer_registers": registers(key)[0],
+        "consumer_registers": registers(key)[1],
         "smem_bytes": smem_bytes(key),
         "smem_per_block": arch.smem_per_block,
         "persistent": "true" if persistent(key) else "false",

@@ -100,12 +100,18 @@ def test_prefill_sm90_space():
     for k in keys:
         source = render(k)
         rows, keys_per_tile = KINDS["prefill_sm90"].tiles(k)
-        assert rows == 128 and constant(source, "kBlockN") == keys_per_tile in kind_prefill_sm90.TILE_KEYS
+        # three consumer warpgroups for 16-bit tiles up to head dim 64, two otherwise
+        consumers = 3 if not k.is_fp8 and k.head_dim <= 64 else 2
+        assert constant(source, "kConsumers") == consumers and rows == 64 * consumers
+        assert constant(source, "kBlockN") == keys_per_tile in kind_prefill_sm90.TILE_KEYS
         assert constant(source, "kSmemBytes") == kind_prefill_sm90.smem_bytes(k) <= smem_per_block
         assert constant(source, "kStagesK") >= constant(source, "kStagesV") >= 2  # pipeline_stages' policy
         assert constant(source, "kStagesVt") == (kind_prefill_sm90.FP8_STAGES_VT if k.is_fp8 else 0)
-        # the three warpgroups' setmaxnreg counts stay within the CTA's launch allocation (3 x 168)
-        assert constant(source, "kProducerRegisters") + 2 * constant(source, "kConsumerRegisters") <= 504
+        # the warpgroups' setmaxnreg counts stay within the CTA's launch allocation (65536 registers
+        # over 128 (1 + consumers) threads, 8-aligned a thread)
+        launch = 65536 // (128 * (1 + consumers)) // 8 * 8
+        assert constant(source, "kProducerRegisters") + consumers * constant(source, "kConsumerRegisters") <= \
+            launch * (1 + consumers)
         assert "fig_prefill_run" in source and "fig_prefill_abi_version" in source
         # persistent CTAs where the consumers' registers hold the loop over work units
         assert f"/*kPersistent=*/{'true' if k.head_dim <= kind_prefill_sm90.PERSISTENT_MAX_HEAD_DIM else 'false'}" in source
