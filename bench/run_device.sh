@@ -10,7 +10,7 @@
 #   install      the README's install step only; tests: pytest with $FIG_PYTEST_ARGS
 #   bench        the decode benchmark (bench/results/decode-*.json shape set) into $OUT
 #   prefill      the prefill benchmark with $FIG_PREFILL_ARGS into $OUT
-#   sanitize     compute-sanitizer memcheck / racecheck / synccheck on small prefills
+#   sanitize     compute-sanitizer memcheck / racecheck / synccheck on small prefills ($FIG_SANITIZE_ARGS)
 #   tune         bench/tune_prefill.sh over $FIG_TUNE_VARIANTS
 #   peer88       CUTLASS's 88_hopper_fmha built here and run on bench_prefill's shapes (bench/peer_cutlass_fmha.py)
 #   host         run()'s host cost and where it goes (bench/bench_host.py) into $OUT
@@ -65,10 +65,10 @@ while [ $# -gt 0 ]; do
     FLASHINFER_GEN_JIT=1 python bench/bench_prefill.py ${FIG_PREFILL_ARGS:-} --out "$OUT/prefill.json" 2>&1 \
       | tee "$OUT/prefill.log" | tail -60
     ;;
-  sanitize)  # compute-sanitizer over one small prefill per dtype (the instances are built first)
-    python bench/sanitize_prefill.py >"$OUT/sanitize.log" 2>&1 || { tail -20 "$OUT/sanitize.log"; rc=1; }
+  sanitize)  # compute-sanitizer over one small prefill per dtype (the instances are built first; $FIG_SANITIZE_ARGS)
+    python bench/sanitize_prefill.py ${FIG_SANITIZE_ARGS:-} >"$OUT/sanitize.log" 2>&1 || { tail -20 "$OUT/sanitize.log"; rc=1; }
     for tool in memcheck racecheck synccheck; do
-      compute-sanitizer --tool $tool --error-exitcode 9 python bench/sanitize_prefill.py >>"$OUT/sanitize.log" 2>&1
+      compute-sanitizer --tool $tool --error-exitcode 9 python bench/sanitize_prefill.py ${FIG_SANITIZE_ARGS:-} >>"$OUT/sanitize.log" 2>&1
       echo "compute-sanitizer $tool: exit $?" | tee -a "$OUT/sanitize.log"
     done
     grep -E "ERROR SUMMARY|rel. error|within|FAILED" "$OUT/sanitize.log" | sort | uniq -c | head -20
