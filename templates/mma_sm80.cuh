@@ -21,11 +21,6 @@ struct HalfRowsMma<cute::half_t> {
     __half2 h = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
   }
-  // the sum of a packed pair's two values, in fp32
-  __device__ __forceinline__ static float unpack_sum(uint32_t pair) {
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&pair));
-    return f.x + f.y;
-  }
 };
 
 template <>
@@ -34,10 +29,6 @@ struct HalfRowsMma<cute::bfloat16_t> {
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&h);
-  }
-  // the sum of a packed pair's two values, in fp32 (a bf16 is an fp32's upper half)
-  __device__ __forceinline__ static float unpack_sum(uint32_t pair) {
-    return __uint_as_float(pair << 16) + __uint_as_float(pair & 0xffff0000u);
   }
 };
 

@@ -281,63 +281,6 @@ struct PrefillSm90Mainloop {
         CUTE_UNROLL
         for (int i = 0; i < size(o); ++i) o(i) += o_tile(i);
       }
-    } else if constexpr (Cfg::kPInS) {
-      // 16-bit tiles with P written over S's registers (three consumer warpgroups at head dim 128:
-      // O and S fill 128 of the 160 registers, with no room for a P of its own). Per tile as in
-      // the loop below, but P(kb)'s four words go into S's words 8 kb .. 8 kb + 3 (consecutive, as
-      // P V's register operand needs; word w packs s(8 kb + 2 w + {0, 1}), so S's word 8 kb + w
-      // has been read by then), and the next tile's Q K^T, which overwrites S, is issued only
-      // once P V is done: each warpgroup's tile is serial, and the other two fill the tensor
-      // cores meanwhile. The rows' sums are taken after that wait, from P as P V read it: summed
-      // from the fp32 values as they come out of exp2, they held registers the interleaved P V
-      // needed (ptxas spilled 8-52 bytes, local compile).
-      using LayoutPInS = cute::Layout<
-          cute::Shape<cute::Shape<cute::_2, cute::_2, cute::_2>, cute::_1, cute::Int<kBlockN / 16>>,
-          cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_16>>;
-      warpgroup_fence_operand(o);
-#pragma unroll 1
-      for (int t = 0; t < tiles; ++t) {
-        acquire(smem.full_k, kStagesK, t, gathered(t));
-        FragS s;
-        wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
-        warpgroup_wait<0>();  // S(t) is in
-        release(smem.empty_k, kStagesK, t);
-        if (t > 0) release(empty_v, kStagesV, t - 1);
-        float scale[2], shift[2], rescale[2];
-        logits_and_mask(s, t, scale);
-        OnlineSoftmaxRow::rebase_quad_rows<kSBlocks, kSoftmaxChains>(softmax, s, scale, kPOffset, kMaxSlack, rescale,
-                                                                     shift);
-        rescale_o(rescale);
-        acquire(full_v, kStagesV, t, gathered(t));
-        const int stage = (ring + t) % kStagesV;
-        uint32_t* s_words = reinterpret_cast<uint32_t*>(s.data());
-        Tensor p_in_s = make_tensor(recast_ptr<MmaA>(s.data()), LayoutPInS{});
-        CUTE_UNROLL
-        for (int kb = 0; kb < kBlockN / 16; ++kb) {
-          CUTE_UNROLL
-          for (int w = 0; w < 4; ++w) {
-            float pair[2];
-            CUTE_UNROLL
-            for (int i = 0; i < 2; ++i) pair[i] = fast_exp2(fmaf(s(8 * kb + 2 * w + i), scale[w % 2], -shift[w % 2]));
-            s_words[8 * kb + w] = HalfRowsMma<Element>::pack(pair[0], pair[1]);
-            warpgroup_fence_operand(s_words[8 * kb + w]);
-          }
-          warpgroup_arrive();
-          gemm(mma_pv, p_in_s(_, _, kb), tOrV(_, _, kb, stage), o);
-          warpgroup_commit_batch();
-        }
-        warpgroup_wait<0>();  // P(t) V(t): P's registers are S(t + 1)'s
-        warpgroup_fence_operand(o);
-        float tile_sum[4] = {};  // rows r = 0, 1 of 8-key blocks 2 kb (r) and 2 kb + 1 (r + 2)
-        CUTE_UNROLL
-        for (int kb = 0; kb < kBlockN / 16; ++kb) {
-          CUTE_UNROLL
-          for (int w = 0; w < 4; ++w) tile_sum[w] += HalfRowsMma<Element>::unpack_sum(s_words[8 * kb + w]);
-        }
-        CUTE_UNROLL
-        for (int r = 0; r < 2; ++r) softmax[r].lane_sum += tile_sum[r] + tile_sum[r + 2];
-      }
-      release(empty_v, kStagesV, tiles - 1);
     } else {
       // 16-bit tiles. Per tile, S = Q K^T, the rows' max, then P = exp2 with P V issued a
       // 16-key block at a time as its P comes out of exp2: the tensor cores run P V while the MUFU
