@@ -32,8 +32,10 @@ CONSUMER_REGISTERS = 224
 # 160 = 512): each scheduler then has three consumer warps to switch between where the softmax
 # and the GEMM waits leave one idle. H100, d64 B4 S4096 32/32, bf16 ragged / paged 16 / paged 64,
 # two rounds against two consumers in the same run: non-causal 447-451 TFLOP/s against 373-379,
-# causal 384-388 against 328-334. At head dim 128 three consumers need tiles of 64 keys to fit,
-# and those lost: 526-533 against 576-596 (H200; 80-key tiles 342, 96-key ones serialised WGMMAs).
+# causal 384-388 against 328-334. At head dim 128 three consumers fit with tiles of 64 keys,
+# which lost (526-533 against 576-596, H200; 80-key tiles 342, 96-key ones serialised WGMMAs), or
+# with P written over S's registers, which was faster but not yet right (README, "Head dims 64
+# and 256"; branch wip/p-in-s).
 WIDE_CONSUMERS = 3
 WIDE_MAX_HEAD_DIM = 64
 WIDE_PRODUCER_REGISTERS = 32
