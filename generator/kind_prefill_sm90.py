@@ -27,19 +27,20 @@ CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
 # of 8) add up to at most 3 x 168 = 504. The consumers at head dim 128 use up to R220.
 PRODUCER_REGISTERS = 56
 CONSUMER_REGISTERS = 224
-# Up to head dim 64 a 16-bit tile's consumer (O 32 registers, S and P 96 at 128 keys) fits in 160
-# registers, so the CTA takes a third consumer warpgroup (128 a thread at 512 threads: 32 + 3 x
-# 160 = 512): each scheduler then has three consumer warps to switch between where the softmax
-# and the GEMM waits leave one idle. H100, d64 B4 S4096 32/32, bf16 ragged / paged 16 / paged 64,
-# two rounds against two consumers in the same run: non-causal 447-451 TFLOP/s against 373-379,
-# causal 384-388 against 328-334. At head dim 128 three consumers fit with tiles of 64 keys,
-# which lost (526-533 against 576-596, H200; 80-key tiles 342, 96-key ones serialised WGMMAs), or
-# with P written over S's registers, which was faster but not yet right (README, "Head dims 64
-# and 256"; branch wip/p-in-s).
+# 16-bit tiles up to head dim 128 take a third consumer warpgroup (128 registers a thread at 512
+# threads: 32 + 3 x 160 = 512): each scheduler then has three consumer warps to switch between
+# where the softmax and the GEMM waits leave one idle. At 160 registers a consumer holds O, S and
+# P in WIDE_ACCUMULATOR_REGISTERS: at head dim 64 (O 32, S and P 96 at 128 keys) it does; at 128
+# P goes over S's registers (p_in_s: the mainloop waits for P V before the next Q K^T). H100,
+# B4 S4096 32/32, bf16, against two consumers in the same run: d64 ragged / paged 16 / paged 64
+# non-causal 447-451 TFLOP/s against 373-379, causal 384-388 against 328-334; d128 (P over S)
+# in the README. Tiles of 64 keys (S and P small enough at d128) lost: 526-533 against 576-596
+# (H200; 80-key tiles 342, 96-key ones serialised WGMMAs).
 WIDE_CONSUMERS = 3
-WIDE_MAX_HEAD_DIM = 64
+WIDE_MAX_HEAD_DIM = 128
 WIDE_PRODUCER_REGISTERS = 32
 WIDE_CONSUMER_REGISTERS = 160
+WIDE_ACCUMULATOR_REGISTERS = 128
 # FP8: the producer also transposes V (8 x 8-byte blocks in registers) and spilled at 56; the
 # consumers' P is half as wide, and they fit in 216.
 FP8_PRODUCER_REGISTERS = 72  # 64 before the producer looped over work units (it then spilled)
@@ -84,6 +85,12 @@ def registers(key: InstanceKey) -> tuple[int, int]:
     if fp8_tiles(key):
         return FP8_PRODUCER_REGISTERS, FP8_CONSUMER_REGISTERS
     return (WIDE_PRODUCER_REGISTERS, WIDE_CONSUMER_REGISTERS) if wide(key) else (PRODUCER_REGISTERS, CONSUMER_REGISTERS)
+
+
+def p_in_s(key: InstanceKey) -> bool:
+    """Whether a wide consumer's 16-bit P goes over S's registers: O (D / 2 fp32 a thread), S
+    (N / 2) and P (N / 4 bf16 pairs) past WIDE_ACCUMULATOR_REGISTERS."""
+    return wide(key) and key.head_dim // 2 + 3 * block_n(key) // 4 > WIDE_ACCUMULATOR_REGISTERS
 
 
 def block_m(key: InstanceKey) -> int:
@@ -186,6 +193,7 @@ def template_context(key: InstanceKey) -> dict:
         "smem_bytes": smem_bytes(key),
         "smem_per_block": arch.smem_per_block,
         "persistent": "true" if persistent(key) else "false",
+        "p_in_s": "true" if p_in_s(key) else "false",
     }
 
 

@@ -281,6 +281,73 @@ struct PrefillSm90Mainloop {
         CUTE_UNROLL
         for (int i = 0; i < size(o); ++i) o(i) += o_tile(i);
       }
+    } else if constexpr (Cfg::kPInS) {
+      // 16-bit tiles with P written over S's registers (three consumer warpgroups at head dim 128:
+      // O and S fill 128 of the 160 registers, with no room for a P of its own). Per tile as in
+      // the loop below, but P(kb)'s four words go into S's words 8 kb .. 8 kb + 3 (consecutive, as
+      // P V's register operand needs; word w packs s(8 kb + 2 w + {0, 1}), so S's word 8 kb + w
+      // has been read by then), and the next tile's Q K^T, which overwrites S, is issued only
+      // once P V is done: each warpgroup's tile is serial, and the other two fill the tensor
+      // cores meanwhile. The rows' sums add exp2's fp32 values in eight chains (fewer held them
+      // longer: ptxas spilled 8-52 bytes), and the item's bounds shared by every row are read per
+      // tile from shared memory (in registers they were what spilled). Sums of P as bf16 (after
+      // the wait, from S's registers) spilled nothing but put the LSE 2e-3 to 4e-3 off (H100, 06a4bb1).
+      using LayoutPInS = cute::Layout<
+          cute::Shape<cute::Shape<cute::_2, cute::_2, cute::_2>, cute::_1, cute::Int<kBlockN / 16>>,
+          cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_16>>;
+      static_assert(sizeof(smem.mask_keys) <= sizeof(smem.q_scale), "the union keeps the storage's size");
+      int2& mask_keys = smem.mask_keys[warpgroup][thread / 32];
+      __syncwarp();  // the warp's reads of the previous item's bounds are done
+      if (lane == 0) mask_keys = make_int2(hi_min, lo_max);
+      __syncwarp();
+      warpgroup_fence_operand(o);
+#pragma unroll 1
+      for (int t = 0; t < tiles; ++t) {
+        acquire(smem.full_k, kStagesK, t, gathered(t));
+        FragS s;
+        wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
+        warpgroup_wait<0>();  // S(t) is in
+        release(smem.empty_k, kStagesK, t);
+        if (t > 0) release(empty_v, kStagesV, t - 1);
+        float scale[2], shift[2], rescale[2];
+        const int2 keys = mask_keys;
+        const int tile_begin = first + t * kBlockN;
+        if (tile_begin + kBlockN - 1 > keys.x || tile_begin < keys.y)
+          logits_masked<true>(s, tile_begin, lane, logits, scale);
+        else
+          logits_masked<false>(s, tile_begin, lane, logits, scale);
+        OnlineSoftmaxRow::rebase_quad_rows<kSBlocks, kSoftmaxChains>(softmax, s, scale, kPOffset, kMaxSlack, rescale,
+                                                                     shift);
+        rescale_o(rescale);
+        acquire(full_v, kStagesV, t, gathered(t));
+        const int stage = (ring + t) % kStagesV;
+        uint32_t* s_words = reinterpret_cast<uint32_t*>(s.data());
+        Tensor p_in_s = make_tensor(recast_ptr<MmaA>(s.data()), LayoutPInS{});
+        float tile_sum[8] = {};  // chain 2 w + i adds row w % 2's values: row r's are 2 r, 2 r + 1, 2 r + 4, 2 r + 5
+        CUTE_UNROLL
+        for (int kb = 0; kb < kBlockN / 16; ++kb) {
+          CUTE_UNROLL
+          for (int w = 0; w < 4; ++w) {
+            float pair[2];
+            CUTE_UNROLL
+            for (int i = 0; i < 2; ++i) {
+              pair[i] = fast_exp2(fmaf(s(8 * kb + 2 * w + i), scale[w % 2], -shift[w % 2]));
+              tile_sum[2 * w + i] += pair[i];
+            }
+            s_words[8 * kb + w] = HalfRowsMma<Element>::pack(pair[0], pair[1]);
+            warpgroup_fence_operand(s_words[8 * kb + w]);
+          }
+          warpgroup_arrive();
+          gemm(mma_pv, p_in_s(_, _, kb), tOrV(_, _, kb, stage), o);
+          warpgroup_commit_batch();
+        }
+        warpgroup_wait<0>();  // P(t) V(t): P's registers are S(t + 1)'s
+        warpgroup_fence_operand(o);
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r)
+          softmax[r].lane_sum += (tile_sum[2 * r] + tile_sum[2 * r + 1]) + (tile_sum[2 * r + 4] + tile_sum[2 * r + 5]);
+      }
+      release(empty_v, kStagesV, tiles - 1);
     } else {
       // 16-bit tiles. Per tile, S = Q K^T, the rows' max, then P = exp2 with P V issued a
       // 16-key block at a time as its P comes out of exp2: the tensor cores run P V while the MUFU

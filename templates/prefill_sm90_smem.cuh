@@ -85,7 +85,12 @@ struct PrefillSm90Smem {
     StageBarrier empty_v[kStagesV];       // FP8: each producer warp, once it transposed the stage
     StageBarrier full_vt[kStagesVt == 0 ? 1 : kStagesVt];  // FP8 only (one unused pair otherwise)
     StageBarrier empty_vt[kStagesVt == 0 ? 1 : kStagesVt];
-    float q_scale[Cfg::kBlockM];          // FP8: each packed row's q quantisation step (row amax / 448)
+    union {
+      float q_scale[Cfg::kBlockM];        // FP8: each packed row's q quantisation step (row amax / 448)
+      // 16-bit tiles with P over S (the mainloop): each consumer warp's copy of its item's bounds
+      // shared by every row, (hi_min, lo_max), read per tile rather than held in registers
+      int2 mask_keys[Cfg::kConsumers][4];
+    };
   };
 };
 

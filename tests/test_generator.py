@@ -100,9 +100,11 @@ def test_prefill_sm90_space():
     for k in keys:
         source = render(k)
         rows, keys_per_tile = KINDS["prefill_sm90"].tiles(k)
-        # three consumer warpgroups for 16-bit tiles up to head dim 64, two otherwise
-        consumers = 3 if not k.is_fp8 and k.head_dim <= 64 else 2
+        # three consumer warpgroups for 16-bit tiles up to head dim 128, two otherwise; at 128 the
+        # three hold P over S's registers
+        consumers = 3 if not k.is_fp8 and k.head_dim <= 128 else 2
         assert constant(source, "kConsumers") == consumers and rows == 64 * consumers
+        assert f"/*kPInS=*/{'true' if consumers == 3 and k.head_dim == 128 else 'false'}" in source
         assert constant(source, "kBlockN") == keys_per_tile in kind_prefill_sm90.TILE_KEYS
         assert constant(source, "kSmemBytes") == kind_prefill_sm90.smem_bytes(k) <= smem_per_block
         assert constant(source, "kStagesK") >= constant(source, "kStagesV") >= 2  # pipeline_stages' policy
