@@ -22,31 +22,39 @@ from . import kind_prefill
 
 CONSUMERS = 2
 CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
-# setmaxnreg: the producer's cp.async gather keeps few values; the consumers get the rest of the
-# CTA's launch allocation, 168 a thread at 384 threads, so the three warpgroups' counts (multiples
-# of 8) add up to at most 3 x 168 = 504. The consumers at head dim 128 use up to R220.
-PRODUCER_REGISTERS = 56
-CONSUMER_REGISTERS = 224
-# 16-bit tiles up to head dim 128 take a third consumer warpgroup (128 registers a thread at 512
-# threads: 32 + 3 x 160 = 512): each scheduler then has three consumer warps to switch between
-# where the softmax and the GEMM waits leave one idle. At 160 registers a consumer holds O, S and
-# P in WIDE_ACCUMULATOR_REGISTERS: at head dim 64 (O 32, S and P 96 at 128 keys) it does; at 128
-# P goes over S's registers (p_in_s: the mainloop waits for P V before the next Q K^T). H100,
-# B4 S4096 32/32, bf16, against two consumers in the same run: d64 ragged / paged 16 / paged 64
-# non-causal 447-451 TFLOP/s against 373-379, causal 384-388 against 328-334; d128 (P over S)
-# in the README. Tiles of 64 keys (S and P small enough at d128) lost: 526-533 against 576-596
-# (H200; 80-key tiles 342, 96-key ones serialised WGMMAs).
+# Up to head dim 128 the CTA takes a third consumer warpgroup (512 threads, 128 registers a thread
+# at launch): each scheduler then has three consumer warps to switch between where the softmax and
+# the GEMM waits leave one idle. A consumer then has 152-160 registers: at head dim 64 O, S and P
+# (32 + 64 + 32) fit; at 128 O and S take 128 of them, so 16-bit P goes over S's registers (p_in_s:
+# the mainloop waits for P V before the next Q K^T) and FP8 P V runs a 64-column chunk of O at a
+# time (the mainloop's kOChunk). H100, B4 S4096 32/32, against two consumers in the same run:
+# d64 bf16 ragged / paged 16 / paged 64 non-causal 447-451 TFLOP/s against 373-379, causal 384-388
+# against 328-334; d128 in the README ("Three consumer warpgroups at head dim 128"). Tiles of 64
+# keys (S and P small enough at d128) lost: 526-533 against 576-596 (H200; 80-key tiles 342,
+# 96-key ones serialised WGMMAs).
 WIDE_CONSUMERS = 3
 WIDE_MAX_HEAD_DIM = 128
-WIDE_PRODUCER_REGISTERS = 32
-WIDE_CONSUMER_REGISTERS = 160
-WIDE_ACCUMULATOR_REGISTERS = 128
-# FP8: the producer also transposes V (8 x 8-byte blocks in registers) and spilled at 56; the
-# consumers' P is half as wide, and they fit in 216.
-FP8_PRODUCER_REGISTERS = 72  # 64 before the producer looped over work units (it then spilled)
-FP8_CONSUMER_REGISTERS = 216
+# setmaxnreg counts (producer, consumer), keyed by (FP8 tiles, three consumers). They add up to at
+# most the launch allocation (65536 / threads a thread, 8-aligned) times the warpgroups.
+#  - 16-bit, two consumers: the producer's cp.async gather keeps few values; the consumers at head
+#    dim 128 use up to R220.
+#  - 16-bit, three: 32 + 3 x 160 = 512.
+#  - FP8, two: the producer also transposes V (8 x 8-byte blocks in registers) and spilled at 56
+#    (at 64 once it looped over work units); the consumers' P is half as wide.
+#  - FP8, three: 56 + 3 x 152 = 512. The consumers spilled at 144; the producer at 56 spilled 12
+#    bytes when it looped over work units, so these CTAs are not persistent (persistent()).
+#    With an e4m3 q (8 bytes) or the soft-cap (200 bytes) the consumers spilled at 152, so those
+#    instances keep two (wide()).
+REGISTERS = {
+    (False, False): (56, 224),
+    (False, True): (32, 160),
+    (True, False): (72, 216),
+    (True, True): (56, 152),
+}
+WIDE_ACCUMULATOR_REGISTERS = 128  # of a three-consumer 16-bit consumer's 160: O, S and P (else P over S)
 # Persistent CTAs (prefill_sm90_kernel.cuh) up to this head dim: at 192 and 256, O takes 96 and 128
-# of the consumers' registers and the loop's state over work units spilled them.
+# of the consumers' registers and the loop's state over work units spilled them. (Nor with three
+# FP8 consumers: REGISTERS.)
 PERSISTENT_MAX_HEAD_DIM = 128
 # 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim, 8-bit ones of 128.
 HEAD_DIMS = (64, 128, 192, 256)
@@ -72,8 +80,11 @@ ACCUMULATOR_REGISTERS = 192
 
 
 def wide(key: InstanceKey) -> bool:
-    """Whether the CTA has WIDE_CONSUMERS consumer warpgroups (16-bit tiles up to WIDE_MAX_HEAD_DIM)."""
-    return not fp8_tiles(key) and key.head_dim <= WIDE_MAX_HEAD_DIM
+    """Whether the CTA has WIDE_CONSUMERS consumer warpgroups: tiles up to WIDE_MAX_HEAD_DIM, but
+    FP8 ones only with a 16-bit q and no soft-cap (REGISTERS says why)."""
+    if fp8_tiles(key) and (key.q_dtype in FP8_Q_DTYPES or key.variant != "default"):
+        return False
+    return key.head_dim <= WIDE_MAX_HEAD_DIM
 
 
 def consumers(key: InstanceKey) -> int:
@@ -82,15 +93,13 @@ def consumers(key: InstanceKey) -> int:
 
 def registers(key: InstanceKey) -> tuple[int, int]:
     """(producer, consumer) setmaxnreg counts."""
-    if fp8_tiles(key):
-        return FP8_PRODUCER_REGISTERS, FP8_CONSUMER_REGISTERS
-    return (WIDE_PRODUCER_REGISTERS, WIDE_CONSUMER_REGISTERS) if wide(key) else (PRODUCER_REGISTERS, CONSUMER_REGISTERS)
+    return REGISTERS[fp8_tiles(key), wide(key)]
 
 
 def p_in_s(key: InstanceKey) -> bool:
     """Whether a wide consumer's 16-bit P goes over S's registers: O (D / 2 fp32 a thread), S
     (N / 2) and P (N / 4 bf16 pairs) past WIDE_ACCUMULATOR_REGISTERS."""
-    return wide(key) and key.head_dim // 2 + 3 * block_n(key) // 4 > WIDE_ACCUMULATOR_REGISTERS
+    return wide(key) and not fp8_tiles(key) and key.head_dim // 2 + 3 * block_n(key) // 4 > WIDE_ACCUMULATOR_REGISTERS
 
 
 def block_m(key: InstanceKey) -> int:
@@ -157,8 +166,10 @@ def smem_bytes(key: InstanceKey) -> int:
 
 
 def persistent(key: InstanceKey) -> bool:
-    """Whether the instance's CTAs are persistent (plan() then lists each CTA's units)."""
-    return key.head_dim <= PERSISTENT_MAX_HEAD_DIM
+    """Whether the instance's CTAs are persistent (plan() then lists each CTA's units): not past
+    PERSISTENT_MAX_HEAD_DIM, nor with three FP8 consumers, whose producer's 56 registers did not
+    hold the loop over work units (REGISTERS)."""
+    return key.head_dim <= PERSISTENT_MAX_HEAD_DIM and not (fp8_tiles(key) and wide(key))
 
 
 def fp8_head_dim(key: InstanceKey) -> str | None:

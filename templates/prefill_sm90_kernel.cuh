@@ -106,10 +106,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   // within a section and balanced across the CTAs (prefill.py, cta_unit_lists). The producer and the
   // consumers walk the same list, each counting the tiles they put through the rings (`ring`), so
   // stages and barrier phases run on across items, and the producer loads an item's first tiles
-  // while the consumers finish the last one. Where the consumers' accumulators leave no room for
-  // that loop (head dims past 128: generator/kind_prefill_sm90.py), one CTA per unit, items
-  // fastest (KV heads fastest, every resident CTA streamed a different head's K/V, and the
-  // working set of a long prompt outgrew L2), skipping a capacity-sized plan's unused items.
+  // while the consumers finish the last one. Where the registers leave no room for that loop (the
+  // consumers' past head dim 128, the producer's with three FP8 consumers:
+  // generator/kind_prefill_sm90.py), one CTA per unit, items fastest (KV heads fastest, every
+  // resident CTA streamed a different head's K/V, and the working set of a long prompt outgrew
+  // L2), skipping a capacity-sized plan's unused items.
   if (threadIdx.x == 0) {
     CUTE_UNROLL
     for (int s = 0; s < Cfg::kStagesK; ++s) {

@@ -27,6 +27,18 @@
 
 namespace fig {
 
+// FP8 P V on a chunk of kColumns of O's columns (PrefillSm90Mainloop::kOChunk): its MMA, its rows
+// of Vt (head-dim rows, keys contiguous, one stage) and its accumulator fragment.
+template <class MmaA, class KvElement, int kRows, int kColumns, int kBlockN>
+struct Fp8PvChunk {
+  using TiledMma = decltype(cute::make_tiled_mma(cute::GMMA::rs_op_selector<
+      MmaA, KvElement, float, cute::Shape<cute::Int<kRows>, cute::Int<kColumns>, cute::Int<kBlockN>>,
+      cute::GMMA::Major::K, cute::GMMA::Major::K>()));
+  using LayoutVt = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<KvElement>{},
+                                                cute::Shape<cute::Int<kColumns>, cute::Int<kBlockN>>{}));
+  using Frag = decltype(cute::partition_fragment_C(TiledMma{}, cute::Shape<cute::Int<kRows>, cute::Int<kColumns>>{}));
+};
+
 template <class Cfg>
 struct PrefillSm90Mainloop {
   using Smem = PrefillSm90Smem<Cfg>;
@@ -57,6 +69,17 @@ struct PrefillSm90Mainloop {
       MmaA, KvElement, float, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
       cute::GMMA::Major::K, kFp8 ? cute::GMMA::Major::K : cute::GMMA::Major::MN>()));
   using LayoutVt = std::conditional_t<kFp8, typename Smem::LayoutVt8, typename Smem::LayoutVt16>;
+  // FP8: P V into a fragment of its own that joins O in fp32 (see run()), with three consumers a
+  // 64-column chunk of O at a time (32 registers at head dim 128, not 64: their 152 hold O, S and
+  // no more). Vt's stage is whole 8-row atoms of head-dim rows, so a chunk's rows are an offset of
+  // kOChunk * kBlockN bytes, with the chunk's own layout.
+  static constexpr int kOChunk = Cfg::kConsumers > 2 && kHeadDim > 64 ? 64 : kHeadDim;
+  static constexpr int kOChunks = kHeadDim / kOChunk;
+  using PvChunk = std::conditional_t<kFp8, Fp8PvChunk<MmaA, KvElement, kRows, kOChunk, kBlockN>,
+                                     Fp8PvChunk<cute::float_e4m3_t, cute::float_e4m3_t, 64, 64, 128>>;  // unused
+  using TiledMmaPVChunk = typename PvChunk::TiledMma;
+  using LayoutVtChunk = typename PvChunk::LayoutVt;
+  using FragOChunk = typename PvChunk::Frag;
   using FragS = decltype(cute::partition_fragment_C(TiledMmaQK{}, cute::Shape<cute::Int<kRows>, cute::Int<kBlockN>>{}));
   using FragO = decltype(cute::partition_fragment_C(TiledMmaPV{}, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>>{}));
   // P as P V's A operand. 16-bit: ((2 columns, 2 rows, 2 halves of 16 keys), 1, k-block), which
@@ -186,6 +209,8 @@ struct PrefillSm90Mainloop {
     StageBarrier* empty_v = kFp8 ? smem.empty_vt : smem.empty_v;
     TiledMmaQK mma_qk;
     TiledMmaPV mma_pv;
+    TiledMmaPVChunk mma_pvc;
+    auto thr_pvc = mma_pvc.get_thread_slice(thread);
     auto thr_qk = mma_qk.get_thread_slice(thread);
     auto thr_pv = mma_pv.get_thread_slice(thread);
     Tensor tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ));   // descriptors (mma, 1, d k-block)
@@ -259,7 +284,8 @@ struct PrefillSm90Mainloop {
       // in the registers S had, and joins O in fp32. Chained into O by FP8 WGMMA, whose adds keep
       // ~14 bits, a long request's O drifted low (39% at 32768 keys of V with mean 3,
       // bench/check_fp8_accumulation.py); and the pipelined step's S, O and a per-tile fragment
-      // together spilled the consumers' registers.
+      // together spilled the consumers' registers. With three consumers the fragment is a chunk of
+      // O's columns (kOChunk), P V issued and waited for per chunk.
 #pragma unroll 1
       for (int t = 0; t < tiles; ++t) {
         acquire(smem.full_k, kStagesK, t, gathered(t));
@@ -274,12 +300,19 @@ struct PrefillSm90Mainloop {
         }
         if (t > 0) rescale_o(rescale);
         acquire(full_v, kStagesV, t, false);
-        FragO o_tile;
-        wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/true>(mma_pv, p, tOrV(_, _, _, (ring + t) % kStagesV), o_tile);
-        warpgroup_wait<0>();
-        release(empty_v, kStagesV, t);
+        const int stage = (ring + t) % kStagesV;
         CUTE_UNROLL
-        for (int i = 0; i < size(o); ++i) o(i) += o_tile(i);
+        for (int c = 0; c < kOChunks; ++c) {
+          FragOChunk o_part;
+          Tensor sVt_c = make_tensor(make_smem_ptr(vt_base() + stage * (kHeadDim * kBlockN) + c * (kOChunk * kBlockN)),
+                                     LayoutVtChunk{});                                       // (d chunk, key)
+          Tensor tOrV_c = thr_pvc.make_fragment_B(thr_pvc.partition_B(sVt_c));              // (mma, 1, key k-block)
+          wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/true>(mma_pvc, p, tOrV_c, o_part);
+          warpgroup_wait<0>();
+          CUTE_UNROLL
+          for (int i = 0; i < size(o_part); ++i) o(size(o_part) * c + i) += o_part(i);
+        }
+        release(empty_v, kStagesV, t);
       }
     } else if constexpr (Cfg::kPInS) {
       // 16-bit tiles with P written over S's registers (three consumer warpgroups at head dim 128:

@@ -102,9 +102,11 @@ def test_prefill_sm90_space():
         rows, keys_per_tile = KINDS["prefill_sm90"].tiles(k)
         # three consumer warpgroups for 16-bit tiles up to head dim 128, two otherwise; at 128 the
         # three hold P over S's registers
-        consumers = 3 if not k.is_fp8 and k.head_dim <= 128 else 2
+        # FP8 three only with a 16-bit q and no soft-cap: ptxas spilled the others' consumers at 152
+        fp8_narrow = k.is_fp8 and (k.q_dtype == "e4m3" or k.variant != "default")
+        consumers = 3 if k.head_dim <= 128 and not fp8_narrow else 2
         assert constant(source, "kConsumers") == consumers and rows == 64 * consumers
-        assert f"/*kPInS=*/{'true' if consumers == 3 and k.head_dim == 128 else 'false'}" in source
+        assert f"/*kPInS=*/{'true' if consumers == 3 and k.head_dim == 128 and not k.is_fp8 else 'false'}" in source
         assert constant(source, "kBlockN") == keys_per_tile in kind_prefill_sm90.TILE_KEYS
         assert constant(source, "kSmemBytes") == kind_prefill_sm90.smem_bytes(k) <= smem_per_block
         assert constant(source, "kStagesK") >= constant(source, "kStagesV") >= 2  # pipeline_stages' policy
@@ -115,8 +117,10 @@ def test_prefill_sm90_space():
         assert constant(source, "kProducerRegisters") + consumers * constant(source, "kConsumerRegisters") <= \
             launch * (1 + consumers)
         assert "fig_prefill_run" in source and "fig_prefill_abi_version" in source
-        # persistent CTAs where the consumers' registers hold the loop over work units
-        assert f"/*kPersistent=*/{'true' if k.head_dim <= kind_prefill_sm90.PERSISTENT_MAX_HEAD_DIM else 'false'}" in source
+        # persistent CTAs where the registers hold the loop over work units: not at head dims past
+        # PERSISTENT_MAX_HEAD_DIM (the consumers') nor with three FP8 consumers (the producer's 56)
+        persistent = k.head_dim <= kind_prefill_sm90.PERSISTENT_MAX_HEAD_DIM and not (k.is_fp8 and consumers == 3)
+        assert f"/*kPersistent=*/{'true' if persistent else 'false'}" in source
     d128 = key(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", conversion="none")
     assert (kind_prefill_sm90.block_n(d128), kind_prefill_sm90.pipeline_stages(d128, arches.arch("sm90a"))) == \
         (128, (3, 2))
