@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--family", choices=("sm80", "sm90"), default="sm80",
                     help="the kernel family (the wrappers' backend=): sm80 mma.sync, sm90 Hopper WGMMA")
     ap.add_argument("--pages", default=str(PAGE), help="page sizes of the paged rows, comma separated (default 16)")
+    ap.add_argument("--unit-order", choices=("plan", "round_robin", "blocks"), default="plan",
+                    help="the persistent CTAs' unit lists: plan()'s own, or one of bench/probe_unit_order.py's "
+                         "orders in its place (an A/B of the schedule; recorded in the JSON)")
     args = ap.parse_args(argv)
     args.pages = [int(x) for x in args.pages.split(",") if x]
     if args.head_dim is None:
@@ -315,6 +318,10 @@ def main(argv=None) -> int:
 
     gpu = torch.cuda.get_device_name()
     b = Bench(args)
+    if args.unit_order != "plan":  # after Bench, which put the tree on sys.path
+        import flashinfer_gen.prefill
+        import probe_unit_order
+        flashinfer_gen.prefill.cta_unit_lists = getattr(probe_unit_order, args.unit_order)
     heads = ((32, 32),) if args.quick else HEADS
     kv_names = QUICK_KV_NAMES if args.quick else KV_NAMES
     if args.family == "sm90":  # FP8 caches run on its FP8 tiles, conversion "hardware" (q and P to e4m3)
@@ -334,6 +341,7 @@ def main(argv=None) -> int:
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   commit=git_commit(), tree=os.environ.get("FIG_TREE"), torch=torch.__version__, method=METHOD,
                   reps=args.reps, quick=args.quick, family=FAMILY, pages=args.pages, conversions=list(b.conversions),
+                  unit_order=args.unit_order,
                   summary=summary, rows=b.rows)
     out = Path(args.out) if args.out else \
         Path(__file__).parent / "results" / f"prefill-{FAMILY}-{gpu.replace(' ', '_')}.json"
