@@ -52,6 +52,7 @@ REGISTERS = {
     (True, True): (56, 152),
 }
 WIDE_ACCUMULATOR_REGISTERS = 128  # of a three-consumer 16-bit consumer's 160: O, S and P (else P over S)
+FP8_O_CHUNK = 64  # columns of O per P V with three FP8 consumers (o_chunk())
 # Persistent CTAs (prefill_sm90_kernel.cuh) up to this head dim: at 192 and 256, O takes 96 and 128
 # of the consumers' registers and the loop's state over work units spilled them. (Nor with three
 # FP8 consumers: REGISTERS.)
@@ -74,8 +75,8 @@ TUNE_ENV = "FIG_PREFILL_SM90_TUNE"
 
 def _tune() -> dict:
     return tuning_overrides(TUNE_ENV, ("k16", "v16", "k8", "v8", "vt8"))
-# Registers a consumer thread spends on O (D / 2) and S (N / 2) fp32 accumulators, at most; the
-# rest of CONSUMER_REGISTERS holds P, Q/K/V descriptors, addresses and the softmax state.
+# Registers a two-consumer thread spends on O (D / 2) and S (N / 2) fp32 accumulators, at most;
+# the rest of its REGISTERS count holds P, Q/K/V descriptors, addresses and the softmax state.
 ACCUMULATOR_REGISTERS = 192
 
 
@@ -102,6 +103,13 @@ def p_in_s(key: InstanceKey) -> bool:
     return wide(key) and not fp8_tiles(key) and key.head_dim // 2 + 3 * block_n(key) // 4 > WIDE_ACCUMULATOR_REGISTERS
 
 
+def o_chunk(key: InstanceKey) -> int:
+    """Columns of O per FP8 P V (the mainloop's kOChunk; each chunk's product goes to a fragment
+    of its own and joins O in fp32): with three consumers 64, a 32-register fragment next to O
+    and S (REGISTERS: 152); else the whole head dim. 16-bit tiles chain P V into O: the head dim."""
+    return FP8_O_CHUNK if fp8_tiles(key) and wide(key) else key.head_dim
+
+
 def block_m(key: InstanceKey) -> int:
     return consumers(key) * CONSUMER_ROWS
 
@@ -125,8 +133,9 @@ def _smem_bytes(key: InstanceKey, n: int, stages_k: int, stages_v: int) -> int:
     """sizeof(PrefillSm90Smem::Storage) (prefill_sm90_smem.cuh): Q (as the GEMM reads it: e4m3
     with an FP8 cache), then the 1024-aligned K, V (and transposed V) rings, then the gather's row
     addresses (one slot more than K stages), the mbarriers (full and empty, per K, V and
-    transposed-V stage, at least one of the last), the per-row q scales, all rounded to the
-    storage's 1024-byte alignment."""
+    transposed-V stage, at least one of the last), the per-row q scales (a union with each
+    consumer warp's mask bounds, which take less), all rounded to the storage's 1024-byte
+    alignment."""
     head_dim, kv_bytes = key.head_dim, KV_BYTES[key.kv_dtype]
     q = block_m(key) * head_dim * kv_bytes  # Q is quantised to e4m3 with an FP8 cache
     tile = n * head_dim * kv_bytes
@@ -205,6 +214,7 @@ def template_context(key: InstanceKey) -> dict:
         "smem_per_block": arch.smem_per_block,
         "persistent": "true" if persistent(key) else "false",
         "p_in_s": "true" if p_in_s(key) else "false",
+        "o_chunk": o_chunk(key),
     }
 
 

@@ -6,9 +6,9 @@
 //     ring of kStagesVt (prefill_sm90_transpose.cuh); it gives up most of its registers (setmaxnreg);
 //   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_mainloop.cuh): 64 packed query
 //     rows each, WGMMA and the online softmax, then O stored from their registers.
-// Persistent up to head dim 128: a grid of at most the CTAs the GPU holds at once, each taking work
-// units (work item, KV head) in turn (see the kernel); past it one CTA per unit. plan() orders
-// items longest first.
+// Persistent (kPersistent: up to head dim 128, but for three FP8 consumers): a grid of at most the
+// CTAs the GPU holds at once, each taking work units (work item, KV head) in turn (see the
+// kernel); otherwise one CTA per unit. plan() orders items longest first.
 #pragma once
 #include <cuda_runtime.h>
 #include "fig_abi_prefill.h"
@@ -27,10 +27,11 @@ namespace fig {
 // The instance's numbers, all from the generator's table (generator/kind_prefill_sm90.py).
 template <int kHeadDim_, int kBlockN_, int kStagesK_, int kStagesV_, int kStagesVt_, int kConsumers_, int kConsumerRows_,
           int kProducerRegisters_, int kConsumerRegisters_, int kSmemBytes_, int kSmemPerBlock_, bool kPersistent_,
-          bool kPInS_>
+          bool kPInS_, int kOChunk_>
 struct PrefillSm90Shape {
   static constexpr bool kPersistent = kPersistent_;           // CTAs loop over work units (the kernel)
   static constexpr bool kPInS = kPInS_;                       // 16-bit P over S's registers (the mainloop)
+  static constexpr int kOChunk = kOChunk_;                     // columns of O per FP8 P V (the mainloop)
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;                     // keys per stage
   static constexpr int kStagesK = kStagesK_;                   // K tiles in the ring

@@ -173,7 +173,7 @@ struct PrefillSm90Load {
   // loads piece i % kPieces of box i / kPieces. Issued by lanes of warp 0 alone, each instruction
   // added ~25 ns to every tile step (H200, bf16 d128 B4 S4096: paged16 at 0.75x contiguous; spread,
   // 0.90-0.97x, and contiguous itself +3-7%): we read it as that scheduler's consumer warps held
-  // up, and through them both consumer warpgroups, whose WGMMAs wait for their slowest warp.
+  // up, and through them every consumer warpgroup, whose WGMMAs wait for their slowest warp.
   __device__ __forceinline__ static int tma_instruction() { return 4 * (threadIdx.x % 32) + threadIdx.x / 32; }
   __device__ __forceinline__ static int tma_box() { return tma_instruction() / kPieces; }
 

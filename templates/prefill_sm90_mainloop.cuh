@@ -69,14 +69,18 @@ struct PrefillSm90Mainloop {
       MmaA, KvElement, float, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
       cute::GMMA::Major::K, kFp8 ? cute::GMMA::Major::K : cute::GMMA::Major::MN>()));
   using LayoutVt = std::conditional_t<kFp8, typename Smem::LayoutVt8, typename Smem::LayoutVt16>;
-  // FP8: P V into a fragment of its own that joins O in fp32 (see run()), with three consumers a
-  // 64-column chunk of O at a time (32 registers at head dim 128, not 64: their 152 hold O, S and
-  // no more). Vt's stage is whole 8-row atoms of head-dim rows, so a chunk's rows are an offset of
-  // kOChunk * kBlockN bytes, with the chunk's own layout.
-  static constexpr int kOChunk = Cfg::kConsumers > 2 && kHeadDim > 64 ? 64 : kHeadDim;
+  // FP8: P V into a fragment of its own that joins O in fp32 (see run()), Cfg::kOChunk columns of
+  // O at a time (the generator's o_chunk(): with three consumers less than the head dim, so that
+  // the fragment fits next to O and S). A chunk's rows of Vt are an offset of kOChunk * kBlockN
+  // bytes into the stage, with the chunk's own layout: the stage's 128-byte swizzle atoms are 8
+  // head-dim rows of all kBlockN = 128 keys, so a chunk of rows is a run of whole atoms.
+  static constexpr int kOChunk = Cfg::kOChunk;
   static constexpr int kOChunks = kHeadDim / kOChunk;
+  static_assert(kOChunks * kOChunk == kHeadDim && (kOChunks == 1 || (kFp8 && kBlockN == 128)),
+                "chunks of whole rows of Vt's one-atom-wide stage");
+  // (a 16-bit instance names a shape the chunk types tile, never its own: it runs no chunks)
   using PvChunk = std::conditional_t<kFp8, Fp8PvChunk<MmaA, KvElement, kRows, kOChunk, kBlockN>,
-                                     Fp8PvChunk<cute::float_e4m3_t, cute::float_e4m3_t, 64, 64, 128>>;  // unused
+                                     Fp8PvChunk<cute::float_e4m3_t, cute::float_e4m3_t, 64, 64, 128>>;
   using TiledMmaPVChunk = typename PvChunk::TiledMma;
   using LayoutVtChunk = typename PvChunk::LayoutVt;
   using FragOChunk = typename PvChunk::Frag;
@@ -190,8 +194,8 @@ struct PrefillSm90Mainloop {
   }
 
   // Every tile of keys [begin, end); tiles past hi_min or before lo_max need the per-key mask.
-  // The two consumer warpgroups run without turns: each one's GEMMs fill the tensor cores while
-  // the other makes P (see the 16-bit loop). ring: the tiles of the CTA's earlier items (the
+  // The consumer warpgroups run without turns: each one's GEMMs fill the tensor cores while
+  // another makes P (see the 16-bit loop). ring: the tiles of the CTA's earlier items (the
   // producer's count: prefill_sm90_load.cuh); rows, kv_len: the cache's TMA box rows and the
   // request's keys, which say what tiles the producer gathered with cp.async (Load::gathered).
   __device__ __forceinline__ void run(typename Smem::Storage& smem, int warpgroup, int thread, int begin, int end,
@@ -209,8 +213,6 @@ struct PrefillSm90Mainloop {
     StageBarrier* empty_v = kFp8 ? smem.empty_vt : smem.empty_v;
     TiledMmaQK mma_qk;
     TiledMmaPV mma_pv;
-    TiledMmaPVChunk mma_pvc;
-    auto thr_pvc = mma_pvc.get_thread_slice(thread);
     auto thr_qk = mma_qk.get_thread_slice(thread);
     auto thr_pv = mma_pv.get_thread_slice(thread);
     Tensor tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ));   // descriptors (mma, 1, d k-block)
@@ -279,13 +281,15 @@ struct PrefillSm90Mainloop {
       }
     };
     if constexpr (kFp8) {
-      // FP8: one tile at a time inside the warpgroup (the other warpgroup's GEMMs can fill the tensor
-      // cores during this one's softmax), so that each tile's P V goes to a fragment of its own,
+      // FP8: one tile at a time inside the warpgroup (the other warpgroups' GEMMs can fill the
+      // tensor cores during this one's softmax), so that each tile's P V goes to a fragment of its own,
       // in the registers S had, and joins O in fp32. Chained into O by FP8 WGMMA, whose adds keep
       // ~14 bits, a long request's O drifted low (39% at 32768 keys of V with mean 3,
       // bench/check_fp8_accumulation.py); and the pipelined step's S, O and a per-tile fragment
       // together spilled the consumers' registers. With three consumers the fragment is a chunk of
       // O's columns (kOChunk), P V issued and waited for per chunk.
+      TiledMmaPVChunk mma_pvc;
+      auto thr_pvc = mma_pvc.get_thread_slice(thread);
 #pragma unroll 1
       for (int t = 0; t < tiles; ++t) {
         acquire(smem.full_k, kStagesK, t, gathered(t));
@@ -316,19 +320,19 @@ struct PrefillSm90Mainloop {
       }
     } else if constexpr (Cfg::kPInS) {
       // 16-bit tiles with P written over S's registers (three consumer warpgroups at head dim 128:
-      // O and S fill 128 of the 160 registers, with no room for a P of its own). Per tile as in
-      // the loop below, but P(kb)'s four words go into S's words 8 kb .. 8 kb + 3 (consecutive, as
-      // P V's register operand needs; word w packs s(8 kb + 2 w + {0, 1}), so S's word 8 kb + w
-      // has been read by then), and the next tile's Q K^T, which overwrites S, is issued only
-      // once P V is done: each warpgroup's tile is serial, and the other two fill the tensor
+      // O and S fill the generator's WIDE_ACCUMULATOR_REGISTERS, with no room for a P of its own).
+      // Per tile as in the loop below, but P(kb)'s four words go into S's words 8 kb .. 8 kb + 3
+      // (consecutive, as P V's register operand needs; word w packs s(8 kb + 2 w + {0, 1}), so S's
+      // word 8 kb + w has been read by then), and the next tile's Q K^T, which overwrites S, is
+      // issued only once P V is done: each warpgroup's tile is serial, and the other two fill the tensor
       // cores meanwhile. The rows' sums add exp2's fp32 values in eight chains (fewer held them
       // longer: ptxas spilled 8-52 bytes), and the item's bounds shared by every row are read per
-      // tile from shared memory (in registers they were what spilled). Sums of P as bf16 (after
+      // tile from shared memory (in registers they were what spilled; the read stays in the loop
+      // because the WGMMA fences before it clobber memory, and hoisted it would spill again). Sums of P as bf16 (after
       // the wait, from S's registers) spilled nothing but put the LSE 2e-3 to 4e-3 off (H100, 06a4bb1).
       using LayoutPInS = cute::Layout<
           cute::Shape<cute::Shape<cute::_2, cute::_2, cute::_2>, cute::_1, cute::Int<kBlockN / 16>>,
           cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_16>>;
-      static_assert(sizeof(smem.mask_keys) <= sizeof(smem.q_scale), "the union keeps the storage's size");
       int2& mask_keys = smem.mask_keys[warpgroup][thread / 32];
       __syncwarp();  // the warp's reads of the previous item's bounds are done
       if (lane == 0) mask_keys = make_int2(hi_min, lo_max);
@@ -388,7 +392,7 @@ struct PrefillSm90Mainloop {
       // issue, so P V issued whole, after the softmax or together with the next Q K^T (the
       // software pipeline this replaced), held the warp there past its own softmax (H200 clock64
       // traces, README). The next tile's Q K^T follows P V on the tensor cores; its wait covers
-      // both, and the other warpgroup's GEMMs fill the tensor cores meanwhile.
+      // both, and the other warpgroups' GEMMs fill the tensor cores meanwhile.
       warpgroup_fence_operand(o);
 #pragma unroll 1
       for (int t = 0; t < tiles; ++t) {

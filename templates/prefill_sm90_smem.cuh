@@ -71,8 +71,8 @@ struct PrefillSm90Smem {
 
   // SW128 operands need 1024-byte aligned bases: they come first, at offset 0 of the dynamic
   // shared memory (the kernel has no static shared memory). The consumers store O from their
-  // registers (the CTA is persistent: the producer fills the ring with the next item's tiles
-  // meanwhile), so nothing else shares the ring.
+  // registers (a persistent CTA's producer fills the ring with the next item's tiles meanwhile),
+  // so nothing else shares the ring.
   struct Storage {
     alignas(1024) MmaA q[cute::cosize_v<LayoutQ>];
     KvRing kv;
@@ -85,6 +85,7 @@ struct PrefillSm90Smem {
     StageBarrier empty_v[kStagesV];       // FP8: each producer warp, once it transposed the stage
     StageBarrier full_vt[kStagesVt == 0 ? 1 : kStagesVt];  // FP8 only (one unused pair otherwise)
     StageBarrier empty_vt[kStagesVt == 0 ? 1 : kStagesVt];
+    // One or the other: q_scale with FP8 tiles, mask_keys with 16-bit ones (asserted below).
     union {
       float q_scale[Cfg::kBlockM];        // FP8: each packed row's q quantisation step (row amax / 448)
       // 16-bit tiles with P over S (the mainloop): each consumer warp's copy of its item's bounds
@@ -92,6 +93,9 @@ struct PrefillSm90Smem {
       int2 mask_keys[Cfg::kConsumers][4];
     };
   };
+  static_assert(!(Cfg::kFp8 && Cfg::kPInS), "q_scale and mask_keys share their storage");
+  static_assert(sizeof(int2[Cfg::kConsumers][4]) <= sizeof(float[Cfg::kBlockM]),
+                "the mask bounds fit in the q scales' place (the generator counts the latter)");
 };
 
 }  // namespace fig

@@ -100,13 +100,14 @@ def test_prefill_sm90_space():
     for k in keys:
         source = render(k)
         rows, keys_per_tile = KINDS["prefill_sm90"].tiles(k)
-        # three consumer warpgroups for 16-bit tiles up to head dim 128, two otherwise; at 128 the
-        # three hold P over S's registers
-        # FP8 three only with a 16-bit q and no soft-cap: ptxas spilled the others' consumers at 152
+        # three consumer warpgroups up to head dim 128, two past it; FP8 three only with a 16-bit
+        # q and no soft-cap (ptxas spilled the others' consumers at 152). At 128 three 16-bit
+        # consumers hold P over S's registers, three FP8 ones run P V 64 columns of O at a time.
         fp8_narrow = k.is_fp8 and (k.q_dtype == "e4m3" or k.variant != "default")
         consumers = 3 if k.head_dim <= 128 and not fp8_narrow else 2
         assert constant(source, "kConsumers") == consumers and rows == 64 * consumers
         assert f"/*kPInS=*/{'true' if consumers == 3 and k.head_dim == 128 and not k.is_fp8 else 'false'}" in source
+        assert constant(source, "kOChunk") == (64 if consumers == 3 and k.is_fp8 else k.head_dim)
         assert constant(source, "kBlockN") == keys_per_tile in kind_prefill_sm90.TILE_KEYS
         assert constant(source, "kSmemBytes") == kind_prefill_sm90.smem_bytes(k) <= smem_per_block
         assert constant(source, "kStagesK") >= constant(source, "kStagesV") >= 2  # pipeline_stages' policy
