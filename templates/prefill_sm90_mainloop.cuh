@@ -318,73 +318,6 @@ struct PrefillSm90Mainloop {
         }
         release(empty_v, kStagesV, t);
       }
-    } else if constexpr (Cfg::kPInS) {
-      // 16-bit tiles with P written over S's registers (three consumer warpgroups at head dim 128:
-      // O and S fill the generator's WIDE_ACCUMULATOR_REGISTERS, with no room for a P of its own).
-      // Per tile as in the loop below, but P(kb)'s four words go into S's words 8 kb .. 8 kb + 3
-      // (consecutive, as P V's register operand needs; word w packs s(8 kb + 2 w + {0, 1}), so S's
-      // word 8 kb + w has been read by then), and the next tile's Q K^T, which overwrites S, is
-      // issued only once P V is done: each warpgroup's tile is serial, and the other two fill the tensor
-      // cores meanwhile. The rows' sums add exp2's fp32 values in eight chains (fewer held them
-      // longer: ptxas spilled 8-52 bytes), and the item's bounds shared by every row are read per
-      // tile from shared memory (in registers they were what spilled; the read stays in the loop
-      // because the WGMMA fences before it clobber memory, and hoisted it would spill again). Sums of P as bf16 (after
-      // the wait, from S's registers) spilled nothing but put the LSE 2e-3 to 4e-3 off (H100, 06a4bb1).
-      using LayoutPInS = cute::Layout<
-          cute::Shape<cute::Shape<cute::_2, cute::_2, cute::_2>, cute::_1, cute::Int<kBlockN / 16>>,
-          cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_16>>;
-      int2& mask_keys = smem.mask_keys[warpgroup][thread / 32];
-      __syncwarp();  // the warp's reads of the previous item's bounds are done
-      if (lane == 0) mask_keys = make_int2(hi_min, lo_max);
-      __syncwarp();
-      warpgroup_fence_operand(o);
-#pragma unroll 1
-      for (int t = 0; t < tiles; ++t) {
-        acquire(smem.full_k, kStagesK, t, gathered(t));
-        FragS s;
-        wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
-        warpgroup_wait<0>();  // S(t) is in
-        release(smem.empty_k, kStagesK, t);
-        if (t > 0) release(empty_v, kStagesV, t - 1);
-        float scale[2], shift[2], rescale[2];
-        const int2 keys = mask_keys;
-        const int tile_begin = first + t * kBlockN;
-        if (tile_begin + kBlockN - 1 > keys.x || tile_begin < keys.y)
-          logits_masked<true>(s, tile_begin, lane, logits, scale);
-        else
-          logits_masked<false>(s, tile_begin, lane, logits, scale);
-        OnlineSoftmaxRow::rebase_quad_rows<kSBlocks, kSoftmaxChains>(softmax, s, scale, kPOffset, kMaxSlack, rescale,
-                                                                     shift);
-        rescale_o(rescale);
-        acquire(full_v, kStagesV, t, gathered(t));
-        const int stage = (ring + t) % kStagesV;
-        uint32_t* s_words = reinterpret_cast<uint32_t*>(s.data());
-        Tensor p_in_s = make_tensor(recast_ptr<MmaA>(s.data()), LayoutPInS{});
-        float tile_sum[8] = {};  // chain 2 w + i adds row w % 2's values: row r's are 2 r, 2 r + 1, 2 r + 4, 2 r + 5
-        CUTE_UNROLL
-        for (int kb = 0; kb < kBlockN / 16; ++kb) {
-          CUTE_UNROLL
-          for (int w = 0; w < 4; ++w) {
-            float pair[2];
-            CUTE_UNROLL
-            for (int i = 0; i < 2; ++i) {
-              pair[i] = fast_exp2(fmaf(s(8 * kb + 2 * w + i), scale[w % 2], -shift[w % 2]));
-              tile_sum[2 * w + i] += pair[i];
-            }
-            s_words[8 * kb + w] = HalfRowsMma<Element>::pack(pair[0], pair[1]);
-            warpgroup_fence_operand(s_words[8 * kb + w]);
-          }
-          warpgroup_arrive();
-          gemm(mma_pv, p_in_s(_, _, kb), tOrV(_, _, kb, stage), o);
-          warpgroup_commit_batch();
-        }
-        warpgroup_wait<0>();  // P(t) V(t): P's registers are S(t + 1)'s
-        warpgroup_fence_operand(o);
-        CUTE_UNROLL
-        for (int r = 0; r < 2; ++r)
-          softmax[r].lane_sum += (tile_sum[2 * r] + tile_sum[2 * r + 1]) + (tile_sum[2 * r + 4] + tile_sum[2 * r + 5]);
-      }
-      release(empty_v, kStagesV, tiles - 1);
     } else {
       // 16-bit tiles. Per tile, S = Q K^T, the rows' max, then P = exp2 with P V issued a
       // 16-key block at a time as its P comes out of exp2: the tensor cores run P V while the MUFU
@@ -393,23 +326,57 @@ struct PrefillSm90Mainloop {
       // software pipeline this replaced), held the warp there past its own softmax (H200 clock64
       // traces, README). The next tile's Q K^T follows P V on the tensor cores; its wait covers
       // both, and the other warpgroups' GEMMs fill the tensor cores meanwhile.
+      //
+      // kPInS (three consumer warpgroups at head dim 128: O and S fill the generator's
+      // WIDE_ACCUMULATOR_REGISTERS, with no room for a P of its own): P(kb)'s four words go into
+      // S's words 8 kb .. 8 kb + 3 (consecutive, as P V's register operand needs; word w packs
+      // s(8 kb + 2 w + {0, 1}), so S's word 8 kb + w has been read by then), and the next tile's
+      // Q K^T, which overwrites S, is issued only once P V is done: each warpgroup's tile is
+      // serial, and the other two fill the tensor cores meanwhile. The rows' sums add exp2's fp32
+      // values in eight chains (fewer held them longer: ptxas spilled 8-52 bytes), and the item's
+      // bounds shared by every row are read per tile from shared memory (in registers they were
+      // what spilled; the read stays in the loop because the WGMMA fences before it clobber
+      // memory, and hoisted it would spill again). Sums of P as bf16 (after the wait, from S's
+      // registers) spilled nothing but put the LSE 2e-3 to 4e-3 off (H100, 06a4bb1).
+      constexpr bool kPInS = Cfg::kPInS;
+      using LayoutPInS = cute::Layout<
+          cute::Shape<cute::Shape<cute::_2, cute::_2, cute::_2>, cute::_1, cute::Int<kBlockN / 16>>,
+          cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_16>>;
+      constexpr int kSumChains = kPInS ? 8 : 2;  // chain 2 w + i (kPInS) or w % 2 adds row w % 2's values
+      int2& mask_keys = smem.mask_keys[warpgroup][thread / 32];
+      if constexpr (kPInS) {
+        __syncwarp();  // the warp's reads of the previous item's bounds are done
+        if (lane == 0) mask_keys = make_int2(hi_min, lo_max);
+        __syncwarp();
+      }
       warpgroup_fence_operand(o);
 #pragma unroll 1
       for (int t = 0; t < tiles; ++t) {
         acquire(smem.full_k, kStagesK, t, gathered(t));
         FragS s;
         wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
-        warpgroup_wait<0>();  // S(t) is in, and P(t-1) V(t-1) is done
+        warpgroup_wait<0>();  // S(t) is in (and P(t-1) V(t-1) is done)
         release(smem.empty_k, kStagesK, t);
         if (t > 0) release(empty_v, kStagesV, t - 1);
         float scale[2], shift[2], rescale[2];
-        logits_and_mask(s, t, scale);
+        if constexpr (kPInS) {
+          const int2 keys = mask_keys;
+          const int tile_begin = first + t * kBlockN;
+          if (tile_begin + kBlockN - 1 > keys.x || tile_begin < keys.y)
+            logits_masked<true>(s, tile_begin, lane, logits, scale);
+          else
+            logits_masked<false>(s, tile_begin, lane, logits, scale);
+        } else {
+          logits_and_mask(s, t, scale);
+        }
         OnlineSoftmaxRow::rebase_quad_rows<kSBlocks, kSoftmaxChains>(softmax, s, scale, kPOffset, kMaxSlack, rescale,
                                                                      shift);
         rescale_o(rescale);
         acquire(full_v, kStagesV, t, gathered(t));
         const int stage = (ring + t) % kStagesV;
-        float tile_sum[2] = {0.0f, 0.0f};  // rows r = 0, 1
+        uint32_t* s_words = reinterpret_cast<uint32_t*>(s.data());
+        Tensor p_in_s = make_tensor(recast_ptr<MmaA>(s.data()), LayoutPInS{});
+        float tile_sum[kSumChains] = {};
         CUTE_UNROLL
         for (int kb = 0; kb < kBlockN / 16; ++kb) {
           // P(_, _, kb) is S(8 kb + 2 w + {0, 1}), w = 0..3: row (w % 2), keys 16 kb + 8 (w / 2) + 2 c + {0, 1}
@@ -419,20 +386,34 @@ struct PrefillSm90Mainloop {
             CUTE_UNROLL
             for (int i = 0; i < 2; ++i) {
               pair[i] = fast_exp2(fmaf(s(8 * kb + 2 * w + i), scale[w % 2], -shift[w % 2]));
-              tile_sum[w % 2] += pair[i];
+              tile_sum[kPInS ? 2 * w + i : w % 2] += pair[i];
             }
-            p_words(4 * kb + w) = HalfRowsMma<Element>::pack(pair[0], pair[1]);
-            warpgroup_fence_operand(p_words(4 * kb + w));
+            uint32_t& word = kPInS ? s_words[8 * kb + w] : p_words(4 * kb + w);
+            word = HalfRowsMma<Element>::pack(pair[0], pair[1]);
+            warpgroup_fence_operand(word);
           }
           warpgroup_arrive();
-          gemm(mma_pv, p(_, _, kb), tOrV(_, _, kb, stage), o);
+          if constexpr (kPInS)
+            gemm(mma_pv, p_in_s(_, _, kb), tOrV(_, _, kb, stage), o);
+          else
+            gemm(mma_pv, p(_, _, kb), tOrV(_, _, kb, stage), o);
           warpgroup_commit_batch();
         }
-        CUTE_UNROLL
-        for (int r = 0; r < 2; ++r) softmax[r].lane_sum += tile_sum[r];
+        if constexpr (kPInS) {
+          warpgroup_wait<0>();  // P(t) V(t): P's registers are S(t + 1)'s
+          warpgroup_fence_operand(o);
+          CUTE_UNROLL
+          for (int r = 0; r < 2; ++r)
+            softmax[r].lane_sum += (tile_sum[2 * r] + tile_sum[2 * r + 1]) + (tile_sum[2 * r + 4] + tile_sum[2 * r + 5]);
+        } else {
+          CUTE_UNROLL
+          for (int r = 0; r < 2; ++r) softmax[r].lane_sum += tile_sum[r];
+        }
       }
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(o);
+      if constexpr (!kPInS) {
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(o);
+      }
       release(empty_v, kStagesV, tiles - 1);
     }
   }
