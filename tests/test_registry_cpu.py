@@ -508,6 +508,12 @@ def test_cta_unit_lists_cover_every_unit_once_and_balance():
     indptr, units = cta_unit_lists(np.zeros(5, int), np.full(5, 640), 3, 4, 128, 5)
     firsts = [int(units[indptr[c]]) for c in range(4)]
     assert firsts == [0, 1, 2, 3] and int(units[indptr[3] + 1]) == 4 and int(units[indptr[2] + 1]) == 0 + 1 * 5, units
+    # sections whose last lap is partial: that lap goes to the least loaded CTAs, not on in the
+    # snake to the most loaded (section after section to the same ones). 8 sections of 176
+    # equal units on 132 CTAs (the chunked step's, 192-row tiles): 10-11 units each, not 8-16
+    indptr, units = cta_unit_lists(np.zeros(176, int), np.full(176, 8192), 8, 132, 128, 176, 1)
+    counts = np.diff(indptr)
+    assert counts.min() >= 10 and counts.max() <= 11, (counts.min(), counts.max())
     # B4 S4096, d128, bf16 K and V: 8 MB a KV head; half of a 50 MB L2 holds 3
     assert l2_heads_per_section(np.full(4, 4096), 128, 2, 50 << 20) == 3
     assert l2_heads_per_section(np.full(4, 1 << 20), 256, 2, 50 << 20) == 1
