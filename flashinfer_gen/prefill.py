@@ -143,8 +143,9 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
     section the units go longest first (cost: keys plus a tile for the item's own setup; ties by
     KV head, then item, so that units of equal length run head by head), dealt out to the CTAs
     in a snake (least loaded CTA first, to the most loaded, then back: over units sorted longest
-    first the laps' differences cancel, where dealing each lap the same way adds them up), which
-    keeps the CTAs' sums within about one unit of each other. (Longest first over every head at
+    first the laps' differences cancel, where dealing each lap the same way adds them up); a
+    section's last, partial lap goes to the CTAs least loaded after its whole laps. That keeps the
+    CTAs' sums within about one unit of each other. (Longest first over every head at
     once had a causal prompt's CTAs streaming 128 heads' K/V together, past L2: bf16 B4 S4096
     causal at 0.79x the non-persistent kernel, H100.) The units are placed, not sorted: plan()
     runs every step (B16 S8192 causal, 32 KV heads, 131k units: 13 ms with a sort of the units,
@@ -180,9 +181,9 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
         k = np.arange(hi - lo)
         lap, seat = k // ctas, k % ctas
         # whole laps in a snake; a last, partial lap to the CTAs least loaded after them (run on in
-        # the snake's direction, it went to the most loaded, and section after section to the same
-        # ones: the chunked step, 16 x 512 on 8192 keys with 192-row tiles, 8 sections of 176 units
-        # on 132 CTAs, dealt 8 to 16 units a CTA)
+        # the snake, after an odd number of whole laps it went to the most loaded CTAs, and section
+        # after section to the same ones: the chunked step, 16 x 512 on 8192 keys with 192-row
+        # tiles, 8 sections of 176 units on 132 CTAs, was dealt 8 to 16 units a CTA)
         full = hi - lo if hi - lo <= ctas else (hi - lo) - (hi - lo) % ctas
         cta[lo:lo + full] = seats[np.where(lap[:full] % 2 == 0, seat[:full], ctas - 1 - seat[:full])]
         load += np.bincount(cta[lo:lo + full], weights=item_cost[unit_item[lo:lo + full]], minlength=ctas).astype(np.int64)
