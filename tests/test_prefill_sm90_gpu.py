@@ -697,6 +697,8 @@ def test_persistent_ctas_walk_many_items(ctas, workspace, monkeypatch):
         m.setattr(prefill, "resident_ctas", lambda module, device: 132)
         w, _ = check_ragged(bf16, bf16, None, 128, 8, [16], [32768], workspace, causal=True, hk=8, seed=ctas, **SM90)
     assert (w._plan["schedule"].kv_end <= w._plan["schedule"].kv_begin).any(), "no empty piece"
+    # (a 16-bit q's FP8 instance has three consumers and one CTA per unit since c6948e5, so the cap
+    # leaves it as it is; the e4m3 q's, with two consumers, is the persistent FP8 one here)
     check_fp8(bf16, e4m3, "NHD", 16, 4, [1, 64, 300, 7], [1000, 129, 300, 7], workspace, causal=True, seed=ctas)
     check_fp8(e4m3, torch.float8_e5m2, "HND", 3, 8, [33, 100], [99, 700], workspace, causal=True, q_scale=0.5,
               o_dtype=f16, seed=ctas)
