@@ -303,9 +303,10 @@ struct PrefillSm90Mainloop {
           softmax_step(s, t, rescale);
           to_p(s);
         }
-        // O's rescale: with a 16-bit q apart, before P V; with an e4m3 q folded into the chunks' adds
-        // (as the 16-bit q's form, that instance's consumers spilled 8 bytes at 152 registers; this
-        // form spilled the 16-bit q's 4)
+        // O's rescale: with a 16-bit q apart, before P V; with an e4m3 q and more than one chunk
+        // (kFoldRescale) folded into the chunks' adds. In the 16-bit q's form those consumers
+        // spilled 8 bytes at 152 registers; in this form the 16-bit q's spilled 4. (rescale is +0,
+        // never NaN, for a row with no key yet, whose O is 0: 1 at t == 0 only mirrors rescale_o's skip.)
         if constexpr (kFoldRescale) {
           if (t == 0) rescale[0] = rescale[1] = 1.0f;
         } else if (t > 0) {
