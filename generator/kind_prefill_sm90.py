@@ -43,8 +43,9 @@ WIDE_MAX_HEAD_DIM = 128
 #    (at 64 once it looped over work units); the consumers' P is half as wide.
 #  - FP8, three: 56 + 3 x 152 = 512. The consumers spilled at 144; the producer at 56 spilled 12
 #    bytes when it looped over work units, so these CTAs are not persistent (persistent()).
-#    With an e4m3 q (8 bytes) or the soft-cap (200 bytes) the consumers spilled at 152, so those
-#    instances keep two (wide()).
+#    With the soft-cap the consumers spilled 200 bytes at 152, so those instances keep two
+#    (wide()); with an e4m3 q they spilled 8 bytes until O's rescale went into P V's adds (the
+#    mainloop's kFoldRescale).
 REGISTERS = {
     (False, False): (56, 224),
     (False, True): (32, 160),
@@ -82,8 +83,8 @@ ACCUMULATOR_REGISTERS = 192
 
 def wide(key: InstanceKey) -> bool:
     """Whether the CTA has WIDE_CONSUMERS consumer warpgroups: tiles up to WIDE_MAX_HEAD_DIM, but
-    FP8 ones only with a 16-bit q and no soft-cap (REGISTERS says why)."""
-    if fp8_tiles(key) and (key.q_dtype in FP8_Q_DTYPES or key.variant != "default"):
+    FP8 ones only without the soft-cap (REGISTERS says why)."""
+    if fp8_tiles(key) and key.variant != "default":
         return False
     return key.head_dim <= WIDE_MAX_HEAD_DIM
 

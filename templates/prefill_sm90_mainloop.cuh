@@ -76,6 +76,7 @@ struct PrefillSm90Mainloop {
   // head-dim rows of all kBlockN = 128 keys, so a chunk of rows is a run of whole atoms.
   static constexpr int kOChunk = Cfg::kOChunk;
   static constexpr int kOChunks = kHeadDim / kOChunk;
+  static constexpr bool kFoldRescale = kFp8 && !Cfg::kQuantiseQ && kOChunks > 1;  // see run()
   static_assert(kOChunks * kOChunk == kHeadDim && (kOChunks == 1 || (kFp8 && kBlockN == 128)),
                 "chunks of whole rows of Vt's one-atom-wide stage");
   // (a 16-bit instance names a shape the chunk types tile, never its own: it runs no chunks)
@@ -302,7 +303,15 @@ struct PrefillSm90Mainloop {
           softmax_step(s, t, rescale);
           to_p(s);
         }
-        if (t > 0) rescale_o(rescale);
+        // O's rescale: with a 16-bit q apart, before P V; with an e4m3 q and more than one chunk
+        // (kFoldRescale) folded into the chunks' adds. In the 16-bit q's form those consumers
+        // spilled 8 bytes at 152 registers; in this form the 16-bit q's spilled 4. (rescale is +0,
+        // never NaN, for a row with no key yet, whose O is 0: 1 at t == 0 only mirrors rescale_o's skip.)
+        if constexpr (kFoldRescale) {
+          if (t == 0) rescale[0] = rescale[1] = 1.0f;
+        } else if (t > 0) {
+          rescale_o(rescale);
+        }
         acquire(full_v, kStagesV, t, false);
         const int stage = (ring + t) % kStagesV;
         CUTE_UNROLL
@@ -314,7 +323,12 @@ struct PrefillSm90Mainloop {
           wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/true>(mma_pvc, p, tOrV_c, o_part);
           warpgroup_wait<0>();
           CUTE_UNROLL
-          for (int i = 0; i < size(o_part); ++i) o(size(o_part) * c + i) += o_part(i);
+          for (int i = 0; i < size(o_part); ++i) {
+            if constexpr (kFoldRescale)
+              o(size(o_part) * c + i) = fmaf(o(size(o_part) * c + i), rescale[(i / 2) % 2], o_part(i));
+            else
+              o(size(o_part) * c + i) += o_part(i);
+          }
         }
         release(empty_v, kStagesV, t);
       }

@@ -100,10 +100,10 @@ def test_prefill_sm90_space():
     for k in keys:
         source = render(k)
         rows, keys_per_tile = KINDS["prefill_sm90"].tiles(k)
-        # three consumer warpgroups up to head dim 128, two past it; FP8 three only with a 16-bit
-        # q and no soft-cap (ptxas spilled the others' consumers at 152). At 128 three 16-bit
-        # consumers hold P over S's registers, three FP8 ones run P V 64 columns of O at a time.
-        fp8_narrow = k.is_fp8 and (k.q_dtype == "e4m3" or k.variant != "default")
+        # three consumer warpgroups up to head dim 128, two past it; FP8 three only without the
+        # soft-cap (ptxas spilled its consumers at 152). At 128 three 16-bit consumers hold P over
+        # S's registers, three FP8 ones run P V 64 columns of O at a time.
+        fp8_narrow = k.is_fp8 and k.variant != "default"
         consumers = 3 if k.head_dim <= 128 and not fp8_narrow else 2
         assert constant(source, "kConsumers") == consumers and rows == 64 * consumers
         assert f"/*kPInS=*/{'true' if consumers == 3 and k.head_dim == 128 and not k.is_fp8 else 'false'}" in source

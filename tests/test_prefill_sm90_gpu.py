@@ -679,7 +679,7 @@ def test_fp8_q_graph_wrapper_follows_each_plan(workspace):
 def test_persistent_ctas_walk_many_items(ctas, workspace, monkeypatch):
     """A persistent instance (head dim <= 128) with its grid capped at 1-3 CTAs: each CTA walks many
     work units, so its rings wrap within and across items, for TMA and gathered tiles (page 3),
-    16-bit and FP8 caches, an e4m3 q, split-KV (with pieces that have no keys), and a CUDA-graph
+    16-bit and FP8 caches (FP8 persistent with the soft-cap), an e4m3 q, split-KV (with pieces that have no keys), and a CUDA-graph
     wrapper, against the same references and bounds as the uncapped tests. A wrong ring count or
     a barrier some threads skip hangs rather than fails here (the device runs are under a
     timeout); the shared-memory hazards between units (Q and q_scale rewritten, the gather's row
@@ -697,9 +697,13 @@ def test_persistent_ctas_walk_many_items(ctas, workspace, monkeypatch):
         m.setattr(prefill, "resident_ctas", lambda module, device: 132)
         w, _ = check_ragged(bf16, bf16, None, 128, 8, [16], [32768], workspace, causal=True, hk=8, seed=ctas, **SM90)
     assert (w._plan["schedule"].kv_end <= w._plan["schedule"].kv_begin).any(), "no empty piece"
-    # (a 16-bit q's FP8 instance has three consumers and one CTA per unit since c6948e5, so the cap
-    # leaves it as it is; the e4m3 q's, with two consumers, is the persistent FP8 one here)
+    # FP8 instances with three consumers (the default variant) run one CTA per unit, so the cap
+    # leaves them as they are; the soft-cap ones, with two consumers, are the persistent FP8 ones
     check_fp8(bf16, e4m3, "NHD", 16, 4, [1, 64, 300, 7], [1000, 129, 300, 7], workspace, causal=True, seed=ctas)
     check_fp8(e4m3, torch.float8_e5m2, "HND", 3, 8, [33, 100], [99, 700], workspace, causal=True, q_scale=0.5,
               o_dtype=f16, seed=ctas)
+    check_fp8(bf16, e4m3, "HND", 3, 4, [1, 64, 300, 7], [1000, 129, 300, 7], workspace, causal=True, soft_cap=30.0,
+              seed=ctas)
+    check_fp8(e4m3, e4m3, "NHD", 16, 8, [33, 100], [99, 700], workspace, causal=True, soft_cap=30.0, q_scale=0.5,
+              o_dtype=bf16, seed=ctas)
     test_fp8_q_graph_wrapper_follows_each_plan(workspace)
