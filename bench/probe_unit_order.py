@@ -22,6 +22,7 @@ tree = os.environ.get("FIG_TREE") or os.path.dirname(os.path.dirname(os.path.abs
 sys.path.insert(0, tree)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_decode import time_graph  # noqa: E402
+from bench_prefill import CHUNK_BATCH, CHUNK_D, CHUNK_HEADS, CHUNK_KV, CHUNK_QO, PAGE, attention_flops  # noqa: E402
 import flashinfer_gen.prefill as P  # noqa: E402
 from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper  # noqa: E402
 
@@ -49,7 +50,7 @@ def main() -> None:
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     flush = torch.empty(64 << 20, dtype=torch.float32, device="cuda")
     torch.manual_seed(0)
-    dt, H, HK, D, page, B, QO, KV = torch.bfloat16, 32, 8, 128, 16, 16, 512, 8192
+    dt, (H, HK), D, page, B, QO, KV = torch.bfloat16, CHUNK_HEADS, CHUNK_D, PAGE, CHUNK_BATCH, CHUNK_QO, CHUNK_KV
     q = torch.randn(B * QO, H, D, dtype=dt, device="cuda")
     out = torch.empty_like(q)
     per = KV // page
@@ -59,7 +60,7 @@ def main() -> None:
     qo = torch.arange(0, B * QO + 1, QO, dtype=torch.int32, device="cuda")
     pind = torch.arange(0, n + 1, per, dtype=torch.int32, device="cuda")
     last = torch.full((B,), page, dtype=torch.int32, device="cuda")
-    flops = 4 * B * H * D * sum(KV - QO + i + 1 for i in range(QO))  # bottom-right causal
+    flops = attention_flops(B, H, D, QO, KV, causal=True)
     for name, lists in (("default", P.cta_unit_lists), ("round_robin", round_robin), ("blocks", blocks)):
         P.cta_unit_lists = lists
         w = BatchPrefillWithPagedKVCacheWrapper(ws, kv_layout="NHD", backend="sm90")
