@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   const int thread = threadIdx.x % 128;
   for_each_unit([&](int item, int kv_head, int ring) {
     Mainloop ml;
-    int begin, end, hi_min, lo_max, kv_len;  // what the mainloop needs of the item; the rest is reloaded after it
+    int begin, end, hi_min, lo_max, hi_max, kv_len;  // what the mainloop needs of the item; the rest is reloaded after it
     {
       const PrefillItem work = PrefillItem::load(p, item, kv_head);
       ml.load_q(smem, consumer, thread, work, p);
@@ -179,10 +179,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
       for (int r = 0; r < 2; ++r)
         ml.bounds[r] = work.key_range(first + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r, p.causal,
                                       p.window_left);
-      // Bounds shared by every row of the warpgroup: tiles inside them need no per-key test.
+      // Bounds shared by every row of the warpgroup (tiles inside [lo_max, hi_min] need no
+      // per-key test), and the last key any of its rows sees (rows are in token order: the last
+      // row's), begin - 1 for a warpgroup past the item's rows.
+      const int last = max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1);
+      const int2 last_keys = work.key_range(last, p.causal, p.window_left);
       hi_min = work.key_range(first, p.causal, p.window_left).y;
-      lo_max = work.key_range(max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1), p.causal,
-                              p.window_left).x;
+      lo_max = last_keys.x;
+      hi_max = first < work.rows.rows_total ? last_keys.y : work.begin - 1;
       begin = work.begin;
       end = work.end;
       kv_len = work.kv_len;
@@ -190,7 +194,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
     const typename Cfg::Logits logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
                                           device_scale(p.scales.k_scale_device, true),
                                       p.scales.logits_soft_cap);
-    ml.run(smem, consumer, thread, begin, end, hi_min, lo_max, logits, ring, all.maps.rows, kv_len);
+    ml.run(smem, consumer, thread, begin, end, hi_min, lo_max, hi_max, logits, ring, all.maps.rows, kv_len);
     // The item's rows, read again (held across the mainloop, they spilled)
     ml.store(PrefillItem::load(p, item, kv_head).rows, p, consumer, thread,
              args.out_scale * device_scale(p.scales.v_scale_device, false));

@@ -194,14 +194,19 @@ struct PrefillSm90Mainloop {
     }
   }
 
-  // Every tile of keys [begin, end); tiles past hi_min or before lo_max need the per-key mask.
-  // The consumer warpgroups run without turns: each one's GEMMs fill the tensor cores while
-  // another makes P (see the 16-bit loop). ring: the tiles of the CTA's earlier items (the
-  // producer's count: prefill_sm90_load.cuh); rows, kv_len: the cache's TMA box rows and the
-  // request's keys, which say what tiles the producer gathered with cp.async (Load::gathered).
+  // Every tile of keys [begin, end) the producer publishes; tiles past hi_min or before lo_max
+  // need the per-key mask, and tiles past hi_max (keys no row of the warpgroup sees: past the
+  // causal diagonal of its last row, or every tile for a warpgroup with no rows, in an item's
+  // last, partial row tile) are only waited for and freed. The consumer warpgroups run without
+  // turns: each one's GEMMs fill the tensor cores while another makes P (see the 16-bit loop), so
+  // a tile one skips speeds the others. (Skipping the tiles before a sliding window's first key
+  // as well made the three-consumer 16-bit instances spill or serialise their WGMMAs.) ring: the
+  // tiles of the CTA's earlier items (the producer's count: prefill_sm90_load.cuh); rows, kv_len:
+  // the cache's TMA box rows and the request's keys, which say what tiles the producer gathered
+  // with cp.async (Load::gathered).
   __device__ __forceinline__ void run(typename Smem::Storage& smem, int warpgroup, int thread, int begin, int end,
-                                      int hi_min, int lo_max, const Logits& logits, int ring, int rows,
-                                      int kv_len) {
+                                      int hi_min, int lo_max, int hi_max, const Logits& logits, int ring,
+                                      int rows, int kv_len) {
     using namespace cute;
     Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Smem::LayoutQ{})(_, _, warpgroup);  // (row, d)
     Tensor sK = make_tensor(make_smem_ptr(smem.kv.k), typename Smem::LayoutK{});                 // (key, d, stage)
@@ -228,6 +233,10 @@ struct PrefillSm90Mainloop {
     const int first = PrefillSm90Load<Cfg>::first_key(begin);
     const int tiles = PrefillSm90Load<Cfg>::tile_count(begin, end);
     if (tiles == 0) return;
+    // The tiles [0, t1) this warpgroup computes: none where its rows see no key of the item
+    // (hi_max < begin). Every tile with FP8 tiles and a 16-bit q: t1 next to the tile count made
+    // their consumers spill at 152 registers (4-8 bytes, in every form tried).
+    const int t1 = Cfg::kQuantiseQ ? tiles : hi_max >= begin ? (hi_max - first) / kBlockN + 1 : 0;
     // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, before P V
     // reads V(t), so the producer can refill it meanwhile. The item's tile t is the rings' tile
     // ring + t. A TMA tile lands in the async proxy that WGMMA reads; a gathered one (cp.async,
@@ -242,6 +251,14 @@ struct PrefillSm90Mainloop {
     auto release = [&](StageBarrier* empty, int stages, int t) {
       __syncwarp();
       if (lane == 0) empty[(ring + t) % stages].arrive();  // this warp's WGMMAs have read it
+    };
+    // A tile past t1: freed unread, after its full barrier's phase (an arrival before it would
+    // count towards the stage's previous use).
+    auto pass = [&](int t) {
+      acquire(smem.full_k, kStagesK, t, false);
+      release(smem.empty_k, kStagesK, t);
+      acquire(full_v, kStagesV, t, false);
+      release(empty_v, kStagesV, t);
     };
     // Whether tile t needs the per-key mask. Masked tiles are a separate instantiation: a run-time
     // flag would put the per-key test into every tile.
@@ -292,7 +309,7 @@ struct PrefillSm90Mainloop {
       TiledMmaPVChunk mma_pvc;
       auto thr_pvc = mma_pvc.get_thread_slice(thread);
 #pragma unroll 1
-      for (int t = 0; t < tiles; ++t) {
+      for (int t = 0; t < t1; ++t) {
         acquire(smem.full_k, kStagesK, t, gathered(t));
         float rescale[2];
         {
@@ -365,7 +382,7 @@ struct PrefillSm90Mainloop {
       }
       warpgroup_fence_operand(o);
 #pragma unroll 1
-      for (int t = 0; t < tiles; ++t) {
+      for (int t = 0; t < t1; ++t) {
         acquire(smem.full_k, kStagesK, t, gathered(t));
         FragS s;
         wgmma_gemm</*kZeroInit=*/true, /*kARegisters=*/false>(mma_qk, tSrQ, tSrK(_, _, _, (ring + t) % kStagesK), s);
@@ -428,8 +445,10 @@ struct PrefillSm90Mainloop {
         warpgroup_wait<0>();
         warpgroup_fence_operand(o);
       }
-      release(empty_v, kStagesV, tiles - 1);
+      if (t1 > 0) release(empty_v, kStagesV, t1 - 1);
     }
+#pragma unroll 1
+    for (int t = t1; t < tiles; ++t) pass(t);
   }
 
   // The thread's two rows of O, normalised, and their LSE (base 2), from its registers to global
