@@ -181,12 +181,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
                                       p.window_left);
       // Bounds shared by every row of the warpgroup (tiles inside [lo_max, hi_min] need no
       // per-key test), and the last key any of its rows sees (rows are in token order: the last
-      // row's), begin - 1 for a warpgroup past the item's rows.
-      const int last = max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1);
-      const int2 last_keys = work.key_range(last, p.causal, p.window_left);
+      // row's), begin - 1 for a warpgroup past the item's rows. (The mainloop does not use hi_max
+      // with kQuantiseQ; written in this form, those instances compile to the SASS they had
+      // before it, which a shared `last` row changed.)
       hi_min = work.key_range(first, p.causal, p.window_left).y;
-      lo_max = last_keys.x;
-      hi_max = first < work.rows.rows_total ? last_keys.y : work.begin - 1;
+      lo_max = work.key_range(max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1), p.causal,
+                              p.window_left).x;
+      hi_max = first < work.rows.rows_total
+                   ? work.key_range(min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1, p.causal, p.window_left).y
+                   : work.begin - 1;
       begin = work.begin;
       end = work.end;
       kv_len = work.kv_len;

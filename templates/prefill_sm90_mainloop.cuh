@@ -447,8 +447,10 @@ struct PrefillSm90Mainloop {
       }
       if (t1 > 0) release(empty_v, kStagesV, t1 - 1);
     }
+    if constexpr (!Cfg::kQuantiseQ) {
 #pragma unroll 1
-    for (int t = t1; t < tiles; ++t) pass(t);
+      for (int t = t1; t < tiles; ++t) pass(t);
+    }
   }
 
   // The thread's two rows of O, normalised, and their LSE (base 2), from its registers to global
