@@ -4,6 +4,9 @@ Nsight Compute by `bash bench/run_device.sh ncu` (which passes --clock-control n
 sections); the script itself launches the kernel twice (warm-up, then the profiled launch).
 
 usage: python bench/ncu_prefill.py {bf16|e4m3|e5m2} [hardware|software] [--causal] [--backend sm80|sm90]
+                                  [--q e4m3]
+--q e4m3 (an FP8 cache, the sm90 family): q given in e4m3 (its bf16 values rounded; q_scale 1, output
+bf16), as bench_prefill's "q e4m3" rows.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ def main(argv: list[str]) -> None:
     conversion = argv[1] if len(argv) > 1 and not argv[1].startswith("--") else None
     causal = "--causal" in argv
     backend = argv[argv.index("--backend") + 1] if "--backend" in argv else "auto"
+    q_name = argv[argv.index("--q") + 1] if "--q" in argv else "bf16"
     batch, seq, hq, hk, d, page = 4, 4096, 32, 32, 128, 16
     gen = torch.Generator(device="cuda").manual_seed(0)
     pages_per_req = seq // page
@@ -34,11 +38,11 @@ def main(argv: list[str]) -> None:
     kv_indptr = torch.arange(0, num_pages + 1, pages_per_req, device="cuda", dtype=torch.int32)
     last = torch.full((batch,), page, device="cuda", dtype=torch.int32)
     qo_indptr = torch.arange(0, batch * seq + 1, seq, device="cuda", dtype=torch.int32)
-    q = torch.randn(batch * seq, hq, d, device="cuda", generator=gen).to(torch.bfloat16)
+    q = torch.randn(batch * seq, hq, d, device="cuda", generator=gen).to(torch.bfloat16).to(DTYPES[q_name])
     w = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"),
                                                            fp8_conversion=conversion, jit=True, backend=backend)
-    w.plan(qo_indptr, kv_indptr, indices, last, hq, hk, d, page, causal=causal, q_data_type=torch.bfloat16,
-           kv_data_type=DTYPES[kv_name])
+    w.plan(qo_indptr, kv_indptr, indices, last, hq, hk, d, page, causal=causal, q_data_type=q.dtype,
+           kv_data_type=DTYPES[kv_name], o_data_type=torch.bfloat16)
     for _ in range(2):
         w.run(q, (k, v))
     torch.cuda.synchronize()

@@ -18,7 +18,8 @@
 #   append       the append benchmark (bench/bench_append.py) into $OUT
 #   generate     the '.[hf]' extra from .wheels/hf, tests/test_generate_gpu.py, examples/generate.py into $OUT
 #   ncu          Nsight Compute reports of the d128 prefill kernel ($FIG_NCU_CASES, bench/ncu_prefill.py;
-#                $FIG_NCU_ARGS e.g. "--backend sm90" with FIG_NCU_KERNEL=prefill_sm90_kernel)
+#                $FIG_NCU_ARGS e.g. "--backend sm90" with FIG_NCU_KERNEL=prefill_sm90_kernel; $FIG_NCU_TAG
+#                is appended to the report names, for runs of the same cases with other arguments)
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
 #   abprefill DIR  bench_prefill.py --family sm90 --quick (pages 16, 64) for this tree and DIR, twice each
 set -uo pipefail
@@ -101,9 +102,9 @@ while [ $# -gt 0 ]; do
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats --section SchedulerStats --section InstructionStats \
         --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active \
-        python bench/ncu_prefill.py $kv $conv ${FIG_NCU_ARGS:-} >"$OUT/ncu_${kv}_${conv:-none}.txt" 2>&1 || rc=1
-      grep -E "profiled|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|hmma_cycles|pipe_xu|pipe_fma|bank_conflicts|pipe_lsu|No Eligible|Stall" \
-        "$OUT/ncu_${kv}_${conv:-none}.txt" | head -20 | sed "s/^/$case: /"
+        python bench/ncu_prefill.py $kv $conv ${FIG_NCU_ARGS:-} >"$OUT/ncu_${kv}_${conv:-none}${FIG_NCU_TAG:-}.txt" 2>&1 || rc=1
+      grep -E "profiled|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|hmma_cycles|pipe_xu|pipe_fma|bank_conflicts|pipe_lsu|No Eligible|Stall" \
+        "$OUT/ncu_${kv}_${conv:-none}${FIG_NCU_TAG:-}.txt" | head -20 | sed "s/^/$case${FIG_NCU_TAG:-}: /"
     done
     ;;
   tune)  # the prefill tile-shape sweep, variants in $FIG_TUNE_VARIANTS
