@@ -33,13 +33,13 @@ def _lists(cta: np.ndarray, units: np.ndarray, ctas: int) -> tuple[np.ndarray, n
     return indptr.astype(np.int32), units[order].astype(np.int32)
 
 
-def round_robin(kv_begin, kv_end, kv_heads, ctas, tile_keys, stride, heads_per_section=None):
+def round_robin(kv_begin, kv_end, kv_heads, ctas, tile_keys, stride, heads_per_section=None, item_weight=None):
     items = kv_begin.size
     u = np.arange(items * kv_heads)
     return _lists(u % ctas, (u % items) + (u // items) * stride, ctas)
 
 
-def blocks(kv_begin, kv_end, kv_heads, ctas, tile_keys, stride, heads_per_section=None):
+def blocks(kv_begin, kv_end, kv_heads, ctas, tile_keys, stride, heads_per_section=None, item_weight=None):
     items = kv_begin.size
     n = items * kv_heads
     u = np.arange(n)

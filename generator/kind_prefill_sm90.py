@@ -182,6 +182,21 @@ def persistent(key: InstanceKey) -> bool:
     return key.head_dim <= PERSISTENT_MAX_HEAD_DIM and not (fp8_tiles(key) and wide(key))
 
 
+# A persistent CTA's work unit whose consumer warpgroups do not all have rows (an item's last,
+# partial row tile) costs less than a full one, though its idle consumers still wait for each of
+# its tiles and the others' serial tiles leave the tensor cores part idle: 64 and 128 of 192 rows
+# took 0.646 and 0.802 of the time (bench/probe_unit_cost.py, d128 bf16, H100, 14891fa). So each
+# consumer without rows saves IDLE_CONSUMER_SAVING of a unit (two consumers' costs extrapolated).
+IDLE_CONSUMER_SAVING = 0.175
+
+
+def unit_cost(key: InstanceKey) -> tuple[int, tuple[float, ...]]:
+    """(CONSUMER_ROWS, the relative cost of a unit with 1 .. consumers(key) consumers given rows),
+    for plan()'s dealing of the units to persistent CTAs (prefill.py, cta_unit_lists)."""
+    c = consumers(key)
+    return CONSUMER_ROWS, tuple(1.0 - IDLE_CONSUMER_SAVING * (c - a) for a in range(1, c + 1))
+
+
 def fp8_head_dim(key: InstanceKey) -> str | None:
     if fp8_tiles(key) and key.head_dim % FP8_ATOM_COLUMNS:
         return (f"FP8 tiles need a head dim that is a multiple of {FP8_ATOM_COLUMNS} (whole 128-byte rows), "
@@ -232,4 +247,5 @@ SPEC = KindSpec(
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
     persistent=persistent,
+    unit_cost=unit_cost,
 )
