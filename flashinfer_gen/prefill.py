@@ -149,13 +149,13 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
     in a snake (least loaded CTA first, to the most loaded, then back: over units sorted longest
     first the laps' differences cancel, where dealing each lap the same way adds them up); a
     section's last, partial lap goes to the CTAs least loaded after its whole laps. The last
-    TAIL_GREEDY_LAPS laps of units, in that order, are then dealt again, each to the CTA least
-    loaded at the time: the snake balances a section's laps, while the CTAs' final sums are set
-    by the last units. A unit's cost is its item's keys plus a tile, times item_weight (the
-    kind's unit_cost: an item whose rows leave some of the CTA's consumer warpgroups idle costs
-    less; 1 by default). That keeps the CTAs' sums within about one unit of each other (d128 B4
-    S4096 32/32 with the costs measured: max / mean 1.048 without the weights and the greedy
-    tail, 1.014 with them; causal 1.054 and 1.015). (Longest first over every head at
+    section's last TAIL_GREEDY_LAPS laps of units, in that order (longest first), are then dealt
+    again, each to the CTA least loaded at the time: the snake balances a section's laps, while
+    the CTAs' final sums are set by the last units. A unit's cost, by which "longest" goes, is its
+    item's keys plus a tile, times item_weight (unit_weights: an item whose rows leave some of
+    the CTA's consumer warpgroups idle costs less; 1 by default). That keeps the CTAs' sums within
+    about one unit of each other (d128 B4 S4096 32/32 scored with the unit costs measured: max /
+    mean 1.048 without the weights and the greedy laps, 1.014 with them; causal 1.054 and 1.014). (Longest first over every head at
     once had a causal prompt's CTAs streaming 128 heads' K/V together, past L2: bf16 B4 S4096
     causal at 0.79x the non-persistent kernel, H100.) The units are placed, not sorted: plan()
     runs every step (B16 S8192 causal, 32 KV heads, 131k units: 13 ms with a sort of the units,
@@ -200,9 +200,10 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
         if full < hi - lo:
             cta[lo + full:hi] = np.argsort(load, kind="stable")[seat[full:]]
             load += np.bincount(cta[lo + full:hi], weights=item_cost[unit_item[lo + full:hi]], minlength=ctas)
-    # the last units again, each to the least loaded CTA then (a few hundred heap steps)
+    # the last section's last units again, each to the least loaded CTA then (a few hundred heap
+    # steps; within the section, so still longest first)
     n = cta.size
-    first = max(0, n - TAIL_GREEDY_LAPS * ctas)
+    first = max(lo, n - TAIL_GREEDY_LAPS * ctas)
     heap = list(zip(np.bincount(cta[:first], weights=item_cost[unit_item[:first]], minlength=ctas).tolist(),
                     range(ctas)))
     heapq.heapify(heap)
@@ -215,6 +216,16 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
     units = (unit_item + unit_head * stride)[by_cta]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(cta, minlength=ctas))])
     return indptr.astype(np.int32), units.astype(np.int32)
+
+
+def unit_weights(cost: tuple[int, tuple[float, ...]] | None, rows: np.ndarray) -> np.ndarray | None:
+    """Each item's unit cost relative to a full row tile's (cta_unit_lists' item_weight) from the
+    kind's unit_cost (rows a row group takes, cost by how many groups have rows) and the item's
+    packed rows; None where the kind gives none."""
+    if cost is None:
+        return None
+    granule, by_groups = cost
+    return np.asarray(by_groups)[np.clip(-(-rows // granule), 1, len(by_groups)) - 1]
 
 
 def l2_heads_per_section(kv_len: np.ndarray, head_dim: int, kv_bytes: int, l2_bytes: int) -> int:
@@ -391,11 +402,8 @@ class _BatchPrefill(Wrapper):
             ctas = (min(sched.request.size * num_kv_heads, resident, MAX_PERSISTENT_CTAS or resident)
                     if capacity is None else capacity["ctas"])
         sections = l2_heads_per_section(kv_len, head_dim, KV_BYTES[kv_name], l2_bytes(device)) if ctas else None
-        weight = None
-        if ctas and spec.unit_cost is not None:  # an item's cost by how many of the CTA's row groups it fills
-            granule, by_groups = spec.unit_cost(module.key)
-            rows = np.minimum(tile_rows, qo_len[sched.request] * group - sched.row_begin)
-            weight = np.asarray(by_groups)[np.clip(-(-rows // granule), 1, len(by_groups)) - 1]
+        weight = unit_weights(spec.unit_cost(module.key) if ctas and spec.unit_cost else None,
+                              np.minimum(tile_rows, qo_len[sched.request] * group - sched.row_begin))
         cta_indptr, cta_units = cta_unit_lists(sched.kv_begin, sched.kv_end, num_kv_heads, ctas, tile_keys, grid_items,
                                                sections, weight)
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,

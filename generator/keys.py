@@ -115,8 +115,9 @@ class KindSpec:
     context: Callable[[InstanceKey], dict]         # the constants its template renders
     tiles: Callable[[InstanceKey], tuple[int, int]] | None = None  # (rows, keys) per CTA tile, where plan() needs them
     persistent: Callable[[InstanceKey], bool] | None = None  # CTAs walk plan()'s per-CTA unit lists (work.ctas)
-    # (rows a CTA's row group takes, a persistent unit's relative cost by how many row groups have rows)
-    unit_cost: Callable[[InstanceKey], tuple[int, tuple[float, ...]]] | None = None
+    # (rows a CTA's row group takes, a persistent unit's relative cost by how many row groups have
+    # rows), or None for the instance: its units cost by their keys alone
+    unit_cost: Callable[[InstanceKey], tuple[int, tuple[float, ...]] | None] | None = None
 
     def allowed(self, field: str) -> tuple:
         if field == "kind":

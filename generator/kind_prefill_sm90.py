@@ -184,16 +184,21 @@ def persistent(key: InstanceKey) -> bool:
 
 # A persistent CTA's work unit whose consumer warpgroups do not all have rows (an item's last,
 # partial row tile) costs less than a full one, though its idle consumers still wait for each of
-# its tiles and the others' serial tiles leave the tensor cores part idle: 64 and 128 of 192 rows
-# took 0.646 and 0.802 of the time (bench/probe_unit_cost.py, d128 bf16, H100, 14891fa). So each
-# consumer without rows saves IDLE_CONSUMER_SAVING of a unit (two consumers' costs extrapolated).
+# its tiles and the others' serial tiles leave the tensor cores part idle: with three consumers,
+# 64 and 128 of 192 rows took 0.646 and 0.802 of the time (bench/probe_unit_cost.py, d128 bf16,
+# H100, 14891fa), so each consumer without rows saves IDLE_CONSUMER_SAVING of a unit.
 IDLE_CONSUMER_SAVING = 0.175
 
 
-def unit_cost(key: InstanceKey) -> tuple[int, tuple[float, ...]]:
+def unit_cost(key: InstanceKey) -> tuple[int, tuple[float, ...]] | None:
     """(CONSUMER_ROWS, the relative cost of a unit with 1 .. consumers(key) consumers given rows),
-    for plan()'s dealing of the units to persistent CTAs (prefill.py, cta_unit_lists)."""
+    for plan()'s dealing of the units to persistent CTAs (prefill.py, cta_unit_lists); None (units
+    of equal keys cost the same) where it was not measured: two consumers, and FP8 tiles with a
+    16-bit q, whose consumers compute every tile whether their rows need it or not (the mainloop's
+    t1)."""
     c = consumers(key)
+    if c != WIDE_CONSUMERS or (fp8_tiles(key) and key.q_dtype not in FP8_Q_DTYPES):
+        return None
     return CONSUMER_ROWS, tuple(1.0 - IDLE_CONSUMER_SAVING * (c - a) for a in range(1, c + 1))
 
 

@@ -520,34 +520,48 @@ def test_cta_unit_lists_cover_every_unit_once_and_balance():
     assert [a.size for a in cta_unit_lists(np.zeros(0, int), np.zeros(0, int), 4, 3, 128, 8)] == [4, 0]
 
 
-def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily(monkeypatch):
+def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily():
     """B4 S4096, 32/32 heads, d128 on the Hopper family (192-row tiles, 3 KV heads a section): each
     request's last item has 64 rows, whose unit the kind's unit_cost puts at 0.65 of a full one
     (measured 0.646). With those weights and the greedy last laps, the CTAs' largest sum of the
-    measured costs is within 2% of the mean, non-causal and causal; dealt as equal units in the
-    snake alone (no weights, no greedy laps: the dealing before them) 4.8% and 5.4% over."""
-    import flashinfer_gen.prefill as prefill
-    from flashinfer_gen.prefill import cta_unit_lists, l2_heads_per_section, make_schedule
+    measured costs is within 2% of the mean, non-causal and causal (dealt as equal units in the
+    snake alone, as before them: 4.8% and 5.4% over), and each CTA's units stay by section,
+    costliest first within one. unit_cost gives none where it was not measured (two consumers;
+    FP8 tiles with a 16-bit q, whose consumers compute every tile); unit_weights maps GQA-packed
+    rows to row groups."""
+    from flashinfer_gen.prefill import cta_unit_lists, l2_heads_per_section, make_schedule, unit_weights
     from generator.instances import KINDS
     from generator.keys import InstanceKey
-    key = InstanceKey(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", head_dim=128, arch="sm90a",
-                      conversion="none")
     spec = KINDS["prefill_sm90"]
+    key = InstanceKey("prefill_sm90", "bf16", "bf16", 128, "sm90a", "none")
     granule, by_groups = spec.unit_cost(key)
     tile_rows, tile_keys = spec.tiles(key)
     assert (granule, tile_rows) == (64, 192) and np.allclose(by_groups, (0.65, 0.825, 1.0))
+    assert spec.unit_cost(InstanceKey("prefill_sm90", "bf16", "bf16", 256, "sm90a", "none")) is None  # 2 consumers
+    assert spec.unit_cost(InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware")) is None
+    assert spec.unit_cost(InstanceKey("prefill_sm90", "e4m3", "e4m3", 128, "sm90a", "hardware", "default",
+                                      "bf16")) is not None
+    # rows of GQA-packed items (group 4: 48 tokens a 192-row tile) -> 1, 2, 3 row groups
+    assert unit_weights((64, (0.65, 0.825, 1.0)), np.array([1, 64, 65, 128, 129, 192])).tolist() == \
+        [0.65, 0.65, 0.825, 0.825, 1.0, 1.0]
+    assert unit_weights(None, np.array([5])) is None
     qo = kv = np.full(4, 4096)
     measured = np.array((0.646, 0.802, 1.0))
+    per = l2_heads_per_section(kv, 128, 2, 50 << 20)
     for causal in (False, True):
         s = make_schedule(qo, kv, 1, causal, -1, 32, 132, tile_rows, tile_keys)
-        groups = -(-np.minimum(tile_rows, qo[s.request] - s.row_begin) // granule)
+        rows = np.minimum(tile_rows, qo[s.request] - s.row_begin)
+        groups = -(-rows // granule)
         true_cost = (s.kv_end - s.kv_begin + tile_keys) * measured[groups - 1]
-        per = l2_heads_per_section(kv, 128, 2, 50 << 20)
-        spread = []
-        for weight, laps in ((None, 0), (np.asarray(by_groups)[groups - 1], prefill.TAIL_GREEDY_LAPS)):
-            monkeypatch.setattr(prefill, "TAIL_GREEDY_LAPS", laps)
-            indptr, units = cta_unit_lists(s.kv_begin, s.kv_end, 32, 132, tile_keys, s.request.size, per, weight)
-            assert sorted(units.tolist()) == list(range(s.request.size * 32))
-            sums = [true_cost[units[indptr[c]:indptr[c + 1]] % s.request.size].sum() for c in range(132)]
-            spread.append(max(sums) / np.mean(sums))
-        assert spread[0] > 1.04 and spread[1] < 1.02, (causal, spread)
+        weight = unit_weights((granule, by_groups), rows)
+        indptr, units = cta_unit_lists(s.kv_begin, s.kv_end, 32, 132, tile_keys, s.request.size, per, weight)
+        assert sorted(units.tolist()) == list(range(s.request.size * 32))
+        sums = [true_cost[units[indptr[c]:indptr[c + 1]] % s.request.size].sum() for c in range(132)]
+        spread = max(sums) / np.mean(sums)
+        dealt_cost = (s.kv_end - s.kv_begin + tile_keys) * weight
+        for c in range(132):
+            own = units[indptr[c]:indptr[c + 1]]
+            section = (own // s.request.size) // per
+            assert (np.diff(section) >= 0).all(), "a CTA's units section by section"
+            assert (np.diff(dealt_cost[own % s.request.size])[np.diff(section) == 0] <= 0).all(), "costliest first"
+        assert spread < 1.02, (causal, spread)
