@@ -22,6 +22,8 @@
 #                is appended to the report names, for runs of the same cases with other arguments)
 #   ab DIR ARGS  bench_decode.py ARGS for this tree and for the older checkout in DIR (A/B, same machine)
 #   abprefill DIR  bench_prefill.py --family sm90 --quick (pages 16, 64) for this tree and DIR, twice each
+#   abrotated DIR  bench/rotated_prefill.py (the Hopper bars' rows against cuDNN, rotated rounds;
+#                $FIG_ROT_ARGS, default --rounds 3) for this tree and DIR, alternating, twice each
 set -uo pipefail
 OUT=${OUT:-/tmp/fig_out}; mkdir -p "$OUT"
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.wheels PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -129,6 +131,26 @@ while [ $# -gt 0 ]; do
           --family sm90 ${FIG_ABP_ARGS:---quick --pages 16,64} --reps 10 --out "$OUT/abp_${name}_$round.json" >"$OUT/abp_${name}_$round.log" 2>&1 \
           || { tail -20 "$OUT/abp_${name}_$round.log"; rc=1; }
         grep -E "^(B4|chunked)" "$OUT/abp_${name}_$round.log" | grep -v dense | cut -c1-78 | sed "s/^/$name$round /" | head -40
+      done
+    done
+    break
+    ;;
+  abrotated)  # abrotated DIR: the instances both trees need built into one cache (plan() changes
+    # leave the kernels alike; a kernel change builds its own under the same cache, keyed by
+    # source), then rotated_prefill for this tree, DIR, this tree, DIR
+    base=$(cd "$1" && pwd); shift
+    for tree in "$PWD" "$base"; do
+      (cd "$tree" && PYTHONPATH=$tree python -m flashinfer_gen.cli build --kind prefill_sm90 --arch sm90a \
+         --head-dim 128 --q-dtype bf16,e4m3 --kv-dtype bf16,e4m3 --conversion none,hardware --variant default \
+         --jobs 8 >>"$OUT/abr_build.log" 2>&1) || { tail -20 "$OUT/abr_build.log"; exit 1; }
+    done
+    for round in 1 2; do
+      for tree in "$PWD" "$base"; do
+        name=$([ "$tree" = "$PWD" ] && echo new || echo base)
+        FIG_TREE=$tree FLASHINFER_GEN_JIT=1 python bench/rotated_prefill.py ${FIG_ROT_ARGS:---rounds 3} \
+          --out "$OUT/abr_${name}_$round.json" >"$OUT/abr_${name}_$round.log" 2>&1 \
+          || { tail -20 "$OUT/abr_${name}_$round.log"; rc=1; }
+        sed -n '/^median/,$p' "$OUT/abr_${name}_$round.log" | sed "s/^/$name$round /"
       done
     done
     break
