@@ -135,19 +135,20 @@ while [ $# -gt 0 ]; do
     done
     break
     ;;
-  abrotated)  # abrotated DIR: the instances both trees need built into one cache (plan() changes
-    # leave the kernels alike; a kernel change builds its own under the same cache, keyed by
-    # source), then rotated_prefill for this tree, DIR, this tree, DIR
+  abrotated)  # abrotated DIR: the instances both trees need, then rotated_prefill for this tree,
+    # DIR, this tree, DIR
     base=$(cd "$1" && pwd); shift
+    # Each tree builds into its own cache: CMake's build folder remembers the source tree.
     for tree in "$PWD" "$base"; do
-      (cd "$tree" && PYTHONPATH=$tree python -m flashinfer_gen.cli build --kind prefill_sm90 --arch sm90a \
+      name=$([ "$tree" = "$PWD" ] && echo new || echo base)
+      (cd "$tree" && FLASHINFER_GEN_CACHE=/tmp/fig_abr_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build --kind prefill_sm90 --arch sm90a \
          --head-dim 128 --q-dtype bf16,e4m3 --kv-dtype bf16,e4m3 --conversion none,hardware --variant default \
          --jobs 8 >>"$OUT/abr_build.log" 2>&1) || { tail -20 "$OUT/abr_build.log"; exit 1; }
     done
     for round in 1 2; do
       for tree in "$PWD" "$base"; do
         name=$([ "$tree" = "$PWD" ] && echo new || echo base)
-        FIG_TREE=$tree FLASHINFER_GEN_JIT=1 python bench/rotated_prefill.py ${FIG_ROT_ARGS:---rounds 3} \
+        FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_abr_$name FLASHINFER_GEN_JIT=1 python bench/rotated_prefill.py ${FIG_ROT_ARGS:---rounds 3} \
           --out "$OUT/abr_${name}_$round.json" >"$OUT/abr_${name}_$round.log" 2>&1 \
           || { tail -20 "$OUT/abr_${name}_$round.log"; rc=1; }
         sed -n '/^median/,$p' "$OUT/abr_${name}_$round.log" | sed "s/^/$name$round /"
