@@ -112,23 +112,28 @@ while [ $# -gt 0 ]; do
   tune)  # the prefill tile-shape sweep, variants in $FIG_TUNE_VARIANTS
     bash bench/tune_prefill.sh $FIG_TUNE_VARIANTS
     ;;
-  abprefill)  # abprefill DIR: Hopper prefill A/B, this tree against the checkout in DIR, same machine:
-    # the d128 instances of bench_prefill --quick built for each (caches of their own), then its
-    # rows (pages 16 and 64, ragged; causal or not; $FIG_ABP_ARGS instead of --quick --pages 16,64)
-    # for this tree, DIR, this tree, DIR
+  abprefill)  # abprefill DIR: prefill A/B, this tree against the checkout in DIR, same machine: the
+    # d128 instances of bench_prefill --quick built for each (caches of their own), then its rows
+    # (pages 16 and 64, ragged; causal or not; $FIG_ABP_ARGS instead of --quick --pages 16,64) for
+    # this tree, DIR, this tree, DIR. $FIG_ABP_FAMILY: sm90 (default, the Hopper family) or sm80
     base=$(cd "$1" && pwd); shift
+    family=${FIG_ABP_FAMILY:-sm90}
+    if [ "$family" = sm90 ]; then
+      select="--kind prefill_sm90 --q-dtype bf16,e4m3 --kv-dtype bf16,e4m3,e5m2 --conversion none,hardware"
+    else
+      select="--kind prefill --q-dtype bf16 --kv-dtype bf16,e4m3,e5m2 --conversion none,hardware,software"
+    fi
     for tree in "$PWD" "$base"; do
       name=$([ "$tree" = "$PWD" ] && echo new || echo base)
       (cd "$tree" && FLASHINFER_GEN_CACHE=/tmp/fig_abp_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build \
-         --kind prefill_sm90 --arch sm90a --head-dim 128 --q-dtype bf16,e4m3 --kv-dtype bf16,e4m3,e5m2 \
-         --conversion none,hardware --variant default --jobs 8 >"$OUT/abp_build_$name.log" 2>&1) &
+         $select --arch sm90a --head-dim 128 --variant default --jobs 8 >"$OUT/abp_build_$name.log" 2>&1) &
     done
     wait
     for round in 1 2; do
       for tree in "$PWD" "$base"; do
         name=$([ "$tree" = "$PWD" ] && echo new || echo base)
         FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_abp_$name FLASHINFER_GEN_JIT=1 python bench/bench_prefill.py \
-          --family sm90 ${FIG_ABP_ARGS:---quick --pages 16,64} --reps 10 --out "$OUT/abp_${name}_$round.json" >"$OUT/abp_${name}_$round.log" 2>&1 \
+          --family $family ${FIG_ABP_ARGS:---quick --pages 16,64} --reps 10 --out "$OUT/abp_${name}_$round.json" >"$OUT/abp_${name}_$round.log" 2>&1 \
           || { tail -20 "$OUT/abp_${name}_$round.log"; rc=1; }
         grep -E "^(B4|chunked)" "$OUT/abp_${name}_$round.log" | grep -v dense | cut -c1-78 | sed "s/^/$name$round /" | head -40
       done
