@@ -40,24 +40,6 @@ FIG_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {
 #endif
 }
 
-// PRMT with sign-replicating selectors: result byte i is 0xFF where the selected byte (sel[i] & 7)
-// has its top bit set, else 0 (bit 3 of every selector nibble set).
-FIG_HD uint32_t byte_sign_perm(uint32_t a, uint32_t b, uint32_t sel) {
-#if defined(__CUDA_ARCH__)
-  uint32_t r;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
-  return r;
-#else
-  const uint64_t ab = (uint64_t(b) << 32) | a;
-  uint32_t r = 0;
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t s = (sel >> (4 * i)) & 7u;
-    r |= ((ab >> (8 * s)) & 0x80u ? 0xFFu : 0u) << (8 * i);
-  }
-  return r;
-#endif
-}
-
 // Selectors that move codes {b0, b1} / {b2, b3} into the upper byte of each fp16 half
 // (byte 4 of {b, a} is 0 when b == 0).
 constexpr uint32_t kSelLowPairToHalves = 0x1404;   // -> [0, b0, 0, b1]
@@ -116,16 +98,16 @@ struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
     lo = place(byte_perm(a, b, p == 0 ? 0x4400u : 0x6622u));
     hi = place(byte_perm(a, b, p == 0 ? 0x5511u : 0x7733u));
   }
-  // Branch-free: each half whose code is a NaN is replaced under a mask of its code's NaN bit,
-  // spread over the half by PRMT's sign replication (bytes 0, 1 -> lo; 2, 3 -> hi).
   FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
     convert_finite(codes, lo, hi);
     const uint32_t nan_bytes = special_bits(codes);
-    const uint32_t lo_mask = byte_sign_perm(nan_bytes, 0u, 0x9988u);
-    const uint32_t hi_mask = byte_sign_perm(nan_bytes, 0u, 0xBBAAu);
-    constexpr uint32_t kNaNs = uint32_t(kF16NaN) * 0x10001u;
-    lo = (lo & ~lo_mask) | (kNaNs & lo_mask);
-    hi = (hi & ~hi_mask) | (kNaNs & hi_mask);
+    for (int i = 0; i < 4; ++i) {
+      if (nan_bytes & (0x80u << (8 * i))) {
+        uint32_t& word = i < 2 ? lo : hi;
+        const int shift = 16 * (i & 1);
+        word = (word & ~(0xFFFFu << shift)) | (uint32_t(kF16NaN) << shift);
+      }
+    }
   }
 };
 

@@ -63,8 +63,8 @@ constexpr size_t prefill_smem_bytes() {
 
 // Runs the tiles of keys [begin, end) through the pipeline: kStages - 1 tiles copied ahead, one
 // barrier per tile (it also frees the stage the next copy overwrites), and each tile's page-table
-// lookups issued a stage earlier still, their latency hidden under a tile's compute. An FP8 cache
-// takes prefill_tiles_upcast instead.
+// lookups issued a stage earlier still, their latency hidden under a tile's compute. An FP8 tile
+// is upcast by the CTA after that barrier, and a second barrier publishes the 16-bit rows.
 template <class Cfg>
 __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename PrefillMainloop<Cfg>::SharedStorage& smem,
                                               const PagedKv& kv, const uint8_t* k_base, int64_t v_minus_k,
@@ -72,10 +72,11 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
                                               const typename Cfg::Logits& logits) {
   using Mainloop = PrefillMainloop<Cfg>;
   using Copy = typename Mainloop::TileCopy;
+  using Kv = typename Cfg::Kv;
   constexpr int kN = Cfg::kBlockN;
   constexpr int kS = Cfg::kStages;
   const int tiles = (end - begin + kN - 1) / kN;
-  auto lookup = [&](int t) { return Copy::lookup(kv, Cfg::Kv::kBytes, k_base, page_begin, begin + t * kN, end); };
+  auto lookup = [&](int t) { return Copy::lookup(kv, Kv::kBytes, k_base, page_begin, begin + t * kN, end); };
   auto copy = [&](int t) { Copy::copy(smem.k[t % kS], smem.v[t % kS], smem.row_addrs[t % kS], v_minus_k); };
   CUTE_UNROLL
   for (int t = 0; t < kS; ++t) Copy::store(smem.row_addrs[t], t < tiles ? lookup(t) : 0);
@@ -92,80 +93,28 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     __syncthreads();
     if (t + kS - 1 < tiles) copy(t + kS - 1);
     cute::cp_async_fence();
+    const uint8_t(*k_rows)[Mainloop::kMmaRowBytes];
+    const uint8_t(*v_rows)[Mainloop::kMmaRowBytes];
+    if constexpr (Kv::kIsFp8) {
+      // Every warp finished the previous tile before the barrier above, so the 16-bit rows are free.
+      KvTileConvert<typename Kv::Converter, kN, Cfg::kHeadDim, Mainloop::kCopyRowBytes, Mainloop::kMmaRowBytes,
+                    Cfg::kThreads>::run(smem.k[t % kS], smem.v[t % kS], smem.k16, smem.v16);
+      __syncthreads();
+      k_rows = smem.k16;
+      v_rows = smem.v16;
+    } else {
+      k_rows = smem.k[t % kS];
+      v_rows = smem.v[t % kS];
+    }
     const int tile_begin = begin + t * kN;
     // Only tiles that reach past a row's last key or before its first need the per-key test.
     if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max)
-      ml.template compute_tile<true>(smem, smem.k[t % kS], smem.v[t % kS], tile_begin, logits);
+      ml.template compute_tile<true>(smem, k_rows, v_rows, tile_begin, logits);
     else
-      ml.template compute_tile<false>(smem, smem.k[t % kS], smem.v[t % kS], tile_begin, logits);
+      ml.template compute_tile<false>(smem, k_rows, v_rows, tile_begin, logits);
     // Slot t % kS last served tile t's copy, issued kS - 1 barriers ago; tile t + kS's copy reads
     // it after the next barrier.
     Copy::store(smem.row_addrs[t % kS], ahead);
-  }
-  cute::cp_async_wait<0>();
-  __syncthreads();  // every warp is done with the stages before they are reused
-}
-
-// The same for an FP8 cache, whose tiles the CTA upcasts into one 16-bit K tile and one 16-bit V
-// tile (kv_tile_convert.cuh). Two barriers a tile, and each half of a tile's work carries one
-// upcast, so no stretch of a tile is conversion alone:
-//   barrier 1   k16 holds K(t), v16 is free (P V of t - 1 is done)
-//   first half  S = Q K(t)^T and the softmax; V(t) -> v16
-//   barrier 2   v16 holds V(t), k16 and ring slot t are free, tile t + 1 has landed
-//   second half K(t + 1) -> k16; O += P V(t); tile t + kS copied into slot t
-// Two shared 16-bit tiles (not a pair per stage) keep two CTAs on an SM.
-template <class Cfg>
-__device__ __forceinline__ void prefill_tiles_upcast(PrefillMainloop<Cfg>& ml,
-                                                     typename PrefillMainloop<Cfg>::SharedStorage& smem,
-                                                     const PagedKv& kv, const uint8_t* k_base, int64_t v_minus_k,
-                                                     int page_begin, int begin, int end, int hi_min, int lo_max,
-                                                     const typename Cfg::Logits& logits) {
-  using Mainloop = PrefillMainloop<Cfg>;
-  using Copy = typename Mainloop::TileCopy;
-  using Upcast = KvTileConvert<typename Cfg::Kv::Converter, Cfg::kBlockN, Cfg::kHeadDim, Mainloop::kCopyRowBytes,
-                               Mainloop::kMmaRowBytes, Cfg::kThreads>;
-  constexpr int kN = Cfg::kBlockN;
-  constexpr int kS = Cfg::kStages;
-  const int tiles = (end - begin + kN - 1) / kN;
-  auto lookup = [&](int t) { return Copy::lookup(kv, Cfg::Kv::kBytes, k_base, page_begin, begin + t * kN, end); };
-  auto copy = [&](int t) { Copy::copy(smem.k[t % kS], smem.v[t % kS], smem.row_addrs[t % kS], v_minus_k); };
-  CUTE_UNROLL
-  for (int t = 0; t < kS; ++t) Copy::store(smem.row_addrs[t], t < tiles ? lookup(t) : 0);
-  __syncthreads();
-  CUTE_UNROLL
-  for (int t = 0; t < kS; ++t) {  // every slot: the loop's copies start after tile 0's second half
-    if (t < tiles) copy(t);
-    cute::cp_async_fence();
-  }
-  cute::cp_async_wait<kS - 1>();
-  __syncthreads();  // tile 0 has landed, and every copy has read its row addresses
-  Copy::store(smem.row_addrs[0], kS < tiles ? lookup(kS) : 0);
-  if (tiles > 0) Upcast::run(smem.k[0], smem.k16);
-#pragma unroll 1
-  for (int t = 0; t < tiles; ++t) {
-    __syncthreads();  // barrier 1
-    typename Mainloop::Probs p;
-    {
-      typename Mainloop::Scores s;
-      const int tile_begin = begin + t * kN;
-      // Only tiles that reach past a row's last key or before its first need the per-key test.
-      if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max)
-        ml.template score_tile<true>(smem, smem.k16, tile_begin, logits, s);
-      else
-        ml.template score_tile<false>(smem, smem.k16, tile_begin, logits, s);
-      Mainloop::pack_probs(s, p);
-    }
-    Upcast::run(smem.v[t % kS], smem.v16);
-    cute::cp_async_wait<kS - 2>();  // tile t + 1: the groups after it are tiles t + 2 ... t + kS - 1
-    __syncthreads();  // barrier 2
-    if (t + kS < tiles) copy(t + kS);
-    cute::cp_async_fence();
-    // Tile t + 1 + kS's row addresses, for its copy after barrier 2 of tile t + 1. Their slot
-    // last served tile t + 1's copy, issued after barrier 2 of tile t + 1 - kS or earlier.
-    const int64_t ahead = t + 1 + kS < tiles ? lookup(t + 1 + kS) : 0;
-    if (t + 1 < tiles) Upcast::run(smem.k[(t + 1) % kS], smem.k16);
-    ml.accumulate_tile(smem.v16, p);
-    Copy::store(smem.row_addrs[(t + 1) % kS], ahead);
   }
   cute::cp_async_wait<0>();
   __syncthreads();  // every warp is done with the stages before they are reused
@@ -224,10 +173,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   const typename Cfg::Logits logits(args.logits_scale * device_scale(p.scales.q_scale_device, true) *
                                         device_scale(p.scales.k_scale_device, true),
                                     p.scales.logits_soft_cap);
-  if constexpr (Cfg::Kv::kIsFp8)
-    prefill_tiles_upcast<Cfg>(ml, smem, args.kv, k_base, v_minus_k, page_begin, begin, end, hi_first, lo_last, logits);
-  else
-    prefill_tiles<Cfg>(ml, smem, args.kv, k_base, v_minus_k, page_begin, begin, end, hi_first, lo_last, logits);
+  prefill_tiles<Cfg>(ml, smem, args.kv, k_base, v_minus_k, page_begin, begin, end, hi_first, lo_last, logits);
   launch_dependents();  // the merge kernel may be scheduled now (see decode_kernel.cuh)
   const PrefillRows item_rows = shared.rows;  // after prefill_tiles' last barrier, before the epilogue's writes
   Epilogue::stage(shared.epilogue, ml, args.out_scale * device_scale(p.scales.v_scale_device, false));

@@ -149,30 +149,19 @@ struct PrefillMainloop {
     a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
   }
 
-  // S of one tile, then P in its place: lane holds rows (m, r), tokens 8 nt + 2c + {0, 1}.
-  using Scores = float[kMTiles][kSTiles][4];
-
   // One tile of kBlockN keys starting at token tile_begin, from 16-bit rows k_rows / v_rows.
+  // kMask: some key of the tile is outside some row's bounds (the caller knows which tiles). A
+  // run-time flag instead made ptxas predicate the whole per-key test into every tile.
   template <bool kMask>
   __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
                                                const uint8_t (*v_rows)[kMmaRowBytes], int tile_begin,
                                                const Logits& logits) {
-    Scores s;
-    score_tile<kMask>(smem, k_rows, tile_begin, logits, s);
-    Probs p;
-    pack_probs(s, p);
-    accumulate_tile(v_rows, p);
-  }
-
-  // The tile's first half: S = Q K^T, the online softmax (O rescaled), P in S's place.
-  // kMask: some key of the tile is outside some row's bounds (the caller knows which tiles). A
-  // run-time flag instead made ptxas predicate the whole per-key test into every tile.
-  template <bool kMask>
-  __device__ __forceinline__ void score_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
-                                             int tile_begin, const Logits& logits, Scores& s) {
     const uint32_t k_addr = smem_address(k_rows) + k_lane();
+    const uint32_t v_addr = smem_address(v_rows) + v_lane();
     const uint32_t q_base = q_addr(smem);
-    // k-steps outermost, so Q's fragments are read once per k-step.
+    // S = Q K^T; lane holds rows (m, r), tokens 8 nt + 2c + {0, 1}. k-steps outermost, so Q's
+    // fragments are read once per k-step.
+    float s[kMTiles][kSTiles][4];
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
       CUTE_UNROLL
@@ -243,38 +232,25 @@ struct PrefillMainloop {
         for (int m = 0; m < kMTiles; ++m) rescale_o(m, rescale[m]);
       }
     }
-  }
-
-  // P as the A fragments of P V: k-step t's are S's accumulators of n-tiles 2t, 2t+1, in 16 bits
-  // (half S's registers, so an FP8 tile's upcast fits between the halves).
-  using Probs = uint32_t[kMTiles][kPvSteps][4];
-
-  __device__ __forceinline__ static void pack_probs(const Scores& s, Probs& p) {
-    CUTE_UNROLL
-    for (int m = 0; m < kMTiles; ++m) {
-      CUTE_UNROLL
-      for (int t = 0; t < kPvSteps; ++t) {
-        p[m][t][0] = HalfRowsMma<MmaElement>::pack(s[m][2 * t][0], s[m][2 * t][1]);
-        p[m][t][1] = HalfRowsMma<MmaElement>::pack(s[m][2 * t][2], s[m][2 * t][3]);
-        p[m][t][2] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][0], s[m][2 * t + 1][1]);
-        p[m][t][3] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][2], s[m][2 * t + 1][3]);
-      }
-    }
-  }
-
-  // The second half: O += P V.
-  __device__ __forceinline__ void accumulate_tile(const uint8_t (*v_rows)[kMmaRowBytes], const Probs& p) {
-    const uint32_t v_addr = smem_address(v_rows) + v_lane();
+    // O += P V. S's accumulators of n-tiles 2t, 2t+1 are the A fragment of k-step t.
     CUTE_UNROLL
     for (int t = 0; t < kPvSteps; ++t) {
+      uint32_t a[kMTiles][4];
+      CUTE_UNROLL
+      for (int m = 0; m < kMTiles; ++m) {
+        a[m][0] = HalfRowsMma<MmaElement>::pack(s[m][2 * t][0], s[m][2 * t][1]);
+        a[m][1] = HalfRowsMma<MmaElement>::pack(s[m][2 * t][2], s[m][2 * t][3]);
+        a[m][2] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][0], s[m][2 * t + 1][1]);
+        a[m][3] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][2], s[m][2 * t + 1][3]);
+      }
       CUTE_UNROLL
       for (int e = 0; e < kNTiles; e += 2) {
         uint32_t b[4];  // b0, b1 of n-tile e, then of e + 1
         ldsm_x4_trans(v_addr + 16 * t * kMmaRowBytes + 16 * e, b);
         CUTE_UNROLL
         for (int m = 0; m < kMTiles; ++m) {
-          mma_rows16<MmaElement>(o_acc[m][e], p[m][t], b[0], b[1]);
-          mma_rows16<MmaElement>(o_acc[m][e + 1], p[m][t], b[2], b[3]);
+          mma_rows16<MmaElement>(o_acc[m][e], a[m], b[0], b[1]);
+          mma_rows16<MmaElement>(o_acc[m][e + 1], a[m], b[2], b[3]);
         }
       }
     }
