@@ -11,23 +11,34 @@
 // key's row there; the sum over keys does not care in which order the GEMM meets them. So P
 // needs no shuffle between lanes (prefill_sm90_mainloop.cuh packs it).
 //
-// Work split, in blocks of 8 keys x 8 head-dim columns: block (u, g, o) takes the keys 32 b + 16 h
-// + 4 g + {0, 1, 2, 3, 8, 9, 10, 11} (u = 2 b + h; they land at the 8 consecutive positions 32 b +
-// 16 h + 8 g ..) and the columns 8 o .. 8 o + 7. A thread reads its 8 key rows as 8-byte words,
-// transposes them in registers (byte_perm, four 4 x 4 transposes) and writes 8 head-dim rows of 8
-// bytes. Lane l has (u, g) = (l % 16 / 2, l % 2) and octet o = base ^ (2 u ^ g), base running over
-// the warps, half-warps and passes: then each half-warp's 16 loads and 16 stores fall in 16
-// different 8-byte bank pairs under the 128-byte swizzle (no conflict). Against the first version
-// (4 x 4 blocks, 32-bit accesses, cute's layout arithmetic per access: 32 + 32 shared accesses a
-// thread and tile) this halves the accesses and their address arithmetic; with the transpose
-// skipped altogether (a wrong answer, as an experiment) e4m3 prefill ran 1.3x faster, which is
-// what it cost.
+// Work split, in units of 16 keys x 32 head-dim columns (512 bytes), 8 units a producer warp: a
+// unit is one ldmatrix.trans.x4, four byte permutes and one stmatrix.x4. Read as 16-bit elements,
+// an 8-key x 16-byte block of V comes out of ldmatrix.trans with lane 4 g + c holding keys
+// 2 c, 2 c + 1 of columns 2 g, 2 g + 1 (a 2 x 2 block of bytes); with the block of keys 8 .. 15
+// beside it, one permute gives column 2 g's bytes at keys 2 c, 2 c + 1, 8 + 2 c, 9 + 2 c, which
+// are the 4 consecutive positions 4 c .. 4 c + 3 of the order above, and another column 2 g + 1's:
+// as 16-bit elements, the lane's two columns of one row of an 8 x 8 block of Vt, which is what
+// stmatrix stores. Each matrix of the stmatrix takes 8 of the 16 head-dim rows, one of each pair
+// 2 g, 2 g + 1 (the even one for g < 4, the odd one after), so that its 8 rows fall in 8
+// different 16-byte chunk positions under the 128-byte swizzle, as the 8 consecutive keys of each
+// ldmatrix block do: no bank conflict either way. Against blocks of 8 keys x 8 columns moved
+// through registers as 8-byte words (32 shared accesses a thread and tile, their swizzled
+// addresses computed each time, 32 permutes), this is 16 accesses, whose addresses are fixed a
+// thread but for a constant a unit, and the same 32 permutes.
 #pragma once
 #include <cute/tensor.hpp>
 #include "prefill_sm90_smem.cuh"
+#include "mma_sm80.cuh"
 #include "sm90_sync.cuh"
 
 namespace fig {
+
+// Lanes 8 i .. 8 i + 7 give the row addresses of matrix i, whose rows take d[i] (each lane's
+// two 16-bit columns of the row lane / 4); sm_90.
+__device__ __forceinline__ void stsm_x4(uint32_t addr, const uint32_t (&d)[4]) {
+  asm volatile("stmatrix.sync.aligned.x4.m8n8.shared.b16 [%0], {%1, %2, %3, %4};\n"
+               :: "r"(addr), "r"(d[0]), "r"(d[1]), "r"(d[2]), "r"(d[3]) : "memory");
+}
 
 template <class Cfg>
 struct PrefillSm90TransposeV {
@@ -37,10 +48,8 @@ struct PrefillSm90TransposeV {
   static constexpr int kStagesV = Cfg::kStagesV;
   static constexpr int kStagesVt = Cfg::kStagesVt;
   static constexpr int kWarps = Cfg::kProducerThreads / 32;
-  static constexpr int kOctets = kHeadDim / 8;             // 8-column blocks of the head dim
-  static constexpr int kPasses = kOctets / (2 * kWarps);   // per thread: 16 key groups x kOctets blocks
   static_assert(kBlockN == 128 && kHeadDim == 128, "one 128 x 128-byte swizzled tile each (the offsets below)");
-  static_assert(kPasses * 2 * kWarps == kOctets, "whole passes");
+  static_assert(kWarps * 32 == kHeadDim, "a producer warp's units cover 32 head-dim columns");
   static constexpr int kTileBytes = kBlockN * kHeadDim;
 
   // Byte offset of (row, column) in a tile of 128-byte rows in 8-row atoms with the 128-byte
@@ -61,50 +70,39 @@ struct PrefillSm90TransposeV {
     const uint8_t* v = reinterpret_cast<const uint8_t*>(smem.kv.v) + v_stage * kTileBytes;   // (key, d)
     uint8_t* vt = reinterpret_cast<uint8_t*>(smem.kv.vt) + vt_stage * kTileBytes;            // (d, position)
     const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
-    const int u = (lane % 16) / 2, g = lane % 2;
-    const int key = 16 * u + 4 * g;        // = 32 b + 16 h + 4 g
-    const int position = 16 * u + 8 * g;
-#pragma unroll 1  // unrolled, the two passes' words spilled the producer's 56 registers
-    for (int pass = 0; pass < kPasses; ++pass) {
-      const int base = (pass * kWarps + warp) * 2 + lane / 16;
-      const int column = 8 * (base ^ (2 * u) ^ g);
-      uint2 in[8];  // rows key + {0, 1, 8, 9, 2, 3, 10, 11}: the order their bytes take in Vt
+    const int warp = threadIdx.x / 32;  // its 32 head-dim columns: 32 warp ..
+    // ldmatrix: lane l gives row l % 8 of matrix l / 8: keys + 8 in matrices 1 and 3, columns + 16
+    // in 2 and 3. The key's residue mod 8 is l % 8 in every unit, so the swizzled chunk is fixed.
+    const int ld_key = lane % 8 + 8 * (lane / 8 % 2);
+    const uint32_t ld_addr = smem_address(v) + offset(ld_key, 32 * warp + 16 * (lane / 16));
+    // stmatrix: lane l gives row j = l % 8 of matrix l / 8; matrix 0 holds the rows 2 j (j < 4) and
+    // 2 j + 1 (j >= 4) of its 16, matrix 1 the others, matrices 2 and 3 the same 16 columns on
+    const int j8 = lane % 8;
+    const int st_d = 32 * warp + 16 * (lane / 16) + 2 * j8 + ((j8 >= 4) != (lane / 8 % 2 == 1) ? 1 : 0);
+    const uint32_t st_row = smem_address(vt) + st_d * 128;
+    // this lane's data: g = lane / 4 gives the rows 2 g (bytes 0, 2 of the two blocks' words) and
+    // 2 g + 1 (bytes 1, 3), in matrix 0 or 1 as above
+    const uint32_t sel0 = lane / 4 < 4 ? 0x6420u : 0x7531u;
+    const uint32_t sel1 = sel0 ^ 0x1111u;
+    // Units (keys 16 unit .., positions 16 unit ..) in batches of kBatch loads, then their stores:
+    // the asm statements keep their order, so one unit at a time would wait out each load.
+    constexpr int kBatch = 2;
+    CUTE_UNROLL
+    for (int first = 0; first < kBlockN / 16; first += kBatch) {
+      uint32_t in[kBatch][4];
       CUTE_UNROLL
-      for (int r = 0; r < 8; ++r) {
-        const int row = key + (r / 2 % 2) * 8 + (r / 4) * 2 + r % 2;
-        in[r] = *reinterpret_cast<const uint2*>(v + offset(row, column));
-      }
-      // column j of the 8: bytes j of rows in[0..3] (the low word at Vt), of in[4..7] (the high);
-      // columns 0..3 come from the rows' low words, 4..7 from their high words
+      for (int b = 0; b < kBatch; ++b) ldsm_x4_trans(ld_addr + (first + b) * 16 * 128, in[b]);
       CUTE_UNROLL
-      for (int half = 0; half < 2; ++half) {
-        uint32_t lo[4], hi[4];
-        transpose4(half ? in[0].y : in[0].x, half ? in[1].y : in[1].x, half ? in[2].y : in[2].x,
-                   half ? in[3].y : in[3].x, lo);
-        transpose4(half ? in[4].y : in[4].x, half ? in[5].y : in[5].x, half ? in[6].y : in[6].x,
-                   half ? in[7].y : in[7].x, hi);
-        CUTE_UNROLL
-        for (int j = 0; j < 4; ++j)
-          *reinterpret_cast<uint2*>(vt + offset(column + 4 * half + j, position)) = make_uint2(lo[j], hi[j]);
+      for (int b = 0; b < kBatch; ++b) {
+        const uint32_t out[4] = {__byte_perm(in[b][0], in[b][1], sel0), __byte_perm(in[b][0], in[b][1], sel1),
+                                 __byte_perm(in[b][2], in[b][3], sel0), __byte_perm(in[b][2], in[b][3], sel1)};
+        stsm_x4(st_row + ((((first + b) ^ st_d) & 7) << 4), out);
       }
     }
     fence_shared_for_wgmma();  // this thread's stores, to the consumers' WGMMA (async-proxy) reads
     smem.full_vt[vt_stage].arrive();
     __syncwarp();
     if (threadIdx.x % 32 == 0) smem.empty_v[v_stage].arrive();  // this warp has read V(t): refill it
-  }
-
- private:
-  // 4 x 4 bytes: out_j byte e = w_e byte j
-  __device__ __forceinline__ static void transpose4(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3,
-                                                    uint32_t (&out)[4]) {
-    const uint32_t lo01 = __byte_perm(w0, w1, 0x5140), hi01 = __byte_perm(w0, w1, 0x7362);
-    const uint32_t lo23 = __byte_perm(w2, w3, 0x5140), hi23 = __byte_perm(w2, w3, 0x7362);
-    out[0] = __byte_perm(lo01, lo23, 0x5410);
-    out[1] = __byte_perm(lo01, lo23, 0x7632);
-    out[2] = __byte_perm(hi01, hi23, 0x5410);
-    out[3] = __byte_perm(hi01, hi23, 0x7632);
   }
 };
 
