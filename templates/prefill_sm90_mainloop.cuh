@@ -54,9 +54,6 @@ struct PrefillSm90Mainloop {
   static constexpr int kStagesV = kFp8 ? Cfg::kStagesVt : Cfg::kStagesV;  // the ring P V reads
   static constexpr float kPOffset = kFp8 ? 8.0f : 0.0f;  // log2 of P's headroom factor (see above)
   static constexpr int kSoftmaxChains = 4;  // independent max chains per row (and sum chains, FP8: softmax.cuh)
-  // FP8: every kPolyExp2Every-th probability from poly_exp2 on the FMA pipe, the rest from the SFU
-  // (with FP8 GEMMs the SFU's exp2 take as many cycles as the tensor cores).
-  static constexpr int kPolyExp2Every = 4;
   // 16-bit tiles keep a row's running max while no logit passes it by more than 2^8 (softmax.cuh,
   // rebase_quad_rows): P up to 2^8, which 16-bit P and fp32 O hold with their usual relative
   // precision, and no quad shuffle or rescale of O in most tiles of a long row (H200, ragged
@@ -565,8 +562,7 @@ struct PrefillSm90Mainloop {
     logits_masked<kMask>(s, tile_begin, lane, logits, scale);
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r)
-      rescale[r] = softmax[r].template update_quad_row<kSBlocks, kSoftmaxChains, kPolyExp2Every>(s, r, scale[r],
-                                                                                                kPOffset);
+      rescale[r] = softmax[r].template update_quad_row<kSBlocks, kSoftmaxChains>(s, r, scale[r], kPOffset);
   }
 };
 

@@ -37,11 +37,10 @@ struct OnlineSoftmaxRow {
   // 2 r + i) is column 8 j + 2 c + i of row r, as in a WGMMA accumulator (any indexable `frag`).
   // offset: the probabilities come out multiplied by 2^offset (room for an FP8 P's small values;
   // the sum carries the same factor, so O / sum does not change, and the LSE subtracts it).
-  // kPolyEvery > 0: every kPolyEvery-th probability comes from poly_exp2 (device_utils.cuh).
-  template <int kBlocks, int kChains = 1, int kPolyEvery = 0, class Frag>
+  template <int kBlocks, int kChains = 1, class Frag>
   __device__ __forceinline__ float update_quad_row(Frag& frag, int r, float scale = 1.0f, float offset = 0.0f) {
-    return update_each<2 * kBlocks, kChains, kPolyEvery>(
-        [&](int i) -> float& { return frag(4 * (i / 2) + 2 * r + i % 2); }, scale, offset);
+    return update_each<2 * kBlocks, kChains>([&](int i) -> float& { return frag(4 * (i / 2) + 2 * r + i % 2); },
+                                             scale, offset);
   }
 
   // Rows r = 0, 1 of a thread's quad-layout fragment (frag(4 j + 2 r + i): raw logits, the row's
@@ -109,7 +108,7 @@ struct OnlineSoftmaxRow {
   // tree gave ptxas the freedom to hold more values and made the Ampere path's 64-key prefill
   // tiles spill. The Hopper consumers have the registers, and there a 128-long chain was latency
   // the two warps of a scheduler could not hide.
-  template <int N, int kChains = 1, int kPolyEvery = 0, class At>
+  template <int N, int kChains = 1, class At>
   __device__ __forceinline__ float update_each(At&& at, float scale = 1.0f, float offset = 0.0f) {
     static_assert(N % kChains == 0, "whole chains");
     float chain_max[kChains];
@@ -133,8 +132,7 @@ struct OnlineSoftmaxRow {
     for (int c = 1; c < kChains; ++c) chain_sum[c] = 0.0f;
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
-      const float x = fmaf(at(i), scale, -shift);
-      at(i) = kPolyEvery > 0 && i % kPolyEvery == kPolyEvery - 1 ? poly_exp2(x) : fast_exp2(x);
+      at(i) = fast_exp2(fmaf(at(i), scale, -shift));
       chain_sum[i % kChains] += at(i);
     }
     lane_sum = chain_sum[0];
