@@ -3,9 +3,9 @@
 # tree as a fresh checkout would run them, then benchmarks. pip resolves offline from the wheels
 # carried in .wheels/ (nvidia-cutlass, setuptools for the build backend, the cuobjdump/nvdisasm
 # test extras); everything else is on the device image. Logs and results go to $OUT.
-# Usage (on the device): FIG_COMMIT=<sha> bash bench/run_device.sh {readme|install|tests|bench|prefill|ab} ...
+# Usage (on the device): FIG_COMMIT=<sha> [FIG_BASE_COMMIT=<sha>] bash bench/run_device.sh {readme|install|tests|bench|prefill|ab} ...
 #   Write the sha out as it is here: the device's copy of .git can be stale, so a $(git rev-parse)
-#   run there has named an older commit (two result files of 2026-11-27 were corrected by hand).
+#   run there has named an older commit (result files of 2026-11-27 were corrected by hand).
 #   readme       the README's main command, then its test command (full suite, log in $OUT)
 #   install      the README's install step only; tests: pytest with $FIG_PYTEST_ARGS
 #   bench        the decode benchmark (bench/results/decode-*.json shape set) into $OUT
@@ -132,7 +132,8 @@ while [ $# -gt 0 ]; do
     for round in 1 2; do
       for tree in "$PWD" "$base"; do
         name=$([ "$tree" = "$PWD" ] && echo new || echo base)
-        FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_abp_$name FLASHINFER_GEN_JIT=1 python bench/bench_prefill.py \
+        commit=$([ $name = new ] && echo "${FIG_COMMIT:-}" || echo "${FIG_BASE_COMMIT:-}")
+        FIG_COMMIT=$commit FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_abp_$name FLASHINFER_GEN_JIT=1 python bench/bench_prefill.py \
           --family $family ${FIG_ABP_ARGS:---quick --pages 16,64} --reps 10 --out "$OUT/abp_${name}_$round.json" >"$OUT/abp_${name}_$round.log" 2>&1 \
           || { tail -20 "$OUT/abp_${name}_$round.log"; rc=1; }
         grep -E "^(B4|chunked)" "$OUT/abp_${name}_$round.log" | grep -v dense | cut -c1-78 | sed "s/^/$name$round /" | head -40
@@ -153,7 +154,8 @@ while [ $# -gt 0 ]; do
     for round in 1 2; do
       for tree in "$PWD" "$base"; do
         name=$([ "$tree" = "$PWD" ] && echo new || echo base)
-        FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_abr_$name FLASHINFER_GEN_JIT=1 python bench/rotated_prefill.py ${FIG_ROT_ARGS:---rounds 3} \
+        commit=$([ $name = new ] && echo "${FIG_COMMIT:-}" || echo "${FIG_BASE_COMMIT:-}")
+        FIG_COMMIT=$commit FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_abr_$name FLASHINFER_GEN_JIT=1 python bench/rotated_prefill.py ${FIG_ROT_ARGS:---rounds 3} \
           --out "$OUT/abr_${name}_$round.json" >"$OUT/abr_${name}_$round.log" 2>&1 \
           || { tail -20 "$OUT/abr_${name}_$round.log"; rc=1; }
         sed -n '/^median/,$p' "$OUT/abr_${name}_$round.log" | sed "s/^/$name$round /"
@@ -172,7 +174,8 @@ while [ $# -gt 0 ]; do
     for hd in 128 256; do
       for tree in "$PWD" "$base"; do
         name=$([ "$tree" = "$PWD" ] && echo new || echo base)
-        FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_ab_$name python bench/bench_decode.py --quick --head-dim $hd "$@" \
+        commit=$([ $name = new ] && echo "${FIG_COMMIT:-}" || echo "${FIG_BASE_COMMIT:-}")
+        FIG_COMMIT=$commit FIG_TREE=$tree FLASHINFER_GEN_CACHE=/tmp/fig_ab_$name python bench/bench_decode.py --quick --head-dim $hd "$@" \
           --out "$OUT/ab_${name}_d$hd.json" 2>&1 | tail -11 | sed "s/^/$name d$hd /"
       done
     done
