@@ -19,12 +19,13 @@
 // are the 4 consecutive positions 4 c .. 4 c + 3 of the order above, and another column 2 g + 1's:
 // as 16-bit elements, the lane's two columns of one row of an 8 x 8 block of Vt, which is what
 // stmatrix stores. Each matrix of the stmatrix takes 8 of the 16 head-dim rows, one of each pair
-// 2 g, 2 g + 1 (the even one for g < 4, the odd one after), so that its 8 rows fall in 8
-// different 16-byte chunk positions under the 128-byte swizzle, as the 8 consecutive keys of each
-// ldmatrix block do: no bank conflict either way. Against blocks of 8 keys x 8 columns moved
-// through registers as 8-byte words (32 shared accesses a thread and tile, their swizzled
-// addresses computed each time, 32 permutes), this is 16 accesses, whose addresses are fixed a
-// thread but for a constant a unit, and the same 32 permutes.
+// 2 g, 2 g + 1 (matrices 0 and 2 the even one for g < 4 and the odd one after, matrices 1 and 3
+// the other), so that its 8 rows fall in 8 different 16-byte chunk positions under the 128-byte
+// swizzle, as the 8 consecutive keys of each ldmatrix block do: no bank conflict either way.
+// Against blocks of 8 keys x 8 columns moved through registers as 8-byte words (32 shared
+// accesses a thread and tile, their swizzled addresses computed each time, 48 permutes), this is
+// 16 accesses and 32 permutes; a thread's ldmatrix addresses differ by a constant a unit, its
+// stmatrix addresses by the unit XORed into the chunk bits.
 #pragma once
 #include <cute/tensor.hpp>
 #include "prefill_sm90_smem.cuh"
