@@ -76,7 +76,7 @@ struct PrefillSm90Mainloop {
   // head-dim rows of all kBlockN = 128 keys, so a chunk of rows is a run of whole atoms.
   static constexpr int kOChunk = Cfg::kOChunk;
   static constexpr int kOChunks = kHeadDim / kOChunk;
-  static constexpr bool kFoldRescale = kFp8 && !Cfg::kQuantiseQ && kOChunks > 1;  // see run()
+  static constexpr bool kFoldRescale = kFp8 && kOChunks > 1;  // see run()
   static_assert(kOChunks * kOChunk == kHeadDim && (kOChunks == 1 || (kFp8 && kBlockN == 128)),
                 "chunks of whole rows of Vt's one-atom-wide stage");
   // (a 16-bit instance names a shape the chunk types tile, never its own: it runs no chunks)
@@ -104,7 +104,6 @@ struct PrefillSm90Mainloop {
   FragO o;                        // O of the thread's rows, unnormalised
   OnlineSoftmaxRow softmax[2];    // rows r = 0, 1
   int2 bounds[2];                 // keys [x, y] rows r = 0, 1 see
-  float q_step[2];                // rows r = 0, 1's q quantisation step (kQuantiseQ; 1 otherwise)
 
   // Loads the warpgroup's packed Q rows into its shared slot (rows past the request: zeros) and
   // publishes them to its WGMMAs; a 16-bit q with FP8 tiles quantised per row (q_step: each row's
@@ -147,7 +146,6 @@ struct PrefillSm90Mainloop {
         const int column = kChunk * (idx % kChunksPerRow);
         *reinterpret_cast<uint4*>(&sQ(idx / kChunksPerRow, column)) = load_chunk(idx / kChunksPerRow, column);
       }
-      q_step[0] = q_step[1] = 1.0f;
     } else {
       // Two threads a row, each half the head dim: the row's amax (one shuffle), then the codes of
       // x * (448 / amax), 16 to a 16-byte store. Reads q twice (the second from L1) rather than
@@ -188,9 +186,18 @@ struct PrefillSm90Mainloop {
     }
     fence_shared_for_wgmma();
     named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
+  }
+
+  // Row r's q quantisation step (kQuantiseQ: load_q's per-row scale; 1 otherwise), read from
+  // shared memory where it is used, once a tile: two registers held across the loop made the
+  // consumers spill with O's rescale folded into P V's adds.
+  __device__ __forceinline__ static float q_step(const typename Smem::Storage& smem, int r) {
     if constexpr (Cfg::kQuantiseQ) {
-      CUTE_UNROLL
-      for (int r = 0; r < 2; ++r) q_step[r] = smem.q_scale[warpgroup * kRows + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r];
+      const int consumer_thread = thread_index_here() - Cfg::kProducerThreads;  // 128 a warpgroup
+      const int row = consumer_thread / 128 * kRows + 16 * (consumer_thread % 128 / 32) + consumer_thread % 32 / 4;
+      return smem.q_scale[row + 8 * r];
+    } else {
+      return 1.0f;
     }
   }
 
@@ -269,18 +276,18 @@ struct PrefillSm90Mainloop {
     // Logits and mask of tile t's S (16-bit tiles).
     auto logits_and_mask = [&](FragS& s, int t, float (&scale)[2]) {
       if (masked(t))
-        logits_masked<true>(s, first + t * kBlockN, lane, logits, scale);
+        logits_masked<true>(smem, s, first + t * kBlockN, lane, logits, scale);
       else
-        logits_masked<false>(s, first + t * kBlockN, lane, logits, scale);
+        logits_masked<false>(smem, s, first + t * kBlockN, lane, logits, scale);
     };
     // Softmax of S(t) in place (FP8 tiles); returns through `rescale` O's factors. (The mask test
     // is masked()'s, written out: through masked() ptxas orders the FP8 instances' code otherwise.)
     auto softmax_step = [&](FragS& s, int t, float (&rescale)[2]) {
       const int tile_begin = first + t * kBlockN;
       if (tile_begin + kBlockN - 1 > hi_min || tile_begin < lo_max)
-        scores<true>(s, tile_begin, lane, logits, rescale);
+        scores<true>(smem, s, tile_begin, lane, logits, rescale);
       else
-        scores<false>(s, tile_begin, lane, logits, rescale);
+        scores<false>(smem, s, tile_begin, lane, logits, rescale);
     };
     // FP8 P in P V's register order.
     auto to_p = [&](const FragS& s) {
@@ -394,9 +401,9 @@ struct PrefillSm90Mainloop {
           const int2 keys = mask_keys;
           const int tile_begin = first + t * kBlockN;
           if (tile_begin + kBlockN - 1 > keys.x || tile_begin < keys.y)
-            logits_masked<true>(s, tile_begin, lane, logits, scale);
+            logits_masked<true>(smem, s, tile_begin, lane, logits, scale);
           else
-            logits_masked<false>(s, tile_begin, lane, logits, scale);
+            logits_masked<false>(smem, s, tile_begin, lane, logits, scale);
         } else {
           logits_and_mask(s, t, scale);
         }
@@ -526,12 +533,13 @@ struct PrefillSm90Mainloop {
   // (linear logits: the folded scale, times an FP8 q's row step; otherwise 1, the variant's
   // logits already in s).
   template <bool kMask>
-  __device__ __forceinline__ void logits_masked(FragS& s, int tile_begin, int lane, const Logits& logits,
-                                                float (&scale)[2]) {
+  __device__ __forceinline__ void logits_masked(const typename Smem::Storage& smem, FragS& s, int tile_begin, int lane,
+                                                const Logits& logits, float (&scale)[2]) {
     using namespace cute;
     if constexpr (!Logits::kLinear) {
+      const float step[2] = {q_step(smem, 0), q_step(smem, 1)};
       CUTE_UNROLL
-      for (int i = 0; i < size(s); ++i) s(i) = logits(kFp8 ? s(i) * q_step[(i / 2) % 2] : s(i));
+      for (int i = 0; i < size(s); ++i) s(i) = logits(kFp8 ? s(i) * step[(i / 2) % 2] : s(i));
     }
     if constexpr (kMask) {
       const int key0 = tile_begin + 2 * (lane % 4);
@@ -549,17 +557,17 @@ struct PrefillSm90Mainloop {
     }
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
-      if constexpr (Logits::kLinear) scale[r] = logits.scale_log2 * q_step[r];
+      if constexpr (Logits::kLinear) scale[r] = logits.scale_log2 * q_step(smem, r);
       else scale[r] = 1.0f;
     }
   }
 
   // Logits (variant), mask and the online softmax of one tile's S, in place (S becomes P in fp32).
   template <bool kMask>
-  __device__ __forceinline__ void scores(FragS& s, int tile_begin, int lane, const Logits& logits,
-                                         float (&rescale)[2]) {
+  __device__ __forceinline__ void scores(const typename Smem::Storage& smem, FragS& s, int tile_begin, int lane,
+                                         const Logits& logits, float (&rescale)[2]) {
     float scale[2];
-    logits_masked<kMask>(s, tile_begin, lane, logits, scale);
+    logits_masked<kMask>(smem, s, tile_begin, lane, logits, scale);
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r)
       rescale[r] = softmax[r].template update_quad_row<kSBlocks, kSoftmaxChains>(s, r, scale[r], kPOffset);
