@@ -327,10 +327,12 @@ struct PrefillSm90Mainloop {
           softmax_step(s, t, rescale);
           to_p(s);
         }
-        // O's rescale: with a 16-bit q apart, before P V; with an e4m3 q and more than one chunk
-        // (kFoldRescale) folded into the chunks' adds. In the 16-bit q's form those consumers
-        // spilled 8 bytes at 152 registers; in this form the 16-bit q's spilled 4. (rescale is +0,
-        // never NaN, for a row with no key yet, whose O is 0: 1 at t == 0 only mirrors rescale_o's skip.)
+        // O's rescale: with more than one chunk (three consumers, kFoldRescale) folded into the
+        // chunks' adds, else apart, before P V. Apart, it is a branch the warp takes whenever one
+        // of its 16 rows' max grew, which on most of a long row's first tiles is every tile: the
+        // fold took a 16-bit q's FP8 rows up 3-5% (570f5a4; with the rows' q steps held in
+        // registers rather than read per tile, those consumers spilled). (rescale is +0, never
+        // NaN, for a row with no key yet, whose O is 0: 1 at t == 0 only mirrors rescale_o's skip.)
         if constexpr (kFoldRescale) {
           if (t == 0) rescale[0] = rescale[1] = 1.0f;
         } else if (t > 0) {
