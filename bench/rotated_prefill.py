@@ -14,7 +14,8 @@ so that page 128 in order is ragged's memory), in e4m3 (q too: the FP8 tiles' ro
 [B, H, S, D] tensors for cuDNN.
 
 Sets (--set): "bars" (default), the rows issue 12's bars compare: bf16 ragged and paged 16 against
-cuDNN, and q/k/v e4m3 against bf16; "layout": bf16 ragged and paged 16 / 128, random and in
+cuDNN, and q/k/v e4m3 against bf16; "fp8", the FP8 tiles' rows alone (q/k/v e4m3, and bf16 q with
+an e4m3 cache, ragged and paged 16), for A/B runs of FP8 changes; "layout": bf16 ragged and paged 16 / 128, random and in
 order, and cuDNN. $FIG_TREE selects the library's tree, as in bench_prefill.
 
 usage: python bench/rotated_prefill.py [--set bars|layout] [--reps 20] [--rounds 5] [--out rotated.json]
@@ -41,10 +42,12 @@ HEADS, HEAD_DIM = 32, 128
 SETS = {
     "bars": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("ragged", None, None, "e4m3"),
              ("paged", 16, "random", "e4m3"), ("cudnn", None, None, "bf16")),
+    "fp8": (("ragged", None, None, "e4m3"), ("paged", 16, "random", "e4m3"), ("ragged", None, None, "bf16/e4m3"),
+            ("paged", 16, "random", "bf16/e4m3")),
     "layout": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("paged", 16, "in order", "bf16"),
                ("paged", 128, "random", "bf16"), ("paged", 128, "in order", "bf16"), ("cudnn", None, None, "bf16")),
 }
-DTYPES = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}
+DTYPES = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}  # a name "q/kv" names q's and the cache's apart
 
 
 def sm_clock_mhz() -> int | None:
@@ -74,6 +77,7 @@ def main(argv=None) -> None:
     # [tokens, heads, d] each, bf16 and their e4m3 codes
     q, k, v = (torch.randn(tokens, HEADS, HEAD_DIM, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
     values = {"bf16": (q, k, v), "e4m3": tuple(t.to(torch.float8_e4m3fn) for t in (q, k, v))}
+    values["bf16/e4m3"] = (q,) + values["e4m3"][1:]
     dense = [t.view(BATCH, SEQ, HEADS, HEAD_DIM).transpose(1, 2).contiguous() for t in (q, k, v)]  # [B, H, S, D]
     out = torch.empty_like(q)
     qo_indptr = torch.arange(0, tokens + 1, SEQ, dtype=torch.int32, device="cuda")
@@ -84,9 +88,10 @@ def main(argv=None) -> None:
         for causal in (False, True):
             for config in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
                 layout, page, order, dtype_name = config
-                dtype = DTYPES[dtype_name]
+                q_name, _, kv_name = dtype_name.partition("/")
                 q_c, k_c, v_c = values[dtype_name]
-                plan_types = dict(q_data_type=dtype, kv_data_type=dtype, o_data_type=torch.bfloat16)
+                plan_types = dict(q_data_type=DTYPES[q_name], kv_data_type=DTYPES[kv_name or q_name],
+                                  o_data_type=torch.bfloat16)
                 if layout == "cudnn":
                     from torch.nn.attention import SDPBackend, sdpa_kernel
 
