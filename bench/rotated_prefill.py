@@ -15,7 +15,8 @@ so that page 128 in order is ragged's memory), in e4m3 (q too: the FP8 tiles' ro
 
 Sets (--set): "bars" (default), the rows issue 12's bars compare: bf16 ragged and paged 16 against
 cuDNN, and q/k/v e4m3 against bf16; "fp8", the FP8 tiles' rows alone (q/k/v e4m3, and bf16 q with
-an e4m3 cache, ragged and paged 16), for A/B runs of FP8 changes; "layout": bf16 ragged and paged 16 / 128, random and in
+an e4m3 cache, ragged and paged 16), for A/B runs of FP8 changes; "wide", the rows of both with
+cuDNN; "layout": bf16 ragged and paged 16 / 128, random and in
 order, and cuDNN. $FIG_TREE selects the library's tree, as in bench_prefill.
 
 usage: python bench/rotated_prefill.py [--set bars|layout] [--reps 20] [--rounds 5] [--out rotated.json]
@@ -44,6 +45,9 @@ SETS = {
              ("paged", 16, "random", "e4m3"), ("cudnn", None, None, "bf16")),
     "fp8": (("ragged", None, None, "e4m3"), ("paged", 16, "random", "e4m3"), ("ragged", None, None, "bf16/e4m3"),
             ("paged", 16, "random", "bf16/e4m3")),
+    "wide": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("ragged", None, None, "e4m3"),
+             ("paged", 16, "random", "e4m3"), ("ragged", None, None, "bf16/e4m3"), ("paged", 16, "random", "bf16/e4m3"),
+             ("cudnn", None, None, "bf16")),
     "layout": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("paged", 16, "in order", "bf16"),
                ("paged", 128, "random", "bf16"), ("paged", 128, "in order", "bf16"), ("cudnn", None, None, "bf16")),
 }
