@@ -16,7 +16,8 @@ from .kind_decode import CXX_LOGITS, VARIANTS
 WARPS = 4
 HEAD_DIMS = (64, 80, 96, 128, 192, 256)
 WORK_ITEM_BYTES = 32         # the CTA's work item (PrefillRows, 8 ints) ahead of the mainloop's storage
-ROW_PADDING = 16             # bytes after each shared K/V row (bank spread, prefill_mainloop_sm80.cuh)
+STORAGE_ALIGN = 128          # the mainloop's storage starts on a 128-byte line (alignas in prefill_mainloop_sm80.cuh)
+ROW_PADDING = 16             # bytes after each shared 16-bit K/V row that is not XOR-swizzled (smem_rows.cuh)
 # Tuning hook for bench/ only: "m_tiles=1,block_n=32" overrides the tile shape below, for the
 # generator and the runtime's schedule alike (set it for both).
 TUNE_ENV = "FIG_PREFILL_TUNE"
@@ -38,19 +39,33 @@ def block_m(head_dim: int) -> int:
     return WARPS * 16 * m_tiles(head_dim)
 
 
+def row_padding(head_dim: int, fp8: bool) -> int:
+    """Bytes after each shared 16-bit K/V row: none where the rows are copied from a 16-bit
+    cache and a row is a whole number of 128-byte lines, which are XOR-swizzled instead, so that
+    eight threads copying 128 bytes of a row write one line (smem_rows.cuh); else ROW_PADDING,
+    an odd number of 16-byte chunks a row. An FP8 cache's 16-bit tile is written by the upcast,
+    and with the swizzle's per-step addresses its two-m-tile instances spilled (88-104 bytes at
+    head dim 128)."""
+    return 0 if not fp8 and (2 * head_dim) % 128 == 0 else ROW_PADDING
+
+
+def _round_up(x: int, to: int) -> int:
+    return -(-x // to) * to
+
+
 def _smem_bytes(head_dim: int, fp8: bool, n: int, stages: int) -> int:
-    """The work item, then the mainloop's shared storage (prefill_mainloop_sm80.cuh), reused by the epilogue's fp32
-    staging of the CTA's output rows and their LSE; the kernel static_asserts the same size.
-    Mainloop: the copy ring of `stages` K and V tiles (16-bit rows padded by ROW_PADDING; FP8
-    rows as stored, plus the one padded 16-bit tile they are upcast into), Q's fragments (16
-    bytes per lane per m-tile and k-step), the ring's row offsets (8 bytes per key) and each
-    packed row's key bounds (8 bytes)."""
+    """The work item, then, from the next 128-byte line, the mainloop's shared storage
+    (prefill_mainloop_sm80.cuh), reused by the epilogue's fp32 staging of the CTA's output rows
+    and their LSE; the kernel static_asserts the same size. Mainloop: the copy ring of `stages`
+    K and V tiles (16-bit rows of 2 x D + row_padding bytes; FP8 rows as stored, plus the one
+    16-bit tile they are upcast into), Q's fragments (16 bytes per lane per m-tile and k-step),
+    the ring's row offsets (8 bytes per key) and each packed row's key bounds (8 bytes)."""
     d, bm = head_dim, block_m(head_dim)
-    mma_row = 2 * d + ROW_PADDING
+    mma_row = 2 * d + row_padding(d, fp8)
     copy_row = d if fp8 else mma_row
     mainloop = ((2 * n * mma_row if fp8 else 0) + stages * 2 * n * copy_row + WARPS * m_tiles(d) * 32 * (d // 16) * 16
                 + stages * n * 8 + bm * 8)
-    return WORK_ITEM_BYTES + max(mainloop, bm * (d + 1) * 4)
+    return _round_up(WORK_ITEM_BYTES, STORAGE_ALIGN) + _round_up(max(mainloop, bm * (d + 1) * 4), STORAGE_ALIGN)
 
 
 def _two_ctas_fit(smem: int, arch: Arch) -> bool:
@@ -122,6 +137,7 @@ def template_context(key: InstanceKey) -> dict:
         "min_ctas_per_sm": max(1, min(2, arch.smem_per_sm // (smem + arch.smem_reserved_per_block))),
         "smem_bytes": smem,
         "smem_per_block": arch.smem_per_block,
+        "row_padding": row_padding(key.head_dim, key.is_fp8),
     }
 
 

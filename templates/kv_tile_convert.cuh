@@ -2,7 +2,8 @@
 // prefill warps read with ldmatrix. Done once per tile by all threads, instead of once per
 // warp in registers: every warp of the CTA reads the same keys, so a per-warp upcast did the
 // work kWarps times over. Each thread takes 8 codes (8 bytes) and writes 16 bytes, so
-// consecutive threads write consecutive 16-byte chunks of a row (no bank conflict).
+// consecutive threads write consecutive 16-byte chunks of a row, placed as DstRows says
+// (smem_rows.cuh).
 //
 // Every code is converted exactly: the fast bit placement handles the finite codes, and a thread
 // whose chunks hold a special code (e4m3 NaN, see fp8_convert.cuh) converts them again with the
@@ -12,11 +13,13 @@
 #include <cuda_runtime.h>
 #include "fp8_convert.cuh"
 #include "device_utils.cuh"
+#include "smem_rows.cuh"
 
 namespace fig {
 
-template <class Converter, int kRows, int kHeadDim, int kSrcRowBytes, int kDstRowBytes, int kThreads>
+template <class Converter, int kRows, int kHeadDim, int kSrcRowBytes, class DstRows, int kThreads>
 struct KvTileConvert {
+  static constexpr int kDstRowBytes = DstRows::kRowBytes;
   static constexpr int kChunksPerRow = kHeadDim / 8;
   static constexpr int kChunks = kRows * kChunksPerRow;
   static_assert(kHeadDim % 8 == 0 && kSrcRowBytes % 8 == 0 && kDstRowBytes % 16 == 0);
@@ -64,8 +67,8 @@ struct KvTileConvert {
         word<kExact>(k_codes.y, k16.z, k16.w, special);
         word<kExact>(v_codes.x, v16.x, v16.y, special);
         word<kExact>(v_codes.y, v16.z, v16.w, special);
-        *reinterpret_cast<uint4*>(&k_dst[row][16 * chunk]) = k16;
-        *reinterpret_cast<uint4*>(&v_dst[row][16 * chunk]) = v16;
+        *reinterpret_cast<uint4*>(k_dst[0] + DstRows::offset(row, chunk)) = k16;
+        *reinterpret_cast<uint4*>(v_dst[0] + DstRows::offset(row, chunk)) = v16;
       }
     }
   }

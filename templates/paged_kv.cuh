@@ -9,6 +9,7 @@
 #include <cutlass/fast_math.h>
 #include "device_utils.cuh"
 #include "fig_abi_common.h"
+#include "smem_rows.cuh"
 
 namespace fig {
 
@@ -48,7 +49,7 @@ struct PagedKv {
 };
 
 // A CTA's cooperative copy of kRows consecutive tokens of K and V (one KV head) into shared
-// rows of kRowBytes (a row of head-dim bytes plus any padding), 16 bytes per cp.async.
+// rows laid out as Rows says (smem_rows.cuh), 16 bytes per cp.async.
 // Consecutive threads take consecutive 16-byte chunks of a row, so each row is read as whole
 // sectors. The rows' page-table lookups are done a tile ahead (lookup() / store()) into shared
 // memory as K row addresses, so a copy never waits for a page index: a lookup's latency hides
@@ -56,11 +57,12 @@ struct PagedKv {
 // pools share strides), so the copy holds no base pointers in registers across the mainloop.
 // Tokens at or past `end` re-read token end - 1 (the consumer masks them), so no load leaves
 // the request's pages.
-template <int kRows, int kRowBytes, int kDataBytes, int kThreads>
+template <int kRows, class Rows, int kDataBytes, int kThreads>
 struct PagedKvTileCopy {
+  static constexpr int kRowBytes = Rows::kRowBytes;
   static constexpr int kChunksPerRow = kDataBytes / 16;
   static constexpr int kChunks = kRows * kChunksPerRow;
-  static_assert(kDataBytes % 16 == 0 && kRowBytes % 16 == 0, "rows are copied as 16-byte chunks");
+  static_assert(kDataBytes % 16 == 0 && kDataBytes <= kRowBytes, "rows are copied as 16-byte chunks");
   static_assert(kRows <= kThreads, "one thread looks up each row");
 
   // K address of row threadIdx.x of the tile at tile_begin (k_base: the KV head's K base); 0 for
@@ -83,7 +85,7 @@ struct PagedKvTileCopy {
       // pass is a constant number of rows further.
       constexpr int kRowsPerPass = kThreads / kChunksPerRow;
       const int row = thread_index_here() / kChunksPerRow;
-      const int column = 16 * (thread_index_here() % kChunksPerRow);
+      const int column = thread_index_here() % kChunksPerRow;
       CUTE_UNROLL
       for (int i = 0; i < (kRows + kRowsPerPass - 1) / kRowsPerPass; ++i) {
         if (kRows % kRowsPerPass == 0 || row + i * kRowsPerPass < kRows)
@@ -94,7 +96,7 @@ struct PagedKvTileCopy {
       for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
         const int id = thread_index_here() + i * kThreads;
         if (kChunks % kThreads == 0 || id < kChunks)
-          chunk(k_rows, v_rows, row_addrs, v_minus_k, id / kChunksPerRow, 16 * (id % kChunksPerRow));
+          chunk(k_rows, v_rows, row_addrs, v_minus_k, id / kChunksPerRow, id % kChunksPerRow);
       }
     }
   }
@@ -102,12 +104,13 @@ struct PagedKvTileCopy {
  private:
   __device__ __forceinline__ static void chunk(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
                                                const int64_t (&row_addrs)[kRows], int64_t v_minus_k, int row,
-                                               int column) {
-    const int64_t k_src = row_addrs[row] + column;
+                                               int column) {  // column: the 16-byte chunk
+    const int64_t k_src = row_addrs[row] + 16 * column;
+    const uint32_t dst = Rows::offset(row, column);
     cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(k_src),
-                                                          *reinterpret_cast<cute::uint128_t*>(&k_rows[row][column]));
+                                                          *reinterpret_cast<cute::uint128_t*>(k_rows[0] + dst));
     cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(k_src + v_minus_k),
-                                                          *reinterpret_cast<cute::uint128_t*>(&v_rows[row][column]));
+                                                          *reinterpret_cast<cute::uint128_t*>(v_rows[0] + dst));
   }
 };
 

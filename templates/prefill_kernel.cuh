@@ -18,9 +18,10 @@ namespace fig {
 
 // The instance's numbers, all from the generator's table (generator/kind_prefill.py).
 template <int kHeadDim_, int kMTiles_, int kBlockN_, int kStages_, int kWarps_, int kMinCtasPerSm_, int kSmemBytes_,
-          int kSmemPerBlock_>
+          int kSmemPerBlock_, int kRowPadding_>
 struct PrefillShape {
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kRowPadding = kRowPadding_;     // bytes after each shared 16-bit K/V row (smem_rows.cuh)
   static constexpr int kBlockN = kBlockN_;             // keys per shared tile
   static constexpr int kStages = kStages_;             // tiles in flight
   static constexpr int kWarps = kWarps_;
@@ -97,7 +98,7 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     const uint8_t(*v_rows)[Mainloop::kMmaRowBytes];
     if constexpr (Kv::kIsFp8) {
       // Every warp finished the previous tile before the barrier above, so the 16-bit rows are free.
-      KvTileConvert<typename Kv::Converter, kN, Cfg::kHeadDim, Mainloop::kCopyRowBytes, Mainloop::kMmaRowBytes,
+      KvTileConvert<typename Kv::Converter, kN, Cfg::kHeadDim, Mainloop::kCopyRowBytes, typename Mainloop::Rows,
                     Cfg::kThreads>::run(smem.k[t % kS], smem.v[t % kS], smem.k16, smem.v16);
       __syncthreads();
       k_rows = smem.k16;
@@ -125,7 +126,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   using Mainloop = PrefillMainloop<Cfg>;
   using Epilogue = PrefillEpilogue<Cfg>;
   using QElement = typename Cfg::QElement;
-  extern __shared__ __align__(16) uint8_t smem_raw[];
+  extern __shared__ __align__(128) uint8_t smem_raw[];
   auto& shared = *reinterpret_cast<PrefillSharedStorage<Cfg>*>(smem_raw);
   auto& smem = shared.mainloop;
 

@@ -7,15 +7,16 @@
 // Fragments come from ldmatrix: K rows (tokens) as the B operand of S = Q K^T, and V rows,
 // transposed in the load, as the B operand of O += P V. One ldmatrix.x4 feeds two n-tiles, and
 // each fragment feeds kMTiles mma (FA2's 32 rows a warp at kMTiles = 2), so shared-memory
-// traffic per mma halves against one m-tile. Shared 16-bit rows are head-dim x 2 bytes plus 16
-// bytes of padding, an odd number of 16-byte chunks: the 8 row addresses of one 8x8 matrix
-// then fall on 8 different chunk positions of the 128-byte bank window (no bank conflict).
+// traffic per mma halves against one m-tile. Shared 16-bit rows are XOR-swizzled, or padded
+// where a row is not a whole number of 128-byte lines (smem_rows.cuh): either way the 8 row
+// addresses of one 8x8 matrix fall on 8 different chunk positions of the 128-byte bank window.
 #pragma once
 #include <cuda_runtime.h>
 #include "kv_tile_convert.cuh"
 #include "kv_types.cuh"
 #include "mma_sm80.cuh"
 #include "paged_kv.cuh"
+#include "smem_rows.cuh"
 #include "softmax.cuh"
 
 namespace fig {
@@ -46,17 +47,19 @@ struct PrefillMainloop {
   static constexpr int kSTiles = kBlockN / 8;      // n-tiles of S per tile
   static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
   static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
-  static constexpr int kMmaRowBytes = kHeadDim * 2 + 16;                         // 16-bit rows, padded
-  static constexpr int kCopyRowBytes = Kv::kIsFp8 ? kHeadDim : kMmaRowBytes;    // rows as copied
+  using Rows = LdmatrixRows<kHeadDim * 2, Cfg::kRowPadding>;                     // 16-bit rows
+  using CopyRows = std::conditional_t<Kv::kIsFp8, PlainRows<kHeadDim>, Rows>;  // rows as copied
+  static constexpr int kMmaRowBytes = Rows::kRowBytes;
+  static constexpr int kCopyRowBytes = CopyRows::kRowBytes;
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0 && kStages >= 2, "x4 loads cover two n-tiles");
-  static_assert((kMmaRowBytes / 16) % 2 == 1, "an odd chunk stride keeps ldmatrix free of bank conflicts");
 
-  using TileCopy = PagedKvTileCopy<kBlockN, kCopyRowBytes, kHeadDim * Kv::kBytes, Cfg::kThreads>;
+  using TileCopy = PagedKvTileCopy<kBlockN, CopyRows, kHeadDim * Kv::kBytes, Cfg::kThreads>;
 
   // Q's A fragments live in shared memory, each lane's own 16-byte slot per m-tile and k-step,
   // read once per k-step of every tile: in registers they would take D / 2 per thread at two
-  // m-tiles, next to O's D and S's kBlockN / 2.
-  struct SharedStorage : ConvertedKvTile<Kv::kIsFp8, kBlockN, kMmaRowBytes> {
+  // m-tiles, next to O's D and S's kBlockN / 2. Aligned to a 128-byte line, as the swizzled
+  // tiles must start on one (every tile below is a whole number of lines).
+  struct alignas(128) SharedStorage : ConvertedKvTile<Kv::kIsFp8, kBlockN, kMmaRowBytes> {
     uint8_t k[kStages][kBlockN][kCopyRowBytes];  // the cp.async ring, as the cache stores it
     uint8_t v[kStages][kBlockN][kCopyRowBytes];
     uint4 q[Cfg::kWarps][kMTiles][kKSteps][32];  // (warp, m-tile, k-step, lane)
@@ -80,13 +83,14 @@ struct PrefillMainloop {
     return smem_address(&smem.q[thread_index_here() / 32][0][0][lane()]);
   }
   // Byte offset of the lane's ldmatrix row in a K tile: matrices (tokens 0-7 | 8-15 of two
-  // n-tiles) x (dims 0-7 | 8-15 of a k-step).
+  // n-tiles) x (dims 0-7 | 8-15 of a k-step); k-step j is Rows::step(.., 2 j) of it.
   __device__ __forceinline__ static uint32_t k_lane() {
-    return (lane() % 8 + 8 * (lane() / 16)) * kMmaRowBytes + 16 * ((lane() / 8) % 2);
+    return Rows::offset(lane() % 8 + 8 * (lane() / 16), (lane() / 8) % 2);
   }
-  // And in a V tile: matrices (tokens 0-7 | 8-15 of a k-step) x (dims of two n-tiles).
+  // And in a V tile: matrices (tokens 0-7 | 8-15 of a k-step) x (dims of two n-tiles); n-tiles
+  // e, e + 1 are Rows::step(.., e) of it.
   __device__ __forceinline__ static uint32_t v_lane() {
-    return (lane() % 8 + 8 * ((lane() / 8) % 2)) * kMmaRowBytes + 16 * (lane() / 16);
+    return Rows::offset(lane() % 8 + 8 * ((lane() / 8) % 2), lane() / 16);
   }
 
   // q_rows[m][r]: that row of Q (head dim contiguous), or nullptr for a row past the request's;
@@ -175,7 +179,7 @@ struct PrefillMainloop {
       CUTE_UNROLL
       for (int nt = 0; nt < kSTiles; nt += 2) {
         uint32_t b[4];  // b0, b1 of n-tile nt, then of nt + 1
-        ldsm_x4(k_addr + 8 * nt * kMmaRowBytes + 32 * j, b);
+        ldsm_x4(Rows::step(k_addr, 2 * j) + 8 * nt * kMmaRowBytes, b);
         CUTE_UNROLL
         for (int m = 0; m < kMTiles; ++m) {
           mma_rows16<MmaElement>(s[m][nt], a[m], b[0], b[1]);
@@ -246,7 +250,7 @@ struct PrefillMainloop {
       CUTE_UNROLL
       for (int e = 0; e < kNTiles; e += 2) {
         uint32_t b[4];  // b0, b1 of n-tile e, then of e + 1
-        ldsm_x4_trans(v_addr + 16 * t * kMmaRowBytes + 16 * e, b);
+        ldsm_x4_trans(Rows::step(v_addr, e) + 16 * t * kMmaRowBytes, b);
         CUTE_UNROLL
         for (int m = 0; m < kMTiles; ++m) {
           mma_rows16<MmaElement>(o_acc[m][e], a[m], b[0], b[1]);

@@ -48,7 +48,7 @@ struct PrefillSm90Load {
   static constexpr int kPieces = kHeadDim / kBoxColumns;      // TMA instructions per box
   static_assert(kThreads == 128 && kHeadDim % kBoxColumns == 0 && kBlockN / 8 * kPieces <= kThreads,
                 "a TMA instruction per producer thread at most: boxes of >= 8 keys, 128 bytes a piece, four warps");
-  using Lookup = PagedKvTileCopy<kBlockN, kHeadDim * sizeof(Element), kHeadDim * sizeof(Element), kThreads>;
+  using Lookup = PagedKvTileCopy<kBlockN, PlainRows<kHeadDim * sizeof(Element)>, kHeadDim * sizeof(Element), kThreads>;
 
   // The first key of the item's first tile: tiles start on multiples of kBlockN, so a TMA box
   // never straddles a page; the keys before `begin` are the request's own, masked by the consumers.
