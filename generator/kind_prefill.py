@@ -75,8 +75,14 @@ def _two_ctas_fit(smem: int, arch: Arch) -> bool:
 def spills_at_64_keys(key: InstanceKey) -> bool:
     """Where two m-tiles of 64 keys spilled (ptxas -warn-spills over every instance): the e4m3
     software routine's exact pass with the soft-cap's transform (12 bytes, head dim 96, sm_90a),
-    or at head dim 96 on sm_80 (8 bytes). Those start at 32 keys."""
-    if m_tiles(key.head_dim) != 2 or (key.kv_dtype, key.conversion) != ("e4m3", "software"):
+    or at head dim 96 on sm_80 (8 bytes); and a 16-bit cache's swizzled rows at head dim 128
+    where two CTAs of 64-key tiles do not fit an SM (the 100 KB parts, sm_86 and sm_89: 104
+    bytes; the padded rows had not fit 64 keys there at all). Those start at 32 keys."""
+    if m_tiles(key.head_dim) != 2:
+        return False
+    if not key.is_fp8 and row_padding(key.head_dim, False) == 0:
+        return not _two_ctas_fit(_smem_bytes(key.head_dim, False, 64, 2), ARCH_BY_NAME[key.arch])
+    if (key.kv_dtype, key.conversion) != ("e4m3", "software"):
         return False
     return key.variant == "softcap" or key.head_dim == 96
 
