@@ -3,7 +3,11 @@ GPU): each program in tests/host/ prints "ok" or the first failed check.
 
 tma_cache_test.cu: the per-thread table of TMA descriptors (KvTensorMaps::cached_with) encodes
 an engine's 32 per-layer caches once each, compares every part of its key, and replaces a set's
-least recently used entry."""
+least recently used entry.
+
+smem_rows_test.cu: the Ampere-path prefill's shared K/V row layouts (smem_rows.cuh), swizzled and
+padded: chunks inside their rows and distinct, step() equal to offset(), ldmatrix's eight rows on
+eight bank positions, and each copied run of eight chunks one 128-byte line."""
 import subprocess
 from pathlib import Path
 
@@ -16,7 +20,7 @@ pytestmark = pytest.mark.skipif(toolchain.find_nvcc() is None or toolchain.cutla
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("program", ["tma_cache_test.cu"])
+@pytest.mark.parametrize("program", ["tma_cache_test.cu", "smem_rows_test.cu"])
 def test_host_program(program, tmp_path):
     (tmp_path / abi.COMMON_HEADER).write_text(abi.common_header())
     exe = tmp_path / "test"
