@@ -13,7 +13,9 @@ from .keys import (CONVERSIONS, CXX_ELEMENT, KV_DTYPES, Q_DTYPES, InstanceKey, K
 from .kind_decode import CXX_LOGITS, VARIANTS
 
 
-WARPS = 4
+WARPS = 4                    # warps per CTA where a warp owns two m16 tiles (head dims up to 128)
+WIDE_WARPS = 8               # where it owns one, when that buys a larger key tile (warps())
+THREAD_REGISTERS = 255       # what a thread of the mainloop takes (prefill_mainloop_sm80.cuh)
 HEAD_DIMS = (64, 80, 96, 128, 192, 256)
 WORK_ITEM_BYTES = 32         # the CTA's work item (PrefillRows, 8 ints) ahead of the mainloop's storage
 STORAGE_ALIGN = 128          # the mainloop's storage starts on a 128-byte line (alignas in prefill_mainloop_sm80.cuh)
@@ -24,7 +26,7 @@ TUNE_ENV = "FIG_PREFILL_TUNE"
 
 
 def _tune() -> dict:
-    return tuning_overrides(TUNE_ENV, ("m_tiles", "block_n", "stages"))
+    return tuning_overrides(TUNE_ENV, ("m_tiles", "block_n", "stages", "warps"))
 
 
 def m_tiles(head_dim: int) -> int:
@@ -34,9 +36,9 @@ def m_tiles(head_dim: int) -> int:
     return _tune().get("m_tiles", 2 if head_dim <= 128 else 1)
 
 
-def block_m(head_dim: int) -> int:
+def block_m(key: InstanceKey) -> int:
     """Packed query rows (token x q head of a KV head's group) per CTA."""
-    return WARPS * 16 * m_tiles(head_dim)
+    return warps(key) * 16 * m_tiles(key.head_dim)
 
 
 def row_padding(head_dim: int, fp8: bool) -> int:
@@ -53,23 +55,32 @@ def _round_up(x: int, to: int) -> int:
     return -(-x // to) * to
 
 
-def _smem_bytes(head_dim: int, fp8: bool, n: int, stages: int) -> int:
+def _smem_bytes(head_dim: int, fp8: bool, n: int, stages: int, warps: int) -> int:
     """The work item, then, from the next 128-byte line, the mainloop's shared storage
     (prefill_mainloop_sm80.cuh), reused by the epilogue's fp32 staging of the CTA's output rows
     and their LSE; the kernel static_asserts the same size. Mainloop: the copy ring of `stages`
     K and V tiles (16-bit rows of 2 x D + row_padding bytes; FP8 rows as stored, plus the one
     16-bit tile they are upcast into), Q's fragments (16 bytes per lane per m-tile and k-step),
     the ring's row offsets (8 bytes per key) and each packed row's key bounds (8 bytes)."""
-    d, bm = head_dim, block_m(head_dim)
+    d, bm = head_dim, warps * 16 * m_tiles(head_dim)
     mma_row = 2 * d + row_padding(d, fp8)
     copy_row = d if fp8 else mma_row
-    mainloop = ((2 * n * mma_row if fp8 else 0) + stages * 2 * n * copy_row + WARPS * m_tiles(d) * 32 * (d // 16) * 16
+    mainloop = ((2 * n * mma_row if fp8 else 0) + stages * 2 * n * copy_row + warps * m_tiles(d) * 32 * (d // 16) * 16
                 + stages * n * 8 + bm * 8)
     return _round_up(WORK_ITEM_BYTES, STORAGE_ALIGN) + _round_up(max(mainloop, bm * (d + 1) * 4), STORAGE_ALIGN)
 
 
-def _two_ctas_fit(smem: int, arch: Arch) -> bool:
-    return 2 * (smem + arch.smem_reserved_per_block) <= arch.smem_per_sm
+def _ctas_per_sm(smem: int, arch: Arch, warps: int) -> int:
+    """CTAs of `warps` warps and `smem` bytes that share an SM, at most 2: by shared memory, and by
+    registers at the 255 a thread that two m16 tiles of O and 64 keys of S fill (so two CTAs of
+    WIDE_WARPS never do)."""
+    by_smem = arch.smem_per_sm // (smem + arch.smem_reserved_per_block)
+    by_registers = arch.registers_per_sm // (warps * 32 * THREAD_REGISTERS)
+    return max(1, min(2, by_smem, by_registers))
+
+
+def _two_ctas_fit(smem: int, arch: Arch, warps: int) -> bool:
+    return 2 * (smem + arch.smem_reserved_per_block) <= arch.smem_per_sm and _ctas_per_sm(smem, arch, warps) == 2
 
 
 def spills_at_64_keys(key: InstanceKey) -> bool:
@@ -81,25 +92,23 @@ def spills_at_64_keys(key: InstanceKey) -> bool:
     if m_tiles(key.head_dim) != 2:
         return False
     if not key.is_fp8 and row_padding(key.head_dim, False) == 0:
-        return not _two_ctas_fit(_smem_bytes(key.head_dim, False, 64, 2), ARCH_BY_NAME[key.arch])
+        return not _two_ctas_fit(_smem_bytes(key.head_dim, False, 64, 2, WARPS), ARCH_BY_NAME[key.arch], WARPS)
     if (key.kv_dtype, key.conversion) != ("e4m3", "software"):
         return False
     return key.variant == "softcap" or key.head_dim == 96
 
 
-def block_n(key: InstanceKey) -> int:
-    """Keys per shared tile: the largest of the head dim's candidates with which two CTAs of two
-    stages share an SM of the key's arch; where none does (the 100 KB parts at large head dims),
-    the largest that fits one CTA. S takes m_tiles x kBlockN / 2 registers a thread next to O's
-    m_tiles x D / 2, which fills the 255 at two m-tiles of 64 keys: where that spilled
-    (spills_at_64_keys) the candidates start at 32; the builder refuses any spilling build."""
-    if "block_n" in _tune():
-        return _tune()["block_n"]
+def _block_n(key: InstanceKey, warps: int) -> int:
+    """Keys per shared tile for CTAs of `warps` warps: the largest of the candidates with which two
+    CTAs of two stages share an SM of the key's arch; where none does, the largest that fits one
+    CTA. S takes m_tiles x kBlockN / 2 registers a thread next to O's m_tiles x D / 2, which fills
+    the 255 at two m-tiles of 64 keys: where that spilled (spills_at_64_keys) the candidates start
+    at 32; the builder refuses any spilling build."""
     arch = ARCH_BY_NAME[key.arch]
     candidates = (32, 16) if spills_at_64_keys(key) else (64, 32, 16)
-    sizes = {n: _smem_bytes(key.head_dim, key.is_fp8, n, 2) for n in candidates}
+    sizes = {n: _smem_bytes(key.head_dim, key.is_fp8, n, 2, warps) for n in candidates}
     for n in candidates:
-        if _two_ctas_fit(sizes[n], arch):
+        if _two_ctas_fit(sizes[n], arch, warps):
             return n
     for n in candidates:
         if sizes[n] <= arch.smem_per_block:
@@ -107,8 +116,29 @@ def block_n(key: InstanceKey) -> int:
     return candidates[-1]
 
 
+def warps(key: InstanceKey) -> int:
+    """Warps per CTA. Where a warp owns two m16 tiles (head dims up to 128), WARPS: 128 rows, two
+    CTAs an SM. Where it owns one (O alone takes D / 2 registers a thread), WIDE_WARPS if that CTA,
+    one an SM, gets a larger key tile than two CTAs of WARPS (the K/V tile is then shared by 128
+    rows instead of 64): at head dim 256 on the H100, 64-key tiles against 32 took bf16 from 259 to
+    291-296 TFLOP/s and e4m3 from 222 to 255-262, while 8 warps with the same 32-key tile lost
+    (243-249): with two warps a scheduler either way, the CTA's shape is chosen by its key tile."""
+    if "warps" in _tune():
+        return _tune()["warps"]
+    if m_tiles(key.head_dim) != 1:
+        return WARPS
+    return WIDE_WARPS if _block_n(key, WIDE_WARPS) > _block_n(key, WARPS) else WARPS
+
+
+def block_n(key: InstanceKey) -> int:
+    """Keys per shared tile (_block_n for the key's CTA shape, warps())."""
+    if "block_n" in _tune():
+        return _tune()["block_n"]
+    return _block_n(key, warps(key))
+
+
 def smem_bytes(key: InstanceKey, stages: int) -> int:
-    return _smem_bytes(key.head_dim, key.is_fp8, block_n(key), stages)
+    return _smem_bytes(key.head_dim, key.is_fp8, block_n(key), stages, warps(key))
 
 
 def pipeline_stages(key: InstanceKey, arch: Arch) -> int:
@@ -116,7 +146,7 @@ def pipeline_stages(key: InstanceKey, arch: Arch) -> int:
     if "stages" in _tune():
         return _tune()["stages"]
     for stages in (4, 3, 2):
-        if _two_ctas_fit(smem_bytes(key, stages), arch):
+        if _two_ctas_fit(smem_bytes(key, stages), arch, warps(key)):
             return stages
     return 2 if smem_bytes(key, 2) <= arch.smem_per_block else 0
 
@@ -139,8 +169,8 @@ def template_context(key: InstanceKey) -> dict:
         "m_tiles": m_tiles(key.head_dim),
         "block_n": block_n(key),
         "stages": stages,
-        "warps": WARPS,
-        "min_ctas_per_sm": max(1, min(2, arch.smem_per_sm // (smem + arch.smem_reserved_per_block))),
+        "warps": warps(key),
+        "min_ctas_per_sm": _ctas_per_sm(smem, arch, warps(key)),
         "smem_bytes": smem,
         "smem_per_block": arch.smem_per_block,
         "row_padding": row_padding(key.head_dim, key.is_fp8),
@@ -191,5 +221,5 @@ SPEC = KindSpec(
     defaults={"head_dim": (128,), "variant": ("default",)},
     predicates=(tiles_fit,),
     context=template_context,
-    tiles=lambda key: (block_m(key.head_dim), block_n(key)),
+    tiles=lambda key: (block_m(key), block_n(key)),
 )

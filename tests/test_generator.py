@@ -57,10 +57,16 @@ def test_prefill_space():
     assert by_dim == {64: 5, 80: 5, 96: 5, 128: 5, 192: 5, 256: 5}
     assert why_invalid(key(kind="prefill", head_dim=80)) is None
     # two m-tiles a warp up to head dim 128; the largest key tile with which two CTAs share an SM
-    assert kind_prefill.block_m(128) == 128 and kind_prefill.block_m(256) == 64
+    assert kind_prefill.block_m(key(kind="prefill")) == 128 and kind_prefill.warps(key(kind="prefill")) == 4
     assert kind_prefill.block_n(key(kind="prefill", head_dim=64)) == 64
     assert kind_prefill.block_n(key(kind="prefill", kv_dtype="bf16", conversion="none", q_dtype="bf16")) == 64
-    assert kind_prefill.block_n(key(kind="prefill", head_dim=256)) == 32  # 64 keys would leave one CTA an SM
+    # one m-tile a warp from head dim 192: one CTA of 8 warps (128 rows) where that gets a larger
+    # key tile than two CTAs of 4 (64 keys against 32 at head dim 256 on sm_90a), else 4 warps
+    d256 = key(kind="prefill", head_dim=256)
+    assert (kind_prefill.warps(d256), kind_prefill.block_m(d256), kind_prefill.block_n(d256)) == (8, 128, 64)
+    assert "/*kWarps=*/8" in render(d256) and "/*kMinCtasPerSm=*/1" in render(d256)
+    d256_sm86 = key(kind="prefill", head_dim=256, arch="sm86", conversion="software")
+    assert (kind_prefill.warps(d256_sm86), kind_prefill.block_m(d256_sm86)) == (4, 64)
     soft_e4m3_sw = key(kind="prefill", conversion="software", variant="softcap")
     assert kind_prefill.block_n(soft_e4m3_sw) == 32 and "/*kBlockN=*/32" in render(soft_e4m3_sw)
     # a 100 KB part: head dim 96 keeps two CTAs only with 16-key tiles
@@ -220,6 +226,9 @@ def test_every_instance_fits_its_arch(arch):
         stages, smem = constant(source, "kStages"), constant(source, "kSmemBytes")
         assert smem <= a.smem_per_block == constant(source, "kSmemPerBlock"), k.name
         assert 1 <= constant(source, "kMinCtasPerSm") <= 4
+        if k.kind == "prefill":  # the launch bounds leave every thread the mainloop's registers
+            threads = 32 * constant(source, "kWarps") * constant(source, "kMinCtasPerSm")
+            assert threads * kind_prefill.THREAD_REGISTERS <= a.registers_per_sm, k.name
         if k.kind == "decode":
             assert 1 <= stages <= 8
         else:  # prefill: two CTAs per SM where it can, the copy ring at least double-buffered
