@@ -1,4 +1,4 @@
-"""A quick correctness pass of the Ampere-path prefill family at head dim 128 (the full matrix is
+"""A quick correctness pass of the Ampere-path prefill family at head dim 128 (--head-dim D for another; the full matrix is
 tests/test_prefill_gpu.py), for device sessions that try tile settings (FIG_PREFILL_TUNE, with
 FLASHINFER_GEN_JIT=1 and a cache of their own): paged and ragged, bf16 / fp16 / FP8 caches with
 both conversions, causal, window, soft-cap, scales, a long request. Prints one line per case and
@@ -9,6 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_prefill_gpu import check_paged, check_ragged  # noqa: E402
 
+HEAD_DIM = int(sys.argv[2]) if sys.argv[1:2] == ["--head-dim"] else 128
 E4M3 = torch.float8_e4m3fn
 CASES = [
     (torch.bfloat16, torch.bfloat16, None, "NHD", 16, 4, [1, 64, 300, 129], [1, 1000, 300, 256], dict(causal=True, seed=1)),
@@ -26,8 +27,8 @@ ws = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
 failed = 0
 for qd, kd, conv, layout, page, group, qo, kv, opts in CASES:
     try:
-        w, _ = check_paged(qd, kd, conv, 128, layout, page, group, qo, kv, ws, **opts)
-        check_ragged(qd, kd, conv, 128, group, qo, kv, ws, **{k: v for k, v in opts.items() if k != "combined"})
+        w, _ = check_paged(qd, kd, conv, HEAD_DIM, layout, page, group, qo, kv, ws, **opts)
+        check_ragged(qd, kd, conv, HEAD_DIM, group, qo, kv, ws, **{k: v for k, v in opts.items() if k != "combined"})
         print("ok  ", w.module.key.name, layout, page, group, qo, kv, opts, flush=True)
     except Exception as e:
         failed += 1

@@ -36,9 +36,13 @@ def m_tiles(head_dim: int) -> int:
     return _tune().get("m_tiles", 2 if head_dim <= 128 else 1)
 
 
+def _block_m(head_dim: int, warps: int) -> int:
+    return warps * 16 * m_tiles(head_dim)
+
+
 def block_m(key: InstanceKey) -> int:
     """Packed query rows (token x q head of a KV head's group) per CTA."""
-    return warps(key) * 16 * m_tiles(key.head_dim)
+    return _block_m(key.head_dim, warps(key))
 
 
 def row_padding(head_dim: int, fp8: bool) -> int:
@@ -62,7 +66,7 @@ def _smem_bytes(head_dim: int, fp8: bool, n: int, stages: int, warps: int) -> in
     K and V tiles (16-bit rows of 2 x D + row_padding bytes; FP8 rows as stored, plus the one
     16-bit tile they are upcast into), Q's fragments (16 bytes per lane per m-tile and k-step),
     the ring's row offsets (8 bytes per key) and each packed row's key bounds (8 bytes)."""
-    d, bm = head_dim, warps * 16 * m_tiles(head_dim)
+    d, bm = head_dim, _block_m(head_dim, warps)
     mma_row = 2 * d + row_padding(d, fp8)
     copy_row = d if fp8 else mma_row
     mainloop = ((2 * n * mma_row if fp8 else 0) + stages * 2 * n * copy_row + warps * m_tiles(d) * 32 * (d // 16) * 16
@@ -80,7 +84,7 @@ def _ctas_per_sm(smem: int, arch: Arch, warps: int) -> int:
 
 
 def _two_ctas_fit(smem: int, arch: Arch, warps: int) -> bool:
-    return 2 * (smem + arch.smem_reserved_per_block) <= arch.smem_per_sm and _ctas_per_sm(smem, arch, warps) == 2
+    return _ctas_per_sm(smem, arch, warps) == 2
 
 
 def spills_at_64_keys(key: InstanceKey) -> bool:
