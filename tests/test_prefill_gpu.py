@@ -25,6 +25,7 @@ from conftest import requires_gpu
 from gpu_instances import kv_cases
 from flashinfer_gen import ArgumentError, InstanceNotBuiltError
 from flashinfer_gen.reference import prefill_reference, ragged_reference, relative_error
+from generator import kind_prefill
 
 pytestmark = [requires_gpu, pytest.mark.gpu, pytest.mark.usefixtures("gpu_instances")]
 
@@ -330,6 +331,21 @@ def test_split_kv_long_context(q_dtype, kv_dtype, causal, workspace):
         assert num_partial > 0, f"batch 1 at 32k keys must be split ({w.module.key.name})"
     check_paged(q_dtype, kv_dtype, None, 128, "HND", 32, 4, [16, 1], [32768, 5], workspace, hk=8, causal=causal,
                 window_left=20000, seed=1)
+
+
+@pytest.mark.parametrize("d", [192, 256])
+@pytest.mark.parametrize("q_dtype,kv_dtype", [(torch.bfloat16, torch.float8_e4m3fn), (torch.bfloat16, torch.bfloat16)],
+                         ids=_ids)
+def test_split_kv_eight_warp_ctas(q_dtype, kv_dtype, d, workspace):
+    # From head dim 192 on, the sm_90a instances are CTAs of 8 warps (kind_prefill.warps): their
+    # split pieces and merge, beside short requests in the same batch.
+    w, _ = check_paged(q_dtype, kv_dtype, None, d, "NHD", 16, 4, [16, 3, 200], [32768, 700, 200], workspace, hk=8,
+                       causal=True, k_scale=0.5, v_scale=2.0, seed=d)
+    if w.module.key.arch == "sm90a":
+        assert kind_prefill.warps(w.module.key) == 8, w.module.key.name
+    num_partial = getattr(w._plan["schedule"], "num_partial", None)
+    if num_partial is not None:
+        assert num_partial > 0, f"16 queries on 32k keys must be split ({w.module.key.name})"
 
 
 # --- ragged KV -------------------------------------------------------------------------------------
