@@ -193,11 +193,9 @@ IDLE_CONSUMER_SAVING = 0.175
 def unit_cost(key: InstanceKey) -> tuple[int, tuple[float, ...]] | None:
     """(CONSUMER_ROWS, the relative cost of a unit with 1 .. consumers(key) consumers given rows),
     for plan()'s dealing of the units to persistent CTAs (prefill.py, cta_unit_lists); None (units
-    of equal keys cost the same) where it was not measured: two consumers, and FP8 tiles with a
-    16-bit q, whose consumers compute every tile whether their rows need it or not (the mainloop's
-    t1)."""
+    of equal keys cost the same) where it was not measured: two consumers."""
     c = consumers(key)
-    if c != WIDE_CONSUMERS or (fp8_tiles(key) and key.q_dtype not in FP8_Q_DTYPES):
+    if c != WIDE_CONSUMERS:
         return None
     return CONSUMER_ROWS, tuple(1.0 - IDLE_CONSUMER_SAVING * (c - a) for a in range(1, c + 1))
 

@@ -181,9 +181,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
                                       p.window_left);
       // Bounds shared by every row of the warpgroup (tiles inside [lo_max, hi_min] need no
       // per-key test), and the last key any of its rows sees (rows are in token order: the last
-      // row's), begin - 1 for a warpgroup past the item's rows. (The mainloop does not use hi_max
-      // with kQuantiseQ; written in this form, those instances compile to the SASS they had
-      // before it, which a shared `last` row changed.)
+      // row's), begin - 1 for a warpgroup past the item's rows.
       hi_min = work.key_range(first, p.causal, p.window_left).y;
       lo_max = work.key_range(max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1), p.causal,
                               p.window_left).x;

@@ -260,9 +260,8 @@ struct PrefillSm90Mainloop {
     const int tiles = PrefillSm90Load<Cfg>::tile_count(begin, end);
     if (tiles == 0) return;
     // The tiles [0, t1) this warpgroup computes: none where its rows see no key of the item
-    // (hi_max < begin). Every tile with FP8 tiles and a 16-bit q: t1 next to the tile count made
-    // their consumers spill at 152 registers (4-8 bytes, in every form tried).
-    const int t1 = Cfg::kQuantiseQ ? tiles : hi_max >= begin ? (hi_max - first) / kBlockN + 1 : 0;
+    // (hi_max < begin).
+    const int t1 = hi_max >= begin ? (hi_max - first) / kBlockN + 1 : 0;
     // K and V of a stage have barriers of their own: K(t) is freed once S(t) is done, before P V
     // reads V(t), so the producer can refill it meanwhile. The item's tile t is the rings' tile
     // ring + t. A TMA tile lands in the async proxy that WGMMA reads; a gathered one (cp.async,

@@ -526,9 +526,8 @@ def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily
     (measured 0.646). With those weights and the greedy last laps, the CTAs' largest sum of the
     measured costs is within 2% of the mean, non-causal and causal (dealt as equal units in the
     snake alone, as before them: 4.8% and 5.4% over), and each CTA's units stay by section,
-    costliest first within one. unit_cost gives none where it was not measured (two consumers;
-    FP8 tiles with a 16-bit q, whose consumers compute every tile); unit_weights maps GQA-packed
-    rows to row groups."""
+    costliest first within one. unit_cost gives none where it was not measured (two consumers);
+    unit_weights maps GQA-packed rows to row groups."""
     from flashinfer_gen.prefill import cta_unit_lists, l2_heads_per_section, make_schedule, unit_weights
     from generator.instances import KINDS
     from generator.keys import InstanceKey
@@ -538,7 +537,8 @@ def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily
     tile_rows, tile_keys = spec.tiles(key)
     assert (granule, tile_rows) == (64, 192) and np.allclose(by_groups, (0.65, 0.825, 1.0))
     assert spec.unit_cost(InstanceKey("prefill_sm90", "bf16", "bf16", 256, "sm90a", "none")) is None  # 2 consumers
-    assert spec.unit_cost(InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware")) is None
+    assert spec.unit_cost(InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware", "softcap")) is None
+    assert spec.unit_cost(InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware")) is not None
     assert spec.unit_cost(InstanceKey("prefill_sm90", "e4m3", "e4m3", 128, "sm90a", "hardware", "default",
                                       "bf16")) is not None
     # rows of GQA-packed items (group 4: 48 tokens a 192-row tile) -> 1, 2, 3 row groups
