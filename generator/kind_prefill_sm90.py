@@ -135,14 +135,14 @@ def _smem_bytes(key: InstanceKey, n: int, stages_k: int, stages_v: int) -> int:
     with an FP8 cache), then the 1024-aligned K, V (and transposed V) rings, then the gather's row
     addresses (one slot more than K stages), the mbarriers (full and empty, per K, V and
     transposed-V stage, at least one of the last), the per-row q scales (a union with each
-    consumer warp's mask bounds, which take less), all rounded to the storage's 1024-byte
-    alignment."""
+    consumer warp's mask bounds, which take less), each consumer's unit tile count, all rounded
+    to the storage's 1024-byte alignment."""
     head_dim, kv_bytes = key.head_dim, KV_BYTES[key.kv_dtype]
     q = block_m(key) * head_dim * kv_bytes  # Q is quantised to e4m3 with an FP8 cache
     tile = n * head_dim * kv_bytes
     ring = _align(stages_k * tile, 1024) + _align(stages_v * tile, 1024) + _align(stages_vt(key) * tile, 1024)
     barriers = 2 * (stages_k + stages_v + max(stages_vt(key), 1)) * 8
-    tail = (stages_k + 1) * n * 8 + barriers + block_m(key) * 4
+    tail = (stages_k + 1) * n * 8 + barriers + block_m(key) * 4 + consumers(key) * 4
     return _align(q + ring + tail, 1024)
 
 

@@ -203,6 +203,7 @@ struct PrefillSm90Mainloop {
       }
       if (thread % 2 == 0) smem.q_scale[warpgroup * kRows + local] = __fdiv_rn(1.0f, inv);
     }
+    if (thread == 0) smem.unit_tiles[warpgroup] = PrefillSm90Load<Cfg>::tile_count(work.begin, work.end);
     fence_shared_for_wgmma();
     named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
   }
@@ -474,10 +475,10 @@ struct PrefillSm90Mainloop {
       }
       if (t1 > 0) release(empty_v, kStagesV, t1 - 1);
     }
-    if constexpr (!Cfg::kQuantiseQ) {
+    // The tiles past t1, freed unread (their count from shared memory: unit_tiles).
+    const int unit_tiles = smem.unit_tiles[warpgroup];
 #pragma unroll 1
-      for (int t = t1; t < tiles; ++t) pass(t);
-    }
+    for (int t = t1; t < unit_tiles; ++t) pass(t);
   }
 
   // The thread's two rows of O, normalised, and their LSE (base 2), from its registers to global

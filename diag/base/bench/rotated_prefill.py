@@ -1,0 +1,165 @@
+"""Hopper prefill against torch SDPA's cuDNN backend, timed in rotated rounds (d128, B4 S4096, 32/32 heads).
+
+bench_prefill times each row once, in a fixed order (the SDPA peers first). The card's clock falls
+under sustained load and recovers in lighter stretches, so a fixed order favours some rows: on the
+H100 a first run of this script in a fixed order had the non-causal configuration that ran first
+fastest, by up to 8% (causal showed no such order).
+Here every configuration is timed as bench_prefill times it (CUDA-graph replays, L2 flushed,
+median of --reps), once a round, round r starting at configuration r (mod their number), so that
+no configuration always runs first or last; the table gives the median over the rounds and the
+ratio of the medians, and the SM clock (nvidia-smi) is read after each timing. Same values for
+every configuration: q, K and V random normal, as ragged tensors, as paged caches (pages of 16 or
+128 slots, in random order as in a pool, or in order: page p of request b at index b * pages + p,
+so that page 128 in order is ragged's memory), in e4m3 (q too: the FP8 tiles' rows), and as dense
+[B, H, S, D] tensors for cuDNN.
+
+Sets (--set): "bars" (default), the rows issue 12's bars compare: bf16 ragged and paged 16 against
+cuDNN, and q/k/v e4m3 against bf16; "fp8", the FP8 tiles' rows alone (q/k/v e4m3, and bf16 q with
+an e4m3 cache, ragged and paged 16), for A/B runs of FP8 changes; "wide", the rows of both with
+cuDNN; "layout": bf16 ragged and paged 16 / 128, random and in
+order, and cuDNN. $FIG_TREE selects the library's tree, as in bench_prefill.
+
+usage: python bench/rotated_prefill.py [--set bars|layout] [--reps 20] [--rounds 5] [--out rotated.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from bench_decode import L2_FLUSH_BYTES, time_graph  # noqa: E402  (puts the tree on sys.path)
+from bench_prefill import BATCH, SEQ, attention_flops, git_commit  # noqa: E402
+from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper  # noqa: E402
+
+HEADS, HEAD_DIM = 32, 128
+# (layout, page size, page order, q/k/v dtype name)
+SETS = {
+    "bars": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("ragged", None, None, "e4m3"),
+             ("paged", 16, "random", "e4m3"), ("cudnn", None, None, "bf16")),
+    "fp8": (("ragged", None, None, "e4m3"), ("paged", 16, "random", "e4m3"), ("ragged", None, None, "bf16/e4m3"),
+            ("paged", 16, "random", "bf16/e4m3")),
+    "wide": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("ragged", None, None, "e4m3"),
+             ("paged", 16, "random", "e4m3"), ("ragged", None, None, "bf16/e4m3"), ("paged", 16, "random", "bf16/e4m3"),
+             ("cudnn", None, None, "bf16")),
+    "layout": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("paged", 16, "in order", "bf16"),
+               ("paged", 128, "random", "bf16"), ("paged", 128, "in order", "bf16"), ("cudnn", None, None, "bf16")),
+}
+DTYPES = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}  # a name "q/kv" names q's and the cache's apart
+
+
+def sm_clock_mhz() -> int | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits", "-i",
+                              str(torch.cuda.current_device())], capture_output=True, text=True, timeout=10)
+        return int(out.stdout.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def label(config) -> str:
+    layout, page, order, dtype = config
+    return f"{layout}{page or ''}{' ' + order if order else ''} {dtype}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=sorted(SETS), default="bars")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    configs = SETS[args.set]
+    gen = torch.Generator().manual_seed(0)
+    tokens = BATCH * SEQ
+    # [tokens, heads, d] each, bf16 and their e4m3 codes
+    q, k, v = (torch.randn(tokens, HEADS, HEAD_DIM, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
+    values = {"bf16": (q, k, v), "e4m3": tuple(t.to(torch.float8_e4m3fn) for t in (q, k, v))}
+    values["bf16/e4m3"] = (q,) + values["e4m3"][1:]
+    dense = [t.view(BATCH, SEQ, HEADS, HEAD_DIM).transpose(1, 2).contiguous() for t in (q, k, v)]  # [B, H, S, D]
+    out = torch.empty_like(q)
+    qo_indptr = torch.arange(0, tokens + 1, SEQ, dtype=torch.int32, device="cuda")
+    workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    flush = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
+    rows = []
+    for rnd in range(args.rounds):
+        for causal in (False, True):
+            for config in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
+                layout, page, order, dtype_name = config
+                q_name, _, kv_name = dtype_name.partition("/")
+                q_c, k_c, v_c = values[dtype_name]
+                plan_types = dict(q_data_type=DTYPES[q_name], kv_data_type=DTYPES[kv_name or q_name],
+                                  o_data_type=torch.bfloat16)
+                if layout == "cudnn":
+                    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                    def fn(causal=causal):
+                        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                            torch.nn.functional.scaled_dot_product_attention(*dense, is_causal=causal)
+                    name = "torch SDPA cudnn"
+                elif layout == "ragged":
+                    w = BatchPrefillWithRaggedKVCacheWrapper(workspace, backend="sm90")
+                    w.plan(qo_indptr, qo_indptr, HEADS, HEADS, HEAD_DIM, causal=causal, **plan_types)
+                    fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
+                    name = w.module.key.name
+                else:
+                    pages = tokens // page  # SEQ is a multiple of both page sizes
+                    # slot s of page i holds token i * page + s, so "in order" is ragged's memory
+                    cache = (k_c.view(pages, page, HEADS, HEAD_DIM), v_c.view(pages, page, HEADS, HEAD_DIM))
+                    if order == "random":
+                        perm = torch.randperm(pages, generator=gen)
+                        cache = tuple(c[perm.cuda()].contiguous() for c in cache)  # page perm[j] moved to index j
+                        indices = torch.argsort(perm).to(torch.int32)   # the request's page i is at argsort[i]
+                    else:
+                        indices = torch.arange(pages, dtype=torch.int32)
+                    w = BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90")
+                    w.plan(qo_indptr, torch.arange(0, pages + 1, SEQ // page, dtype=torch.int32, device="cuda"),
+                           indices.cuda(), torch.full((BATCH,), page, dtype=torch.int32, device="cuda"),
+                           HEADS, HEADS, HEAD_DIM, page, causal=causal, **plan_types)
+                    fn = lambda w=w, q_c=q_c, cache=cache: w.run(q_c, cache, out=out)  # noqa: E731
+                    name = w.module.key.name
+                us = time_graph(fn, args.reps, flush)
+                tflops = attention_flops(BATCH, HEADS, HEAD_DIM, SEQ, SEQ, causal) / us / 1e6
+                clock = sm_clock_mhz()
+                rows.append(dict(round=rnd, causal=causal, layout=layout, page_size=page, order=order,
+                                 dtype=dtype_name, instance=name, time_us=round(us, 2), tflops=round(tflops, 1),
+                                 sm_clock_mhz_after=clock))
+                print(f"round {rnd} {'causal' if causal else 'full  '} {label(config):<26} {us:9.1f} us "
+                      f"{tflops:7.1f} TFLOP/s  SM clock after {clock} MHz", flush=True)
+                w = fn = cache = None
+    medians = {}
+    print("\nmedian over the rounds (TFLOP/s):")
+    for causal in (False, True):
+        for config in configs:
+            got = sorted(r["tflops"] for r in rows if (r["causal"], r["layout"], r["page_size"], r["order"], r["dtype"])
+                         == (causal, *config))
+            medians[(causal, config)] = statistics.median(got)
+            print(f"  {'causal' if causal else 'full  '} {label(config):<26} {statistics.median(got):7.1f}  "
+                  f"(min {got[0]:.1f}, max {got[-1]:.1f})")
+    ratios = {}
+    if args.set == "bars":
+        cudnn = ("cudnn", None, None, "bf16")
+        for causal in (False, True):
+            c = "causal" if causal else "full"
+            for config in configs[:2]:
+                ratios[f"{c} ours {label(config)} / cudnn"] = medians[(causal, config)] / medians[(causal, cudnn)]
+            for q8, b16 in ((configs[2], configs[0]), (configs[3], configs[1])):
+                ratios[f"{c} ours {label(q8)} / {label(b16)}"] = medians[(causal, q8)] / medians[(causal, b16)]
+        print("ratios of the medians:")
+        for key, value in ratios.items():
+            print(f"  {key:<48} {value:.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(
+            device=torch.cuda.get_device_name(), commit=git_commit(), set=args.set, reps=args.reps,
+            rounds=args.rounds, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
+            ratios={k: round(x, 3) for k, x in ratios.items()}, rows=rows), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

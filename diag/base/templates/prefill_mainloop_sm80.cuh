@@ -1,0 +1,264 @@
+// Prefill mainloop of one warp (mma.sync, sm_80+): kMTiles x 16 packed query rows (token x q head
+// of one KV head's group) against the CTA's shared K/V tiles, kBlockN tokens per tile, online
+// softmax in registers. The CTA's warps share each tile, which every thread helped copy
+// (paged_kv.cuh); an FP8 tile is first upcast once, by the whole CTA, into 16-bit rows
+// (kv_tile_convert.cuh), so every KV dtype reaches the tensor cores through the same loads.
+//
+// Fragments come from ldmatrix: K rows (tokens) as the B operand of S = Q K^T, and V rows,
+// transposed in the load, as the B operand of O += P V. One ldmatrix.x4 feeds two n-tiles, and
+// each fragment feeds kMTiles mma (FA2's 32 rows a warp at kMTiles = 2), so shared-memory
+// traffic per mma halves against one m-tile. Shared 16-bit rows are XOR-swizzled, or padded
+// where a row is not a whole number of 128-byte lines (smem_rows.cuh): either way the 8 row
+// addresses of one 8x8 matrix fall on 8 different chunk positions of the 128-byte bank window.
+#pragma once
+#include <cuda_runtime.h>
+#include "kv_tile_convert.cuh"
+#include "kv_types.cuh"
+#include "mma_sm80.cuh"
+#include "paged_kv.cuh"
+#include "smem_rows.cuh"
+#include "softmax.cuh"
+
+namespace fig {
+
+// The 16-bit tile an FP8 tile is converted into; a 16-bit cache is read from the copy ring.
+template <bool kFp8, int kRows, int kRowBytes>
+struct ConvertedKvTile {
+  uint8_t k16[kRows][kRowBytes];
+  uint8_t v16[kRows][kRowBytes];
+};
+template <int kRows, int kRowBytes>
+struct ConvertedKvTile<false, kRows, kRowBytes> {};
+
+template <class Cfg>
+struct PrefillMainloop {
+  using QElement = typename Cfg::QElement;
+  using Kv = typename Cfg::Kv;
+  using MmaElement = typename Kv::MmaElement;
+  using Logits = typename Cfg::Logits;
+
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kBlockN = Cfg::kBlockN;
+  static constexpr int kBlockM = Cfg::kBlockM;
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr int kMTiles = Cfg::kMTiles;     // m16 tiles of rows per warp
+  static constexpr int kKSteps = kHeadDim / 16;    // k-steps of Q K^T
+  static constexpr int kNTiles = kHeadDim / 8;     // n-tiles of P V (O's columns)
+  static constexpr int kSTiles = kBlockN / 8;      // n-tiles of S per tile
+  static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
+  static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
+  using Rows = LdmatrixRows<kHeadDim * 2, Cfg::kRowPadding>;                     // 16-bit rows
+  using CopyRows = std::conditional_t<Kv::kIsFp8, PlainRows<kHeadDim>, Rows>;  // rows as copied
+  static constexpr int kMmaRowBytes = Rows::kRowBytes;
+  static constexpr int kCopyRowBytes = CopyRows::kRowBytes;
+  static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0 && kStages >= 2, "x4 loads cover two n-tiles");
+
+  using TileCopy = PagedKvTileCopy<kBlockN, CopyRows, kHeadDim * Kv::kBytes, Cfg::kThreads>;
+
+  // Q's A fragments live in shared memory, each lane's own 16-byte slot per m-tile and k-step,
+  // read once per k-step of every tile: in registers they would take D / 2 per thread at two
+  // m-tiles, next to O's D and S's kBlockN / 2. Aligned to a 128-byte line, as the swizzled
+  // tiles must start on one (every tile below is a whole number of lines).
+  struct alignas(128) SharedStorage : ConvertedKvTile<Kv::kIsFp8, kBlockN, kMmaRowBytes> {
+    uint8_t k[kStages][kBlockN][kCopyRowBytes];  // the cp.async ring, as the cache stores it
+    uint8_t v[kStages][kBlockN][kCopyRowBytes];
+    uint4 q[Cfg::kWarps][kMTiles][kKSteps][32];  // (warp, m-tile, k-step, lane)
+    int64_t row_addrs[kStages][kBlockN];         // K row addresses of the tiles being copied
+    int2 key_bounds[kBlockM];                    // keys [x, y] each packed row sees, for masked tiles
+  };
+
+  // Per-warp state. Rows of m-tile m: 16 m + g and 16 m + g + 8 (r = 0, 1) for lane = 4 g + c;
+  // O's n-tile e holds columns 8 e + 2 c, 8 e + 2 c + 1. Nothing else is held across tiles:
+  // what derives from the thread index is recomputed per tile (thread_index_here(), paged_kv.cuh),
+  // which keeps two m-tiles of O and 64 keys of S within the 255 registers without spills.
+  float o_acc[kMTiles][kNTiles][4];
+  OnlineSoftmaxRow softmax[kMTiles][2];
+
+  __device__ __forceinline__ static int lane() { return thread_index_here() % 32; }
+  __device__ __forceinline__ static int lane_g() { return lane() / 4; }
+  __device__ __forceinline__ static int lane_c() { return lane() % 4; }
+  __device__ __forceinline__ static int first_row() { return thread_index_here() / 32 * kMTiles * 16; }
+  // Shared address of the lane's Q slot of (m-tile 0, k-step 0).
+  __device__ __forceinline__ static uint32_t q_addr(const SharedStorage& smem) {
+    return smem_address(&smem.q[thread_index_here() / 32][0][0][lane()]);
+  }
+  // Byte offset of the lane's ldmatrix row in a K tile: matrices (tokens 0-7 | 8-15 of two
+  // n-tiles) x (dims 0-7 | 8-15 of a k-step); k-step j is Rows::step(.., 2 j) of it.
+  __device__ __forceinline__ static uint32_t k_lane() {
+    return Rows::offset(lane() % 8 + 8 * (lane() / 16), (lane() / 8) % 2);
+  }
+  // And in a V tile: matrices (tokens 0-7 | 8-15 of a k-step) x (dims of two n-tiles); n-tiles
+  // e, e + 1 are Rows::step(.., e) of it.
+  __device__ __forceinline__ static uint32_t v_lane() {
+    return Rows::offset(lane() % 8 + 8 * ((lane() / 8) % 2), lane() / 16);
+  }
+
+  // q_rows[m][r]: that row of Q (head dim contiguous), or nullptr for a row past the request's;
+  // bounds[m][r]: its keys. Each lane writes only the slots it reads back later; the bounds are
+  // read by other lanes of the warp after the pipeline's first barrier.
+  __device__ __forceinline__ void init(SharedStorage& smem, const QElement* const (&q_rows)[kMTiles][2],
+                                       const int2 (&bounds)[kMTiles][2]) {
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    CUTE_UNROLL
+    for (int m = 0; m < kMTiles; ++m) {
+      CUTE_UNROLL
+      for (int j = 0; j < kKSteps; ++j) {
+        // a[2 half + r] = Q(row r, dims 16 j + 8 half + 2 c, +1), the layout K's fragments expect
+        uint32_t a[4];
+        CUTE_UNROLL
+        for (int half = 0; half < 2; ++half) {
+          CUTE_UNROLL
+          for (int r = 0; r < 2; ++r) {
+            const QElement* row = q_rows[m][r];
+            uint32_t bits = 0;
+            if (row != nullptr) bits = *reinterpret_cast<const uint32_t*>(row + 16 * j + 8 * half + 2 * lane_c());
+            a[2 * half + r] = row != nullptr ? q_pair_to_mma<MmaElement, QElement>(bits) : 0u;
+          }
+        }
+        smem.q[warp][m][j][lane] = make_uint4(a[0], a[1], a[2], a[3]);
+      }
+      if (lane_c() == 0) {
+        smem.key_bounds[first_row() + 16 * m + lane_g()] = bounds[m][0];
+        smem.key_bounds[first_row() + 16 * m + lane_g() + 8] = bounds[m][1];
+      }
+    }
+    reset();
+  }
+
+  __device__ __forceinline__ void reset() {
+    CUTE_UNROLL
+    for (int m = 0; m < kMTiles; ++m) {
+      CUTE_UNROLL
+      for (int e = 0; e < kNTiles; ++e) o_acc[m][e][0] = o_acc[m][e][1] = o_acc[m][e][2] = o_acc[m][e][3] = 0.0f;
+      softmax[m][0].init();
+      softmax[m][1].init();
+    }
+  }
+
+  __device__ __forceinline__ void rescale_o(int m, const float (&rescale)[2]) {
+    CUTE_UNROLL
+    for (int e = 0; e < kNTiles; ++e) {
+      o_acc[m][e][0] *= rescale[0];
+      o_acc[m][e][1] *= rescale[0];
+      o_acc[m][e][2] *= rescale[1];
+      o_acc[m][e][3] *= rescale[1];
+    }
+  }
+
+  __device__ __forceinline__ static void q_fragment(uint32_t q_addr, int m, int j, uint32_t (&a)[4]) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(q_addr + (m * kKSteps + j) * 32 * 16));
+    a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
+  }
+
+  // One tile of kBlockN keys starting at token tile_begin, from 16-bit rows k_rows / v_rows.
+  // kMask: some key of the tile is outside some row's bounds (the caller knows which tiles). A
+  // run-time flag instead made ptxas predicate the whole per-key test into every tile.
+  template <bool kMask>
+  __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
+                                               const uint8_t (*v_rows)[kMmaRowBytes], int tile_begin,
+                                               const Logits& logits) {
+    const uint32_t k_addr = smem_address(k_rows) + k_lane();
+    const uint32_t v_addr = smem_address(v_rows) + v_lane();
+    const uint32_t q_base = q_addr(smem);
+    // S = Q K^T; lane holds rows (m, r), tokens 8 nt + 2c + {0, 1}. k-steps outermost, so Q's
+    // fragments are read once per k-step.
+    float s[kMTiles][kSTiles][4];
+    CUTE_UNROLL
+    for (int m = 0; m < kMTiles; ++m) {
+      CUTE_UNROLL
+      for (int nt = 0; nt < kSTiles; ++nt) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
+    }
+    CUTE_UNROLL
+    for (int j = 0; j < kKSteps; ++j) {
+      uint32_t a[kMTiles][4];
+      CUTE_UNROLL
+      for (int m = 0; m < kMTiles; ++m) q_fragment(q_base, m, j, a[m]);
+      CUTE_UNROLL
+      for (int nt = 0; nt < kSTiles; nt += 2) {
+        uint32_t b[4];  // b0, b1 of n-tile nt, then of nt + 1
+        ldsm_x4(Rows::step(k_addr, 2 * j) + 8 * nt * kMmaRowBytes, b);
+        CUTE_UNROLL
+        for (int m = 0; m < kMTiles; ++m) {
+          mma_rows16<MmaElement>(s[m][nt], a[m], b[0], b[1]);
+          mma_rows16<MmaElement>(s[m][nt + 1], a[m], b[2], b[3]);
+        }
+      }
+    }
+    // Online softmax per row; P in place of S. A linear logit (no soft-cap) stays a raw product
+    // here and its scale is folded into the softmax's exp2 (softmax.cuh).
+    float rescale[kMTiles][2];  // factors for O's rows
+    bool changed = false;
+    CUTE_UNROLL
+    for (int m = 0; m < kMTiles; ++m) {
+      if constexpr (!Logits::kLinear) {
+        CUTE_UNROLL
+        for (int nt = 0; nt < kSTiles; ++nt) {
+          CUTE_UNROLL
+          for (int i = 0; i < 4; ++i) s[m][nt][i] = logits(s[m][nt][i]);
+        }
+      }
+      if constexpr (kMask) {
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const int2 bounds = smem.key_bounds[first_row() + 16 * m + lane_g() + 8 * r];
+          CUTE_UNROLL
+          for (int nt = 0; nt < kSTiles; ++nt) {
+            CUTE_UNROLL
+            for (int i = 0; i < 2; ++i) {
+              const int token = tile_begin + 8 * nt + 2 * lane_c() + i;
+              if (token < bounds.x || token > bounds.y) s[m][nt][2 * r + i] = -INFINITY;
+            }
+          }
+        }
+      }
+      float scale = 1.0f;
+      if constexpr (Logits::kLinear) scale = logits.scale_log2;
+      rescale[m][0] = softmax[m][0].update_rows(s[m], 0, scale);
+      rescale[m][1] = softmax[m][1].update_rows(s[m], 1, scale);
+      changed |= rescale[m][0] != 1.0f || rescale[m][1] != 1.0f;
+      if constexpr (!kSkipSettledRescale) {
+        if (__any_sync(0xffffffffu, rescale[m][0] != 1.0f || rescale[m][1] != 1.0f)) rescale_o(m, rescale[m]);
+      }
+    }
+    // Once the rows' maxima settle (most tiles of a long row), no factor differs from 1 and the
+    // warp may skip O's multiplies. ptxas turns an `if` (or a loop it can see runs at most once)
+    // into predicated multiplies, issued on every tile anyway; a trip count it cannot bound
+    // (opaque_int) keeps the branch. The branch needs every m-tile's factors at once, which with
+    // S at 64 registers a thread (two m-tiles of 64 keys) spilled, as did unconditional
+    // multiplies; there each m-tile keeps its own (predicated) test, the form that fit.
+    if constexpr (kSkipSettledRescale) {
+#pragma unroll 1
+      for (int pass = 0, passes = opaque_int(__any_sync(0xffffffffu, changed) ? 1 : 0); pass < passes; ++pass) {
+        CUTE_UNROLL
+        for (int m = 0; m < kMTiles; ++m) rescale_o(m, rescale[m]);
+      }
+    }
+    // O += P V. S's accumulators of n-tiles 2t, 2t+1 are the A fragment of k-step t.
+    CUTE_UNROLL
+    for (int t = 0; t < kPvSteps; ++t) {
+      uint32_t a[kMTiles][4];
+      CUTE_UNROLL
+      for (int m = 0; m < kMTiles; ++m) {
+        a[m][0] = HalfRowsMma<MmaElement>::pack(s[m][2 * t][0], s[m][2 * t][1]);
+        a[m][1] = HalfRowsMma<MmaElement>::pack(s[m][2 * t][2], s[m][2 * t][3]);
+        a[m][2] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][0], s[m][2 * t + 1][1]);
+        a[m][3] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][2], s[m][2 * t + 1][3]);
+      }
+      CUTE_UNROLL
+      for (int e = 0; e < kNTiles; e += 2) {
+        uint32_t b[4];  // b0, b1 of n-tile e, then of e + 1
+        ldsm_x4_trans(Rows::step(v_addr, e) + 16 * t * kMmaRowBytes, b);
+        CUTE_UNROLL
+        for (int m = 0; m < kMTiles; ++m) {
+          mma_rows16<MmaElement>(o_acc[m][e], a[m], b[0], b[1]);
+          mma_rows16<MmaElement>(o_acc[m][e + 1], a[m], b[2], b[3]);
+        }
+      }
+    }
+  }
+};
+
+}  // namespace fig

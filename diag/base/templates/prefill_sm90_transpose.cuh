@@ -1,0 +1,110 @@
+// The FP8 V transpose of the Hopper prefill, run by the producer warpgroup: FP8 WGMMA reads only
+// K-major operands, and in O = P V the keys are the K dimension, while the cache stores V with the
+// head dim contiguous. So each V tile, landed as stored (keys x head dim, K's layout), is rewritten
+// as Vt (head dim x keys, keys contiguous), the B operand the consumers' descriptors read.
+//
+// The keys are reordered within each group of 32 on the way, to the order P's registers have:
+// a 64 x N fp32 accumulator gives lane 4 g + c the columns 8 j + 2 c + {0, 1}, while the e4m3 A
+// operand of a k32 WGMMA wants in each register the four k indices 4 c + {0..3} (+16 for the
+// upper half; cute's GMMA::ALayout_64x32). Packing S's values in register order puts at k index
+// 16 h + 4 c + e of a 32-key block the key 16 h + 8 (e / 2) + 2 c + e % 2, and Vt stores that
+// key's row there; the sum over keys does not care in which order the GEMM meets them. So P
+// needs no shuffle between lanes (prefill_sm90_mainloop.cuh packs it).
+//
+// Work split, in units of 16 keys x 32 head-dim columns (512 bytes), 8 units a producer warp: a
+// unit is one ldmatrix.trans.x4, four byte permutes and one stmatrix.x4. Read as 16-bit elements,
+// an 8-key x 16-byte block of V comes out of ldmatrix.trans with lane 4 g + c holding keys
+// 2 c, 2 c + 1 of columns 2 g, 2 g + 1 (a 2 x 2 block of bytes); with the block of keys 8 .. 15
+// beside it, one permute gives column 2 g's bytes at keys 2 c, 2 c + 1, 8 + 2 c, 9 + 2 c, which
+// are the 4 consecutive positions 4 c .. 4 c + 3 of the order above, and another column 2 g + 1's:
+// as 16-bit elements, the lane's two columns of one row of an 8 x 8 block of Vt, which is what
+// stmatrix stores. Each matrix of the stmatrix takes 8 of the 16 head-dim rows, one of each pair
+// 2 g, 2 g + 1 (matrices 0 and 2 the even one for g < 4 and the odd one after, matrices 1 and 3
+// the other), so that its 8 rows fall in 8 different 16-byte chunk positions under the 128-byte
+// swizzle, as the 8 consecutive keys of each ldmatrix block do: no bank conflict either way.
+// Against blocks of 8 keys x 8 columns moved through registers as 8-byte words (32 shared
+// accesses a thread and tile, their swizzled addresses computed each time, 48 permutes), this is
+// 16 accesses and 32 permutes; a thread's ldmatrix addresses differ by a constant a unit, its
+// stmatrix addresses by the unit XORed into the chunk bits.
+#pragma once
+#include <cute/tensor.hpp>
+#include "prefill_sm90_smem.cuh"
+#include "mma_sm80.cuh"
+#include "sm90_sync.cuh"
+
+namespace fig {
+
+// Lanes 8 i .. 8 i + 7 give the row addresses of matrix i, whose rows take d[i] (each lane's
+// two 16-bit columns of the row lane / 4); sm_90.
+__device__ __forceinline__ void stsm_x4(uint32_t addr, const uint32_t (&d)[4]) {
+  asm volatile("stmatrix.sync.aligned.x4.m8n8.shared.b16 [%0], {%1, %2, %3, %4};\n"
+               :: "r"(addr), "r"(d[0]), "r"(d[1]), "r"(d[2]), "r"(d[3]) : "memory");
+}
+
+template <class Cfg>
+struct PrefillSm90TransposeV {
+  using Smem = PrefillSm90Smem<Cfg>;
+  static constexpr int kHeadDim = Cfg::kHeadDim;
+  static constexpr int kBlockN = Cfg::kBlockN;
+  static constexpr int kStagesV = Cfg::kStagesV;
+  static constexpr int kStagesVt = Cfg::kStagesVt;
+  static constexpr int kWarps = Cfg::kProducerThreads / 32;
+  static_assert(kBlockN == 128 && kHeadDim == 128, "one 128 x 128-byte swizzled tile each (the offsets below)");
+  static_assert(kWarps * 32 == kHeadDim, "a producer warp's units cover 32 head-dim columns");
+  static constexpr int kTileBytes = kBlockN * kHeadDim;
+
+  // Byte offset of (row, column) in a tile of 128-byte rows in 8-row atoms with the 128-byte
+  // swizzle (16-byte chunk c of row r at chunk c ^ (r % 8)): GMMA::Layout_K_SW128_Atom of one-byte
+  // elements tiled down the rows, which is LayoutV8's and LayoutVt8's stage at a 128-byte width.
+  __device__ __forceinline__ static int offset(int row, int column) {
+    return row * 128 + ((((column >> 4) ^ row) & 7) << 4) + (column & 15);
+  }
+
+  // Tile t of the rings (counted across the CTA's items): waits until V(t) has landed and Vt's
+  // stage is free, transposes, publishes Vt(t) and frees V(t)'s stage. Called by every producer
+  // thread, for t = 0, 1, ... in order.
+  __device__ __forceinline__ static void tile(typename Smem::Storage& smem, int t) {
+    const int v_stage = t % kStagesV;
+    const int vt_stage = t % kStagesVt;
+    smem.full_v[v_stage].wait((t / kStagesV) & 1);  // TMA's bytes, or every producer thread's cp.async
+    if (t >= kStagesVt) smem.empty_vt[vt_stage].wait(((t / kStagesVt) & 1) ^ 1);  // P V(t - kStagesVt) done
+    const uint8_t* v = reinterpret_cast<const uint8_t*>(smem.kv.v) + v_stage * kTileBytes;   // (key, d)
+    uint8_t* vt = reinterpret_cast<uint8_t*>(smem.kv.vt) + vt_stage * kTileBytes;            // (d, position)
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;  // its 32 head-dim columns: 32 warp ..
+    // ldmatrix: lane l gives row l % 8 of matrix l / 8: keys + 8 in matrices 1 and 3, columns + 16
+    // in 2 and 3. The key's residue mod 8 is l % 8 in every unit, so the swizzled chunk is fixed.
+    const int ld_key = lane % 8 + 8 * (lane / 8 % 2);
+    const uint32_t ld_addr = smem_address(v) + offset(ld_key, 32 * warp + 16 * (lane / 16));
+    // stmatrix: lane l gives row j = l % 8 of matrix l / 8; matrix 0 holds the rows 2 j (j < 4) and
+    // 2 j + 1 (j >= 4) of its 16, matrix 1 the others, matrices 2 and 3 the same 16 columns on
+    const int j8 = lane % 8;
+    const int st_d = 32 * warp + 16 * (lane / 16) + 2 * j8 + ((j8 >= 4) != (lane / 8 % 2 == 1) ? 1 : 0);
+    const uint32_t st_row = smem_address(vt) + st_d * 128;
+    // this lane's data: g = lane / 4 gives the rows 2 g (bytes 0, 2 of the two blocks' words) and
+    // 2 g + 1 (bytes 1, 3), in matrix 0 or 1 as above
+    const uint32_t sel0 = lane / 4 < 4 ? 0x6420u : 0x7531u;
+    const uint32_t sel1 = sel0 ^ 0x1111u;
+    // Units (keys 16 unit .., positions 16 unit ..) in batches of kBatch loads, then their stores:
+    // the asm statements keep their order, so one unit at a time would wait out each load.
+    constexpr int kBatch = 2;
+    CUTE_UNROLL
+    for (int first = 0; first < kBlockN / 16; first += kBatch) {
+      uint32_t in[kBatch][4];
+      CUTE_UNROLL
+      for (int b = 0; b < kBatch; ++b) ldsm_x4_trans(ld_addr + (first + b) * 16 * 128, in[b]);
+      CUTE_UNROLL
+      for (int b = 0; b < kBatch; ++b) {
+        const uint32_t out[4] = {__byte_perm(in[b][0], in[b][1], sel0), __byte_perm(in[b][0], in[b][1], sel1),
+                                 __byte_perm(in[b][2], in[b][3], sel0), __byte_perm(in[b][2], in[b][3], sel1)};
+        stsm_x4(st_row + ((((first + b) ^ st_d) & 7) << 4), out);
+      }
+    }
+    fence_shared_for_wgmma();  // this thread's stores, to the consumers' WGMMA (async-proxy) reads
+    smem.full_vt[vt_stage].arrive();
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) smem.empty_v[v_stage].arrive();  // this warp has read V(t): refill it
+  }
+};
+
+}  // namespace fig

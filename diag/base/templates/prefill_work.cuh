@@ -1,0 +1,60 @@
+// A prefill CTA's work item, shared by both prefill families (prefill_kernel.cuh on mma.sync,
+// prefill_sm90_kernel.cuh on WGMMA): plan()'s item (request, packed query rows, key range) and
+// KV head, the rows' packing, and the keys each packed row sees.
+#pragma once
+#include <cuda_runtime.h>
+#include "fig_abi_prefill.h"
+#include "paged_kv.cuh"
+
+namespace fig {
+
+struct PrefillArgs {
+  FigPrefillParams p;
+  PagedKv kv;
+  float logits_scale;  // sm_scale * k_scale * KV conversion factor
+  float out_scale;     // v_scale * KV conversion factor
+};
+
+// The CTA's rows. The Ampere kernel keeps it in shared memory across the mainloop, so it holds no
+// registers there.
+struct PrefillRows {
+  int request, kv_head, row_begin, rows_total, group, qo_start, partial, pieces;
+
+  // Packed row r of the request = (query token r / group, q head kv_head * group + r % group).
+  __device__ __forceinline__ int token(int r) const { return r / group; }
+  __device__ __forceinline__ int qo_head(int r) const { return kv_head * group + r % group; }
+};
+
+struct PrefillItem {
+  PrefillRows rows;
+  int begin, end;  // keys [begin, end) of the request this item covers
+  int kv_len;
+  int shift;       // query i of the request sits at key position shift + i
+
+  __device__ __forceinline__ static PrefillItem load(const FigPrefillParams& p, int item, int kv_head) {
+    PrefillItem w;
+    w.rows.kv_head = kv_head;
+    w.rows.request = p.work.request[item];
+    w.rows.row_begin = p.work.row_begin[item];
+    w.rows.partial = p.work.partial[item];
+    w.rows.pieces = p.work.pieces[item];
+    w.rows.group = p.out.num_heads / p.kv.num_kv_heads;
+    w.rows.qo_start = p.qo_indptr[w.rows.request];
+    const int qo_len = p.qo_indptr[w.rows.request + 1] - w.rows.qo_start;
+    w.rows.rows_total = qo_len * w.rows.group;
+    w.kv_len = p.kv_len[w.rows.request];
+    w.begin = p.work.kv_begin[item];
+    w.end = p.work.kv_end[item];
+    w.shift = w.kv_len - qo_len;
+    return w;
+  }
+
+  // Keys [x, y] packed row r sees: the item's range, cut by the causal bound and the window.
+  __device__ __forceinline__ int2 key_range(int r, int causal, int window_left) const {
+    const int diagonal = shift + rows.token(r);  // the query's own position among the keys
+    return make_int2(max(begin, window_left >= 0 ? diagonal - window_left : 0),
+                     min(end - 1, causal ? diagonal : kv_len - 1));
+  }
+};
+
+}  // namespace fig
