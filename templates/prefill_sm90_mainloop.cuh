@@ -203,7 +203,9 @@ struct PrefillSm90Mainloop {
       }
       if (thread % 2 == 0) smem.q_scale[warpgroup * kRows + local] = __fdiv_rn(1.0f, inv);
     }
-    if (thread == 0) smem.unit_tiles[warpgroup] = PrefillSm90Load<Cfg>::tile_count(work.begin, work.end);
+    if constexpr (Cfg::kQuantiseQ) {  // see run()'s passes
+      if (thread == 0) smem.unit_tiles[warpgroup] = PrefillSm90Load<Cfg>::tile_count(work.begin, work.end);
+    }
     fence_shared_for_wgmma();
     named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
   }
@@ -475,8 +477,10 @@ struct PrefillSm90Mainloop {
       }
       if (t1 > 0) release(empty_v, kStagesV, t1 - 1);
     }
-    // The tiles past t1, freed unread (their count from shared memory: unit_tiles).
-    const int unit_tiles = smem.unit_tiles[warpgroup];
+    // The tiles past t1, freed unread. With FP8 tiles and a 16-bit q the tile count comes back
+    // from shared memory (load_q): held in a register across the loop it spilled those consumers
+    // at 152 registers (4 bytes), while read back it spilled the 16-bit three-consumer ones (16).
+    const int unit_tiles = Cfg::kQuantiseQ ? smem.unit_tiles[warpgroup] : tiles;
 #pragma unroll 1
     for (int t = t1; t < unit_tiles; ++t) pass(t);
   }

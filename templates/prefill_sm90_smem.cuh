@@ -92,9 +92,8 @@ struct PrefillSm90Smem {
       // shared by every row, (hi_min, lo_max), read per tile rather than held in registers
       int2 mask_keys[Cfg::kConsumers][4];
     };
-    // Each consumer warpgroup's unit's tile count (load_q), read again after its mainloop to free
-    // the tiles past its rows: held in a register across the loop, it spilled the FP8 consumers
-    // with a 16-bit q (4 bytes at 152 registers).
+    // FP8 tiles with a 16-bit q: each consumer warpgroup's unit's tile count (load_q), read again
+    // after its mainloop to free the tiles past its rows (the mainloop says why).
     int unit_tiles[Cfg::kConsumers];
   };
   static_assert(!(Cfg::kFp8 && Cfg::kPInS), "q_scale and mask_keys share their storage");
