@@ -27,7 +27,8 @@
 #                each built into a cache of its own ($FIG_VAR_KV: the cache dtypes, default e4m3), then
 #                rotated_prefill --set $FIG_VAR_SET (default fp8; wide: with bf16 and cuDNN) ($FIG_VAR_ARGS) over
 #                them in turn, $FIG_VAR_ROUNDS (2) times, each time in a rotated order (the JSONs name
-#                FIG_COMMIT and the TUNE for this tree's variants, FIG_BASE_COMMIT for a DIR's)
+#                FIG_COMMIT and the TUNE for this tree's variants, FIG_BASE_COMMIT for a DIR's), all
+#                packed into $OUT/variants.tgz
 #   abrotated DIR  bench/rotated_prefill.py (the Hopper bars' rows against cuDNN, rotated rounds;
 #                $FIG_ROT_ARGS, default --rounds 3) for this tree and DIR, alternating, twice each
 set -uo pipefail
@@ -191,6 +192,8 @@ while [ $# -gt 0 ]; do
         sed -n '/^median/,$p' "$OUT/var_${name}_$round.log" | grep -v "^median" | sed "s/^/$name r$round /"
       done
     done
+    # the device returns at most 8 files of $OUT: two variants' builds, JSONs and logs are 10
+    (cd "$OUT" && tar czf variants.tgz var_* && rm -f var_*)
     break
     ;;
   ab)
