@@ -98,7 +98,7 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     const uint8_t(*v_rows)[Mainloop::kMmaRowBytes];
     if constexpr (Kv::kIsFp8) {
       // Every warp finished the previous tile before the barrier above, so the 16-bit rows are free.
-      KvTileConvert<typename Kv::Converter, kN, Cfg::kHeadDim, Mainloop::kCopyRowBytes, typename Mainloop::Rows,
+      KvTileConvert<typename Kv::Converter, kN, Cfg::kHeadDim, typename Mainloop::CopyRows, typename Mainloop::Rows,
                     Cfg::kThreads>::run(smem.k[t % kS], smem.v[t % kS], smem.k16, smem.v16);
       __syncthreads();
       k_rows = smem.k16;
