@@ -40,7 +40,28 @@ FIG_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {
 #endif
 }
 
-// Selectors that move codes {b0, b1} / {b2, b3} into the upper byte of each fp16 half
+// PRMT with the sign mode of each selector nibble: where bit 3 of nibble i is set, result byte i
+// is the sign bit of the byte that its low three bits select, replicated over all 8 bits (PTX
+// prmt.b32, generic form). __byte_perm() takes only the low three bits of each nibble.
+FIG_HD uint32_t byte_perm_signs(uint32_t a, uint32_t b, uint32_t sel) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+#else
+  const uint64_t ab = (uint64_t(b) << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t s = (sel >> (4 * i)) & 15u;
+    uint32_t byte = uint32_t((ab >> (8 * (s & 7u))) & 0xFFu);
+    if (s & 8u) byte = (byte & 0x80u) ? 0xFFu : 0u;
+    r |= byte << (8 * i);
+  }
+  return r;
+#endif
+}
+
+// e5m2: selectors that move codes {b0, b1} / {b2, b3} into the upper byte of each fp16 half
 // (byte 4 of {b, a} is 0 when b == 0).
 constexpr uint32_t kSelLowPairToHalves = 0x1404;   // -> [0, b0, 0, b1]
 constexpr uint32_t kSelHighPairToHalves = 0x3424;  // -> [0, b2, 0, b3]
@@ -75,28 +96,33 @@ template <>
 struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
   static constexpr float kScale = 256.0f;  // the placed bits are code * 2^-8
   static constexpr bool kHasSpecialCodes = true;
-  static constexpr uint32_t kSigns = 0x80008000u;
-  static constexpr uint32_t kExpMantissa = 0x3F803F80u;  // bits 13..7 of each half
   static constexpr uint16_t kF16NaN = 0x7E00u;
-
-  FIG_HD static uint32_t place(uint32_t halves) {
-    // halves = code << 8 in each half; shifting right by one moves exponent+mantissa into
-    // fp16 bits 13..7 (the code's sign lands on bit 14, which the mask drops).
-    return (halves & kSigns) | ((halves >> 1) & kExpMantissa);
+  // Each half of the permuted word holds a code in its low byte and the code's sign replicated in
+  // its high byte: [b0, sign b0, b1, sign b1] and [b2, sign b2, b3, sign b3].
+  static constexpr uint32_t kSelLowPair = 0x9180u;
+  static constexpr uint32_t kSelHighPair = 0xB3A2u;
+  // The same from two token rows a, b (bytes 0..3 of a, 4..7 of b): (a.p, b.p) and (a.p+1, b.p+1).
+  static constexpr uint32_t rows_selector(int p, int next) {
+    return p == 0 ? (next ? 0xD591u : 0xC480u) : (next ? 0xF7B3u : 0xE6A2u);
   }
+
+  // One mask and one shift: a half's exponent and mantissa (its code's bits 6..0) and its sign
+  // (bit 0 of the replicated byte, bit 8) move up by 7, to fp16 bits 13..7 and 15; the code's own
+  // sign bit (bit 7) is masked off, so bit 14 stays clear. A PRMT, an AND and a shift a pair: the
+  // form that moved the upper bytes down by one instead took an AND more.
+  FIG_HD static uint32_t place(uint32_t halves) { return (halves & 0x017F017Fu) << 7; }
   // Bit 7 of a byte is set iff its low 7 bits are all ones: S.1111.111, the only e4m3 NaN.
   FIG_HD static uint32_t special_bits(uint32_t codes) {
     return ((codes & 0x7F7F7F7Fu) + 0x01010101u) & 0x80808080u;
   }
   FIG_HD static void convert_finite(uint32_t codes, uint32_t& lo, uint32_t& hi) {
-    lo = place(byte_perm(codes, 0u, kSelLowPairToHalves));
-    hi = place(byte_perm(codes, 0u, kSelHighPairToHalves));
+    lo = place(byte_perm_signs(codes, 0u, kSelLowPair));
+    hi = place(byte_perm_signs(codes, 0u, kSelHighPair));
   }
-  // place() ignores the low byte of each half, so one permute both interleaves the two rows and
-  // moves the codes into the high bytes: [a.p, a.p, b.p, b.p] -> (a.p, b.p).
+  // One permute both interleaves the two rows and lays each code out for place().
   FIG_HD static void convert_finite_rows(uint32_t a, uint32_t b, int p, uint32_t& lo, uint32_t& hi) {
-    lo = place(byte_perm(a, b, p == 0 ? 0x4400u : 0x6622u));
-    hi = place(byte_perm(a, b, p == 0 ? 0x5511u : 0x7733u));
+    lo = place(byte_perm_signs(a, b, rows_selector(p, 0)));
+    hi = place(byte_perm_signs(a, b, rows_selector(p, 1)));
   }
   FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {
     convert_finite(codes, lo, hi);
