@@ -80,32 +80,37 @@ struct PagedKvTileCopy {
   // Call after a barrier that follows the store() of these addresses.
   __device__ __forceinline__ static void copy(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
                                               const int64_t (&row_addrs)[kRows], int64_t v_minus_k) {
-    if constexpr (kThreads % kChunksPerRow == 0) {
-      // A thread keeps its chunk column on every pass: one row index and one column, and each
-      // pass is a constant number of rows further.
-      constexpr int kRowsPerPass = kThreads / kChunksPerRow;
-      const int row = thread_index_here() / kChunksPerRow;
-      const int column = thread_index_here() % kChunksPerRow;
-      CUTE_UNROLL
-      for (int i = 0; i < (kRows + kRowsPerPass - 1) / kRowsPerPass; ++i) {
-        if (kRows % kRowsPerPass == 0 || row + i * kRowsPerPass < kRows)
-          chunk(k_rows, v_rows, row_addrs, v_minus_k, row + i * kRowsPerPass, column);
-      }
-    } else {
-      CUTE_UNROLL
-      for (int i = 0; i < (kChunks + kThreads - 1) / kThreads; ++i) {
-        const int id = thread_index_here() + i * kThreads;
-        if (kChunks % kThreads == 0 || id < kChunks)
-          chunk(k_rows, v_rows, row_addrs, v_minus_k, id / kChunksPerRow, id % kChunksPerRow);
-      }
+    constexpr int kPasses = (kChunks + kThreads - 1) / kThreads;
+    const uint32_t thread = thread_index_here();
+    // The row and chunk of the thread's i-th pass. Where the threads cover whole rows, a thread
+    // keeps its chunk column on every pass, each pass a constant number of rows further.
+    auto row_of = [&](int i) -> int {
+      if constexpr (kThreads % kChunksPerRow == 0) return int(thread / kChunksPerRow) + i * (kThreads / kChunksPerRow);
+      else return int((thread + i * kThreads) / kChunksPerRow);
+    };
+    auto column_of = [&](int i) -> int {
+      if constexpr (kThreads % kChunksPerRow == 0) return int(thread % kChunksPerRow);
+      else return int((thread + i * kThreads) % kChunksPerRow);
+    };
+    auto valid = [&](int i) { return kChunks % kThreads == 0 || thread + i * kThreads < uint32_t(kChunks); };
+    // Every row address before any copy: a cp.async writes shared memory, which the compiler
+    // cannot tell from the addresses, so with each pass's address read after the previous pass's
+    // copies it read one, waited for it, copied, and read the next (SASS of 5a1bb92).
+    int64_t k_src[kPasses];
+    CUTE_UNROLL
+    for (int i = 0; i < kPasses; ++i) {
+      if (valid(i)) k_src[i] = row_addrs[row_of(i)] + 16 * column_of(i);
+    }
+    CUTE_UNROLL
+    for (int i = 0; i < kPasses; ++i) {
+      if (valid(i)) chunk(k_rows, v_rows, k_src[i], v_minus_k, row_of(i), column_of(i));
     }
   }
 
  private:
-  __device__ __forceinline__ static void chunk(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
-                                               const int64_t (&row_addrs)[kRows], int64_t v_minus_k, int row,
-                                               int column) {  // column: the 16-byte chunk
-    const int64_t k_src = row_addrs[row] + 16 * column;
+  // k_src: the chunk's K bytes in the cache.
+  __device__ __forceinline__ static void chunk(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes], int64_t k_src,
+                                               int64_t v_minus_k, int row, int column) {  // column: the 16-byte chunk
     const uint32_t dst = Rows::offset(row, column);
     cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(k_src),
                                                           *reinterpret_cast<cute::uint128_t*>(k_rows[0] + dst));
