@@ -2,8 +2,8 @@
 case), on each prefill family the GPU runs (backend sm80, and sm90 on Hopper: 16-bit caches and
 FP8 caches on FP8 tiles with a bf16 or an e4m3 q, pages of 16 by TMA, of 3 by the cp.async
 gather; persistent CTAs capped at 2, so each walks many units; head dim 64, whose CTAs have three
-consumer warpgroups: alone with --head-dim 64; --head-dim 192 or 256: the Ampere-path cases alone at that head
-dim, whose CTAs have 8 warps), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
+consumer warpgroups: alone with --head-dim 64; --head-dim 128, 192 or 256: the Ampere-path cases alone at that head
+dim, whose CTAs have 8 warps from 192 on), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
 bench/sanitize_prefill.py`. Checks each result against the float64 reference as well (FP8 tiles: on q
 as the kernel reads it, within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3
 rounding)."""
@@ -49,12 +49,12 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
 
 
 def main() -> int:
-    # --head-dim 64: only the head-dim-64 cases (the Hopper family's three-consumer CTAs); 192, 256:
-    # only the Ampere path's cases at that head dim (CTAs of 8 warps)
+    # --head-dim 64: only the head-dim-64 cases (the Hopper family's three-consumer CTAs); 128, 192, 256:
+    # only the Ampere path's cases at that head dim (CTAs of 8 warps from 192 on)
     only_d64 = sys.argv[1:] == ["--head-dim", "64"]
-    wide = sys.argv[1:] in (["--head-dim", "192"], ["--head-dim", "256"])
+    wide = sys.argv[1:] in (["--head-dim", "128"], ["--head-dim", "192"], ["--head-dim", "256"])
     if sys.argv[1:] and not (only_d64 or wide):
-        sys.exit("usage: sanitize_prefill.py [--head-dim 64|192|256]")
+        sys.exit("usage: sanitize_prefill.py [--head-dim 64|128|192|256]")
     arch = arch_for_capability(torch.cuda.get_device_capability())
     ok = True
     if wide:
