@@ -22,7 +22,6 @@ struct KvTileConvert {
   static constexpr int kSrcRowBytes = SrcRows::kRowBytes;
   static constexpr int kDstRowBytes = DstRows::kRowBytes;
   static constexpr int kChunksPerRow = kHeadDim / 8;
-  static constexpr int kChunks = kRows * kChunksPerRow;
   static_assert(kHeadDim % 8 == 0 && kSrcRowBytes % 8 == 0 && kDstRowBytes % 16 == 0);
 
   // Call between the barrier after which the source tile is complete and the one before the
@@ -55,43 +54,30 @@ struct KvTileConvert {
   __device__ __forceinline__ static void pass(const uint8_t (*k_src)[kSrcRowBytes], const uint8_t (*v_src)[kSrcRowBytes],
                                               uint8_t (*k_dst)[kDstRowBytes], uint8_t (*v_dst)[kDstRowBytes],
                                               uint32_t& special) {
-    constexpr int kPasses = (kChunks + kThreads - 1) / kThreads;
+    using Passes = TilePasses<kRows, kChunksPerRow, kThreads>;  // 8-code chunks
     const uint32_t thread = thread_index_here();
-    // The row and 8-code chunk of the thread's i-th pass. Where the threads cover whole rows, a
-    // thread keeps its chunk and each pass is a constant number of rows further, so every address
-    // is the first one plus a constant (signed division of a recomputed id cost about 20 integer
-    // instructions a pass).
-    auto row_of = [&](int i) -> int {
-      if constexpr (kThreads % kChunksPerRow == 0) return int(thread / kChunksPerRow) + i * (kThreads / kChunksPerRow);
-      else return int((thread + i * kThreads) / kChunksPerRow);
-    };
-    auto chunk_of = [&](int i) -> int {
-      if constexpr (kThreads % kChunksPerRow == 0) return int(thread % kChunksPerRow);
-      else return int((thread + i * kThreads) % kChunksPerRow);
-    };
-    auto valid = [&](int i) { return kChunks % kThreads == 0 || thread + i * kThreads < uint32_t(kChunks); };
     // Every load of the pass before any store: the compiler cannot tell the 8-bit ring from the
     // 16-bit tile apart, so with each chunk's loads after the previous chunk's stores it issued
     // two loads at a time and waited for them (SASS of 5a1bb92: eight such rounds a tile).
-    uint2 k_codes[kPasses], v_codes[kPasses];
+    uint2 k_codes[Passes::kPasses], v_codes[Passes::kPasses];
     CUTE_UNROLL
-    for (int i = 0; i < kPasses; ++i) {
-      if (valid(i)) {
-        const int chunk = chunk_of(i);
-        const uint32_t src = SrcRows::offset(row_of(i), chunk / 2) + 8 * (chunk % 2);  // 8 codes, half a 16-byte chunk
+    for (int i = 0; i < Passes::kPasses; ++i) {
+      if (Passes::valid(thread, i)) {
+        const int chunk = Passes::column(thread, i);
+        const uint32_t src = SrcRows::offset(Passes::row(thread, i), chunk / 2) + 8 * (chunk % 2);  // half a 16-byte chunk
         k_codes[i] = *reinterpret_cast<const uint2*>(k_src[0] + src);
         v_codes[i] = *reinterpret_cast<const uint2*>(v_src[0] + src);
       }
     }
     CUTE_UNROLL
-    for (int i = 0; i < kPasses; ++i) {
-      if (valid(i)) {
+    for (int i = 0; i < Passes::kPasses; ++i) {
+      if (Passes::valid(thread, i)) {
         uint4 k16, v16;
         word<kExact>(k_codes[i].x, k16.x, k16.y, special);
         word<kExact>(k_codes[i].y, k16.z, k16.w, special);
         word<kExact>(v_codes[i].x, v16.x, v16.y, special);
         word<kExact>(v_codes[i].y, v16.z, v16.w, special);
-        const uint32_t dst = DstRows::offset(row_of(i), chunk_of(i));
+        const uint32_t dst = DstRows::offset(Passes::row(thread, i), Passes::column(thread, i));
         *reinterpret_cast<uint4*>(k_dst[0] + dst) = k16;
         *reinterpret_cast<uint4*>(v_dst[0] + dst) = v16;
       }

@@ -61,7 +61,6 @@ template <int kRows, class Rows, int kDataBytes, int kThreads>
 struct PagedKvTileCopy {
   static constexpr int kRowBytes = Rows::kRowBytes;
   static constexpr int kChunksPerRow = kDataBytes / 16;
-  static constexpr int kChunks = kRows * kChunksPerRow;
   static_assert(kDataBytes % 16 == 0 && kDataBytes <= kRowBytes, "rows are copied as 16-byte chunks");
   static_assert(kRows <= kThreads, "one thread looks up each row");
 
@@ -80,30 +79,20 @@ struct PagedKvTileCopy {
   // Call after a barrier that follows the store() of these addresses.
   __device__ __forceinline__ static void copy(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
                                               const int64_t (&row_addrs)[kRows], int64_t v_minus_k) {
-    constexpr int kPasses = (kChunks + kThreads - 1) / kThreads;
+    using Passes = TilePasses<kRows, kChunksPerRow, kThreads>;
     const uint32_t thread = thread_index_here();
-    // The row and chunk of the thread's i-th pass. Where the threads cover whole rows, a thread
-    // keeps its chunk column on every pass, each pass a constant number of rows further.
-    auto row_of = [&](int i) -> int {
-      if constexpr (kThreads % kChunksPerRow == 0) return int(thread / kChunksPerRow) + i * (kThreads / kChunksPerRow);
-      else return int((thread + i * kThreads) / kChunksPerRow);
-    };
-    auto column_of = [&](int i) -> int {
-      if constexpr (kThreads % kChunksPerRow == 0) return int(thread % kChunksPerRow);
-      else return int((thread + i * kThreads) % kChunksPerRow);
-    };
-    auto valid = [&](int i) { return kChunks % kThreads == 0 || thread + i * kThreads < uint32_t(kChunks); };
     // Every row address before any copy: a cp.async writes shared memory, which the compiler
     // cannot tell from the addresses, so with each pass's address read after the previous pass's
     // copies it read one, waited for it, copied, and read the next (SASS of 5a1bb92).
-    int64_t k_src[kPasses];
+    int64_t k_src[Passes::kPasses];
     CUTE_UNROLL
-    for (int i = 0; i < kPasses; ++i) {
-      if (valid(i)) k_src[i] = row_addrs[row_of(i)] + 16 * column_of(i);
+    for (int i = 0; i < Passes::kPasses; ++i) {
+      if (Passes::valid(thread, i)) k_src[i] = row_addrs[Passes::row(thread, i)] + 16 * Passes::column(thread, i);
     }
     CUTE_UNROLL
-    for (int i = 0; i < kPasses; ++i) {
-      if (valid(i)) chunk(k_rows, v_rows, k_src[i], v_minus_k, row_of(i), column_of(i));
+    for (int i = 0; i < Passes::kPasses; ++i) {
+      if (Passes::valid(thread, i))
+        chunk(k_rows, v_rows, k_src[i], v_minus_k, Passes::row(thread, i), Passes::column(thread, i));
     }
   }
 
