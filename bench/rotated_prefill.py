@@ -1,4 +1,4 @@
-"""Hopper prefill against torch SDPA's cuDNN backend, timed in rotated rounds (d128, B4 S4096, 32/32 heads).
+"""Prefill bars timed in rotated rounds (d128, B4 S4096, 32/32 heads): Hopper against cuDNN, Ampere path against flash.
 
 bench_prefill times each row once, in a fixed order (the SDPA peers first). The card's clock falls
 under sustained load and recovers in lighter stretches, so a fixed order favours some rows: on the
@@ -17,9 +17,11 @@ Sets (--set): "bars" (default), the rows issue 12's bars compare: bf16 ragged an
 cuDNN, and q/k/v e4m3 against bf16; "fp8", the FP8 tiles' rows alone (q/k/v e4m3, and bf16 q with
 an e4m3 cache, ragged and paged 16), for A/B runs of FP8 changes; "wide", the rows of both with
 cuDNN; "layout": bf16 ragged and paged 16 / 128, random and in
-order, and cuDNN. $FIG_TREE selects the library's tree, as in bench_prefill.
+order, and cuDNN; "sm80", issue 11's rows on the Ampere path (backend="sm80"): bf16 ragged and
+paged 16, a bf16 q on an e4m3 cache with each conversion ("bf16/e4m3@software"), and torch SDPA's
+flash backend, the peer its bf16 bar names. $FIG_TREE selects the library's tree, as in bench_prefill.
 
-usage: python bench/rotated_prefill.py [--set bars|layout] [--reps 20] [--rounds 5] [--out rotated.json]
+usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80] [--reps 20] [--rounds 5] [--out rotated.json]
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ from bench_prefill import BATCH, SEQ, attention_flops, git_commit  # noqa: E402
 from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper  # noqa: E402
 
 HEADS, HEAD_DIM = 32, 128
-# (layout, page size, page order, q/k/v dtype name)
+# (layout, page size, page order, q/k/v dtype name[@FP8 conversion]); layout "cudnn" / "flash": the
+# torch SDPA backend on dense bf16
 SETS = {
     "bars": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("ragged", None, None, "e4m3"),
              ("paged", 16, "random", "e4m3"), ("cudnn", None, None, "bf16")),
@@ -50,7 +53,12 @@ SETS = {
              ("cudnn", None, None, "bf16")),
     "layout": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("paged", 16, "in order", "bf16"),
                ("paged", 128, "random", "bf16"), ("paged", 128, "in order", "bf16"), ("cudnn", None, None, "bf16")),
+    "sm80": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"),
+             ("ragged", None, None, "bf16/e4m3@hardware"), ("paged", 16, "random", "bf16/e4m3@hardware"),
+             ("ragged", None, None, "bf16/e4m3@software"), ("paged", 16, "random", "bf16/e4m3@software"),
+             ("flash", None, None, "bf16")),
 }
+BACKEND = {"sm80": "sm80"}  # the wrappers' backend= for a set; "sm90" for the others
 DTYPES = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}  # a name "q/kv" names q's and the cache's apart
 
 
@@ -76,6 +84,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     configs = SETS[args.set]
+    backend = BACKEND.get(args.set, "sm90")
     gen = torch.Generator().manual_seed(0)
     tokens = BATCH * SEQ
     # [tokens, heads, d] each, bf16 and their e4m3 codes
@@ -91,20 +100,23 @@ def main(argv=None) -> None:
     for rnd in range(args.rounds):
         for causal in (False, True):
             for config in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
-                layout, page, order, dtype_name = config
+                layout, page, order, dtype_conv = config
+                dtype_name, _, conversion = dtype_conv.partition("@")
                 q_name, _, kv_name = dtype_name.partition("/")
                 q_c, k_c, v_c = values[dtype_name]
+                wrapper_args = dict(backend=backend, fp8_conversion=conversion or None)
                 plan_types = dict(q_data_type=DTYPES[q_name], kv_data_type=DTYPES[kv_name or q_name],
                                   o_data_type=torch.bfloat16)
-                if layout == "cudnn":
+                if layout in ("cudnn", "flash"):
                     from torch.nn.attention import SDPBackend, sdpa_kernel
+                    sdpa = SDPBackend.CUDNN_ATTENTION if layout == "cudnn" else SDPBackend.FLASH_ATTENTION
 
-                    def fn(causal=causal):
-                        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    def fn(causal=causal, sdpa=sdpa):
+                        with sdpa_kernel(sdpa):
                             torch.nn.functional.scaled_dot_product_attention(*dense, is_causal=causal)
-                    name = "torch SDPA cudnn"
+                    name = f"torch SDPA {layout}"
                 elif layout == "ragged":
-                    w = BatchPrefillWithRaggedKVCacheWrapper(workspace, backend="sm90")
+                    w = BatchPrefillWithRaggedKVCacheWrapper(workspace, **wrapper_args)
                     w.plan(qo_indptr, qo_indptr, HEADS, HEADS, HEAD_DIM, causal=causal, **plan_types)
                     fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
                     name = w.module.key.name
@@ -118,7 +130,7 @@ def main(argv=None) -> None:
                         indices = torch.argsort(perm).to(torch.int32)   # the request's page i is at argsort[i]
                     else:
                         indices = torch.arange(pages, dtype=torch.int32)
-                    w = BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90")
+                    w = BatchPrefillWithPagedKVCacheWrapper(workspace, **wrapper_args)
                     w.plan(qo_indptr, torch.arange(0, pages + 1, SEQ // page, dtype=torch.int32, device="cuda"),
                            indices.cuda(), torch.full((BATCH,), page, dtype=torch.int32, device="cuda"),
                            HEADS, HEADS, HEAD_DIM, page, causal=causal, **plan_types)
@@ -128,7 +140,7 @@ def main(argv=None) -> None:
                 tflops = attention_flops(BATCH, HEADS, HEAD_DIM, SEQ, SEQ, causal) / us / 1e6
                 clock = sm_clock_mhz()
                 rows.append(dict(round=rnd, causal=causal, layout=layout, page_size=page, order=order,
-                                 dtype=dtype_name, instance=name, time_us=round(us, 2), tflops=round(tflops, 1),
+                                 dtype=dtype_conv, instance=name, time_us=round(us, 2), tflops=round(tflops, 1),
                                  sm_clock_mhz_after=clock))
                 print(f"round {rnd} {'causal' if causal else 'full  '} {label(config):<26} {us:9.1f} us "
                       f"{tflops:7.1f} TFLOP/s  SM clock after {clock} MHz", flush=True)
@@ -151,6 +163,16 @@ def main(argv=None) -> None:
                 ratios[f"{c} ours {label(config)} / cudnn"] = medians[(causal, config)] / medians[(causal, cudnn)]
             for q8, b16 in ((configs[2], configs[0]), (configs[3], configs[1])):
                 ratios[f"{c} ours {label(q8)} / {label(b16)}"] = medians[(causal, q8)] / medians[(causal, b16)]
+    if args.set == "sm80":
+        flash = ("flash", None, None, "bf16")
+        for causal in (False, True):
+            c = "causal" if causal else "full"
+            for config in configs[:2]:
+                ratios[f"{c} ours {label(config)} / flash"] = medians[(causal, config)] / medians[(causal, flash)]
+            for fp8 in configs[2:6]:
+                b16 = configs[0] if fp8[0] == "ragged" else configs[1]
+                ratios[f"{c} ours {label(fp8)} / {label(b16)}"] = medians[(causal, fp8)] / medians[(causal, b16)]
+    if ratios:
         print("ratios of the medians:")
         for key, value in ratios.items():
             print(f"  {key:<48} {value:.3f}")
