@@ -155,23 +155,18 @@ def main(argv=None) -> None:
             print(f"  {'causal' if causal else 'full  '} {label(config):<26} {statistics.median(got):7.1f}  "
                   f"(min {got[0]:.1f}, max {got[-1]:.1f})")
     ratios = {}
-    if args.set == "bars":
-        cudnn = ("cudnn", None, None, "bf16")
+    # The bar sets end with their peer and start with bf16 ragged and paged 16; the rows between
+    # are each compared with the bf16 row of their layout.
+    peer = {"bars": "cudnn", "sm80": "flash"}.get(args.set)
+    if peer:
+        bf16_of = {config[0]: config for config in configs[:2]}
         for causal in (False, True):
             c = "causal" if causal else "full"
             for config in configs[:2]:
-                ratios[f"{c} ours {label(config)} / cudnn"] = medians[(causal, config)] / medians[(causal, cudnn)]
-            for q8, b16 in ((configs[2], configs[0]), (configs[3], configs[1])):
-                ratios[f"{c} ours {label(q8)} / {label(b16)}"] = medians[(causal, q8)] / medians[(causal, b16)]
-    if args.set == "sm80":
-        flash = ("flash", None, None, "bf16")
-        for causal in (False, True):
-            c = "causal" if causal else "full"
-            for config in configs[:2]:
-                ratios[f"{c} ours {label(config)} / flash"] = medians[(causal, config)] / medians[(causal, flash)]
-            for fp8 in configs[2:6]:
-                b16 = configs[0] if fp8[0] == "ragged" else configs[1]
-                ratios[f"{c} ours {label(fp8)} / {label(b16)}"] = medians[(causal, fp8)] / medians[(causal, b16)]
+                ratios[f"{c} ours {label(config)} / {peer}"] = medians[(causal, config)] / medians[(causal, configs[-1])]
+            for config in configs[2:-1]:
+                b16 = bf16_of[config[0]]
+                ratios[f"{c} ours {label(config)} / {label(b16)}"] = medians[(causal, config)] / medians[(causal, b16)]
     if ratios:
         print("ratios of the medians:")
         for key, value in ratios.items():
