@@ -25,7 +25,8 @@
 #   variants     FP8 tile settings A/B'd in one run: $FIG_VARIANTS, entries "name=TUNE" (TUNE as
 #                FIG_PREFILL_SM90_TUNE, may be empty) or "name=@DIR" (the checkout in DIR as it is),
 #                each built into a cache of its own ($FIG_VAR_KV: the cache dtypes, default e4m3), then
-#                rotated_prefill --set $FIG_VAR_SET (default fp8; wide: with bf16 and cuDNN) ($FIG_VAR_ARGS) over
+#                rotated_prefill --set $FIG_VAR_SET (default fp8; wide: with bf16 and cuDNN; sm80: the
+#                Ampere path's rows, built as kind prefill and tuned by FIG_PREFILL_TUNE) ($FIG_VAR_ARGS) over
 #                them in turn, $FIG_VAR_ROUNDS (2) times, each time in a rotated order (the JSONs name
 #                FIG_COMMIT and the TUNE for this tree's variants, FIG_BASE_COMMIT for a DIR's), all
 #                packed into $OUT/variants.tgz
@@ -172,13 +173,20 @@ while [ $# -gt 0 ]; do
     ;;
   variants)
     names=(); trees=(); tunes=()
+    if [ "${FIG_VAR_SET:-fp8}" = sm80 ]; then  # the Ampere path's rows (rotated_prefill --set sm80)
+      tune_env=FIG_PREFILL_TUNE
+      var_select="--kind prefill --q-dtype bf16 --kv-dtype bf16,e4m3 --conversion none,hardware,software"
+    else
+      tune_env=FIG_PREFILL_SM90_TUNE
+      var_select="--kind prefill_sm90 --q-dtype bf16,e4m3 --kv-dtype ${FIG_VAR_KV:-e4m3} --conversion none,hardware"
+    fi
     for entry in $FIG_VARIANTS; do
       name=${entry%%=*}; value=${entry#*=}
       if [ "${value#@}" != "$value" ]; then tree=$(cd "${value#@}" && pwd); tune=""; else tree=$PWD; tune=$value; fi
       names+=("$name"); trees+=("$tree"); tunes+=("$tune")
-      (cd "$tree" && FIG_PREFILL_SM90_TUNE=$tune FLASHINFER_GEN_CACHE=/tmp/fig_var_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build \
-         --kind prefill_sm90 --arch sm90a --head-dim 128 --q-dtype bf16,e4m3 --kv-dtype ${FIG_VAR_KV:-e4m3} --conversion none,hardware \
-         --variant default --jobs 4 >"$OUT/var_build_$name.log" 2>&1 || echo "BUILD FAILED $name") &
+      (cd "$tree" && env "$tune_env=$tune" FLASHINFER_GEN_CACHE=/tmp/fig_var_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build \
+         $var_select --arch sm90a --head-dim 128 --variant default --jobs 4 >"$OUT/var_build_$name.log" 2>&1 \
+         || echo "BUILD FAILED $name") &
     done
     wait
     n=${#names[@]}
@@ -186,7 +194,7 @@ while [ $# -gt 0 ]; do
       for i in $(seq 0 $((n - 1))); do
         j=$(( (i + round - 1) % n )); name=${names[$j]}
         if [ "${trees[$j]}" = "$PWD" ]; then commit="${FIG_COMMIT:-}${tunes[$j]:+ with ${tunes[$j]}}"; else commit=${FIG_BASE_COMMIT:-}; fi
-        FIG_COMMIT=$commit FIG_PREFILL_SM90_TUNE=${tunes[$j]} FIG_TREE=${trees[$j]} FLASHINFER_GEN_CACHE=/tmp/fig_var_$name FLASHINFER_GEN_JIT=1 \
+        env FIG_COMMIT="$commit" "$tune_env=${tunes[$j]}" FIG_TREE=${trees[$j]} FLASHINFER_GEN_CACHE=/tmp/fig_var_$name FLASHINFER_GEN_JIT=1 \
           python bench/rotated_prefill.py --set ${FIG_VAR_SET:-fp8} ${FIG_VAR_ARGS:---rounds 2} --out "$OUT/var_${name}_$round.json" \
           >"$OUT/var_${name}_$round.log" 2>&1 || { tail -20 "$OUT/var_${name}_$round.log"; rc=1; }
         sed -n '/^median/,$p' "$OUT/var_${name}_$round.log" | grep -v "^median" | sed "s/^/$name r$round /"
