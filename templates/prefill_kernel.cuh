@@ -1,7 +1,7 @@
 // Batch prefill (Ampere path) = work item -> rows and keys + shared K/V tile pipeline + warp
 // mainloop (prefill_mainloop_sm80.cuh) + epilogue + split-KV merge kernel (merge.cuh). A work item
-// is (request, kBlockM packed query rows, key range) from plan(); the grid is items x KV heads, KV
-// heads fastest, so CTAs that start together read the same pages. GQA packs a KV head's q heads
+// is (request, kBlockM packed query rows, key range) from plan(); the grid is one CTA per unit
+// (item, KV head), items fastest (PrefillUnit, prefill_work.cuh). GQA packs a KV head's q heads
 // into the tile's rows (row = token x group + head), so every K/V tile serves the whole group.
 #pragma once
 #include <cuda_runtime.h>
@@ -131,9 +131,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   auto& smem = shared.mainloop;
 
   const FigPrefillParams& p = args.p;
-  const int item = blockIdx.x / p.kv.num_kv_heads;
-  if (item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
-  const PrefillItem work = PrefillItem::load(p, item, blockIdx.x % p.kv.num_kv_heads);
+  const PrefillUnit unit = PrefillUnit::of(p, blockIdx.x);
+  if (unit.item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
+  const PrefillItem work = PrefillItem::load(p, unit.item, unit.kv_head);
   const PrefillRows& rows = work.rows;
   const int begin = work.begin;
   const int end = work.end;

@@ -109,9 +109,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   // stages and barrier phases run on across items, and the producer loads an item's first tiles
   // while the consumers finish the last one. Where the registers leave no room for that loop (the
   // consumers' past head dim 128, the producer's with three FP8 consumers:
-  // generator/kind_prefill_sm90.py), one CTA per unit, items fastest (KV heads fastest, every
-  // resident CTA streamed a different head's K/V, and the working set of a long prompt outgrew
-  // L2), skipping a capacity-sized plan's unused items.
+  // generator/kind_prefill_sm90.py), one CTA per unit, items fastest (PrefillUnit), skipping a
+  // capacity-sized plan's unused items.
   if (threadIdx.x == 0) {
     CUTE_UNROLL
     for (int s = 0; s < Cfg::kStagesK; ++s) {
@@ -140,12 +139,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
     if constexpr (Cfg::kPersistent) {
       int ring = 0;
       for (int i = p.work.cta_indptr[blockIdx.x]; i < p.work.cta_indptr[blockIdx.x + 1]; ++i) {
-        const int unit = p.work.cta_units[i];
-        ring += body(unit % p.work.num_items, unit / p.work.num_items, ring);
+        const PrefillUnit unit = PrefillUnit::of(p, p.work.cta_units[i]);
+        ring += body(unit.item, unit.kv_head, ring);
       }
     } else {
-      const int item = blockIdx.x % p.work.num_items;
-      if (item < *p.work.live_items) body(item, blockIdx.x / p.work.num_items, 0);
+      const PrefillUnit unit = PrefillUnit::of(p, blockIdx.x);
+      if (unit.item < *p.work.live_items) body(unit.item, unit.kv_head, 0);
     }
   };
 

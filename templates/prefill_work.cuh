@@ -25,6 +25,20 @@ struct PrefillRows {
   __device__ __forceinline__ int qo_head(int r) const { return kv_head * group + r % group; }
 };
 
+// A unit of work: one item of plan()'s list for one KV head, numbered item + kv_head x num_items,
+// the order of a grid of one CTA per unit and of plan()'s persistent unit lists
+// (FigPrefillWork::cta_units). Items vary fastest, so the CTAs resident at once serve a few KV
+// heads, whose K/V rows L2 holds and every CTA of the head re-reads; with the KV heads fastest
+// they served every head of a few items, and a long prompt's K/V of all heads outgrew L2.
+struct PrefillUnit {
+  int item, kv_head;
+
+  __device__ __forceinline__ static PrefillUnit of(const FigPrefillParams& p, unsigned unit) {
+    const unsigned items = p.work.num_items;  // > 0 wherever a unit exists
+    return {int(unit % items), int(unit / items)};
+  }
+};
+
 struct PrefillItem {
   PrefillRows rows;
   int begin, end;  // keys [begin, end) of the request this item covers
