@@ -190,9 +190,9 @@ WORK = abi.Struct("FigPrefillWork", (
     abi.Field("pieces", "const int32_t*", "[num_items]: split pieces of the request (slot of token t = partial + t x pieces)"),
     abi.Field("num_items", "int32_t", "work items in the arrays (a CUDA-graph plan's capacity)"),
     abi.Field("live_items", "const int32_t*", "[1]: work items in use this plan (<= num_items); later ones are skipped"),
-    abi.Field("ctas", "int32_t", "persistent instances: the grid (> 0), each CTA walking its units; others: 0, one CTA per item and KV head"),
-    abi.Field("cta_indptr", "const int32_t*", "[ctas + 1]: CTA c's units are cta_units[cta_indptr[c] .. cta_indptr[c + 1])"),
-    abi.Field("cta_units", "const int32_t*", "[units]: unit = item + kv_head x num_items, each CTA's by L2 section, longest first within one"),
+    abi.Field("ctas", "int32_t", "persistent instances: the grid (> 0), each CTA walking its units; others: 0, one CTA per unit"),
+    abi.Field("cta_indptr", "const int32_t*", "[ctas + 1]: CTA c's units are cta_units[cta_indptr[c] .. cta_indptr[c + 1]) (persistent only)"),
+    abi.Field("cta_units", "const int32_t*", "[units]: unit = item + kv_head x num_items by L2 section of KV heads; persistent: each CTA's, longest first within a section; else CTA b's is cta_units[b], b < live_items x num_kv_heads"),
 ), "Prefill work list from plan(): per item and KV head, a CTA or a persistent CTA's turn.")
 
 PARAMS = abi.Struct("FigPrefillParams", (

@@ -1,7 +1,7 @@
 // Batch prefill (Ampere path) = work item -> rows and keys + shared K/V tile pipeline + warp
 // mainloop (prefill_mainloop_sm80.cuh) + epilogue + split-KV merge kernel (merge.cuh). A work item
 // is (request, kBlockM packed query rows, key range) from plan(); the grid is one CTA per unit
-// (item, KV head), items fastest (PrefillUnit, prefill_work.cuh). GQA packs a KV head's q heads
+// (item, KV head), in plan()'s order (PrefillUnit, prefill_work.cuh). GQA packs a KV head's q heads
 // into the tile's rows (row = token x group + head), so every K/V tile serves the whole group.
 #pragma once
 #include <cuda_runtime.h>
@@ -131,8 +131,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
   auto& smem = shared.mainloop;
 
   const FigPrefillParams& p = args.p;
-  const PrefillUnit unit = PrefillUnit::of(p, blockIdx.x);
-  if (unit.item >= *p.work.live_items) return;  // past the plan's live items (a capacity-sized grid)
+  PrefillUnit unit;
+  if (!PrefillUnit::of_grid(p, blockIdx.x, unit)) return;  // past the plan's live units (a capacity-sized grid)
   const PrefillItem work = PrefillItem::load(p, unit.item, unit.kv_head);
   const PrefillRows& rows = work.rows;
   const int begin = work.begin;

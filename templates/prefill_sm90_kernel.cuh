@@ -109,8 +109,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
   // stages and barrier phases run on across items, and the producer loads an item's first tiles
   // while the consumers finish the last one. Where the registers leave no room for that loop (the
   // consumers' past head dim 128, the producer's with three FP8 consumers:
-  // generator/kind_prefill_sm90.py), one CTA per unit, items fastest (PrefillUnit), skipping a
-  // capacity-sized plan's unused items.
+  // generator/kind_prefill_sm90.py), one CTA per unit, in plan()'s grid order (PrefillUnit::of_grid),
+  // skipping a capacity-sized plan's unused units.
   if (threadIdx.x == 0) {
     CUTE_UNROLL
     for (int s = 0; s < Cfg::kStagesK; ++s) {
@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
 
   // The CTA's units, body(item, KV head, ring) returning the item's tiles: with kPersistent the
   // list plan() made for this CTA (live units only, balanced across the CTAs: prefill.py,
-  // cta_unit_lists), else the one unit blockIdx.x (one CTA per unit).
+  // cta_unit_lists), else the grid's unit blockIdx.x (one CTA per unit).
   auto for_each_unit = [&](auto&& body) {
     if constexpr (Cfg::kPersistent) {
       int ring = 0;
@@ -143,8 +143,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
         ring += body(unit.item, unit.kv_head, ring);
       }
     } else {
-      const PrefillUnit unit = PrefillUnit::of(p, blockIdx.x);
-      if (unit.item < *p.work.live_items) body(unit.item, unit.kv_head, 0);
+      PrefillUnit unit;
+      if (PrefillUnit::of_grid(p, blockIdx.x, unit)) body(unit.item, unit.kv_head, 0);
     }
   };
 

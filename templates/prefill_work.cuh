@@ -25,17 +25,24 @@ struct PrefillRows {
   __device__ __forceinline__ int qo_head(int r) const { return kv_head * group + r % group; }
 };
 
-// A unit of work: one item of plan()'s list for one KV head, numbered item + kv_head x num_items,
-// the order of a grid of one CTA per unit and of plan()'s persistent unit lists
-// (FigPrefillWork::cta_units). Items vary fastest, so the CTAs resident at once serve a few KV
-// heads, whose K/V rows L2 holds and every CTA of the head re-reads; with the KV heads fastest
-// they served every head of a few items, and a long prompt's K/V of all heads outgrew L2.
+// A unit of work: one item of plan()'s list for one KV head, numbered item + kv_head x num_items
+// in FigPrefillWork::cta_units, which plan() orders by sections of KV heads whose K/V rows fit in
+// L2 (prefill.py, l2_heads_per_section), so that the CTAs running at once re-read rows L2 holds.
 struct PrefillUnit {
   int item, kv_head;
 
   __device__ __forceinline__ static PrefillUnit of(const FigPrefillParams& p, unsigned unit) {
     const unsigned items = p.work.num_items;  // > 0 wherever a unit exists
     return {int(unit % items), int(unit / items)};
+  }
+
+  // A grid of one CTA per unit (work.ctas == 0): CTA `cta`'s unit, in plan()'s grid order (a
+  // section's items longest first, its KV heads fastest: prefill.py, grid_unit_order); false for a
+  // CTA past the plan's live units (a CUDA-graph plan's grid has its capacity's).
+  __device__ __forceinline__ static bool of_grid(const FigPrefillParams& p, unsigned cta, PrefillUnit& unit) {
+    if (cta >= unsigned(*p.work.live_items) * unsigned(p.kv.num_kv_heads)) return false;
+    unit = of(p, unsigned(p.work.cta_units[cta]));
+    return true;
   }
 };
 

@@ -425,6 +425,21 @@ def test_cuda_graph_capture_and_no_sync(kind, workspace):
         assert_close(out, lse, ref, ref_lse, 1e-2, f"{kind} graph replay {replay}")
 
 
+def test_grid_in_l2_sections(workspace, monkeypatch):
+    """plan()'s grid order (prefill.grid_unit_order) with sections of 3 KV heads of 8 (3, 3, 2),
+    as a long prompt's K/V makes them: every unit of every section runs once, bf16 and FP8
+    caches, paged and ragged, causal (the items' lengths differ), split-KV pieces among them."""
+    import flashinfer_gen.prefill as prefill
+    monkeypatch.setattr(prefill, "l2_heads_per_section", lambda *args: 3)
+    bf16, e4m3 = torch.bfloat16, torch.float8_e4m3fn
+    qo, kv = [1, 64, 300, 129], [1, 1000, 300, 256]
+    w, _ = check_paged(bf16, bf16, None, 128, "NHD", 16, 4, qo, kv, workspace, hk=8, causal=True, seed=11)
+    assert w._plan["params"].work.ctas == 0
+    check_paged(bf16, e4m3, "hardware", 128, "HND", 16, 4, qo, kv, workspace, hk=8, causal=True, seed=12)
+    check_ragged(bf16, e4m3, "software", 128, 4, qo, kv, workspace, hk=8, causal=False, seed=13)
+    check_ragged(bf16, bf16, None, 128, 1, [16], [32768], workspace, hk=8, causal=True, seed=14)
+
+
 # --- argument checks -------------------------------------------------------------------------------
 
 def expect_error(call, match, untouched=None):

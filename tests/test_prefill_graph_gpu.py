@@ -119,6 +119,16 @@ def test_paged_graph_captured_once_follows_every_plan(backend, causal, workspace
 
 
 @pytest.mark.parametrize("backend", FAMILIES)
+def test_graph_grid_in_l2_sections(backend, workspace, monkeypatch):
+    """The captured paged plan above with a section per KV head: the grid order (one CTA per unit,
+    prefill.grid_unit_order) and the persistent lists are rewritten by each plan and the captured
+    launch follows them."""
+    import flashinfer_gen.prefill as prefill
+    monkeypatch.setattr(prefill, "l2_heads_per_section", lambda *args: 1)
+    test_paged_graph_captured_once_follows_every_plan(backend, True, workspace)
+
+
+@pytest.mark.parametrize("backend", FAMILIES)
 def test_ragged_graph_captured_once_follows_every_plan(backend, workspace):
     gen = torch.Generator().manual_seed(31)
     kv_rows = 40000

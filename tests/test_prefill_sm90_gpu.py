@@ -675,6 +675,22 @@ def test_fp8_q_graph_wrapper_follows_each_plan(workspace):
         assert out[total:].isnan().all() and lse[total:].isnan().all(), "rows past the plan's were written"
 
 
+def test_fp8_grid_in_l2_sections(workspace, monkeypatch):
+    """The FP8 three-consumer instances run one CTA per unit in plan()'s grid order: with sections
+    of 3 KV heads of 8 (3, 3, 2), every unit once, paged and ragged, a bf16 and an e4m3 q, and a
+    CUDA-graph wrapper re-planned between replays."""
+    import flashinfer_gen.prefill as prefill
+    monkeypatch.setattr(prefill, "l2_heads_per_section", lambda *args: 3)
+    bf16, e4m3 = torch.bfloat16, torch.float8_e4m3fn
+    _, _, w = check_fp8(bf16, e4m3, "NHD", 16, 4, [1, 64, 300, 129], [1, 1000, 300, 256], workspace, hk=8,
+                        causal=True, seed=21)
+    assert w._plan["params"].work.ctas == 0, "a persistent FP8 instance: the grid order is not what runs"
+    check_fp8(e4m3, e4m3, None, None, 4, [1, 7, 64, 300], [1, 77, 1000, 300], workspace, hk=8, ragged=True,
+              q_scale=0.5, seed=22)
+    monkeypatch.setattr(prefill, "l2_heads_per_section", lambda *args: 1)
+    test_fp8_q_graph_wrapper_follows_each_plan(workspace)
+
+
 @pytest.mark.parametrize("ctas", [1, 2, 3])
 def test_persistent_ctas_walk_many_items(ctas, workspace, monkeypatch):
     """A persistent instance (head dim <= 128) with its grid capped at 1-3 CTAs: each CTA walks many

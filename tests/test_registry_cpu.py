@@ -520,6 +520,33 @@ def test_cta_unit_lists_cover_every_unit_once_and_balance():
     assert [a.size for a in cta_unit_lists(np.zeros(0, int), np.zeros(0, int), 4, 3, 128, 8)] == [4, 0]
 
 
+def test_grid_unit_order_runs_sections_item_by_item_heads_fastest():
+    """A grid of one CTA per unit: every live (item, KV head) once, encoded item + head x stride;
+    sections of heads_per_section KV heads in turn (the last one may hold fewer), each item by item
+    in plan()'s order with the section's heads fastest; one section is every head of an item
+    together, sections of one head are items fastest."""
+    from flashinfer_gen.prefill import grid_unit_order
+    gen = np.random.default_rng(5)
+    for trial in range(200):
+        items, heads = int(gen.integers(1, 40)), int(gen.integers(1, 12))
+        stride, per = items + int(gen.integers(0, 5)), int(gen.integers(1, heads + 3))
+        units = grid_unit_order(items, heads, stride, per)
+        assert units.dtype == np.int32 and units.size == items * heads
+        item, head = units % stride, units // stride
+        assert (item < items).all() and (head < heads).all()
+        assert np.unique(units).size == units.size, "a unit twice"
+        section = head // min(per, heads)
+        assert (np.diff(section) >= 0).all(), "sections in turn"
+        for s in np.unique(section):
+            own = section == s
+            members = np.arange(s * min(per, heads), min(heads, (s + 1) * min(per, heads)))
+            expect = (np.arange(items)[:, None] + members[None, :] * stride).ravel()
+            assert np.array_equal(units[own], expect), (trial, s)
+    assert np.array_equal(grid_unit_order(3, 2, 4, 2), [0, 4, 1, 5, 2, 6])   # every head of an item together
+    assert np.array_equal(grid_unit_order(3, 2, 4, 1), [0, 1, 2, 4, 5, 6])   # items fastest
+    assert grid_unit_order(0, 4, 8, 2).size == 0
+
+
 def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily():
     """B4 S4096, 32/32 heads, d128 on the Hopper family (192-row tiles, 3 KV heads a section): each
     request's last item has 64 rows, whose unit the kind's unit_cost puts at 0.65 of a full one
