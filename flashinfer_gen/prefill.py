@@ -218,23 +218,37 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
     return indptr.astype(np.int32), units.astype(np.int32)
 
 
-def grid_unit_order(items: int, kv_heads: int, stride: int, heads_per_section: int) -> np.ndarray:
+def grid_unit_order(item_cost: np.ndarray, kv_heads: int, stride: int, heads_per_section: int,
+                    resident: int) -> np.ndarray:
     """A grid of one CTA per unit: CTA b runs unit [b] (item + kv_head x stride, stride: the kernel's
-    num_items), for the items * kv_heads live units. Section by section of heads_per_section KV
-    heads (l2_heads_per_section), and within one item by item in plan()'s order (longest first)
-    with the section's heads fastest: the CTAs the GPU runs at once then re-read a section's K/V
-    rows from L2, and the grid still ends on its shortest units. (Every head of an item together,
-    the order before, streamed a long prompt's K/V of all heads at once, past L2: bf16 B4 S4096
-    32/32 on the Ampere path, 64 MB; one head at a time, items fastest, put a head's longest items
-    in the grid's last wave: causal FP8 rows 3% slower, H100, 5f236bb.)"""
+    num_items), for every (item, KV head) of the plan's items (item_cost: each one's keys plus a
+    tile, plan()'s order: longest first). Section by section of heads_per_section KV heads
+    (l2_heads_per_section), within one item by item with the section's heads fastest, so that
+    the CTAs the GPU runs at once re-read a section's K/V rows from L2; but the cheapest units,
+    as many as keep `resident` CTAs busy for the longest unit's time, are taken out of their
+    sections and run last, longest first, so that no long unit starts in the grid's last wave.
+    (Every head of an item together, the order before, streamed a long prompt's K/V of all heads
+    at once, past L2: bf16 B4 S4096 32/32 on the Ampere path, 64 MB. Sections without the tail
+    put each section's longest units, the last section's among them, at its start: causal FP8
+    rows 3% slower, H100, 8c3353b.) Where the costs are equal the tail is the sections' order."""
+    items = item_cost.size
     if items == 0:
         return np.zeros(0, dtype=np.int32)
     if (stride - 1) + (kv_heads - 1) * stride > INT32_MAX:
         fail(f"{kv_heads} KV heads x {stride} work items do not fit the kernel's 32-bit unit numbers")
     per = max(1, min(kv_heads, heads_per_section))
     item = np.arange(items, dtype=np.int64)[:, None]
-    return np.concatenate([(item + np.arange(h0, min(kv_heads, h0 + per))[None, :] * stride).ravel()
-                           for h0 in range(0, kv_heads, per)]).astype(np.int32)
+    units = np.concatenate([(item + np.arange(h0, min(kv_heads, h0 + per))[None, :] * stride).ravel()
+                            for h0 in range(0, kv_heads, per)])
+    cost = np.asarray(item_cost, dtype=np.float64)[units % stride]
+    position = np.arange(units.size)
+    cheapest = np.lexsort((-position, cost))  # ties: the later unit first, so equal costs keep the order
+    taken = int(np.searchsorted(np.cumsum(cost[cheapest]), resident * cost.max())) + 1
+    tail = np.zeros(units.size, dtype=bool)
+    tail[cheapest[:taken]] = True
+    last = np.flatnonzero(tail)
+    last = last[np.argsort(-cost[last], kind="stable")]
+    return np.concatenate([units[~tail], units[last]]).astype(np.int32)
 
 
 def unit_weights(cost: tuple[int, tuple[float, ...]] | None, rows: np.ndarray) -> np.ndarray | None:
@@ -428,7 +442,8 @@ class _BatchPrefill(Wrapper):
                                                    grid_items, sections, weight)
         else:
             cta_indptr = np.zeros(1, dtype=np.int32)
-            cta_units = grid_unit_order(sched.request.size, num_kv_heads, grid_items, sections)
+            cta_units = grid_unit_order(sched.kv_end.astype(np.int64) - sched.kv_begin + tile_keys, num_kv_heads,
+                                        grid_items, sections, resident)
         arrays = dict(request=sched.request, row_begin=sched.row_begin, kv_begin=sched.kv_begin, kv_end=sched.kv_end,
                       partial=sched.partial, pieces=sched.pieces, merge_row=sched.merge_row,
                       merge_indptr=sched.merge_indptr, qo_indptr=qo_h.numpy(), kv_len=kv_len,

@@ -520,31 +520,50 @@ def test_cta_unit_lists_cover_every_unit_once_and_balance():
     assert [a.size for a in cta_unit_lists(np.zeros(0, int), np.zeros(0, int), 4, 3, 128, 8)] == [4, 0]
 
 
-def test_grid_unit_order_runs_sections_item_by_item_heads_fastest():
-    """A grid of one CTA per unit: every live (item, KV head) once, encoded item + head x stride;
-    sections of heads_per_section KV heads in turn (the last one may hold fewer), each item by item
-    in plan()'s order with the section's heads fastest; one section is every head of an item
-    together, sections of one head are items fastest."""
+def test_grid_unit_order_runs_sections_then_a_longest_first_tail():
+    """A grid of one CTA per unit: every (item, KV head) once, encoded item + head x stride. The
+    units outside the tail go section by section of heads_per_section KV heads (the last may hold
+    fewer), each item by item in plan()'s order with the section's heads fastest; the tail, run
+    last and longest first, is the cheapest units, whose costs add up to the resident CTAs times
+    the longest unit's (all of them where the whole grid costs less). With equal costs the order is
+    the sections' alone: one section is every head of an item together, sections of one head are
+    items fastest."""
     from flashinfer_gen.prefill import grid_unit_order
     gen = np.random.default_rng(5)
-    for trial in range(200):
+    for trial in range(300):
         items, heads = int(gen.integers(1, 40)), int(gen.integers(1, 12))
-        stride, per = items + int(gen.integers(0, 5)), int(gen.integers(1, heads + 3))
-        units = grid_unit_order(items, heads, stride, per)
+        stride, per, resident = items + int(gen.integers(0, 5)), int(gen.integers(1, heads + 3)), int(gen.integers(1, 20))
+        cost = np.sort(gen.integers(1, 50, items))[::-1] if trial % 3 else np.full(items, 7)
+        units = grid_unit_order(cost, heads, stride, per, resident)
         assert units.dtype == np.int32 and units.size == items * heads
         item, head = units % stride, units // stride
         assert (item < items).all() and (head < heads).all()
         assert np.unique(units).size == units.size, "a unit twice"
+        unit_cost = cost[item]
+        # the tail: the shortest suffix whose costs reach resident x the longest unit's (or the grid)
+        from_end = np.cumsum(unit_cost[::-1])
+        k = units.size - min(units.size, int(np.searchsorted(from_end, resident * cost.max())) + 1)
+        body = np.arange(units.size) < k
+        if k:
+            assert unit_cost[~body].max() <= unit_cost[body].min(), "the tail is the cheapest units"
         section = head // min(per, heads)
-        assert (np.diff(section) >= 0).all(), "sections in turn"
-        for s in np.unique(section):
-            own = section == s
+        assert (np.diff(section[body]) >= 0).all(), "sections in turn"
+        for s in np.unique(section[body]):
+            own = body & (section == s)
+            assert (np.diff(item[own]) >= 0).all(), "item by item within a section"
             members = np.arange(s * min(per, heads), min(heads, (s + 1) * min(per, heads)))
-            expect = (np.arange(items)[:, None] + members[None, :] * stride).ravel()
-            assert np.array_equal(units[own], expect), (trial, s)
-    assert np.array_equal(grid_unit_order(3, 2, 4, 2), [0, 4, 1, 5, 2, 6])   # every head of an item together
-    assert np.array_equal(grid_unit_order(3, 2, 4, 1), [0, 1, 2, 4, 5, 6])   # items fastest
-    assert grid_unit_order(0, 4, 8, 2).size == 0
+            assert np.isin(head[own], members).all()
+        assert (np.diff(unit_cost[~body]) <= 0).all(), "the tail longest first"
+        if (cost == cost[0]).all():
+            sections = np.concatenate([(np.arange(items)[:, None] + np.arange(h0, min(heads, h0 + min(per, heads)))[None, :]
+                                        * stride).ravel() for h0 in range(0, heads, min(per, heads))])
+            assert np.array_equal(units, sections), "equal costs: the sections' order"
+    assert np.array_equal(grid_unit_order(np.full(3, 5), 2, 4, 2, 1), [0, 4, 1, 5, 2, 6])   # every head of an item together
+    assert np.array_equal(grid_unit_order(np.full(3, 5), 2, 4, 1, 1), [0, 1, 2, 4, 5, 6])   # items fastest
+    # causal-like costs, sections of one head, one resident CTA: the cheapest units whose costs
+    # reach 9 (1 + 1 + 2 + 2 + 3) run last, longest first; before them head 0's 9 and 3, then head 1's 9
+    assert list(grid_unit_order(np.array([9, 3, 2, 1]), 2, 4, 1, 1)) == [0, 1, 4, 5, 2, 6, 3, 7]
+    assert grid_unit_order(np.zeros(0, int), 4, 8, 2, 3).size == 0
 
 
 def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily():
