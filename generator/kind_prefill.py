@@ -192,7 +192,7 @@ WORK = abi.Struct("FigPrefillWork", (
     abi.Field("live_items", "const int32_t*", "[1]: work items in use this plan (<= num_items); later ones are skipped"),
     abi.Field("ctas", "int32_t", "persistent instances: the grid (> 0), each CTA walking its units; others: 0, one CTA per unit"),
     abi.Field("cta_indptr", "const int32_t*", "[ctas + 1]: CTA c's units are cta_units[cta_indptr[c] .. cta_indptr[c + 1]) (persistent only)"),
-    abi.Field("cta_units", "const int32_t*", "[units]: unit = item + kv_head x num_items by L2 section of KV heads; persistent: each CTA's, longest first within a section; else CTA b's is cta_units[b], b < live_items x num_kv_heads"),
+    abi.Field("cta_units", "const int32_t*", "[units]: unit = item + kv_head x num_items by L2 section of KV heads; persistent: each CTA's, longest first within a section; else CTA b's is cta_units[b], b < live_items x num_kv_heads, the cheapest units last"),
 ), "Prefill work list from plan(): per item and KV head, a CTA or a persistent CTA's turn.")
 
 PARAMS = abi.Struct("FigPrefillParams", (

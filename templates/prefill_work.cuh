@@ -36,9 +36,10 @@ struct PrefillUnit {
     return {int(unit % items), int(unit / items)};
   }
 
-  // A grid of one CTA per unit (work.ctas == 0): CTA `cta`'s unit, in plan()'s grid order (a
-  // section's items longest first, its KV heads fastest: prefill.py, grid_unit_order); false for a
-  // CTA past the plan's live units (a CUDA-graph plan's grid has its capacity's).
+  // A grid of one CTA per unit (work.ctas == 0): CTA `cta`'s unit, in plan()'s grid order (by
+  // section, each item by item with its KV heads fastest, the cheapest units last: prefill.py,
+  // grid_unit_order); false for a CTA past the plan's live units (a CUDA-graph plan's grid has its
+  // capacity's).
   __device__ __forceinline__ static bool of_grid(const FigPrefillParams& p, unsigned cta, PrefillUnit& unit) {
     if (cta >= unsigned(*p.work.live_items) * unsigned(p.kv.num_kv_heads)) return false;
     unit = of(p, unsigned(p.work.cta_units[cta]));
