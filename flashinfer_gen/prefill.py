@@ -93,15 +93,21 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
                   kv_heads: int, resident_ctas: int, tile_rows: int, tile_keys: int,
                   max_partial: int | None = None) -> PrefillSchedule:
     """Cuts every request into tile_rows packed rows (token x group + head) with the keys those rows
-    see (causal rows stop at their diagonal, windowed rows start at their window). Where the items
-    would not fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES
-    pieces (whole tiles) whose partial results a merge kernel combines; max_partial (a CUDA-graph
-    plan's capacity) caps the partial slots this may take. Longest items first."""
+    see (causal rows stop at their diagonal, windowed rows start at their window). The tiles end
+    at the request's last row, so that a partial tile, if any, is the first (its row_begin below
+    0, item_rows): causal, those rows see the fewest keys, and a partial tile's idle consumer
+    warpgroups (or warps) wait out its keys as a full tile would. As the last tile it was the
+    request's longest unit, which on the Hopper family's three consumers ran one of them: causal
+    rows 5-7% slower at S = 4096 than at 4224 (bench/probe_seq.py). Where the items would not
+    fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES pieces
+    (whole tiles) whose partial results a merge kernel combines; max_partial (a CUDA-graph plan's
+    capacity) caps the partial slots this may take. Longest items first."""
+    # first row tile: the partial one, from rows - tile_rows * ceil(rows / tile_rows) (0 if whole)
     items = []  # (request, row_begin, begin, end)
     for b, (n, m) in enumerate(zip(qo_len.tolist(), kv_len.tolist())):
         rows = n * group
-        for row0 in range(0, rows, tile_rows):
-            first, last = row0 // group, (min(rows, row0 + tile_rows) - 1) // group
+        for row0 in range(rows - tile_rows * -(-rows // tile_rows), rows, tile_rows):
+            first, last = max(row0, 0) // group, (min(rows, row0 + tile_rows) - 1) // group
             begin = max(0, m - n + first - window_left) if window_left >= 0 else 0
             end = min(m, m - n + last + 1) if causal else m
             items.append((b, row0, begin, end))
@@ -137,6 +143,11 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
                            int((qo_len * pieces_of)[split].sum()))
 
 
+def item_rows(row_begin: np.ndarray, rows_total: np.ndarray, tile_rows: int) -> np.ndarray:
+    """Packed rows of each item: [row_begin, row_begin + tile_rows) within [0, rows_total)."""
+    return np.minimum(rows_total, row_begin + tile_rows) - np.maximum(row_begin, 0)
+
+
 def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas: int, tile_keys: int,
                    stride: int, heads_per_section: int | None = None,
                    item_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +167,8 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
     the CTA's consumer warpgroups idle costs less; 1 by default). That keeps the CTAs' sums within
     about one unit of each other (d128 B4 S4096 32/32 scored with the unit costs measured: max /
     mean 1.048 without the weights and the greedy laps, 1.006 with them; causal 1.054 and
-    1.015). (Longest first over every head at once had a causal prompt's CTAs streaming 128
+    1.015, and 1.025 since a request's partial row tile comes first (make_schedule), which as a
+    short unit lowers the mean and the makespan by 2.5% and 1.6%). (Longest first over every head at once had a causal prompt's CTAs streaming 128
     heads' K/V together, past L2: bf16 B4 S4096 causal at 0.79x the non-persistent kernel, H100.) The units are placed, not sorted: plan()
     runs every step (B16 S8192 causal, 32 KV heads, 131k units: 13 ms with a sort of the units,
     ~5 ms placed; B4 S4096, 32 heads: under 1 ms)."""
@@ -275,7 +287,7 @@ def schedule_capacity(rows: int, batch: int, group: int, kv_heads: int, tile_row
                       resident_ctas: int) -> tuple[int, int]:
     """(items, partial slots) that make_schedule can list for any batch of `batch` requests with
     at most `rows` query tokens in all: a CUDA-graph plan's fixed sizes.
-    Without split-KV a request's last row tile may be partial, so the items are at most one per
+    Without split-KV a request's first row tile may be partial, so the items are at most one per
     request more than the rows fill. Split-KV happens only when the items times kv_heads are
     under resident_ctas, and cuts each into at most ceil(resident_ctas / (items x kv_heads))
     pieces: under 2 x resident_ctas / kv_heads items in all. A split item takes a partial slot
@@ -437,7 +449,7 @@ class _BatchPrefill(Wrapper):
         sections = l2_heads_per_section(kv_len, head_dim, KV_BYTES[kv_name], l2_bytes(device))
         if ctas:
             weight = unit_weights(spec.unit_cost(module.key) if spec.unit_cost else None,
-                                  np.minimum(tile_rows, qo_len[sched.request] * group - sched.row_begin))
+                                  item_rows(sched.row_begin, qo_len[sched.request] * group, tile_rows))
             cta_indptr, cta_units = cta_unit_lists(sched.kv_begin, sched.kv_end, num_kv_heads, ctas, tile_keys,
                                                    grid_items, sections, weight)
         else:

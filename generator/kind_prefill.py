@@ -183,7 +183,8 @@ def template_context(key: InstanceKey) -> dict:
 
 WORK = abi.Struct("FigPrefillWork", (
     abi.Field("request", "const int32_t*", "[num_items]"),
-    abi.Field("row_begin", "const int32_t*", "[num_items]: first packed query row (token x group + head)"),
+    abi.Field("row_begin", "const int32_t*", "[num_items]: first packed query row (token x group + head); "
+              "below 0 in a request's partial first tile (its rows from 0 on)"),
     abi.Field("kv_begin", "const int32_t*", "[num_items]: keys [kv_begin, kv_end) of the request"),
     abi.Field("kv_end", "const int32_t*", "[num_items]"),
     abi.Field("partial", "const int32_t*", "[num_items]: -1 writes the output, else slot base + piece"),

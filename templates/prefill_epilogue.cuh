@@ -48,7 +48,7 @@ struct PrefillEpilogue {
       const int local = idx / kQuads;
       const int d = 4 * (idx % kQuads);
       const int r = rows.row_begin + local;
-      if (r >= rows.rows_total) continue;
+      if (!rows.has(r)) continue;
       const int qtoken = rows.token(r);
       const int head = rows.qo_head(r);
       const float4 v = *reinterpret_cast<const float4*>(&smem.o[local][d]);

@@ -151,17 +151,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinCtasPerSm) prefill_ker
     CUTE_UNROLL
     for (int i = 0; i < 2; ++i) {
       const int r = rows.row_begin + (warp * Cfg::kMTiles + m) * 16 + lane_g + 8 * i;
-      const bool valid = r < rows.rows_total;
+      const bool valid = rows.has(r);
       q_rows[m][i] = valid ? static_cast<const QElement*>(p.q.data) +
                                  int64_t(rows.qo_start + rows.token(r)) * p.q.stride_row +
                                  int64_t(rows.qo_head(r)) * p.q.stride_head
                            : nullptr;
-      key_range(valid ? r : rows.row_begin, bounds[m][i].x, bounds[m][i].y);
+      key_range(valid ? r : rows.first_row(), bounds[m][i].x, bounds[m][i].y);
     }
   }
   // Bounds shared by every row of the CTA: tiles inside them need no per-key test.
   int lo_first, hi_first, lo_last, hi_last;
-  key_range(rows.row_begin, lo_first, hi_first);
+  key_range(rows.first_row(), lo_first, hi_first);
   key_range(min(rows.rows_total, rows.row_begin + Cfg::kBlockM) - 1, lo_last, hi_last);
 
   if (threadIdx.x == 0) shared.rows = rows;  // published by the pipeline's first barrier

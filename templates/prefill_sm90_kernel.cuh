@@ -178,15 +178,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
       for (int r = 0; r < 2; ++r)
         ml.bounds[r] = work.key_range(first + 16 * (thread / 32) + (thread % 32) / 4 + 8 * r, p.causal,
                                       p.window_left);
-      // Bounds shared by every row of the warpgroup (tiles inside [lo_max, hi_min] need no
-      // per-key test), and the last key any of its rows sees (rows are in token order: the last
-      // row's), begin - 1 for a warpgroup past the item's rows.
-      hi_min = work.key_range(first, p.causal, p.window_left).y;
-      lo_max = work.key_range(max(first, min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1), p.causal,
-                              p.window_left).x;
-      hi_max = first < work.rows.rows_total
-                   ? work.key_range(min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1, p.causal, p.window_left).y
-                   : work.begin - 1;
+      // Bounds shared by every row of the warpgroup that is the request's, [lo_row, hi_row]
+      // (tiles inside [lo_max, hi_min] need no per-key test), and the last key any of them sees
+      // (rows are in token order: the last row's), begin - 1 for a warpgroup with none of the
+      // request's rows (past its last, or below its first in a partial first tile).
+      const int lo_row = max(first, 0);
+      const int hi_row = min(work.rows.rows_total, first + Cfg::kConsumerRows) - 1;
+      hi_min = work.key_range(lo_row, p.causal, p.window_left).y;
+      lo_max = work.key_range(max(lo_row, hi_row), p.causal, p.window_left).x;
+      hi_max = lo_row <= hi_row ? work.key_range(hi_row, p.causal, p.window_left).y : work.begin - 1;
       begin = work.begin;
       end = work.end;
       kv_len = work.kv_len;

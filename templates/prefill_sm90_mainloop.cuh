@@ -131,7 +131,7 @@ struct PrefillSm90Mainloop {
     // 3.9% with an e4m3 q's four).
     auto chunk_at = [&](int local, int column) -> const Element* {  // nullptr past the rows
       const int r = work.rows.row_begin + warpgroup * kRows + local;
-      return r < work.rows.rows_total ? q + int64_t(work.rows.qo_start + work.rows.token(r)) * p.q.stride_row +
+      return work.rows.has(r) ? q + int64_t(work.rows.qo_start + work.rows.token(r)) * p.q.stride_row +
                                             int64_t(work.rows.qo_head(r)) * p.q.stride_head + column
                                       : nullptr;
     };
@@ -506,7 +506,7 @@ struct PrefillSm90Mainloop {
       // persistent CTA, which goes on to its next unit, hung there: a warp of 4 valid rows in 8)
       const float sum = softmax[r].row_sum();
       const int packed = rows.row_begin + warpgroup * kRows + 16 * (thread / 32) + g + 8 * r;
-      if (packed >= rows.rows_total) continue;
+      if (!rows.has(packed)) continue;
       const float scale = sum > 0.0f ? out_scale / sum : 0.0f;
       const float lse = sum > 0.0f ? softmax[r].row_max + (log2f(sum) - kPOffset) : -INFINITY;
       const int head = rows.qo_head(packed);

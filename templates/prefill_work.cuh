@@ -15,14 +15,20 @@ struct PrefillArgs {
   float out_scale;     // v_scale * KV conversion factor
 };
 
-// The CTA's rows. The Ampere kernel keeps it in shared memory across the mainloop, so it holds no
-// registers there.
+// The CTA's rows: [row_begin, row_begin + the tile's rows) within [0, rows_total). plan() ends a
+// request's row tiles at its last row, so its first tile may start below row 0 (prefill.py,
+// make_schedule): causal, the rows that see the fewest keys are the partial tile. The Ampere
+// kernel keeps this in shared memory across the mainloop, so it holds no registers there.
 struct PrefillRows {
   int request, kv_head, row_begin, rows_total, group, qo_start, partial, pieces;
 
   // Packed row r of the request = (query token r / group, q head kv_head * group + r % group).
   __device__ __forceinline__ int token(int r) const { return r / group; }
   __device__ __forceinline__ int qo_head(int r) const { return kv_head * group + r % group; }
+  // Whether packed row r is one of the request's (0 <= r < rows_total).
+  __device__ __forceinline__ bool has(int r) const { return unsigned(r) < unsigned(rows_total); }
+  // The tile's first row that is one of the request's.
+  __device__ __forceinline__ int first_row() const { return max(row_begin, 0); }
 };
 
 // A unit of work: one item of plan()'s list for one KV head, numbered item + kv_head x num_items

@@ -272,6 +272,30 @@ def test_prefill_schedule_stays_within_a_graph_plans_capacity(seed):
                 assert all(p[1] == n[0] for p, n in zip(pieces, pieces[1:])), pieces
 
 
+@pytest.mark.parametrize("window_left", [-1, 40])
+def test_prefill_row_tiles_end_at_the_last_row(window_left):
+    """Each request's packed rows are its items' [row_begin, row_begin + tile_rows) within [0, rows),
+    each row in exactly one row tile; the tiles end at its last row, so a partial tile is the first
+    (row_begin below 0), and causal, its keys are the fewest: they end at its last row's diagonal."""
+    from flashinfer_gen.prefill import item_rows, make_schedule as prefill_schedule
+    qo = np.array([1, 127, 128, 129, 300, 4096, 7])
+    kv = qo + np.array([0, 5, 0, 1000, 17, 0, 300])
+    for group, tile_rows, causal in ((1, 128, True), (4, 192, True), (7, 128, False), (3, 64, True)):
+        s = prefill_schedule(qo, kv, group, causal, window_left, 8, 1, tile_rows, 64)  # resident 1: no split
+        for b, n in enumerate(qo.tolist()):
+            rows = n * group
+            mine = np.sort(s.row_begin[s.request == b])
+            assert mine[0] == rows - tile_rows * -(-rows // tile_rows) and (np.diff(mine) == tile_rows).all()
+            assert mine[-1] + tile_rows == rows, "the last tile ends at the request's last row"
+            assert int(item_rows(mine, np.full(mine.size, rows), tile_rows).sum()) == rows
+            first = (s.request == b) & (s.row_begin == mine[0])
+            last_token = (min(rows, int(mine[0]) + tile_rows) - 1) // group
+            if causal:
+                assert int(s.kv_end[first][0]) == int(kv[b]) - n + last_token + 1
+            if window_left >= 0:
+                assert int(s.kv_begin[first][0]) == max(0, int(kv[b]) - n - window_left)
+
+
 # --- validation --------------------------------------------------------------------------------
 
 def page_table(lens=(5, 40), page=16):
@@ -574,7 +598,7 @@ def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily
     snake alone, as before them: 4.8% and 5.4% over), and each CTA's units stay by section,
     costliest first within one. unit_cost gives none where it was not measured (two consumers);
     unit_weights maps GQA-packed rows to row groups."""
-    from flashinfer_gen.prefill import cta_unit_lists, l2_heads_per_section, make_schedule, unit_weights
+    from flashinfer_gen.prefill import cta_unit_lists, item_rows, l2_heads_per_section, make_schedule, unit_weights
     from generator.instances import KINDS
     from generator.keys import InstanceKey
     spec = KINDS["prefill_sm90"]
@@ -596,7 +620,7 @@ def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily
     per = l2_heads_per_section(kv, 128, 2, 50 << 20)
     for causal in (False, True):
         s = make_schedule(qo, kv, 1, causal, -1, 32, 132, tile_rows, tile_keys)
-        rows = np.minimum(tile_rows, qo[s.request] - s.row_begin)
+        rows = item_rows(s.row_begin, qo[s.request], tile_rows)
         groups = -(-rows // granule)
         true_cost = (s.kv_end - s.kv_begin + tile_keys) * measured[groups - 1]
         weight = unit_weights((granule, by_groups), rows)
@@ -610,4 +634,8 @@ def test_cta_unit_lists_weigh_partial_row_tiles_and_deal_the_last_units_greedily
             section = (own // s.request.size) // per
             assert (np.diff(section) >= 0).all(), "a CTA's units section by section"
             assert (np.diff(dealt_cost[own % s.request.size])[np.diff(section) == 0] <= 0).all(), "costliest first"
-        assert spread < 1.02, (causal, spread)
+        # causal: the mean is the lower for the request's partial row tiles coming first (short
+        # units: make_schedule), and the last section's lap and a third of units (2 of 32 heads, 176
+        # on 132 CTAs), its first a full tile's, leave ~2.5%; the makespan is 1.6% below that of
+        # the partial tiles last (1.0145 of a higher mean)
+        assert spread < (1.03 if causal else 1.01), (causal, spread)
