@@ -168,8 +168,9 @@ def cta_unit_lists(kv_begin: np.ndarray, kv_end: np.ndarray, kv_heads: int, ctas
     about one unit of each other (d128 B4 S4096 32/32 scored with the unit costs measured: max /
     mean 1.048 without the weights and the greedy laps, 1.006 with them; causal 1.054 and
     1.015, and 1.025 since a request's partial row tile comes first (make_schedule), which as a
-    short unit lowers the mean and the makespan by 2.5% and 1.6%). (Longest first over every head at once had a causal prompt's CTAs streaming 128
-    heads' K/V together, past L2: bf16 B4 S4096 causal at 0.79x the non-persistent kernel, H100.) The units are placed, not sorted: plan()
+    short unit lowers the mean and the makespan by 2.5% and 1.6%). (Longest first over every
+    head at once had a causal prompt's CTAs streaming 128 heads' K/V together, past L2: bf16 B4
+    S4096 causal at 0.79x the non-persistent kernel, H100.) The units are placed, not sorted: plan()
     runs every step (B16 S8192 causal, 32 KV heads, 131k units: 13 ms with a sort of the units,
     ~5 ms placed; B4 S4096, 32 heads: under 1 ms)."""
     items = kv_begin.size

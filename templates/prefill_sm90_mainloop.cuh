@@ -132,8 +132,8 @@ struct PrefillSm90Mainloop {
     auto chunk_at = [&](int local, int column) -> const Element* {  // nullptr past the rows
       const int r = work.rows.row_begin + warpgroup * kRows + local;
       return work.rows.has(r) ? q + int64_t(work.rows.qo_start + work.rows.token(r)) * p.q.stride_row +
-                                            int64_t(work.rows.qo_head(r)) * p.q.stride_head + column
-                                      : nullptr;
+                                    int64_t(work.rows.qo_head(r)) * p.q.stride_head + column
+                              : nullptr;
     };
     const Element* src[kQChunks];
     uint4 chunks[kQChunks];
