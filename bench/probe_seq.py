@@ -14,6 +14,7 @@ usage: python bench/probe_seq.py [--rounds 2] [--reps 20] [--seqs 4096,4224] [--
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import sys
@@ -81,8 +82,9 @@ def main(argv=None) -> None:
                   "  ".join(f"S {s} H {h}: {t:6.1f}" for (s, h), t in med.items()) +
                   (f"  ratio {med[shapes[-1]] / med[shapes[0]]:.3f}" if len(shapes) > 1 else ""))
     if args.out:
-        Path(args.out).write_text(json.dumps(dict(device=torch.cuda.get_device_name(), commit=git_commit(),
-                                                  rows=rows), indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(dict(
+            device=torch.cuda.get_device_name(), commit=git_commit(),
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), rows=rows), indent=2) + "\n")
 
 
 if __name__ == "__main__":

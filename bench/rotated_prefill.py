@@ -26,6 +26,7 @@ usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80] [--reps
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import subprocess
@@ -173,7 +174,8 @@ def main(argv=None) -> None:
             print(f"  {key:<48} {value:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(
-            device=torch.cuda.get_device_name(), commit=git_commit(), set=args.set, reps=args.reps,
+            device=torch.cuda.get_device_name(), commit=git_commit(),
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), set=args.set, reps=args.reps,
             rounds=args.rounds, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
             ratios={k: round(x, 3) for k, x in ratios.items()}, rows=rows), indent=2) + "\n")
 
