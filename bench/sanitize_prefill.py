@@ -49,7 +49,7 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
 
 
 def main() -> int:
-    # --head-dim 64: only the head-dim-64 cases (the Hopper family's three-consumer CTAs); 128, 192, 256:
+    # --head-dim 64: only the head-dim-64 cases (the Hopper family's three-consumer CTAs, 16-bit and FP8); 128, 192, 256:
     # only the Ampere path's cases at that head dim (CTAs of 8 warps from 192 on)
     only_d64 = sys.argv[1:] == ["--head-dim", "64"]
     wide = sys.argv[1:] in (["--head-dim", "128"], ["--head-dim", "192"], ["--head-dim", "256"])
@@ -70,6 +70,12 @@ def main() -> int:
             for ctas in (None, 2):
                 ok &= case(torch.bfloat16, None, [1, 70, 33, 300], [40, 200, 33, 700], d=64, page=page, backend="sm90",
                            ctas=ctas)
+            # FP8 tiles at head dim 64: 64-byte swizzled Q, K and V rows (TMA boxes at page 16), two
+            # producer warps a column group in the V transpose
+            for kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                ok &= case(kv_dtype, None, [1, 70, 33, 300], [40, 200, 33, 700], d=64, page=page, backend="sm90")
+            ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=64, page=page, backend="sm90",
+                       q_dtype=torch.float8_e4m3fn)
     if only_d64:
         print("all within tolerance" if ok else "SOME CASE FAILED")
         return 0 if ok else 1

@@ -65,7 +65,10 @@ FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes 
 TILE_KEYS = (128, 96, 64)     # candidates for keys per stage, preferred first
 # FP8: the V transpose gives each lane of a warp one of 32 four-key groups (prefill_sm90_transpose.cuh)
 FP8_TILE_KEYS = 128
-FP8_ATOM_COLUMNS = 128        # a 128-byte swizzle atom holds 128 one-byte head-dim columns
+# FP8 tiles at these head dims, each with three consumer warpgroups (wide()), whose O, S and P V's
+# per-tile fragment fit their 152 registers; at 64 the rows of Q, K and V are 64 bytes, on the
+# 64-byte swizzle (tma_paged_kv.cuh, kv_swizzle_bytes).
+FP8_HEAD_DIMS = (64, 128)
 FP8_STAGES_VT = 2             # transposed-V stages (stages_vt)
 MAX_STAGES = 4
 # Tuning hook for bench/ only: "k16=2,v16=3,k8=4,v8=4,vt8=3" overrides the ring depths below (K, V
@@ -201,9 +204,9 @@ def unit_cost(key: InstanceKey) -> tuple[int, tuple[float, ...]] | None:
 
 
 def fp8_head_dim(key: InstanceKey) -> str | None:
-    if fp8_tiles(key) and key.head_dim % FP8_ATOM_COLUMNS:
-        return (f"FP8 tiles need a head dim that is a multiple of {FP8_ATOM_COLUMNS} (whole 128-byte rows), "
-                f"got {key.head_dim}; the Ampere-path family (backend='sm80') serves it")
+    if fp8_tiles(key) and key.head_dim not in FP8_HEAD_DIMS:
+        return (f"FP8 tiles are built at head dims {', '.join(map(str, FP8_HEAD_DIMS))}, got {key.head_dim}; "
+                f"the Ampere-path family (backend='sm80') serves it")
     return None
 
 

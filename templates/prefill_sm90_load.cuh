@@ -44,10 +44,11 @@ struct PrefillSm90Load {
   static constexpr int kChunksPerRow = kHeadDim / kChunkElements;
   static constexpr int kPasses = kBlockN * kChunksPerRow / kThreads;
   static_assert(kBlockN * kChunksPerRow % kThreads == 0, "every thread copies the same number of chunks");
-  static constexpr int kBoxColumns = 128 / sizeof(Element);  // a box row is one 128-byte swizzle row
+  // a box row is one swizzle row of the shared layouts (tma_paged_kv.cuh: 128 bytes, or 64)
+  static constexpr int kBoxColumns = kv_swizzle_bytes(kHeadDim * int(sizeof(Element))) / int(sizeof(Element));
   static constexpr int kPieces = kHeadDim / kBoxColumns;      // TMA instructions per box
   static_assert(kThreads == 128 && kHeadDim % kBoxColumns == 0 && kBlockN / 8 * kPieces <= kThreads,
-                "a TMA instruction per producer thread at most: boxes of >= 8 keys, 128 bytes a piece, four warps");
+                "a TMA instruction per producer thread at most: boxes of >= 8 keys, one swizzle row a piece, four warps");
   using Lookup = PagedKvTileCopy<kBlockN, PlainRows<kHeadDim * sizeof(Element)>, kHeadDim * sizeof(Element), kThreads>;
 
   // The first key of the item's first tile: tiles start on multiples of kBlockN, so a TMA box
@@ -168,7 +169,7 @@ struct PrefillSm90Load {
   }
 
  private:
-  // The tile's TMA instructions (a box of `rows` keys and 128 bytes of head dim each) are spread
+  // The tile's TMA instructions (a box of `rows` keys and a swizzle row of head dim each) are spread
   // over the producer's four warps, each on a scheduler of its own: instruction i = 4 lane + warp
   // loads piece i % kPieces of box i / kPieces. Issued by lanes of warp 0 alone, each instruction
   // added ~25 ns to every tile step (H200, bf16 d128 B4 S4096: paged16 at 0.75x contiguous; spread,

@@ -34,7 +34,7 @@ struct Fp8PvChunk {
   using TiledMma = decltype(cute::make_tiled_mma(cute::GMMA::rs_op_selector<
       MmaA, KvElement, float, cute::Shape<cute::Int<kRows>, cute::Int<kColumns>, cute::Int<kBlockN>>,
       cute::GMMA::Major::K, cute::GMMA::Major::K>()));
-  using LayoutVt = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<KvElement>{},
+  using LayoutVt = decltype(cute::tile_to_shape(KMajorAtom<KvElement, kBlockN>{},
                                                 cute::Shape<cute::Int<kColumns>, cute::Int<kBlockN>>{}));
   using Frag = decltype(cute::partition_fragment_C(TiledMma{}, cute::Shape<cute::Int<kRows>, cute::Int<kColumns>>{}));
 };

@@ -1,5 +1,6 @@
-// Shared memory of the Hopper prefill CTA: the WGMMA operand layouts (128-byte swizzled atoms, so
-// a warpgroup's descriptor reads are free of bank conflicts) and the storage they live in.
+// Shared memory of the Hopper prefill CTA: the WGMMA operand layouts (swizzled atoms, 128 bytes
+// wide, or 64 for the 64-byte rows of FP8 Q and K at head dim 64: a warpgroup's descriptor reads
+// are then free of bank conflicts) and the storage they live in.
 //   Q  (64 packed rows, head dim, consumer warpgroup): K-major A operand of S = Q K^T, in MmaA
 //      (q's 16-bit type, or e4m3 with an FP8 cache: the consumers quantise it per row).
 //   K  (keys, head dim, stage): K-major B operand of S = Q K^T.
@@ -14,18 +15,33 @@
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include "prefill_work.cuh"
 #include "sm90_sync.cuh"
+#include "tma_paged_kv.cuh"
 
 namespace fig {
 
-// The FP8 V layouts of PrefillSm90Smem: V as landed (K's layout) and transposed (head dim rows,
-// keys contiguous). Apart so that a 16-bit instance names them at a shape they tile (a one-byte
-// atom is 128 columns wide), never with its own.
+// The K-major operand atom for rows of kRowElements: swizzled over kv_swizzle_bytes (the width of
+// the TMA boxes that fill K and V, tma_paged_kv.cuh).
+template <class Element, int kRowElements>
+using KMajorAtom = std::conditional_t<kv_swizzle_bytes(kRowElements * int(sizeof(Element))) == 128,
+                                      cute::GMMA::Layout_K_SW128_Atom<Element>, cute::GMMA::Layout_K_SW64_Atom<Element>>;
+
+// The FP8 V layouts of PrefillSm90Smem: V as landed (K's layout) and transposed (head dim rows of
+// kBlockN = 128 keys, 128 bytes, contiguous). Apart so that a 16-bit instance names them at a
+// shape they tile (a one-byte atom is 64 or 128 columns wide), never with its own.
 template <class Element, int kBlockN, int kHeadDim, int kStagesV, int kStagesVt>
 struct Fp8VLayouts {
-  using V = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{},
+  using V = decltype(cute::tile_to_shape(KMajorAtom<Element, kHeadDim>{},
                                          cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStagesV>>{}));
-  using Vt = decltype(cute::tile_to_shape(cute::GMMA::Layout_K_SW128_Atom<Element>{},
+  using Vt = decltype(cute::tile_to_shape(KMajorAtom<Element, kBlockN>{},
                                           cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStagesVt>>{}));
+};
+
+// The 16-bit V layout of PrefillSm90Smem (see LayoutVt16), named only where it is used.
+template <class Element, int kHeadDim, int kBlockN, int kStagesV>
+struct Vt16Layout {
+  using type = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+                                            cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStagesV>>{},
+                                            cute::Step<cute::_2, cute::_1, cute::_3>{}));
 };
 
 template <class Cfg>
@@ -40,18 +56,16 @@ struct PrefillSm90Smem {
   static constexpr int kConsumerRows = Cfg::kConsumerRows;
 
   using LayoutQ = decltype(cute::tile_to_shape(
-      cute::GMMA::Layout_K_SW128_Atom<MmaA>{},
+      KMajorAtom<MmaA, kHeadDim>{},
       cute::Shape<cute::Int<kConsumerRows>, cute::Int<kHeadDim>, cute::Int<Cfg::kConsumers>>{}));
   using LayoutK = decltype(cute::tile_to_shape(
-      cute::GMMA::Layout_K_SW128_Atom<KvElement>{},
+      KMajorAtom<KvElement, kHeadDim>{},
       cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStagesK>>{}));
   // 16-bit: keys tiled before head-dim blocks, so V's bytes sit exactly where K's layout puts them
   // (a row of 64 head-dim elements per key, keys of a 64-column block contiguous) and one TMA box
-  // or gather fills either.
-  using LayoutVt16 = decltype(cute::tile_to_shape(
-      cute::GMMA::Layout_MN_SW128_Atom<KvElement>{},
-      cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStagesV>>{},
-      cute::Step<cute::_2, cute::_1, cute::_3>{}));
+  // or gather fills either. (An FP8 instance names it at a 16-bit shape it tiles, and uses it not.)
+  using LayoutVt16 = typename std::conditional_t<Cfg::kFp8, Vt16Layout<cute::half_t, 64, 64, 1>,
+                                                 Vt16Layout<KvElement, kHeadDim, kBlockN, kStagesV>>::type;
   // FP8: V as landed and transposed (a placeholder shape for 16-bit instances, which use neither)
   using Fp8V = std::conditional_t<Cfg::kFp8, Fp8VLayouts<KvElement, kBlockN, kHeadDim, kStagesV, kStagesVt>,
                                   Fp8VLayouts<uint8_t, 128, 128, 1, 1>>;
@@ -69,7 +83,7 @@ struct PrefillSm90Smem {
   };
   using KvRing = std::conditional_t<Cfg::kFp8, KvRing8, KvRing16>;
 
-  // SW128 operands need 1024-byte aligned bases: they come first, at offset 0 of the dynamic
+  // Swizzled operands need aligned bases (1024 bytes for SW128): they come first, at offset 0 of the dynamic
   // shared memory (the kernel has no static shared memory). The consumers store O from their
   // registers (a persistent CTA's producer fills the ring with the next item's tiles meanwhile),
   // so nothing else shares the ring.

@@ -1,10 +1,11 @@
 // The paged KV cache as a TMA tensor (sm_90): [page, slot, kv head, head dim] of 16-bit or 8-bit
-// elements with the cache's strides, boxes of `rows` consecutive slots of one page by 128 bytes of
-// head dim (64 or 128 elements: the 128-byte swizzle of the WGMMA operand layouts). Contiguous K/V (the
+// elements with the cache's strides, boxes of `rows` consecutive slots of one page by one swizzle
+// width of head dim (kv_swizzle_bytes: 128 bytes, 64 or 128 elements; 64 bytes where a row is 64
+// bytes long, FP8 at head dim 64), the swizzle of the WGMMA operand layouts. Contiguous K/V (the
 // ragged wrapper's one page per request, at its first row) are the same tensor with the page
 // stride equal to the row stride, so page p + slot s is row p + s.
 // rows = the largest power of two that divides the page size and, halving from it, the tile's
-// keys, at least 8 (a box starts on a 1024-byte swizzle atom); otherwise every tile is gathered
+// keys, at least 8 (a box starts on a swizzle atom of 8 rows); otherwise every tile is gathered
 // with cp.async: pages below 8 or of an odd size, and tiles of a non-power-of-two key count (96
 // at head dim 192, whose halvings 48, 24, 12 would start boxes off the atom).
 // A tensor map holds the cache's address: a CUDA graph captured with it replays on that cache.
@@ -18,6 +19,12 @@
 #include "fig_abi_common.h"
 
 namespace fig {
+
+// The swizzle width, in bytes, of a K-major WGMMA operand whose rows are row_bytes long, and so of
+// the TMA boxes that fill it: 128 where the rows are whole 128-byte lines (every 16-bit head dim,
+// FP8 at 128), else 64 (FP8 at head dim 64: 64-byte rows). The host's tensor maps and the
+// kernels' shared layouts both take it from here.
+constexpr int kv_swizzle_bytes(int row_bytes) { return row_bytes % 128 == 0 ? 128 : 64; }
 
 // The cache's element as the tensor map describes it (FP8 codes as bytes: TMA only copies them).
 enum TmaElement : int { kTmaF16 = 0, kTmaBF16 = 1, kTmaByte = 2 };
@@ -94,10 +101,11 @@ struct KvTensorMaps {
     return e.maps;
   }
 
-  // element: a TmaElement; the box is 128 bytes of head dim wide.
+  // element: a TmaElement; the box is kv_swizzle_bytes of head dim wide.
   static KvTensorMaps make(const FigPagedKv& kv, int head_dim, int tile_keys, int element) {
     const int64_t bytes = element == kTmaByte ? 1 : 2;
-    const int box_columns = int(128 / bytes);
+    const int swizzle = kv_swizzle_bytes(int(head_dim * bytes));
+    const int box_columns = int(swizzle / bytes);
     KvTensorMaps maps;
     maps.rows = 0;
     int rows = tile_keys;
@@ -121,7 +129,7 @@ struct KvTensorMaps {
       CUtensorMap* map = i == 0 ? &maps.k : &maps.v;
       void* base = const_cast<void*>(i == 0 ? kv.k_cache : kv.v_cache);
       if (encode(map, type, 4, base, dims, byte_strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                 swizzle == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
         return maps;
     }
@@ -147,7 +155,7 @@ struct KvTensorMaps {
   }
 };
 
-// One box: `rows` slots from (page, slot) of KV head `head`, head-dim columns [column, column + 128 bytes),
+// One box: `rows` slots from (page, slot) of KV head `head`, head-dim columns [column, column + swizzle width),
 // into shared memory at `dst`; its bytes complete on `bar`.
 __device__ __forceinline__ void tma_load_kv_box(const CUtensorMap* map, uint64_t* bar, void* dst, int column,
                                                 int head, int slot, int page) {

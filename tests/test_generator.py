@@ -78,12 +78,12 @@ def test_prefill_space():
 
 def test_prefill_sm90_space():
     """The Hopper family: sm_90a only, 16-bit caches at head dims in 64-element swizzle atoms, FP8
-    caches (FP8 tiles, conversion "hardware") at d128 (128-byte rows, and 256 does not fit); its
+    caches (FP8 tiles, conversion "hardware") at d64 (64-byte swizzled rows) and d128; its
     tiles and shared memory as rendered; the Ampere family's ABI (one plan(), one set of exports)."""
     keys = enumerate_instances({"kind": ("prefill_sm90",)})
     assert {k.arch for k in keys} == {"sm90a"} and {k.kv_dtype for k in keys} == {"f16", "bf16", "e4m3", "e5m2"}
     assert {k.head_dim for k in keys if not k.is_fp8} == {64, 128, 192, 256}
-    assert {(k.head_dim, k.conversion) for k in keys if k.is_fp8} == {(128, "hardware")}
+    assert {(k.head_dim, k.conversion) for k in keys if k.is_fp8} == {(64, "hardware"), (128, "hardware")}
     # an e4m3 q: with an FP8 cache, writing f16 or bf16 (o_dtype); a 16-bit q writes its own dtype
     assert {(k.kv_dtype, k.o_dtype) for k in keys if k.q_dtype == "e4m3" and k.variant == "default"} == {
         (kv, o) for kv in ("e4m3", "e5m2") for o in ("f16", "bf16")}
@@ -99,7 +99,10 @@ def test_prefill_sm90_space():
     assert "arch='sm80'" in why_invalid(key(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", conversion="none",
                                             arch="sm80"))
     assert "conversion='software'" in why_invalid(key(kind="prefill_sm90", conversion="software"))
-    assert "multiple of 128" in why_invalid(key(kind="prefill_sm90", conversion="hardware", head_dim=64))
+    assert why_invalid(key(kind="prefill_sm90", conversion="hardware", head_dim=64)) is None  # 64-byte rows
+    for d in (192, 256):
+        assert "FP8 tiles are built at head dims 64, 128" in why_invalid(
+            key(kind="prefill_sm90", conversion="hardware", head_dim=d))
     assert "head_dim=96" in why_invalid(key(kind="prefill_sm90", kv_dtype="f16", conversion="none", head_dim=96))
     assert KINDS["prefill_sm90"].abi is KINDS["prefill"].abi
     smem_per_block = arches.arch("sm90a").smem_per_block
