@@ -19,7 +19,7 @@ come from those (fp8_tile_bounds, per output element of the float64 reference):
   - the logits: FP8 WGMMA adds a k32 instruction's products and the accumulator aligned to the
     largest of them and kept to about 14 bits (DeepSeek-V3, 3.3.2): each of the D / 32
     instructions is off by about 2^-13 of a value no larger than sum_d |q_d k_jd|, so a logit by
-    at most D / 32 * 2^-13 = 2^-11 (D = 128) of that sum (log2 units), which moves each p_j by at
+    at most D / 32 * 2^-13 = 2^-11 (D = 128; 2^-12 at 64) of that sum (log2 units), which moves each p_j by at
     most twice that times ln 2 (relative: its own logit, and the sum it is divided by) and the LSE
     by at most that. (2^-13 alone was too tight: the H100 showed
     LSE errors of about 2^-12.5 of the sum.) test_fp8_lse_where_the_sums_are_exact pins the LSE to
