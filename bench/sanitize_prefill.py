@@ -50,7 +50,8 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
 
 def main() -> int:
     # --head-dim 64: only the head-dim-64 cases (the Hopper family's three-consumer CTAs, 16-bit and FP8); 128, 192, 256:
-    # only the Ampere path's cases at that head dim (CTAs of 8 warps from 192 on)
+    # only the Ampere path's cases at that head dim (CTAs of 8 warps from 192 on), and at 256 the
+    # Hopper family's FP8 tiles
     only_d64 = sys.argv[1:] == ["--head-dim", "64"]
     wide = sys.argv[1:] in (["--head-dim", "128"], ["--head-dim", "192"], ["--head-dim", "256"])
     if sys.argv[1:] and not (only_d64 or wide):
@@ -63,6 +64,14 @@ def main() -> int:
             for conversion in (arch.conversions if kv_dtype != torch.bfloat16 else (None,)):
                 ok &= case(kv_dtype, conversion, [1, 70, 33, 150], [40, 200, 33, 300], d=d)
         ok &= case(torch.bfloat16, None, [16], [3000], d=d)  # split-KV and the merge kernel
+        if d == 256 and torch.cuda.get_device_capability() == (9, 0):
+            # the Hopper family's FP8 tiles at head dim 256: 64-key tiles, two producer column
+            # groups a warp in the V transpose, 64-byte rows of transposed V; TMA and gather
+            for page in (16, 3):
+                for kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                    ok &= case(kv_dtype, None, [1, 70, 33, 150], [40, 200, 33, 300], d=d, page=page, backend="sm90")
+                ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=d, page=page, backend="sm90",
+                           q_dtype=torch.float8_e4m3fn)
         print("all within tolerance" if ok else "SOME CASE FAILED")
         return 0 if ok else 1
     if torch.cuda.get_device_capability() == (9, 0):

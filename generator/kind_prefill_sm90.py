@@ -53,7 +53,11 @@ REGISTERS = {
     (True, True): (56, 152),
 }
 WIDE_ACCUMULATOR_REGISTERS = 128  # of a three-consumer 16-bit consumer's 160: O, S and P (else P over S)
-FP8_O_CHUNK = 64  # columns of O per P V with three FP8 consumers (o_chunk())
+FP8_O_CHUNK = 64  # columns of O per FP8 P V with three consumers (o_chunk())
+# ... and beside O's 128 registers (head dim 256, two consumers at 216): with 64, ptxas sinks each
+# chunk's fp32 adds below the next chunk's WGMMA, two fragments at once, and the consumers spilled
+# 336 bytes (320 at 240 registers)
+FP8_O_CHUNK_NARROW = 32
 # Persistent CTAs (prefill_sm90_kernel.cuh) up to this head dim: at 192 and 256, O takes 96 and 128
 # of the consumers' registers and the loop's state over work units spilled them. (Nor with three
 # FP8 consumers: REGISTERS.)
@@ -63,12 +67,16 @@ HEAD_DIMS = (64, 128, 192, 256)
 KV_DTYPES = ("f16", "bf16") + FP8_DTYPES
 FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes e4m3 or e5m2; e4m3 is asked for)
 TILE_KEYS = (128, 96, 64)     # candidates for keys per stage, preferred first
-# FP8: the V transpose gives each lane of a warp one of 32 four-key groups (prefill_sm90_transpose.cuh)
-FP8_TILE_KEYS = 128
-# FP8 tiles at these head dims, each with three consumer warpgroups (wide()), whose O, S and P V's
-# per-tile fragment fit their 152 registers; at 64 the rows of Q, K and V are 64 bytes, on the
-# 64-byte swizzle (tma_paged_kv.cuh, kv_swizzle_bytes).
-FP8_HEAD_DIMS = (64, 128)
+# FP8 keys per stage, preferred first: the V transpose (prefill_sm90_transpose.cuh) writes rows of
+# 128 or 64 keys, one swizzle row; 64 where two stages of 128 pass the shared memory (head dim 256)
+FP8_TILE_KEYS = (128, 64)
+# FP8 tiles at these head dims. At 64 and 128 three consumer warpgroups (wide()), whose O, S and P
+# V's per-tile fragment fit their 152 registers; at 64 the rows of Q, K and V are 64 bytes, on the
+# 64-byte swizzle (tma_paged_kv.cuh, kv_swizzle_bytes). At 256 two, with 64-key tiles (S 32
+# registers; transposed V in 64-byte rows), P V by 32-column chunks of O (o_chunk) next to O's 128
+# registers, and the item's mask bounds read from shared memory per tile (mask_in_smem). (At 192
+# neither the 128-key tile nor the 64-byte swizzle's three atoms a row is built.)
+FP8_HEAD_DIMS = (64, 128, 256)
 FP8_STAGES_VT = 2             # transposed-V stages (stages_vt)
 MAX_STAGES = 4
 # Tuning hook for bench/ only: "k16=2,v16=3,k8=4,v8=4,vt8=3" overrides the ring depths below (K, V
@@ -110,8 +118,26 @@ def p_in_s(key: InstanceKey) -> bool:
 def o_chunk(key: InstanceKey) -> int:
     """Columns of O per FP8 P V (the mainloop's kOChunk; each chunk's product goes to a fragment
     of its own and joins O in fp32): with three consumers 64, a 32-register fragment next to O
-    and S (REGISTERS: 152); else the whole head dim. 16-bit tiles chain P V into O: the head dim."""
-    return FP8_O_CHUNK if fp8_tiles(key) and wide(key) else key.head_dim
+    and S (REGISTERS: 152); at head dim 256, where O alone takes 128 of two consumers' 216, 32;
+    else the whole head dim. 16-bit tiles chain P V into O: the head dim."""
+    if not fp8_tiles(key):
+        return key.head_dim
+    if key.head_dim > WIDE_MAX_HEAD_DIM:
+        return FP8_O_CHUNK_NARROW
+    return FP8_O_CHUNK if wide(key) else key.head_dim
+
+
+def mask_in_smem(key: InstanceKey) -> bool:
+    """Whether the consumers read the item's mask bounds shared by every row (hi_min, lo_max) from
+    shared memory per tile instead of holding them in registers across the loop: 16-bit tiles with
+    P over S, and FP8 tiles at head dim 256, where held they spilled 4 (bf16 q) and 12 bytes
+    (e4m3 q)."""
+    return p_in_s(key) or fp8_mask_in_smem(key)
+
+
+def fp8_mask_in_smem(key: InstanceKey) -> bool:
+    """mask_in_smem() for FP8 tiles, whose q scales leave the bounds a shared slot of their own."""
+    return fp8_tiles(key) and key.head_dim > WIDE_MAX_HEAD_DIM
 
 
 def block_m(key: InstanceKey) -> int:
@@ -138,14 +164,16 @@ def _smem_bytes(key: InstanceKey, n: int, stages_k: int, stages_v: int) -> int:
     with an FP8 cache), then the 1024-aligned K, V (and transposed V) rings, then the gather's row
     addresses (one slot more than K stages), the mbarriers (full and empty, per K, V and
     transposed-V stage, at least one of the last), the per-row q scales (a union with each
-    consumer warp's mask bounds, which take less), each consumer's unit tile count, all rounded
-    to the storage's 1024-byte alignment."""
+    consumer warp's mask bounds, which take less), each consumer's unit tile count, the FP8 tiles'
+    mask bounds (each consumer warp's where mask_in_smem, else one slot), all rounded to the
+    storage's 1024-byte alignment."""
     head_dim, kv_bytes = key.head_dim, KV_BYTES[key.kv_dtype]
     q = block_m(key) * head_dim * kv_bytes  # Q is quantised to e4m3 with an FP8 cache
     tile = n * head_dim * kv_bytes
     ring = _align(stages_k * tile, 1024) + _align(stages_v * tile, 1024) + _align(stages_vt(key) * tile, 1024)
     barriers = 2 * (stages_k + stages_v + max(stages_vt(key), 1)) * 8
-    tail = (stages_k + 1) * n * 8 + barriers + block_m(key) * 4 + consumers(key) * 4
+    fp8_mask_keys = (consumers(key) if fp8_mask_in_smem(key) else 1) * 4 * 8
+    tail = (stages_k + 1) * n * 8 + barriers + block_m(key) * 4 + consumers(key) * 4 + fp8_mask_keys
     return _align(q + ring + tail, 1024)
 
 
@@ -153,7 +181,7 @@ def block_n(key: InstanceKey) -> int:
     """The largest candidate whose accumulators fit the consumer's registers and of which two
     stages fit the arch's shared memory (one CTA per SM)."""
     arch = ARCH_BY_NAME[key.arch]
-    for n in ((FP8_TILE_KEYS,) if fp8_tiles(key) else TILE_KEYS):
+    for n in (FP8_TILE_KEYS if fp8_tiles(key) else TILE_KEYS):
         if (key.head_dim + n) // 2 <= ACCUMULATOR_REGISTERS and _smem_bytes(key, n, 2, 2) <= arch.smem_per_block:
             return n
     return 0
@@ -207,6 +235,11 @@ def fp8_head_dim(key: InstanceKey) -> str | None:
     if fp8_tiles(key) and key.head_dim not in FP8_HEAD_DIMS:
         return (f"FP8 tiles are built at head dims {', '.join(map(str, FP8_HEAD_DIMS))}, got {key.head_dim}; "
                 f"the Ampere-path family (backend='sm80') serves it")
+    if fp8_tiles(key) and key.head_dim > WIDE_MAX_HEAD_DIM and key.variant != "default":
+        # the soft-cap's constants beside O's 128 registers: 4 bytes spilled (the request's key
+        # count, held across the loop for the gathered-tile test)
+        return (f"FP8 tiles at head dim {key.head_dim} are built without {key.variant} (its consumers spill); "
+                f"the Ampere-path family (backend='sm80') serves it")
     return None
 
 
@@ -236,6 +269,7 @@ def template_context(key: InstanceKey) -> dict:
         "smem_per_block": arch.smem_per_block,
         "persistent": "true" if persistent(key) else "false",
         "p_in_s": "true" if p_in_s(key) else "false",
+        "mask_in_smem": "true" if mask_in_smem(key) else "false",
         "o_chunk": o_chunk(key),
     }
 

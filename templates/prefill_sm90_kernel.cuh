@@ -27,10 +27,11 @@ namespace fig {
 // The instance's numbers, all from the generator's table (generator/kind_prefill_sm90.py).
 template <int kHeadDim_, int kBlockN_, int kStagesK_, int kStagesV_, int kStagesVt_, int kConsumers_, int kConsumerRows_,
           int kProducerRegisters_, int kConsumerRegisters_, int kSmemBytes_, int kSmemPerBlock_, bool kPersistent_,
-          bool kPInS_, int kOChunk_>
+          bool kPInS_, int kOChunk_, bool kMaskInSmem_>
 struct PrefillSm90Shape {
   static constexpr bool kPersistent = kPersistent_;           // CTAs loop over work units (the kernel)
   static constexpr bool kPInS = kPInS_;                       // 16-bit P over S's registers (the mainloop)
+  static constexpr bool kMaskInSmem = kMaskInSmem_;           // the item's mask bounds read per tile (the mainloop)
   static constexpr int kOChunk = kOChunk_;                     // columns of O per FP8 P V (the mainloop)
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = kBlockN_;                     // keys per stage

@@ -53,6 +53,10 @@ struct PrefillSm90Mainloop {
   static constexpr int kStagesK = Cfg::kStagesK;
   static constexpr int kStagesV = kFp8 ? Cfg::kStagesVt : Cfg::kStagesV;  // the ring P V reads
   static constexpr float kPOffset = kFp8 ? 8.0f : 0.0f;  // log2 of P's headroom factor (see above)
+  // The unit's tile count read back from shared memory after the loop (load_q writes it, run()
+  // says why): FP8 tiles with a 16-bit q, and with the mask bounds in shared memory (head dim 256,
+  // where an e4m3 q's consumers spilled it, 4 bytes).
+  static constexpr bool kTilesInSmem = Cfg::kQuantiseQ || (kFp8 && Cfg::kMaskInSmem);
   static constexpr int kSoftmaxChains = 4;  // independent max chains per row (and sum chains, FP8: softmax.cuh)
   // 16-bit tiles keep a row's running max while no logit passes it by more than 2^8 (softmax.cuh,
   // rebase_quad_rows): P up to 2^8, which 16-bit P and fp32 O hold with their usual relative
@@ -62,6 +66,7 @@ struct PrefillSm90Mainloop {
   static constexpr int kSBlocks = kBlockN / 8;    // 8-column blocks of S
   static constexpr int kOBlocks = kHeadDim / 8;   // of O
   static_assert(kRows == 64, "one 64-row WGMMA per consumer warpgroup");
+  static_assert(kFp8 || Cfg::kMaskInSmem == Cfg::kPInS, "16-bit tiles read the mask bounds per tile with P over S");
 
   using TiledMmaQK = decltype(cute::make_tiled_mma(cute::GMMA::ss_op_selector<
       MmaA, KvElement, float, cute::Shape<cute::Int<kRows>, cute::Int<kBlockN>, cute::Int<kHeadDim>>>()));
@@ -70,15 +75,17 @@ struct PrefillSm90Mainloop {
       cute::GMMA::Major::K, kFp8 ? cute::GMMA::Major::K : cute::GMMA::Major::MN>()));
   using LayoutVt = std::conditional_t<kFp8, typename Smem::LayoutVt8, typename Smem::LayoutVt16>;
   // FP8: P V into a fragment of its own that joins O in fp32 (see run()), Cfg::kOChunk columns of
-  // O at a time (the generator's o_chunk(): with three consumers less than the head dim, so that
-  // the fragment fits next to O and S). A chunk's rows of Vt are an offset of kOChunk * kBlockN
-  // bytes into the stage, with the chunk's own layout: the stage's 128-byte swizzle atoms are 8
-  // head-dim rows of all kBlockN = 128 keys, so a chunk of rows is a run of whole atoms.
+  // O at a time (the generator's o_chunk(): with three consumers, or O of 128 registers at head
+  // dim 256, less than the head dim, so that the fragment fits next to O and S). A chunk's rows of
+  // Vt are an offset of kOChunk * kBlockN bytes into the stage, with the chunk's own layout: the
+  // stage's swizzle atoms are 8 head-dim rows of all kBlockN keys (128 or 64 bytes: one atom
+  // wide), so a chunk of rows is a run of whole atoms.
   static constexpr int kOChunk = Cfg::kOChunk;
   static constexpr int kOChunks = kHeadDim / kOChunk;
   static constexpr bool kFoldRescale = kFp8 && kOChunks > 1;  // see run()
-  static_assert(kOChunks * kOChunk == kHeadDim && (kOChunks == 1 || (kFp8 && kBlockN == 128)),
-                "chunks of whole rows of Vt's one-atom-wide stage");
+  static_assert(kOChunks * kOChunk == kHeadDim &&
+                    (kOChunks == 1 || (kFp8 && kv_swizzle_bytes(kBlockN) == kBlockN && kOChunk % 8 == 0)),
+                "chunks of whole atoms of Vt's one-atom-wide stage");
   // (a 16-bit instance names a shape the chunk types tile, never its own: it runs no chunks)
   using PvChunk = std::conditional_t<kFp8, Fp8PvChunk<MmaA, KvElement, kRows, kOChunk, kBlockN>,
                                      Fp8PvChunk<cute::float_e4m3_t, cute::float_e4m3_t, 64, 64, 128>>;
@@ -203,7 +210,7 @@ struct PrefillSm90Mainloop {
       }
       if (thread % 2 == 0) smem.q_scale[warpgroup * kRows + local] = __fdiv_rn(1.0f, inv);
     }
-    if constexpr (Cfg::kQuantiseQ) {  // see run()'s passes
+    if constexpr (kTilesInSmem) {  // see run()'s passes
       if (thread == 0) smem.unit_tiles[warpgroup] = PrefillSm90Load<Cfg>::tile_count(work.begin, work.end);
     }
     fence_shared_for_wgmma();
@@ -303,9 +310,19 @@ struct PrefillSm90Mainloop {
     };
     // Softmax of S(t) in place (FP8 tiles); returns through `rescale` O's factors. (The mask test
     // is masked()'s, written out: through masked() ptxas orders the FP8 instances' code otherwise.)
+    // With Cfg::kMaskInSmem the bounds come from the warp's slot in shared memory, once a tile
+    // (held across the loop, they spilled the head-dim-256 consumers).
+    constexpr bool kFp8MaskInSmem = kFp8 && Cfg::kMaskInSmem;
+    int2* fp8_mask_keys = &smem.fp8_mask_keys[kFp8MaskInSmem ? warpgroup : 0][kFp8MaskInSmem ? thread / 32 : 0];
+    if constexpr (kFp8MaskInSmem) {
+      __syncwarp();  // the warp's reads of the previous item's bounds are done
+      if (lane == 0) *fp8_mask_keys = make_int2(hi_min, lo_max);
+      __syncwarp();
+    }
     auto softmax_step = [&](FragS& s, int t, float (&rescale)[2]) {
       const int tile_begin = first + t * kBlockN;
-      if (tile_begin + kBlockN - 1 > hi_min || tile_begin < lo_max)
+      const int2 keys = kFp8MaskInSmem ? *fp8_mask_keys : make_int2(hi_min, lo_max);
+      if (tile_begin + kBlockN - 1 > keys.x || tile_begin < keys.y)
         scores<true>(smem, s, tile_begin, lane, logits, rescale);
       else
         scores<false>(smem, s, tile_begin, lane, logits, rescale);
@@ -480,7 +497,7 @@ struct PrefillSm90Mainloop {
     // The tiles past t1, freed unread. With FP8 tiles and a 16-bit q the tile count comes back
     // from shared memory (load_q): held in a register across the loop it spilled those consumers
     // at 152 registers (4 bytes), while read back it spilled the 16-bit three-consumer ones (16).
-    const int unit_tiles = Cfg::kQuantiseQ ? smem.unit_tiles[warpgroup] : tiles;
+    const int unit_tiles = kTilesInSmem ? smem.unit_tiles[warpgroup] : tiles;
 #pragma unroll 1
     for (int t = t1; t < unit_tiles; ++t) pass(t);
   }

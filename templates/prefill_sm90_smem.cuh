@@ -26,7 +26,7 @@ using KMajorAtom = std::conditional_t<kv_swizzle_bytes(kRowElements * int(sizeof
                                       cute::GMMA::Layout_K_SW128_Atom<Element>, cute::GMMA::Layout_K_SW64_Atom<Element>>;
 
 // The FP8 V layouts of PrefillSm90Smem: V as landed (K's layout) and transposed (head dim rows of
-// kBlockN = 128 keys, 128 bytes, contiguous). Apart so that a 16-bit instance names them at a
+// kBlockN keys, 128 or 64 bytes, contiguous). Apart so that a 16-bit instance names them at a
 // shape they tile (a one-byte atom is 64 or 128 columns wide), never with its own.
 template <class Element, int kBlockN, int kHeadDim, int kStagesV, int kStagesVt>
 struct Fp8VLayouts {
@@ -109,6 +109,9 @@ struct PrefillSm90Smem {
     // FP8 tiles with a 16-bit q: each consumer warpgroup's unit's tile count (load_q), read again
     // after its mainloop to free the tiles past its rows (the mainloop says why).
     int unit_tiles[Cfg::kConsumers];
+    // FP8 tiles with kMaskInSmem (head dim 256): each consumer warp's mask bounds, as mask_keys
+    // (one unused slot otherwise)
+    int2 fp8_mask_keys[Cfg::kFp8 && Cfg::kMaskInSmem ? Cfg::kConsumers : 1][4];
   };
   static_assert(!(Cfg::kFp8 && Cfg::kPInS), "q_scale and mask_keys share their storage");
   static_assert(sizeof(int2[Cfg::kConsumers][4]) <= sizeof(float[Cfg::kBlockM]),

@@ -11,9 +11,10 @@
 // key's row there; the sum over keys does not care in which order the GEMM meets them. So P
 // needs no shuffle between lanes (prefill_sm90_mainloop.cuh packs it).
 //
-// Work split, in units of 16 keys x 32 head-dim columns (512 bytes), 8 units a producer warp: a
-// warp takes 32 columns of all 128 keys at head dim 128, of 64 keys at head dim 64 (two warps a
-// column group). A unit is one ldmatrix.trans.x4, four byte permutes and one stmatrix.x4. Read as 16-bit elements,
+// Work split, in units of 16 keys x 32 head-dim columns (512 bytes), a quarter of the tile a
+// producer warp: 32 columns of all 128 keys at head dim 128, of 64 keys at head dim 64 (two warps
+// a column group), twice 32 columns of all 64 keys at head dim 256 (64-key tiles). A unit is one
+// ldmatrix.trans.x4, four byte permutes and one stmatrix.x4. Read as 16-bit elements,
 // an 8-key x 16-byte block of V comes out of ldmatrix.trans with lane 4 g + c holding keys
 // 2 c, 2 c + 1 of columns 2 g, 2 g + 1 (a 2 x 2 block of bytes); with the block of keys 8 .. 15
 // beside it, one permute gives column 2 g's bytes at keys 2 c, 2 c + 1, 8 + 2 c, 9 + 2 c, which
@@ -22,8 +23,9 @@
 // stmatrix stores. Each matrix of the stmatrix takes 8 of the 16 head-dim rows, one of each pair
 // 2 g, 2 g + 1 (matrices 0 and 2 the even one for g < 4 and the odd one after, matrices 1 and 3
 // the other), so that its 8 rows fall in 8 different 16-byte chunk positions under the 128-byte
-// swizzle, as the 8 consecutive keys of each ldmatrix block do (under V's 64-byte swizzle at head
-// dim 64 too: two rows a 128-byte line, the chunk XORed with row / 2): no bank conflict either way.
+// swizzle, as the 8 consecutive keys of each ldmatrix block do (under the 64-byte swizzle too, of V
+// at head dim 64 and of Vt in 64-key tiles: two rows a 128-byte line, the chunk XORed with row / 2):
+// no bank conflict either way.
 // Against blocks of 8 keys x 8 columns moved through registers as 8-byte words (32 shared
 // accesses a thread and tile, their swizzled addresses computed each time, 48 permutes), this is
 // 16 accesses and 32 permutes; a thread's ldmatrix addresses differ by a constant a unit, its
@@ -51,22 +53,31 @@ struct PrefillSm90TransposeV {
   static constexpr int kStagesV = Cfg::kStagesV;
   static constexpr int kStagesVt = Cfg::kStagesVt;
   static constexpr int kWarps = Cfg::kProducerThreads / 32;
-  static constexpr int kColumnGroups = kHeadDim / 32;          // 32 head-dim columns each
-  static constexpr int kKeyGroups = kWarps / kColumnGroups;    // warps sharing a column group split the keys
-  static constexpr int kUnits = kBlockN / 16 / kKeyGroups;     // a warp's 16-key units
-  static_assert(kBlockN == 128, "Vt's rows are one 128-byte swizzle row of keys (the stmatrix offsets below)");
-  static_assert(kColumnGroups * kKeyGroups == kWarps && kv_swizzle_bytes(kHeadDim) == kHeadDim,
-                "V's rows are one swizzle row (64 or 128 bytes) that the producer warps split evenly");
+  static constexpr int kVAtom = kv_swizzle_bytes(kHeadDim);    // V's swizzle width (head-dim bytes)
+  static constexpr int kVtAtom = kv_swizzle_bytes(kBlockN);    // Vt's (keys)
+  static constexpr int kColumnGroups = kHeadDim / 32;          // of 32 head-dim columns
+  // A warp takes kGroups column groups (warp, warp + kWarps, ..) of all keys or, where there are
+  // fewer groups than warps, one group and 1 / kKeyGroups of the keys.
+  static constexpr int kGroups = kColumnGroups > kWarps ? kColumnGroups / kWarps : 1;
+  static constexpr int kKeyGroups = kColumnGroups < kWarps ? kWarps / kColumnGroups : 1;
+  static constexpr int kUnits = kBlockN / 16 / kKeyGroups;     // a warp's 16-key units per column group
+  static_assert(kVtAtom == kBlockN && kHeadDim % kVAtom == 0,
+                "Vt's rows (the keys) are one swizzle row, V's (the head dim) whole ones (the offsets below)");
+  static_assert(kColumnGroups * kKeyGroups == kWarps * kGroups, "the producer warps split the tile evenly");
   static constexpr int kTileBytes = kBlockN * kHeadDim;
 
   // Byte offset of (row, column) in a tile of kBytes-long rows in 8-row atoms of the kBytes-wide
   // swizzle (16-byte chunk c of row r at chunk c ^ (r % 8) at 128 bytes, c ^ (r / 2 % 4) at 64):
-  // KMajorAtom of one-byte elements tiled down the rows, which is LayoutV8's stage (kBytes the
-  // head dim) and LayoutVt8's (128: the keys).
+  // KMajorAtom of one-byte elements tiled down the rows, which is LayoutVt8's stage (kBytes: the
+  // keys) and each kVAtom-wide column block of LayoutV8's.
   template <int kBytes>
-  __device__ __forceinline__ static int offset(int row, int column) {
+  __device__ __forceinline__ static int swizzled(int row, int column) {
     if constexpr (kBytes == 128) return row * 128 + ((((column >> 4) ^ row) & 7) << 4) + (column & 15);
     else return row * 64 + ((((column >> 4) ^ (row >> 1)) & 3) << 4) + (column & 15);
+  }
+  // V as landed: its atoms tiled down the keys first, then across the head dim (LayoutV8's stage).
+  __device__ __forceinline__ static int v_offset(int key, int column) {
+    return int(unsigned(column) / kVAtom) * (kBlockN * kVAtom) + swizzled<kVAtom>(key, int(unsigned(column) % kVAtom));
   }
 
   // Tile t of the rings (counted across the CTA's items): waits until V(t) has landed and Vt's
@@ -81,17 +92,14 @@ struct PrefillSm90TransposeV {
     uint8_t* vt = reinterpret_cast<uint8_t*>(smem.kv.vt) + vt_stage * kTileBytes;            // (d, position)
     const int lane = threadIdx.x % 32;
     const int warp = threadIdx.x / 32;
-    const int columns = 32 * (warp % kColumnGroups);  // its 32 head-dim columns
-    const int unit0 = warp / kColumnGroups * kUnits;  // its first 16-key unit
+    const int unit0 = kKeyGroups > 1 ? warp / kColumnGroups * kUnits : 0;  // its first 16-key unit
     // ldmatrix: lane l gives row l % 8 of matrix l / 8: keys + 8 in matrices 1 and 3, columns + 16
     // in 2 and 3. The key's residue mod 16 is the same in every unit, so the swizzled chunk is fixed.
     const int ld_key = 16 * unit0 + lane % 8 + 8 * (lane / 8 % 2);
-    const uint32_t ld_addr = smem_address(v) + offset<kHeadDim>(ld_key, columns + 16 * (lane / 16));
     // stmatrix: lane l gives row j = l % 8 of matrix l / 8; matrix 0 holds the rows 2 j (j < 4) and
     // 2 j + 1 (j >= 4) of its 16, matrix 1 the others, matrices 2 and 3 the same 16 columns on
     const int j8 = lane % 8;
-    const int st_d = columns + 16 * (lane / 16) + 2 * j8 + ((j8 >= 4) != (lane / 8 % 2 == 1) ? 1 : 0);
-    const uint32_t st_row = smem_address(vt) + st_d * 128;
+    const int st_d16 = 16 * (lane / 16) + 2 * j8 + ((j8 >= 4) != (lane / 8 % 2 == 1) ? 1 : 0);
     // this lane's data: g = lane / 4 gives the rows 2 g (bytes 0, 2 of the two blocks' words) and
     // 2 g + 1 (bytes 1, 3), in matrix 0 or 1 as above
     const uint32_t sel0 = lane / 4 < 4 ? 0x6420u : 0x7531u;
@@ -101,15 +109,21 @@ struct PrefillSm90TransposeV {
     constexpr int kBatch = 2;
     static_assert(kUnits % kBatch == 0);
     CUTE_UNROLL
-    for (int first = 0; first < kUnits; first += kBatch) {
-      uint32_t in[kBatch][4];
+    for (int g = 0; g < kGroups; ++g) {
+      const int columns = 32 * (kKeyGroups > 1 ? warp % kColumnGroups : warp + kWarps * g);  // its 32 head-dim columns
+      const uint32_t ld_addr = smem_address(v) + v_offset(ld_key, columns + 16 * (lane / 16));
+      const int st_d = columns + st_d16;
       CUTE_UNROLL
-      for (int b = 0; b < kBatch; ++b) ldsm_x4_trans(ld_addr + (first + b) * 16 * kHeadDim, in[b]);
-      CUTE_UNROLL
-      for (int b = 0; b < kBatch; ++b) {
-        const uint32_t out[4] = {__byte_perm(in[b][0], in[b][1], sel0), __byte_perm(in[b][0], in[b][1], sel1),
-                                 __byte_perm(in[b][2], in[b][3], sel0), __byte_perm(in[b][2], in[b][3], sel1)};
-        stsm_x4(st_row + ((((unit0 + first + b) ^ st_d) & 7) << 4), out);
+      for (int first = 0; first < kUnits; first += kBatch) {
+        uint32_t in[kBatch][4];
+        CUTE_UNROLL
+        for (int b = 0; b < kBatch; ++b) ldsm_x4_trans(ld_addr + (first + b) * 16 * kVAtom, in[b]);
+        CUTE_UNROLL
+        for (int b = 0; b < kBatch; ++b) {
+          const uint32_t out[4] = {__byte_perm(in[b][0], in[b][1], sel0), __byte_perm(in[b][0], in[b][1], sel1),
+                                   __byte_perm(in[b][2], in[b][3], sel0), __byte_perm(in[b][2], in[b][3], sel1)};
+          stsm_x4(smem_address(vt) + swizzled<kVtAtom>(st_d, 16 * (unit0 + first + b)), out);
+        }
       }
     }
     fence_shared_for_wgmma();  // this thread's stores, to the consumers' WGMMA (async-proxy) reads

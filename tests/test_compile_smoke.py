@@ -36,6 +36,7 @@ SMOKE = [
     InstanceKey("prefill_sm90", "f16", "f16", 128, "sm90a", "none", "softcap"),
     InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware"),
     InstanceKey("prefill_sm90", "bf16", "e4m3", 64, "sm90a", "hardware"),  # 64-byte swizzled rows
+    InstanceKey("prefill_sm90", "e4m3", "e4m3", 256, "sm90a", "hardware", o_dtype="bf16"),  # 64-key FP8 tiles
     InstanceKey("append", "bf16", "e4m3", 128, "sm80", "software"),
     InstanceKey("append", "f16", "e5m2", 64, "sm90a", "hardware"),
 ]

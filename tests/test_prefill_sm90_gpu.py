@@ -112,6 +112,8 @@ def test_page_sizes(page_size, workspace):
               causal=True, seed=page_size + 3)
     check_fp8(torch.float16, torch.float8_e5m2, "HND", page_size, 2, [130, 5], [520, 385], workspace,
               causal=False, seed=page_size + 4, d=64)
+    check_fp8(torch.bfloat16, torch.float8_e4m3fn, "NHD", page_size, 4, [1, 130, 64], [1, 520, 256], workspace,
+              causal=True, seed=page_size + 5, d=256)
 
 
 @pytest.mark.parametrize("group", [2, 3, 5, 12, 16, 32])
@@ -292,10 +294,10 @@ def test_backend_dispatch(workspace):
     forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90", fp8_tiles=False)
     with pytest.raises(ArgumentError, match="backend='sm80'"):
         plan_paged(forced, c, torch.bfloat16, torch.float8_e4m3fn, causal=True)
-    c256 = make_paged([3, 70], [100, 70], 16, 8, 2, 256, torch.bfloat16, torch.float8_e4m3fn)
+    c192 = make_paged([3, 70], [100, 70], 16, 8, 2, 192, torch.bfloat16, torch.float8_e4m3fn)
     forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90")
-    with pytest.raises(ArgumentError, match="FP8 tiles are built at head dims 64, 128, got 256"):
-        plan_paged(forced, c256, torch.bfloat16, torch.float8_e4m3fn, causal=True)
+    with pytest.raises(ArgumentError, match="FP8 tiles are built at head dims 64, 128, 256, got 192"):
+        plan_paged(forced, c192, torch.bfloat16, torch.float8_e4m3fn, causal=True)
     with pytest.raises(ArgumentError, match="backend must be one of"):
         flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="cudnn")
     fa2 = flashinfer_gen.BatchPrefillWithRaggedKVCacheWrapper(workspace, backend="fa2")
@@ -306,7 +308,7 @@ def test_backend_dispatch(workspace):
 
 # --- FP8 caches on FP8 WGMMA tiles (see the module's docstring for the tolerances) ------------------
 
-FP8_HEAD_DIMS = (64, 128)  # the head dims FP8 tiles are built at (generator/kind_prefill_sm90.py)
+FP8_HEAD_DIMS = (64, 128, 256)  # the head dims FP8 tiles are built at (generator/kind_prefill_sm90.py)
 
 
 def accumulation(d):

@@ -437,8 +437,8 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
     assert pick(auto, "bf16", "e5m2").kind == "prefill"   # valid there but not built: never built implicitly
     assert pick(auto, "f16", "f16").kind == "prefill"
     assert pick(("prefill",), "bf16", "bf16").kind == "prefill"
-    with pytest.raises(V.ArgumentError, match="FP8 tiles are built at head dims 64, 128, got 256"):
-        common.lookup_family(("prefill_sm90",), dev, "bf16", "e4m3", 256, 0.0, None, False)
+    with pytest.raises(V.ArgumentError, match="FP8 tiles are built at head dims 64, 128, 256, got 192"):
+        common.lookup_family(("prefill_sm90",), dev, "bf16", "e4m3", 192, 0.0, None, False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert pick(auto, "bf16", "bf16").kind == "prefill"   # an A100: the Ampere path
     with pytest.raises(V.ArgumentError, match="arch='sm80'"):
