@@ -62,7 +62,8 @@ FP8_O_CHUNK_NARROW = 32
 # of the consumers' registers and the loop's state over work units spilled them. (Nor with three
 # FP8 consumers: REGISTERS.)
 PERSISTENT_MAX_HEAD_DIM = 128
-# 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim, 8-bit ones of 128.
+# 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim, 8-bit ones of 128
+# (of 64 at head dim 64: the 64-byte swizzle, FP8_HEAD_DIMS).
 HEAD_DIMS = (64, 128, 192, 256)
 KV_DTYPES = ("f16", "bf16") + FP8_DTYPES
 FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes e4m3 or e5m2; e4m3 is asked for)
@@ -122,7 +123,7 @@ def o_chunk(key: InstanceKey) -> int:
     else the whole head dim. 16-bit tiles chain P V into O: the head dim."""
     if not fp8_tiles(key):
         return key.head_dim
-    if key.head_dim > WIDE_MAX_HEAD_DIM:
+    if fp8_large_o(key):
         return FP8_O_CHUNK_NARROW
     return FP8_O_CHUNK if wide(key) else key.head_dim
 
@@ -132,11 +133,13 @@ def mask_in_smem(key: InstanceKey) -> bool:
     shared memory per tile instead of holding them in registers across the loop: 16-bit tiles with
     P over S, and FP8 tiles at head dim 256, where held they spilled 4 (bf16 q) and 12 bytes
     (e4m3 q)."""
-    return p_in_s(key) or fp8_mask_in_smem(key)
+    return p_in_s(key) or fp8_large_o(key)
 
 
-def fp8_mask_in_smem(key: InstanceKey) -> bool:
-    """mask_in_smem() for FP8 tiles, whose q scales leave the bounds a shared slot of their own."""
+def fp8_large_o(key: InstanceKey) -> bool:
+    """FP8 tiles past WIDE_MAX_HEAD_DIM (head dim 256): two consumers with O taking 128 of their
+    216 registers, so P V by narrow chunks (o_chunk), the mask bounds in shared memory, in a slot
+    of their own beside the q scales (mask_in_smem), and no soft-cap (fp8_head_dim)."""
     return fp8_tiles(key) and key.head_dim > WIDE_MAX_HEAD_DIM
 
 
@@ -172,7 +175,7 @@ def _smem_bytes(key: InstanceKey, n: int, stages_k: int, stages_v: int) -> int:
     tile = n * head_dim * kv_bytes
     ring = _align(stages_k * tile, 1024) + _align(stages_v * tile, 1024) + _align(stages_vt(key) * tile, 1024)
     barriers = 2 * (stages_k + stages_v + max(stages_vt(key), 1)) * 8
-    fp8_mask_keys = (consumers(key) if fp8_mask_in_smem(key) else 1) * 4 * 8
+    fp8_mask_keys = (consumers(key) if fp8_large_o(key) else 1) * 4 * 8
     tail = (stages_k + 1) * n * 8 + barriers + block_m(key) * 4 + consumers(key) * 4 + fp8_mask_keys
     return _align(q + ring + tail, 1024)
 
@@ -235,7 +238,7 @@ def fp8_head_dim(key: InstanceKey) -> str | None:
     if fp8_tiles(key) and key.head_dim not in FP8_HEAD_DIMS:
         return (f"FP8 tiles are built at head dims {', '.join(map(str, FP8_HEAD_DIMS))}, got {key.head_dim}; "
                 f"the Ampere-path family (backend='sm80') serves it")
-    if fp8_tiles(key) and key.head_dim > WIDE_MAX_HEAD_DIM and key.variant != "default":
+    if fp8_large_o(key) and key.variant != "default":
         # the soft-cap's constants beside O's 128 registers: 4 bytes spilled (the request's key
         # count, held across the loop for the gathered-tile test)
         return (f"FP8 tiles at head dim {key.head_dim} are built without {key.variant} (its consumers spill); "

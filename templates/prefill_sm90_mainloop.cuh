@@ -494,9 +494,10 @@ struct PrefillSm90Mainloop {
       }
       if (t1 > 0) release(empty_v, kStagesV, t1 - 1);
     }
-    // The tiles past t1, freed unread. With FP8 tiles and a 16-bit q the tile count comes back
-    // from shared memory (load_q): held in a register across the loop it spilled those consumers
-    // at 152 registers (4 bytes), while read back it spilled the 16-bit three-consumer ones (16).
+    // The tiles past t1, freed unread. With kTilesInSmem (FP8 tiles with a 16-bit q, and at head
+    // dim 256) the tile count comes back from shared memory (load_q): held in a register across
+    // the loop it spilled those consumers (4 bytes), while read back it spilled the 16-bit
+    // three-consumer ones (16).
     const int unit_tiles = kTilesInSmem ? smem.unit_tiles[warpgroup] : tiles;
 #pragma unroll 1
     for (int t = t1; t < unit_tiles; ++t) pass(t);

@@ -28,8 +28,8 @@
 // no bank conflict either way.
 // Against blocks of 8 keys x 8 columns moved through registers as 8-byte words (32 shared
 // accesses a thread and tile, their swizzled addresses computed each time, 48 permutes), this is
-// 16 accesses and 32 permutes; a thread's ldmatrix addresses differ by a constant a unit, its
-// stmatrix addresses by the unit XORed into the chunk bits.
+// 16 accesses and 32 permutes (at head dim 128; half that at 64); a thread's ldmatrix addresses
+// differ by a constant a unit, its stmatrix addresses by the unit XORed into the chunk bits.
 #pragma once
 #include <cute/tensor.hpp>
 #include "prefill_sm90_smem.cuh"

@@ -19,15 +19,16 @@ come from those (fp8_tile_bounds, per output element of the float64 reference):
   - the logits: FP8 WGMMA adds a k32 instruction's products and the accumulator aligned to the
     largest of them and kept to about 14 bits (DeepSeek-V3, 3.3.2): each of the D / 32
     instructions is off by about 2^-13 of a value no larger than sum_d |q_d k_jd|, so a logit by
-    at most D / 32 * 2^-13 = 2^-11 (D = 128; 2^-12 at 64) of that sum (log2 units), which moves each p_j by at
-    most twice that times ln 2 (relative: its own logit, and the sum it is divided by) and the LSE
-    by at most that. (2^-13 alone was too tight: the H100 showed
-    LSE errors of about 2^-12.5 of the sum.) test_fp8_lse_where_the_sums_are_exact pins the LSE to
+    at most D / 32 * 2^-13 = 2^-11 (D = 128; 2^-12 at 64, 2^-10 at 256) of that sum (log2 units),
+    which moves each p_j by at most twice that times ln 2 (relative: its own logit, and the sum it
+    is divided by) and the LSE by at most that. (2^-13 alone was too tight: the H100 showed LSE
+    errors of about 2^-12.5 of the sum.) test_fp8_lse_where_the_sums_are_exact pins the LSE to
     1e-4 on values whose sums the accumulation cannot round, so this bound covers only rounding.
   - the 16-bit output: 2^-8 of |out| (bf16's unit roundoff: 8 significant bits; fp16's 2^-11).
-  - O's accumulation: each tile's P V is summed by FP8 WGMMA (N / 32 = 4 k32 instructions, each
-    off by about 2^-13 of a value no larger than that tile's sum_j p_j |v_j|) into a fragment of
-    its own, then added to O in fp32, so O is off by at most 2^-11 sum_j p_j |v_j|. (Chained
+  - O's accumulation: each tile's P V is summed by FP8 WGMMA (N / 32 k32 instructions, N the
+    instance's keys per tile: 4 at 128, 2 at head dim 256's 64, each off by about 2^-13 of a value
+    no larger than that tile's sum_j p_j |v_j|) into a fragment of its own, then added to O in fp32,
+    so O is off by at most N / 32 * 2^-13 sum_j p_j |v_j| (pv_accumulation). (Chained
     into O across tiles instead, a 32768-key request with V of mean 3 came out 39% low:
     test_fp8_long_request_keeps_its_mean.)
   Every element must be within the sum. Over the whole output the P errors are taken as
@@ -49,6 +50,7 @@ import torch
 
 import flashinfer_gen
 from conftest import requires_gpu
+from generator import kind_prefill_sm90
 from flashinfer_gen import ArgumentError
 from flashinfer_gen.reference import attention_reference, fp8_tile_bounds, gather_request, quantize_q_rows
 from test_prefill_gpu import (GROUPS, LAYOUTS, LENGTH_CASES, LSE_TOL, PAGE_SIZES, _ids, assert_close, check_paged,
@@ -317,7 +319,10 @@ def accumulation(d):
     return d // 32 * 2.0 ** -13
 
 
-PV_ACCUMULATION = 128 // 32 * 2.0 ** -13  # a tile's N / 32 k32 instructions into its own fragment
+def pv_accumulation(module):
+    """O's accumulation error per unit of sum_j p_j |v_j|: a tile's N / 32 k32 instructions into a
+    fragment of its own, N the instance's keys per tile (the generator's, as the kernel has it)."""
+    return kind_prefill_sm90.block_n(module.key) // 32 * 2.0 ** -13
 FP8_CASES = ((torch.bfloat16, torch.float8_e4m3fn), (torch.float16, torch.float8_e5m2),
              (torch.bfloat16, torch.float8_e5m2), (torch.float16, torch.float8_e4m3fn))
 
@@ -340,9 +345,11 @@ def fp8_bounds(c, ragged, causal, k_scale, v_scale, sm_scale, soft_cap, window_l
     return [torch.cat(t) for t in zip(*parts)]
 
 
-def assert_fp8_close(out, lse, ref, ref_lse, bounds, what, exact_sums=False, d=128):
+def assert_fp8_close(out, lse, ref, ref_lse, bounds, what, module, exact_sums=False):
     """exact_sums: q and K hold values whose products and sums FP8 WGMMA adds exactly, so the
-    logits carry no accumulation error and the LSE only fp32's exp2 / log2 (1e-4). d: the head dim."""
+    logits carry no accumulation error and the LSE only fp32's exp2 / log2 (1e-4). module: the
+    instance that ran (its head dim and keys per tile)."""
+    d, pv_acc = module.key.head_dim, pv_accumulation(module)
     abs_pv, rms_pv, abs_v, logit = bounds
     if exact_sums:
         logit = torch.zeros_like(logit)
@@ -351,14 +358,14 @@ def assert_fp8_close(out, lse, ref, ref_lse, bounds, what, exact_sums=False, d=1
     assert torch.isfinite(out64).all(), f"non-finite output ({what})"
     eps = accumulation(d) * logit  # a logit's accumulation error, log2 units [rows, heads]
     p_rel = 2.0 ** -4 + 2.0 * eps[..., None] * math.log(2.0)  # p_j / sum: its logit and the sum's move
-    bound = (p_rel + PV_ACCUMULATION) * abs_pv + 2.0 ** -18 * abs_v + 2.0 ** -8 * ref.abs() + 1e-6
+    bound = (p_rel + pv_acc) * abs_pv + 2.0 ** -18 * abs_v + 2.0 ** -8 * ref.abs() + 1e-6
     err = (out64 - ref).abs()
     worst = float((err / bound).max()) if err.numel() else 0.0
     assert worst <= 1.0, f"an element is {worst:.2f}x its bound ({what})"
     l2 = float(torch.linalg.vector_norm(out64 - ref))
     l2_bound = float(1.5 * 2.0 ** -4 / math.sqrt(3.0) * torch.linalg.vector_norm(rms_pv)
                      + 2.0 ** -8 * torch.linalg.vector_norm(ref) + 2.0 ** -18 * torch.linalg.vector_norm(abs_v)
-                     + torch.linalg.vector_norm((2.0 * eps[..., None] * math.log(2.0) + PV_ACCUMULATION) * abs_pv))
+                     + torch.linalg.vector_norm((2.0 * eps[..., None] * math.log(2.0) + pv_acc) * abs_pv))
     assert l2 <= l2_bound, f"L2 error {l2:.4g} > {l2_bound:.4g} ({what})"
     assert torch.isfinite(lse).all(), f"non-finite lse ({what})"
     lse_err = float(((lse.double() - ref_lse).abs() - (eps + lse_slack)).max()) if lse.numel() else -1.0
@@ -419,7 +426,7 @@ def check_fp8(q_dtype, kv_dtype, layout, page_size, group, qo_lens, kv_lens, ws,
     bounds = fp8_bounds(c, ragged, causal, k_scale, v_scale, sm_scale, soft_cap, window_left, q_ref)
     what = (f"{w.module.key.name}, {'ragged' if ragged else f'{layout}, page {page_size}'}, hq {hq}/hk {hk}, "
             f"causal {causal}, window {window_left}, q_scale {q_scale}, qo {list(qo_lens)}, kv {list(kv_lens)}")
-    return assert_fp8_close(out, lse, ref, ref_lse, bounds, what, exact_sums, d), c, w
+    return assert_fp8_close(out, lse, ref, ref_lse, bounds, what, w.module, exact_sums), c, w
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -450,8 +457,9 @@ def test_fp8_lengths(lens, d, causal, workspace):
 @pytest.mark.parametrize("d", FP8_HEAD_DIMS)
 @pytest.mark.parametrize("q_dtype,kv_dtype", FP8_CASES[:2], ids=_ids)
 def test_fp8_window_softcap_scales_ragged_split(q_dtype, kv_dtype, d, workspace):
-    """Soft-cap (at head dim 128: its instances are built there) with sm_scale and the scales, a
-    window, the combined cache tensor, ragged K/V, split-KV."""
+    """Soft-cap (at head dim 128, where the test build has it for both cases; at 64:
+    test_fp8_softcap_at_head_dims_64_and_256) with sm_scale and the scales, a window, the combined
+    cache tensor, ragged K/V, split-KV."""
     qo, kv = [1, 64, 300, 7, 0], [1000, 129, 300, 7, 3]
     if d == 128:
         check_fp8(q_dtype, kv_dtype, "NHD", 16, 4, qo, kv, workspace, causal=True, soft_cap=30.0, k_scale=0.5,
@@ -467,6 +475,24 @@ def test_fp8_window_softcap_scales_ragged_split(q_dtype, kv_dtype, d, workspace)
         _, c, w = check_fp8(q_dtype, kv_dtype, "NHD", 16, 4, [16], [32768], workspace, hk=8, causal=causal,
                             k_scale=0.5, v_scale=2.0, seed=5 + causal, d=d)
         assert w._plan["schedule"].num_partial > 0, "batch 1 at 32k keys must be split"
+
+
+def test_fp8_softcap_at_head_dims_64_and_256(workspace):
+    """Soft-cap on FP8 tiles at head dim 64: two consumer warpgroups and persistent CTAs, unlike the
+    default variant's three (the test build has it for a bf16 q and an e4m3 cache). At 256 the
+    generator refuses it (its consumers spilled): backend="sm90" says so before any launch ("auto"
+    then takes the Ampere path: test_registry_cpu.py)."""
+    bf16, e4m3 = torch.bfloat16, torch.float8_e4m3fn
+    qo, kv = [1, 64, 300, 7, 0], [1000, 129, 300, 7, 3]
+    _, _, w = check_fp8(bf16, e4m3, "NHD", 16, 4, qo, kv, workspace, causal=True, soft_cap=30.0, k_scale=0.5,
+                        v_scale=2.0, sm_scale=0.1, d=64)
+    assert w.module.key.variant == "softcap" and w._plan["params"].work.ctas, "persistent CTAs"
+    check_fp8(bf16, e4m3, None, None, 4, [1, 7, 64, 300, 0, 17], [1, 77, 1000, 300, 5, 17], workspace, causal=False,
+              ragged=True, soft_cap=20.0, seed=1, d=64)
+    c = make_paged([3, 70], [100, 70], 16, 8, 2, 256, bf16, e4m3)
+    forced = flashinfer_gen.BatchPrefillWithPagedKVCacheWrapper(workspace, backend="sm90")
+    with pytest.raises(ArgumentError, match="head dim 256 are built without softcap"):
+        plan_paged(forced, c, bf16, e4m3, causal=True, logits_soft_cap=30.0)
 
 
 @pytest.mark.parametrize("d", FP8_HEAD_DIMS)
@@ -518,7 +544,7 @@ def test_fp8_cuda_graph_and_device_scales(workspace):
         torch.cuda.synchronize()
         ref, ref_lse = paged_ref(c, True, k_scale, v_scale, q=q_ref)
         bounds = fp8_bounds(c, False, True, k_scale, v_scale, None, None, -1, q_ref)
-        assert_fp8_close(out, lse, ref, ref_lse, bounds, f"graph replay, k_scale {k_scale}")
+        assert_fp8_close(out, lse, ref, ref_lse, bounds, f"graph replay, k_scale {k_scale}", w.module)
 
 
 @pytest.mark.parametrize("d", FP8_HEAD_DIMS)
@@ -527,10 +553,10 @@ def test_fp8_long_request_keeps_its_mean(d, workspace):
     mean 3, and K's rows all equal: every logit of a row is then the same, P is exactly 2^8 for
     every key (nothing for e4m3 to round) and O the plain average of V, so what is left is the
     accumulation, where a truncation would add up, one-signed: each tile's P V in FP8 WGMMA (N / 32
-    = 4 k32 instructions, each ~2^-13 of at most the tile's sum p|v|: PV_ACCUMULATION), 256 fp32
+    k32 instructions, each ~2^-13 of at most the tile's sum p|v|: pv_accumulation), kv / N fp32
     adds of the tiles into O (2^-24 each, relative), and the bf16 output (2^-8); besides, the fp32
     p that the row sum takes is exp2 of 8 plus the rounding of s * scale - max * scale, at most
-    2^-24 of a logit below 2^6 (log2 units, random data at d <= 128), so p / 2^8 - 1 < 2^-18. Relative
+    2^-24 of a logit below 2^6 (log2 units, random data), so p / 2^8 - 1 < 2^-18. Relative
     to the mean of |v| (sum p|v| / sum p), each element within their sum, and the mean signed
     error within it times the largest mean|v| / |reference|; chained across tiles instead, O came
     out 39% low (bench/check_fp8_accumulation.py, 023716c). Random K elsewhere: check_fp8's bounds."""
@@ -548,8 +574,8 @@ def test_fp8_long_request_keeps_its_mean(d, workspace):
     out, lse = poisoned(q)
     w.run(q, k, v, out=out, lse=lse)
     torch.cuda.synchronize()
-    tiles = kv // 128
-    rel_bound = PV_ACCUMULATION + tiles * 2.0 ** -24 + 2.0 ** -8 + 2.0 ** -18
+    tiles = kv // kind_prefill_sm90.block_n(w.module.key)
+    rel_bound = pv_accumulation(w.module) + tiles * 2.0 ** -24 + 2.0 ** -8 + 2.0 ** -18
     for b in (0, batch - 1):  # two requests: the float64 reference of one is 1 GB of logits
         qs, ks = slice(b * qo, (b + 1) * qo), slice(b * kv, (b + 1) * kv)
         q_ref = quantize_q_rows(q[qs])
@@ -629,7 +655,7 @@ def test_fp8_q_cuda_graph_device_scale_and_bad_inputs(workspace):
         q_ref = fp8_q_ref(c, q_scale)
         ref, ref_lse = paged_ref(c, True, q=q_ref)
         bounds = fp8_bounds(c, False, True, None, None, None, None, -1, q_ref)
-        assert_fp8_close(out, lse, ref, ref_lse, bounds, f"graph replay, q_scale {q_scale}")
+        assert_fp8_close(out, lse, ref, ref_lse, bounds, f"graph replay, q_scale {q_scale}", w.module)
     assert w.run(c["q"], c["cache"], q_scale=0.5).dtype == torch.float16
     with pytest.raises(ArgumentError, match="out must be .* torch.float16"):
         w.run(c["q"], c["cache"], out=torch.empty(c["q"].shape, dtype=torch.bfloat16, device="cuda"))
@@ -694,7 +720,8 @@ def test_fp8_q_graph_wrapper_follows_each_plan(workspace):
         q_ref = fp8_q_ref(c, 0.5)
         ref, ref_lse = paged_ref(c, True, q=q_ref)
         bounds = fp8_bounds(c, False, True, None, None, None, None, -1, q_ref)
-        assert_fp8_close(out[:total], lse[:total], ref, ref_lse, bounds, f"graph step qo {qo_lens} kv {kv_lens}")
+        assert_fp8_close(out[:total], lse[:total], ref, ref_lse, bounds, f"graph step qo {qo_lens} kv {kv_lens}",
+                         w.module)
         assert out[total:].isnan().all() and lse[total:].isnan().all(), "rows past the plan's were written"
 
 
@@ -745,4 +772,6 @@ def test_persistent_ctas_walk_many_items(ctas, workspace, monkeypatch):
               seed=ctas)
     check_fp8(e4m3, e4m3, "NHD", 16, 8, [33, 100], [99, 700], workspace, causal=True, soft_cap=30.0, q_scale=0.5,
               o_dtype=bf16, seed=ctas)
+    check_fp8(bf16, e4m3, "NHD", 16, 4, [1, 64, 300, 7], [1000, 129, 300, 7], workspace, causal=True, soft_cap=30.0,
+              seed=ctas, d=64)  # 64-byte swizzled rows through the persistent rings
     test_fp8_q_graph_wrapper_follows_each_plan(workspace)

@@ -439,6 +439,8 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
     assert pick(("prefill",), "bf16", "bf16").kind == "prefill"
     with pytest.raises(V.ArgumentError, match="FP8 tiles are built at head dims 64, 128, 256, got 192"):
         common.lookup_family(("prefill_sm90",), dev, "bf16", "e4m3", 192, 0.0, None, False)
+    # FP8 tiles with the soft-cap are not built at head dim 256: "auto" takes the Ampere path
+    assert common.lookup_family(auto, dev, "bf16", "e4m3", 256, 30.0, None, False).kind == "prefill"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert pick(auto, "bf16", "bf16").kind == "prefill"   # an A100: the Ampere path
     with pytest.raises(V.ArgumentError, match="arch='sm80'"):
