@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--family", choices=("sm80", "sm90"), default="sm80",
                     help="the kernel family (the wrappers' backend=): sm80 mma.sync, sm90 Hopper WGMMA")
     ap.add_argument("--pages", default=str(PAGE), help="page sizes of the paged rows, comma separated (default 16)")
+    ap.add_argument("--soft-cap", type=float, default=None, metavar="CAP",
+                    help="our rows with logits_soft_cap=CAP (the soft-cap variant, e.g. Gemma-2's 50); the SDPA "
+                         "peers, which have no soft-cap, run as without it")
     ap.add_argument("--unit-order", choices=("plan", "round_robin", "blocks"), default="plan",
                     help="the persistent CTAs' unit lists: plan()'s own, or one of bench/probe_unit_order.py's "
                          "orders in its place (an A/B of the schedule; recorded in the JSON)")
@@ -104,6 +107,7 @@ class Bench:
         self.time_graph = bench_decode.time_graph
         self.reps = args.reps
         self.pages = args.pages
+        self.soft_cap = args.soft_cap
         self.flush = torch.ones(bench_decode.L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
         self.workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
         arch = arch_for_capability(torch.cuda.get_device_capability())
@@ -177,6 +181,7 @@ class Bench:
                                page_size=page,
                                **self.base_row(shape, batch, qo_len, kv_len, hq, hk, d, causal))
                     row["q_dtype"] = q_name
+                    row["soft_cap"] = self.soft_cap
                     fp8_conversion = None if conv == "none" else conv
                     try:
                         from flashinfer_gen import (BatchPrefillWithPagedKVCacheWrapper,
@@ -185,12 +190,13 @@ class Bench:
                             w = BatchPrefillWithPagedKVCacheWrapper(self.workspace, kv_layout="NHD",
                                                                     fp8_conversion=fp8_conversion, backend=FAMILY)
                             w.plan(qo_indptr, page_indptr, page_indices, last, hq, hk, d, page, causal=causal,
-                                   q_data_type=q.dtype, kv_data_type=dtype, o_data_type=torch.bfloat16)
+                                   logits_soft_cap=self.soft_cap, q_data_type=q.dtype, kv_data_type=dtype,
+                                   o_data_type=torch.bfloat16)
                             fn = lambda w=w: w.run(q, kv, out=out)  # noqa: E731
                         else:
                             w = BatchPrefillWithRaggedKVCacheWrapper(self.workspace, kv_layout="NHD",
                                                                      fp8_conversion=fp8_conversion, backend=FAMILY)
-                            w.plan(qo_indptr, kv_indptr, hq, hk, d, causal=causal,
+                            w.plan(qo_indptr, kv_indptr, hq, hk, d, causal=causal, logits_soft_cap=self.soft_cap,
                                    q_data_type=q.dtype, kv_data_type=dtype, o_data_type=torch.bfloat16)
                             fn = lambda w=w: w.run(q, kv[0], kv[1], out=out)  # noqa: E731
                         row["instance"] = w.module.key.name
@@ -341,7 +347,7 @@ def main(argv=None) -> int:
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   commit=git_commit(), tree=os.environ.get("FIG_TREE"), torch=torch.__version__, method=METHOD,
                   reps=args.reps, quick=args.quick, family=FAMILY, pages=args.pages, conversions=list(b.conversions),
-                  unit_order=args.unit_order,
+                  unit_order=args.unit_order, soft_cap=args.soft_cap,
                   summary=summary, rows=b.rows)
     out = Path(args.out) if args.out else \
         Path(__file__).parent / "results" / f"prefill-{FAMILY}-{gpu.replace(' ', '_')}.json"

@@ -1,7 +1,7 @@
 """One small paged prefill per KV dtype and conversion (causal, GQA 4, ragged lengths, a split-KV
 case), on each prefill family the GPU runs (backend sm80, and sm90 on Hopper: 16-bit caches and
 FP8 caches on FP8 tiles with a bf16 or an e4m3 q, pages of 16 by TMA, of 3 by the cp.async
-gather; persistent CTAs capped at 2, so each walks many units; head dim 64, whose CTAs have three
+gather (at head dim 256 also with the soft-cap); persistent CTAs capped at 2, so each walks many units; head dim 64, whose CTAs have three
 consumer warpgroups: alone with --head-dim 64; --head-dim 128, 192 or 256: the Ampere-path cases alone at that head
 dim, whose CTAs have 8 warps from 192 on), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
 bench/sanitize_prefill.py`. Checks each result against the float64 reference as well (FP8 tiles: on q
@@ -19,7 +19,7 @@ from generator.arches import arch_for_capability  # noqa: E402
 
 
 def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, backend="sm80", q_dtype=torch.bfloat16,
-         ctas=None):
+         ctas=None, soft_cap=None):
     prefill.MAX_PERSISTENT_CTAS = ctas  # a persistent instance's grid capped: each CTA walks many units
     gen = torch.Generator().manual_seed(1)
     kv = torch.tensor(kv_lens)
@@ -34,13 +34,14 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
     q = torch.randn(int(qo_indptr[-1]), hq, d, generator=gen).cuda().to(q_dtype)
     ws = torch.empty(32 << 20, dtype=torch.uint8, device="cuda")
     w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion, backend=backend)
-    w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, q_data_type=q_dtype,
-           kv_data_type=kv_dtype)
+    w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, logits_soft_cap=soft_cap,
+           q_data_type=q_dtype, kv_data_type=kv_dtype)
     out = w.run(q, (k, v), q_scale=0.5 if q_dtype.itemsize == 1 else None)
     torch.cuda.synchronize()
     fp8_tiles = w.module.key.kind == "prefill_sm90" and kv_dtype.itemsize == 1
     q_ref = q.double() * 0.5 if q_dtype.itemsize == 1 else quantize_q_rows(q) if fp8_tiles else q
-    ref, _ = prefill_reference(q_ref, k, v, qo_indptr, indptr.cuda(), indices.cuda(), last, causal=True)
+    ref, _ = prefill_reference(q_ref, k, v, qo_indptr, indptr.cuda(), indices.cuda(), last, logits_soft_cap=soft_cap,
+                               causal=True)
     err = relative_error(out, ref)
     grid = w._plan["params"].work.ctas
     print(f"{w.module.key.name}: {w._plan['schedule'].request.size} items, {w._plan['schedule'].num_partial} "
@@ -72,6 +73,9 @@ def main() -> int:
                     ok &= case(kv_dtype, None, [1, 70, 33, 150], [40, 200, 33, 300], d=d, page=page, backend="sm90")
                 ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=d, page=page, backend="sm90",
                            q_dtype=torch.float8_e4m3fn)
+                # with the soft-cap (the FP8 loop's gathered-tile test without the request's key count)
+                ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=d, page=page, backend="sm90",
+                           soft_cap=30.0)
         print("all within tolerance" if ok else "SOME CASE FAILED")
         return 0 if ok else 1
     if torch.cuda.get_device_capability() == (9, 0):

@@ -138,8 +138,8 @@ def mask_in_smem(key: InstanceKey) -> bool:
 
 def fp8_large_o(key: InstanceKey) -> bool:
     """FP8 tiles past WIDE_MAX_HEAD_DIM (head dim 256): two consumers with O taking 128 of their
-    216 registers, so P V by narrow chunks (o_chunk), the mask bounds in shared memory, in a slot
-    of their own beside the q scales (mask_in_smem), and no soft-cap (fp8_head_dim)."""
+    216 registers, so P V by narrow chunks (o_chunk) and the mask bounds in shared memory, in a slot
+    of their own beside the q scales (mask_in_smem)."""
     return fp8_tiles(key) and key.head_dim > WIDE_MAX_HEAD_DIM
 
 
@@ -237,11 +237,6 @@ def unit_cost(key: InstanceKey) -> tuple[int, tuple[float, ...]] | None:
 def fp8_head_dim(key: InstanceKey) -> str | None:
     if fp8_tiles(key) and key.head_dim not in FP8_HEAD_DIMS:
         return (f"FP8 tiles are built at head dims {', '.join(map(str, FP8_HEAD_DIMS))}, got {key.head_dim}; "
-                f"the Ampere-path family (backend='sm80') serves it")
-    if fp8_large_o(key) and key.variant != "default":
-        # the soft-cap's constants beside O's 128 registers: 4 bytes spilled (the request's key
-        # count, held across the loop for the gathered-tile test)
-        return (f"FP8 tiles at head dim {key.head_dim} are built without {key.variant} (its consumers spill); "
                 f"the Ampere-path family (backend='sm80') serves it")
     return None
 

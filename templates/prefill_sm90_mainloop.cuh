@@ -283,6 +283,11 @@ struct PrefillSm90Mainloop {
       if (gathered) fence_shared_for_wgmma();
     };
     auto gathered = [&](int t) { return PrefillSm90Load<Cfg>::gathered(rows, kv_len, first, t); };
+    // The FP8 loop's test, from what its loop holds anyway: only a request's last tile is gathered
+    // where the cache has TMA boxes, and of the tiles a warpgroup reads that can only be its last,
+    // t1 - 1; fencing that one whether gathered or not costs a fence an item. (kv_len held across
+    // the loop was 4 bytes too many for the head-dim-256 soft-cap consumers.)
+    auto fp8_gathered = [&](int t) { return rows == 0 || t + 1 == t1; };
     auto release = [&](StageBarrier* empty, int stages, int t) {
       __syncwarp();
       if (lane == 0) empty[(ring + t) % stages].arrive();  // this warp's WGMMAs have read it
@@ -355,7 +360,7 @@ struct PrefillSm90Mainloop {
       auto thr_pvc = mma_pvc.get_thread_slice(thread);
 #pragma unroll 1
       for (int t = 0; t < t1; ++t) {
-        acquire(smem.full_k, kStagesK, t, gathered(t));
+        acquire(smem.full_k, kStagesK, t, fp8_gathered(t));
         float rescale[2];
         {
           FragS s;

@@ -84,7 +84,7 @@ def test_prefill_sm90_space():
     assert {k.arch for k in keys} == {"sm90a"} and {k.kv_dtype for k in keys} == {"f16", "bf16", "e4m3", "e5m2"}
     assert {k.head_dim for k in keys if not k.is_fp8} == {64, 128, 192, 256}
     assert {(k.head_dim, k.conversion) for k in keys if k.is_fp8} == {(d, "hardware") for d in (64, 128, 256)}
-    assert {k.variant for k in keys if k.is_fp8 and k.head_dim == 256} == {"default"}
+    assert {k.variant for k in keys if k.is_fp8 and k.head_dim == 256} == {"default", "softcap"}
     # an e4m3 q: with an FP8 cache, writing f16 or bf16 (o_dtype); a 16-bit q writes its own dtype
     assert {(k.kv_dtype, k.o_dtype) for k in keys if k.q_dtype == "e4m3" and k.variant == "default"} == {
         (kv, o) for kv in ("e4m3", "e5m2") for o in ("f16", "bf16")}
@@ -104,8 +104,8 @@ def test_prefill_sm90_space():
         assert why_invalid(key(kind="prefill_sm90", conversion="hardware", head_dim=d)) is None
     assert "FP8 tiles are built at head dims 64, 128, 256, got 192" in why_invalid(
         key(kind="prefill_sm90", conversion="hardware", head_dim=192))
-    assert "built without softcap" in why_invalid(key(kind="prefill_sm90", conversion="hardware", head_dim=256,
-                                                      variant="softcap"))
+    for d in (64, 128, 256):  # FP8 tiles with the soft-cap at every FP8 head dim
+        assert why_invalid(key(kind="prefill_sm90", conversion="hardware", head_dim=d, variant="softcap")) is None
     assert "head_dim=96" in why_invalid(key(kind="prefill_sm90", kv_dtype="f16", conversion="none", head_dim=96))
     assert KINDS["prefill_sm90"].abi is KINDS["prefill"].abi
     smem_per_block = arches.arch("sm90a").smem_per_block

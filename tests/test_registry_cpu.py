@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from generator import InstanceKey, generate
+from generator import InstanceKey, generate, why_invalid
 from generator.kind_decode import HEAD_DIMS, STEP_TOKENS
 from generator.render import MANIFEST_NAME, MANIFEST_VERSION
 from flashinfer_gen import validation as V
@@ -439,7 +439,8 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
     assert pick(("prefill",), "bf16", "bf16").kind == "prefill"
     with pytest.raises(V.ArgumentError, match="FP8 tiles are built at head dims 64, 128, 256, got 192"):
         common.lookup_family(("prefill_sm90",), dev, "bf16", "e4m3", 192, 0.0, None, False)
-    # FP8 tiles with the soft-cap are not built at head dim 256: "auto" takes the Ampere path
+    # valid FP8 tiles with the soft-cap at head dim 256, but not built here: "auto" takes the Ampere path
+    assert why_invalid(InstanceKey("prefill_sm90", "bf16", "e4m3", 256, "sm90a", "hardware", "softcap")) is None
     assert common.lookup_family(auto, dev, "bf16", "e4m3", 256, 30.0, None, False).kind == "prefill"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert pick(auto, "bf16", "bf16").kind == "prefill"   # an A100: the Ampere path
