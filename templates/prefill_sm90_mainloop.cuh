@@ -283,11 +283,6 @@ struct PrefillSm90Mainloop {
       if (gathered) fence_shared_for_wgmma();
     };
     auto gathered = [&](int t) { return PrefillSm90Load<Cfg>::gathered(rows, kv_len, first, t); };
-    // The FP8 loop's test, from what its loop holds anyway: only a request's last tile is gathered
-    // where the cache has TMA boxes, and of the tiles a warpgroup reads that can only be its last,
-    // t1 - 1; fencing that one whether gathered or not costs a fence an item. (kv_len held across
-    // the loop was 4 bytes too many for the head-dim-256 soft-cap consumers.)
-    auto fp8_gathered = [&](int t) { return rows == 0 || t + 1 == t1; };
     auto release = [&](StageBarrier* empty, int stages, int t) {
       __syncwarp();
       if (lane == 0) empty[(ring + t) % stages].arrive();  // this warp's WGMMAs have read it
@@ -324,6 +319,14 @@ struct PrefillSm90Mainloop {
       if (lane == 0) *fp8_mask_keys = make_int2(hi_min, lo_max);
       __syncwarp();
     }
+    // The FP8 loop's gathered-tile test. With the mask bounds in shared memory (head dim 256) from
+    // what the loop holds anyway: where the cache has TMA boxes only a request's last tile is
+    // gathered, and of the tiles a warpgroup reads only its last, t1 - 1, can be that one, so
+    // that one is fenced, gathered or not (a fence an item); kv_len held across the loop was 4
+    // bytes too many for the soft-cap consumers there. Elsewhere the exact test: the other form
+    // changed ptxas's schedule of the head-dim-128 loop, and its bf16-q rows ran 1-2% slower
+    // (H100, f07bff8 against 78763ed, rotated rounds).
+    auto fp8_gathered = [&](int t) { return kFp8MaskInSmem ? rows == 0 || t + 1 == t1 : gathered(t); };
     auto softmax_step = [&](FragS& s, int t, float (&rescale)[2]) {
       const int tile_begin = first + t * kBlockN;
       const int2 keys = kFp8MaskInSmem ? *fp8_mask_keys : make_int2(hi_min, lo_max);
