@@ -319,14 +319,15 @@ struct PrefillSm90Mainloop {
       if (lane == 0) *fp8_mask_keys = make_int2(hi_min, lo_max);
       __syncwarp();
     }
-    // The FP8 loop's gathered-tile test. With the mask bounds in shared memory (head dim 256) from
-    // what the loop holds anyway: where the cache has TMA boxes only a request's last tile is
-    // gathered, and of the tiles a warpgroup reads only its last, t1 - 1, can be that one, so
-    // that one is fenced, gathered or not (a fence an item); kv_len held across the loop was 4
-    // bytes too many for the soft-cap consumers there. Elsewhere the exact test: the other form
-    // changed ptxas's schedule of the head-dim-128 loop, and its bf16-q rows ran 1-2% slower
-    // (H100, f07bff8 against 78763ed, rotated rounds).
-    auto fp8_gathered = [&](int t) { return kFp8MaskInSmem ? rows == 0 || t + 1 == t1 : gathered(t); };
+    // The FP8 loop's gathered-tile test. For the soft-cap at head dim 256 (the mask bounds in shared
+    // memory, logits not linear) from what the loop holds anyway: where the cache has TMA boxes
+    // only a request's last tile is gathered, and of the tiles a warpgroup reads only its last,
+    // t1 - 1, can be that one, so that one is fenced, gathered or not (a fence an item); kv_len
+    // held across the loop was 4 bytes too many for those consumers. Elsewhere the exact test:
+    // the other form changes ptxas's schedule, and the bf16-q rows ran 1-2% slower at head dims
+    // 128 and 256 (H100, rotated A/B of f07bff8 and quick runs of 7c8394e against 78763ed).
+    constexpr bool kFenceLastTile = kFp8MaskInSmem && !Logits::kLinear;
+    auto fp8_gathered = [&](int t) { return kFenceLastTile ? rows == 0 || t + 1 == t1 : gathered(t); };
     auto softmax_step = [&](FragS& s, int t, float (&rescale)[2]) {
       const int tile_begin = first + t * kBlockN;
       const int2 keys = kFp8MaskInSmem ? *fp8_mask_keys : make_int2(hi_min, lo_max);
