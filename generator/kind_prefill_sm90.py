@@ -58,26 +58,32 @@ FP8_O_CHUNK = 64  # columns of O per FP8 P V with three consumers (o_chunk())
 # chunk's fp32 adds below the next chunk's WGMMA, two fragments at once, and the consumers spilled
 # 336 bytes (320 at 240 registers)
 FP8_O_CHUNK_NARROW = 32
+# ... and beside O's 96 (head dim 192): half the head dim, two chunks. With 32, 48 or 64 columns
+# (six, four or three chunks) the consumers spilled 16 bytes, a loop-carried value reloaded every
+# tile (local ptxas).
+FP8_O_CHUNK_192 = 96
 # Persistent CTAs (prefill_sm90_kernel.cuh) up to this head dim: at 192 and 256, O takes 96 and 128
 # of the consumers' registers and the loop's state over work units spilled them. (Nor with three
 # FP8 consumers: REGISTERS.)
 PERSISTENT_MAX_HEAD_DIM = 128
 # 16-bit operands in 128-byte swizzled atoms of 64 elements along the head dim, 8-bit ones of 128
-# (of 64 at head dim 64: the 64-byte swizzle, FP8_HEAD_DIMS).
+# (of 64 at head dims 64 and 192: the 64-byte swizzle, below). Every one has FP8 tiles too.
 HEAD_DIMS = (64, 128, 192, 256)
 KV_DTYPES = ("f16", "bf16") + FP8_DTYPES
 FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes e4m3 or e5m2; e4m3 is asked for)
 TILE_KEYS = (128, 96, 64)     # candidates for keys per stage, preferred first
 # FP8 keys per stage, preferred first: the V transpose (prefill_sm90_transpose.cuh) writes rows of
-# 128 or 64 keys, one swizzle row; 64 where two stages of 128 pass the shared memory (head dim 256)
+# 128 or 64 keys, one swizzle row. Past WIDE_MAX_HEAD_DIM (fp8_large_o) 64 only: at 256 two stages
+# of 128 pass the shared memory, and at 192, where they fit, S's 64 registers beside O's 96
+# spilled 112 bytes at 216 registers.
 FP8_TILE_KEYS = (128, 64)
-# FP8 tiles at these head dims. At 64 and 128 three consumer warpgroups (wide()), whose O, S and P
+FP8_LARGE_O_TILE_KEYS = (64,)
+# FP8 tiles at every head dim. At 64 and 128 three consumer warpgroups (wide()), whose O, S and P
 # V's per-tile fragment fit their 152 registers; at 64 the rows of Q, K and V are 64 bytes, on the
-# 64-byte swizzle (tma_paged_kv.cuh, kv_swizzle_bytes). At 256 two, with 64-key tiles (S 32
-# registers; transposed V in 64-byte rows), P V by 32-column chunks of O (o_chunk) next to O's 128
-# registers, and the item's mask bounds read from shared memory per tile (mask_in_smem). (At 192
-# neither the 128-key tile nor the 64-byte swizzle's three atoms a row is built.)
-FP8_HEAD_DIMS = (64, 128, 256)
+# 64-byte swizzle (tma_paged_kv.cuh, kv_swizzle_bytes), and at 192 three 64-byte atoms a row. At
+# 192 and 256 two (fp8_large_o), with 64-key tiles (S 32 registers; transposed V in 64-byte rows),
+# P V by chunks of O (o_chunk) next to O's 96 or 128 registers, and the item's mask bounds read
+# from shared memory per tile (mask_in_smem).
 FP8_STAGES_VT = 2             # transposed-V stages (stages_vt)
 MAX_STAGES = 4
 # Tuning hook for bench/ only: "k16=2,v16=3,k8=4,v8=4,vt8=3" overrides the ring depths below (K, V
@@ -120,11 +126,11 @@ def o_chunk(key: InstanceKey) -> int:
     """Columns of O per FP8 P V (the mainloop's kOChunk; each chunk's product goes to a fragment
     of its own and joins O in fp32): with three consumers 64, a 32-register fragment next to O
     and S (REGISTERS: 152); at head dim 256, where O alone takes 128 of two consumers' 216, 32;
-    else the whole head dim. 16-bit tiles chain P V into O: the head dim."""
+    at 192, O 96 of them, 96; else the whole head dim. 16-bit tiles chain P V into O: the head dim."""
     if not fp8_tiles(key):
         return key.head_dim
     if fp8_large_o(key):
-        return FP8_O_CHUNK_NARROW
+        return FP8_O_CHUNK_192 if key.head_dim == 192 else FP8_O_CHUNK_NARROW
     return FP8_O_CHUNK if wide(key) else key.head_dim
 
 
@@ -137,9 +143,9 @@ def mask_in_smem(key: InstanceKey) -> bool:
 
 
 def fp8_large_o(key: InstanceKey) -> bool:
-    """FP8 tiles past WIDE_MAX_HEAD_DIM (head dim 256): two consumers with O taking 128 of their
-    216 registers, so P V by narrow chunks (o_chunk) and the mask bounds in shared memory, in a slot
-    of their own beside the q scales (mask_in_smem)."""
+    """FP8 tiles past WIDE_MAX_HEAD_DIM (head dims 192, 256): two consumers with O taking 96 or 128
+    of their 216 registers, so 64-key tiles (block_n), P V by narrow chunks (o_chunk) and the mask
+    bounds in shared memory, in a slot of their own beside the q scales (mask_in_smem)."""
     return fp8_tiles(key) and key.head_dim > WIDE_MAX_HEAD_DIM
 
 
@@ -184,7 +190,8 @@ def block_n(key: InstanceKey) -> int:
     """The largest candidate whose accumulators fit the consumer's registers and of which two
     stages fit the arch's shared memory (one CTA per SM)."""
     arch = ARCH_BY_NAME[key.arch]
-    for n in (FP8_TILE_KEYS if fp8_tiles(key) else TILE_KEYS):
+    candidates = (FP8_LARGE_O_TILE_KEYS if fp8_large_o(key) else FP8_TILE_KEYS) if fp8_tiles(key) else TILE_KEYS
+    for n in candidates:
         if (key.head_dim + n) // 2 <= ACCUMULATOR_REGISTERS and _smem_bytes(key, n, 2, 2) <= arch.smem_per_block:
             return n
     return 0
@@ -234,13 +241,6 @@ def unit_cost(key: InstanceKey) -> tuple[int, tuple[float, ...]] | None:
     return CONSUMER_ROWS, tuple(1.0 - IDLE_CONSUMER_SAVING * (c - a) for a in range(1, c + 1))
 
 
-def fp8_head_dim(key: InstanceKey) -> str | None:
-    if fp8_tiles(key) and key.head_dim not in FP8_HEAD_DIMS:
-        return (f"FP8 tiles are built at head dims {', '.join(map(str, FP8_HEAD_DIMS))}, got {key.head_dim}; "
-                f"the Ampere-path family (backend='sm80') serves it")
-    return None
-
-
 def tiles_fit(key: InstanceKey) -> str | None:
     if pipeline_stages(key, ARCH_BY_NAME[key.arch]) == (0, 0):
         return f"two K/V stages of head dim {key.head_dim} do not fit the {key.arch} shared memory"
@@ -281,7 +281,7 @@ SPEC = KindSpec(
           "conversion": ("none", "hardware"), "variant": VARIANTS, "o_dtype": O_DTYPES},
     # an FP8 q (and its output dtypes) is built on request (flashinfer-gen build --q-dtype e4m3, or jit)
     defaults={"head_dim": (128,), "variant": ("default",), "q_dtype": Q_DTYPES},
-    predicates=(fp8_head_dim, tiles_fit),
+    predicates=(tiles_fit,),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
     persistent=persistent,

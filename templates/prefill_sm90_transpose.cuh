@@ -13,7 +13,8 @@
 //
 // Work split, in units of 16 keys x 32 head-dim columns (512 bytes), a quarter of the tile a
 // producer warp: 32 columns of all 128 keys at head dim 128, of 64 keys at head dim 64 (two warps
-// a column group), twice 32 columns of all 64 keys at head dim 256 (64-key tiles). A unit is one
+// a column group), twice 32 columns of all 64 keys at head dim 256 (64-key tiles), three times 32
+// columns of half the keys at head dim 192 (six column groups over four warps). A unit is one
 // ldmatrix.trans.x4, four byte permutes and one stmatrix.x4. Read as 16-bit elements,
 // an 8-key x 16-byte block of V comes out of ldmatrix.trans with lane 4 g + c holding keys
 // 2 c, 2 c + 1 of columns 2 g, 2 g + 1 (a 2 x 2 block of bytes); with the block of keys 8 .. 15
@@ -56,14 +57,20 @@ struct PrefillSm90TransposeV {
   static constexpr int kVAtom = kv_swizzle_bytes(kHeadDim);    // V's swizzle width (head-dim bytes)
   static constexpr int kVtAtom = kv_swizzle_bytes(kBlockN);    // Vt's (keys)
   static constexpr int kColumnGroups = kHeadDim / 32;          // of 32 head-dim columns
-  // A warp takes kGroups column groups (warp, warp + kWarps, ..) of all keys or, where there are
-  // fewer groups than warps, one group and 1 / kKeyGroups of the keys.
-  static constexpr int kGroups = kColumnGroups > kWarps ? kColumnGroups / kWarps : 1;
-  static constexpr int kKeyGroups = kColumnGroups < kWarps ? kWarps / kColumnGroups : 1;
-  static constexpr int kUnits = kBlockN / 16 / kKeyGroups;     // a warp's 16-key units per column group
+  // The tile in items of one column group by 1 / kKeyGroups of the keys, the fewest key groups
+  // that deal the items evenly to the warps; a warp takes kGroups of them, items warp, warp +
+  // kWarps, .. (item i: column group i % kColumnGroups, key group i / kColumnGroups).
+  static constexpr int key_groups() {
+    int k = 1;
+    while (kColumnGroups * k % kWarps != 0) ++k;
+    return k;
+  }
+  static constexpr int kKeyGroups = key_groups();
+  static constexpr int kGroups = kColumnGroups * kKeyGroups / kWarps;
+  static constexpr int kUnits = kBlockN / 16 / kKeyGroups;     // an item's 16-key units
   static_assert(kVtAtom == kBlockN && kHeadDim % kVAtom == 0,
                 "Vt's rows (the keys) are one swizzle row, V's (the head dim) whole ones (the offsets below)");
-  static_assert(kColumnGroups * kKeyGroups == kWarps * kGroups, "the producer warps split the tile evenly");
+  static_assert(kUnits * kKeyGroups * 16 == kBlockN, "whole 16-key units a key group");
   static constexpr int kTileBytes = kBlockN * kHeadDim;
 
   // Byte offset of (row, column) in a tile of kBytes-long rows in 8-row atoms of the kBytes-wide
@@ -92,10 +99,6 @@ struct PrefillSm90TransposeV {
     uint8_t* vt = reinterpret_cast<uint8_t*>(smem.kv.vt) + vt_stage * kTileBytes;            // (d, position)
     const int lane = threadIdx.x % 32;
     const int warp = threadIdx.x / 32;
-    const int unit0 = kKeyGroups > 1 ? warp / kColumnGroups * kUnits : 0;  // its first 16-key unit
-    // ldmatrix: lane l gives row l % 8 of matrix l / 8: keys + 8 in matrices 1 and 3, columns + 16
-    // in 2 and 3. The key's residue mod 16 is the same in every unit, so the swizzled chunk is fixed.
-    const int ld_key = 16 * unit0 + lane % 8 + 8 * (lane / 8 % 2);
     // stmatrix: lane l gives row j = l % 8 of matrix l / 8; matrix 0 holds the rows 2 j (j < 4) and
     // 2 j + 1 (j >= 4) of its 16, matrix 1 the others, matrices 2 and 3 the same 16 columns on
     const int j8 = lane % 8;
@@ -110,7 +113,12 @@ struct PrefillSm90TransposeV {
     static_assert(kUnits % kBatch == 0);
     CUTE_UNROLL
     for (int g = 0; g < kGroups; ++g) {
-      const int columns = 32 * (kKeyGroups > 1 ? warp % kColumnGroups : warp + kWarps * g);  // its 32 head-dim columns
+      const int item = warp + kWarps * g;
+      const int columns = 32 * (kKeyGroups > 1 ? item % kColumnGroups : item);  // its 32 head-dim columns
+      const int unit0 = kKeyGroups > 1 ? item / kColumnGroups * kUnits : 0;     // and first 16-key unit
+      // ldmatrix: lane l gives row l % 8 of matrix l / 8: keys + 8 in matrices 1 and 3, columns +
+      // 16 in 2 and 3. The key's residue mod 16 is the same in every unit, so the swizzled chunk is fixed.
+      const int ld_key = 16 * unit0 + lane % 8 + 8 * (lane / 8 % 2);
       const uint32_t ld_addr = smem_address(v) + v_offset(ld_key, columns + 16 * (lane / 16));
       const int st_d = columns + st_d16;
       CUTE_UNROLL

@@ -83,8 +83,8 @@ def test_prefill_sm90_space():
     keys = enumerate_instances({"kind": ("prefill_sm90",)})
     assert {k.arch for k in keys} == {"sm90a"} and {k.kv_dtype for k in keys} == {"f16", "bf16", "e4m3", "e5m2"}
     assert {k.head_dim for k in keys if not k.is_fp8} == {64, 128, 192, 256}
-    assert {(k.head_dim, k.conversion) for k in keys if k.is_fp8} == {(d, "hardware") for d in (64, 128, 256)}
-    assert {k.variant for k in keys if k.is_fp8 and k.head_dim == 256} == {"default", "softcap"}
+    assert {(k.head_dim, k.conversion) for k in keys if k.is_fp8} == {(d, "hardware") for d in (64, 128, 192, 256)}
+    assert {k.variant for k in keys if k.is_fp8 and k.head_dim >= 192} == {"default", "softcap"}
     # an e4m3 q: with an FP8 cache, writing f16 or bf16 (o_dtype); a 16-bit q writes its own dtype
     assert {(k.kv_dtype, k.o_dtype) for k in keys if k.q_dtype == "e4m3" and k.variant == "default"} == {
         (kv, o) for kv in ("e4m3", "e5m2") for o in ("f16", "bf16")}
@@ -100,10 +100,9 @@ def test_prefill_sm90_space():
     assert "arch='sm80'" in why_invalid(key(kind="prefill_sm90", q_dtype="bf16", kv_dtype="bf16", conversion="none",
                                             arch="sm80"))
     assert "conversion='software'" in why_invalid(key(kind="prefill_sm90", conversion="software"))
-    for d in (64, 256):  # 64-byte rows of Q, K and V; 64-key tiles with 64-byte rows of transposed V
+    # 64-byte rows of Q, K and V; three 64-byte atoms a row; 64-key tiles with 64-byte rows of transposed V
+    for d in (64, 192, 256):
         assert why_invalid(key(kind="prefill_sm90", conversion="hardware", head_dim=d)) is None
-    assert "FP8 tiles are built at head dims 64, 128, 256, got 192" in why_invalid(
-        key(kind="prefill_sm90", conversion="hardware", head_dim=192))
     for d in (64, 128, 256):  # FP8 tiles with the soft-cap at every FP8 head dim
         assert why_invalid(key(kind="prefill_sm90", conversion="hardware", head_dim=d, variant="softcap")) is None
     assert "head_dim=96" in why_invalid(key(kind="prefill_sm90", kv_dtype="f16", conversion="none", head_dim=96))
@@ -114,18 +113,19 @@ def test_prefill_sm90_space():
         rows, keys_per_tile = KINDS["prefill_sm90"].tiles(k)
         # three consumer warpgroups up to head dim 128, two past it; FP8 three only without the
         # soft-cap (ptxas spilled its consumers at 152). At 128 three 16-bit consumers hold P over
-        # S's registers, three FP8 ones run P V 64 columns of O at a time; at 256 FP8 tiles have 64
-        # keys, P V by 32 columns, and the mask bounds in shared memory.
+        # S's registers, three FP8 ones run P V 64 columns of O at a time; at 192 and 256 FP8 tiles
+        # have 64 keys, P V by 96 and 32 columns, and the mask bounds in shared memory.
         fp8_narrow = k.is_fp8 and k.variant != "default"
         consumers = 3 if k.head_dim <= 128 and not fp8_narrow else 2
         assert constant(source, "kConsumers") == consumers and rows == 64 * consumers
         p_in_s = consumers == 3 and k.head_dim == 128 and not k.is_fp8
         assert f"/*kPInS=*/{'true' if p_in_s else 'false'}" in source
-        assert f"/*kMaskInSmem=*/{'true' if p_in_s or (k.is_fp8 and k.head_dim == 256) else 'false'}" in source
-        o_chunk = (32 if k.head_dim == 256 else 64 if consumers == 3 else k.head_dim) if k.is_fp8 else k.head_dim
+        assert f"/*kMaskInSmem=*/{'true' if p_in_s or (k.is_fp8 and k.head_dim >= 192) else 'false'}" in source
+        o_chunk = ({192: 96, 256: 32}.get(k.head_dim, 64 if consumers == 3 else k.head_dim) if k.is_fp8
+                   else k.head_dim)
         assert constant(source, "kOChunk") == o_chunk
         assert constant(source, "kBlockN") == keys_per_tile in kind_prefill_sm90.TILE_KEYS
-        assert not k.is_fp8 or keys_per_tile == (64 if k.head_dim == 256 else 128)
+        assert not k.is_fp8 or keys_per_tile == (64 if k.head_dim >= 192 else 128)
         assert constant(source, "kSmemBytes") == kind_prefill_sm90.smem_bytes(k) <= smem_per_block
         assert constant(source, "kStagesK") >= constant(source, "kStagesV") >= 2  # pipeline_stages' policy
         assert constant(source, "kStagesVt") == (kind_prefill_sm90.FP8_STAGES_VT if k.is_fp8 else 0)
