@@ -74,9 +74,9 @@ def main() -> int:
                     ok &= case(kv_dtype, None, [1, 70, 33, 150], [40, 200, 33, 300], d=d, page=page, backend="sm90")
                 ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=d, page=page, backend="sm90",
                            q_dtype=torch.float8_e4m3fn)
-                # with the soft-cap (at 256 the FP8 loop's gathered-tile test without the request's key count)
-                ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=d, page=page, backend="sm90",
-                           soft_cap=30.0)
+                if d == 256:  # with the soft-cap (the FP8 loop's gathered-tile test without the request's key count)
+                    ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=d, page=page, backend="sm90",
+                               soft_cap=30.0)
         print("all within tolerance" if ok else "SOME CASE FAILED")
         return 0 if ok else 1
     if torch.cuda.get_device_capability() == (9, 0):
