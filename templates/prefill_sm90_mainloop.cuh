@@ -54,8 +54,8 @@ struct PrefillSm90Mainloop {
   static constexpr int kStagesV = kFp8 ? Cfg::kStagesVt : Cfg::kStagesV;  // the ring P V reads
   static constexpr float kPOffset = kFp8 ? 8.0f : 0.0f;  // log2 of P's headroom factor (see above)
   // The unit's tile count read back from shared memory after the loop (load_q writes it, run()
-  // says why): FP8 tiles with a 16-bit q, and with the mask bounds in shared memory (head dim 256,
-  // where an e4m3 q's consumers spilled it, 4 bytes).
+  // says why): FP8 tiles with a 16-bit q, and with the mask bounds in shared memory (head dims 192
+  // and 256; at 256 an e4m3 q's consumers spilled it, 4 bytes).
   static constexpr bool kTilesInSmem = Cfg::kQuantiseQ || (kFp8 && Cfg::kMaskInSmem);
   static constexpr int kSoftmaxChains = 4;  // independent max chains per row (and sum chains, FP8: softmax.cuh)
   // 16-bit tiles keep a row's running max while no logit passes it by more than 2^8 (softmax.cuh,
@@ -75,8 +75,8 @@ struct PrefillSm90Mainloop {
       cute::GMMA::Major::K, kFp8 ? cute::GMMA::Major::K : cute::GMMA::Major::MN>()));
   using LayoutVt = std::conditional_t<kFp8, typename Smem::LayoutVt8, typename Smem::LayoutVt16>;
   // FP8: P V into a fragment of its own that joins O in fp32 (see run()), Cfg::kOChunk columns of
-  // O at a time (the generator's o_chunk(): with three consumers, or O of 128 registers at head
-  // dim 256, less than the head dim, so that the fragment fits next to O and S). A chunk's rows of
+  // O at a time (the generator's o_chunk(): with three consumers, or O of 96 or 128 registers at
+  // head dims 192 and 256, less than the head dim, so that the fragment fits next to O and S). A chunk's rows of
   // Vt are an offset of kOChunk * kBlockN bytes into the stage, with the chunk's own layout: the
   // stage's swizzle atoms are 8 head-dim rows of all kBlockN keys (128 or 64 bytes: one atom
   // wide), so a chunk of rows is a run of whole atoms.
@@ -319,13 +319,14 @@ struct PrefillSm90Mainloop {
       if (lane == 0) *fp8_mask_keys = make_int2(hi_min, lo_max);
       __syncwarp();
     }
-    // The FP8 loop's gathered-tile test. For the soft-cap at head dim 256 (the mask bounds in shared
-    // memory, logits not linear) from what the loop holds anyway: where the cache has TMA boxes
-    // only a request's last tile is gathered, and of the tiles a warpgroup reads only its last,
-    // t1 - 1, can be that one, so that one is fenced, gathered or not (a fence an item); kv_len
-    // held across the loop was 4 bytes too many for those consumers. Elsewhere the exact test:
-    // the other form changes ptxas's schedule, and the bf16-q rows ran 1-2% slower at head dims
-    // 128 and 256 (H100, rotated A/B of f07bff8 and quick runs of 7c8394e against 78763ed).
+    // The FP8 loop's gathered-tile test. For the soft-cap with the mask bounds in shared memory
+    // (head dim 256; the generator does not build 192's yet) from what the loop holds anyway: where
+    // the cache has TMA boxes only a request's last tile is gathered (first + (t + 1) kBlockN past
+    // kv_len, while every tile before t1 - 1 ends at or before hi_max < kv_len), so of the tiles a
+    // warpgroup reads only its last, t1 - 1, can be that one, and that one is fenced, gathered or
+    // not (a fence an item); kv_len held across the loop was 4 bytes too many for those
+    // consumers. Elsewhere the exact test: the other form changes ptxas's schedule, and the
+    // bf16-q rows at head dim 128 ran 1-2% slower (H100, rotated A/B of f07bff8 against 78763ed).
     constexpr bool kFenceLastTile = kFp8MaskInSmem && !Logits::kLinear;
     auto fp8_gathered = [&](int t) { return kFenceLastTile ? rows == 0 || t + 1 == t1 : gathered(t); };
     auto softmax_step = [&](FragS& s, int t, float (&rescale)[2]) {
@@ -504,7 +505,7 @@ struct PrefillSm90Mainloop {
       if (t1 > 0) release(empty_v, kStagesV, t1 - 1);
     }
     // The tiles past t1, freed unread. With kTilesInSmem (FP8 tiles with a 16-bit q, and at head
-    // dim 256) the tile count comes back from shared memory (load_q): held in a register across
+    // dims 192 and 256) the tile count comes back from shared memory (load_q): held in a register across
     // the loop it spilled those consumers (4 bytes), while read back it spilled the 16-bit
     // three-consumer ones (16).
     const int unit_tiles = kTilesInSmem ? smem.unit_tiles[warpgroup] : tiles;

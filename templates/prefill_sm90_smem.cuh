@@ -1,6 +1,7 @@
 // Shared memory of the Hopper prefill CTA: the WGMMA operand layouts (swizzled atoms, 128 bytes
-// wide, or 64 for 64-byte rows: FP8 Q, K and V at head dim 64, the transposed V of 64-key tiles at
-// 256; a warpgroup's descriptor reads are then free of bank conflicts) and the storage they live in.
+// wide, or 64 where rows are not whole 128-byte lines: FP8 Q, K and V at head dims 64 and 192, the
+// transposed V of 64-key tiles at 192 and 256; a warpgroup's descriptor reads are then free of
+// bank conflicts) and the storage they live in.
 //   Q  (64 packed rows, head dim, consumer warpgroup): K-major A operand of S = Q K^T, in MmaA
 //      (q's 16-bit type, or e4m3 with an FP8 cache: the consumers quantise it per row).
 //   K  (keys, head dim, stage): K-major B operand of S = Q K^T.
@@ -106,11 +107,11 @@ struct PrefillSm90Smem {
       // shared by every row, (hi_min, lo_max), read per tile rather than held in registers
       int2 mask_keys[Cfg::kConsumers][4];
     };
-    // FP8 tiles with a 16-bit q, and all of them at head dim 256: each consumer warpgroup's unit's
+    // FP8 tiles with a 16-bit q, and all of them at head dims 192 and 256: each consumer warpgroup's unit's
     // tile count (load_q), read again after its mainloop to free the tiles past its rows
     // (the mainloop's kTilesInSmem says why).
     int unit_tiles[Cfg::kConsumers];
-    // FP8 tiles with kMaskInSmem (head dim 256): each consumer warp's mask bounds, as mask_keys
+    // FP8 tiles with kMaskInSmem (head dims 192, 256): each consumer warp's mask bounds, as mask_keys
     // (one unused slot otherwise)
     int2 fp8_mask_keys[Cfg::kFp8 && Cfg::kMaskInSmem ? Cfg::kConsumers : 1][4];
   };

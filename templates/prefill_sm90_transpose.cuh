@@ -25,7 +25,7 @@
 // 2 g, 2 g + 1 (matrices 0 and 2 the even one for g < 4 and the odd one after, matrices 1 and 3
 // the other), so that its 8 rows fall in 8 different 16-byte chunk positions under the 128-byte
 // swizzle, as the 8 consecutive keys of each ldmatrix block do (under the 64-byte swizzle too, of V
-// at head dim 64 and of Vt in 64-key tiles: two rows a 128-byte line, the chunk XORed with row / 2):
+// at head dims 64 and 192 and of Vt in 64-key tiles: two rows a 128-byte line, the chunk XORed with row / 2):
 // no bank conflict either way.
 // Against blocks of 8 keys x 8 columns moved through registers as 8-byte words (32 shared
 // accesses a thread and tile, their swizzled addresses computed each time, 48 permutes), this is

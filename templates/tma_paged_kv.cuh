@@ -1,7 +1,7 @@
 // The paged KV cache as a TMA tensor (sm_90): [page, slot, kv head, head dim] of 16-bit or 8-bit
 // elements with the cache's strides, boxes of `rows` consecutive slots of one page by one swizzle
-// width of head dim (kv_swizzle_bytes: 128 bytes, 64 or 128 elements; 64 bytes where a row is 64
-// bytes long, FP8 at head dim 64), the swizzle of the WGMMA operand layouts. Contiguous K/V (the
+// width of head dim (kv_swizzle_bytes: 128 bytes, 64 or 128 elements; 64 bytes where a row is not
+// whole 128-byte lines, FP8 at head dims 64 and 192), the swizzle of the WGMMA operand layouts. Contiguous K/V (the
 // ragged wrapper's one page per request, at its first row) are the same tensor with the page
 // stride equal to the row stride, so page p + slot s is row p + s.
 // rows = the largest power of two that divides the page size and, halving from it, the tile's
@@ -22,7 +22,8 @@ namespace fig {
 
 // The swizzle width, in bytes, of a K-major WGMMA operand whose rows are row_bytes long, and so of
 // the TMA boxes that fill it: 128 where the rows are whole 128-byte lines (every 16-bit head dim,
-// FP8 at 128), else 64 (FP8 at head dim 64: 64-byte rows). The host's tensor maps and the
+// FP8 at 128 and 256), else 64 (FP8 at head dims 64 and 192: rows of one and three 64-byte
+// atoms). The host's tensor maps and the
 // kernels' shared layouts both take it from here.
 constexpr int kv_swizzle_bytes(int row_bytes) { return row_bytes % 128 == 0 ? 128 : 64; }
 

@@ -19,14 +19,14 @@ come from those (fp8_tile_bounds, per output element of the float64 reference):
   - the logits: FP8 WGMMA adds a k32 instruction's products and the accumulator aligned to the
     largest of them and kept to about 14 bits (DeepSeek-V3, 3.3.2): each of the D / 32
     instructions is off by about 2^-13 of a value no larger than sum_d |q_d k_jd|, so a logit by
-    at most D / 32 * 2^-13 = 2^-11 (D = 128; 2^-12 at 64, 2^-10 at 256) of that sum (log2 units),
+    at most D / 32 * 2^-13 = 2^-11 (D = 128; 2^-12 at 64, 6 * 2^-13 at 192, 2^-10 at 256) of that sum (log2 units),
     which moves each p_j by at most twice that times ln 2 (relative: its own logit, and the sum it
     is divided by) and the LSE by at most that. (2^-13 alone was too tight: the H100 showed LSE
     errors of about 2^-12.5 of the sum.) test_fp8_lse_where_the_sums_are_exact pins the LSE to
     1e-4 on values whose sums the accumulation cannot round, so this bound covers only rounding.
   - the 16-bit output: 2^-8 of |out| (bf16's unit roundoff: 8 significant bits; fp16's 2^-11).
   - O's accumulation: each tile's P V is summed by FP8 WGMMA (N / 32 k32 instructions, N the
-    instance's keys per tile: 4 at 128, 2 at head dim 256's 64, each off by about 2^-13 of a value
+    instance's keys per tile: 4 at 128, 2 at head dims 192's and 256's 64, each off by about 2^-13 of a value
     no larger than that tile's sum_j p_j |v_j|) into a fragment of its own, then added to O in fp32,
     so O is off by at most N / 32 * 2^-13 sum_j p_j |v_j| (pv_accumulation). (Chained
     into O across tiles instead, a 32768-key request with V of mean 3 came out 39% low:
