@@ -54,14 +54,12 @@ REGISTERS = {
 }
 WIDE_ACCUMULATOR_REGISTERS = 128  # of a three-consumer 16-bit consumer's 160: O, S and P (else P over S)
 FP8_O_CHUNK = 64  # columns of O per FP8 P V with three consumers (o_chunk())
-# ... and beside O's 128 registers (head dim 256, two consumers at 216): with 64, ptxas sinks each
-# chunk's fp32 adds below the next chunk's WGMMA, two fragments at once, and the consumers spilled
-# 336 bytes (320 at 240 registers)
-FP8_O_CHUNK_NARROW = 32
-# ... and beside O's 96 (head dim 192): half the head dim, two chunks. With 32, 48 or 64 columns
-# (six, four or three chunks) the consumers spilled 16 bytes, a loop-carried value reloaded every
-# tile (local ptxas).
-FP8_O_CHUNK_192 = 96
+# ... and past WIDE_MAX_HEAD_DIM (fp8_large_o: two consumers at 216 registers), by head dim:
+#  - 256, beside O's 128 registers: 32. With 64, ptxas sinks each chunk's fp32 adds below the next
+#    chunk's WGMMA, two fragments at once, and the consumers spilled 336 bytes (320 at 240).
+#  - 192, beside O's 96: 96, two chunks. With 32, 48 or 64 columns (six, four or three chunks)
+#    the consumers spilled 16 bytes, a loop-carried value reloaded every tile (local ptxas).
+FP8_LARGE_O_CHUNK = {192: 96, 256: 32}
 # Persistent CTAs (prefill_sm90_kernel.cuh) up to this head dim: at 192 and 256, O takes 96 and 128
 # of the consumers' registers and the loop's state over work units spilled them. (Nor with three
 # FP8 consumers: REGISTERS.)
@@ -74,7 +72,7 @@ FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes 
 TILE_KEYS = (128, 96, 64)     # candidates for keys per stage, preferred first
 # FP8 keys per stage, preferred first: the V transpose (prefill_sm90_transpose.cuh) writes rows of
 # 128 or 64 keys, one swizzle row. Past WIDE_MAX_HEAD_DIM (fp8_large_o) 64 only: at 256 two stages
-# of 128 pass the shared memory, and at 192, where they fit, S's 64 registers beside O's 96
+# of 128 exceed the shared memory, and at 192, where they fit, S's 64 registers beside O's 96
 # spilled 112 bytes at 216 registers.
 FP8_TILE_KEYS = (128, 64)
 FP8_LARGE_O_TILE_KEYS = (64,)
@@ -130,7 +128,7 @@ def o_chunk(key: InstanceKey) -> int:
     if not fp8_tiles(key):
         return key.head_dim
     if fp8_large_o(key):
-        return FP8_O_CHUNK_192 if key.head_dim == 192 else FP8_O_CHUNK_NARROW
+        return FP8_LARGE_O_CHUNK[key.head_dim]
     return FP8_O_CHUNK if wide(key) else key.head_dim
 
 
