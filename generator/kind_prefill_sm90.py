@@ -86,12 +86,14 @@ FP8_STAGES_VT = 2             # transposed-V stages (stages_vt)
 MAX_STAGES = 4
 # Tuning hook for bench/ only: "k16=2,v16=3,k8=4,v8=4,vt8=3" overrides the ring depths below (K, V
 # of a 16-bit cache; K, V as landed and transposed V of an FP8 one) for the generator; the kernel
-# static_asserts that the shared memory still fits. Build each setting into a cache of its own.
+# static_asserts that the shared memory still fits. "n16=64" / "n8=64" make block_n try only that
+# many keys per tile (one of TILE_KEYS / FP8_TILE_KEYS; the register and shared-memory tests still
+# apply). Build each setting into a cache of its own.
 TUNE_ENV = "FIG_PREFILL_SM90_TUNE"
 
 
 def _tune() -> dict:
-    return tuning_overrides(TUNE_ENV, ("k16", "v16", "k8", "v8", "vt8"))
+    return tuning_overrides(TUNE_ENV, ("k16", "v16", "k8", "v8", "vt8", "n16", "n8"))
 # Registers a two-consumer thread spends on O (D / 2) and S (N / 2) fp32 accumulators, at most;
 # the rest of its REGISTERS count holds P, Q/K/V descriptors, addresses and the softmax state.
 ACCUMULATOR_REGISTERS = 192
@@ -189,6 +191,11 @@ def block_n(key: InstanceKey) -> int:
     stages fit the arch's shared memory (one CTA per SM)."""
     arch = ARCH_BY_NAME[key.arch]
     candidates = (FP8_LARGE_O_TILE_KEYS if fp8_large_o(key) else FP8_TILE_KEYS) if fp8_tiles(key) else TILE_KEYS
+    forced = _tune().get("n8" if fp8_tiles(key) else "n16")
+    if forced is not None:
+        if forced not in (FP8_TILE_KEYS if fp8_tiles(key) else TILE_KEYS):
+            raise ValueError(f"{TUNE_ENV}: keys per tile {forced} is not one of the candidates")
+        candidates = (forced,)
     for n in candidates:
         if (key.head_dim + n) // 2 <= ACCUMULATOR_REGISTERS and _smem_bytes(key, n, 2, 2) <= arch.smem_per_block:
             return n

@@ -76,6 +76,24 @@ def test_prefill_space():
     assert len(names) == len(set(names))
 
 
+def test_prefill_sm90_tuning_hook(monkeypatch):
+    """The bench-only hook (kind_prefill_sm90.TUNE_ENV): n16 / n8 make block_n try only that many
+    keys per tile (16-bit head dim 192 then takes 64-key TMA tiles instead of gathered 96-key
+    ones), the rings follow; a count that is not a candidate, or an unknown name, is an error."""
+    sm90 = kind_prefill_sm90
+    d192 = key(kind="prefill_sm90", kv_dtype="bf16", conversion="none", head_dim=192)
+    assert sm90.block_n(d192) == 96
+    monkeypatch.setenv(sm90.TUNE_ENV, "n16=64")
+    assert sm90.block_n(d192) == 64 and sm90.pipeline_stages(d192, arches.arch("sm90a")) == (4, 3)
+    assert sm90.block_n(key(kind="prefill_sm90", conversion="hardware", head_dim=128)) == 128  # n8 untouched
+    monkeypatch.setenv(sm90.TUNE_ENV, "n16=80")
+    with pytest.raises(ValueError, match="not one of the candidates"):
+        sm90.block_n(d192)
+    monkeypatch.setenv(sm90.TUNE_ENV, "n32=64")
+    with pytest.raises(ValueError):
+        sm90.block_n(d192)
+
+
 def test_prefill_sm90_space():
     """The Hopper family: sm_90a only, 16-bit caches at head dims in 64-element swizzle atoms, FP8
     caches (FP8 tiles, conversion "hardware") at d64 (64-byte swizzled rows), d128, d192 (three
