@@ -246,19 +246,6 @@ def unit_cost(key: InstanceKey) -> tuple[int, tuple[float, ...]] | None:
     return CONSUMER_ROWS, tuple(1.0 - IDLE_CONSUMER_SAVING * (c - a) for a in range(1, c + 1))
 
 
-# FP8 tile variants that compile without spills but have not run on a GPU: built once a GPU run
-# has passed their tests (the session that built FP8 tiles at head dim 192, 5c5e915, ran out of
-# device time before the soft-cap's); until then the Ampere path serves them.
-FP8_NOT_YET_RUN = {(192, "softcap")}
-
-
-def fp8_not_yet_run(key: InstanceKey) -> str | None:
-    if fp8_tiles(key) and (key.head_dim, key.variant) in FP8_NOT_YET_RUN:
-        return (f"FP8 tiles at head dim {key.head_dim} with {key.variant} compile but have not run on a GPU yet, so "
-                f"they are not built; the Ampere-path family (backend='sm80') serves it")
-    return None
-
-
 def tiles_fit(key: InstanceKey) -> str | None:
     if pipeline_stages(key, ARCH_BY_NAME[key.arch]) == (0, 0):
         return f"two K/V stages of head dim {key.head_dim} do not fit the {key.arch} shared memory"
@@ -299,7 +286,7 @@ SPEC = KindSpec(
           "conversion": ("none", "hardware"), "variant": VARIANTS, "o_dtype": O_DTYPES},
     # an FP8 q (and its output dtypes) is built on request (flashinfer-gen build --q-dtype e4m3, or jit)
     defaults={"head_dim": (128,), "variant": ("default",), "q_dtype": Q_DTYPES},
-    predicates=(fp8_not_yet_run, tiles_fit),
+    predicates=(tiles_fit,),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
     persistent=persistent,

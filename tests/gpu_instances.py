@@ -26,10 +26,10 @@ SELECTIONS = (
     {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",), "q_dtype": ("f16", "bf16")},
     {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",), "q_dtype": ("e4m3",),
      "kv_dtype": ("e4m3",), "o_dtype": ("bf16",)},
-    # FP8 tiles with the soft-cap at head dims 64 (persistent two-consumer CTAs on 64-byte rows) and
-    # 256 (64-key tiles): a bf16 q and an e4m3 cache only, so that f16 / e5m2 there stays unbuilt
-    # for the tests above
-    {"kind": ("prefill_sm90",), "head_dim": (64, 256), "variant": ("softcap",), "q_dtype": ("bf16",),
+    # FP8 tiles with the soft-cap at head dims 64 (persistent two-consumer CTAs on 64-byte rows), 192
+    # (three 64-byte atoms a row, 64-key tiles) and 256 (64-key tiles): a bf16 q and an e4m3 cache
+    # only, so that f16 / e5m2 there stays unbuilt for the tests above
+    {"kind": ("prefill_sm90",), "head_dim": (64, 192, 256), "variant": ("softcap",), "q_dtype": ("bf16",),
      "kv_dtype": ("e4m3",)},
 )
 

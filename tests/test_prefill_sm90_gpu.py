@@ -473,11 +473,12 @@ def test_fp8_window_softcap_scales_ragged_split(q_dtype, kv_dtype, d, workspace)
         assert w._plan["schedule"].num_partial > 0, "batch 1 at 32k keys must be split"
 
 
-def test_fp8_softcap_at_head_dims_64_and_256(workspace):
+def test_fp8_softcap_at_head_dims_64_192_256(workspace):
     """Soft-cap on FP8 tiles at head dim 64: two consumer warpgroups and persistent CTAs, unlike the
-    default variant's three; at 256 the two consumers of every FP8 instance there, with 64-key
-    tiles, P V by 32 columns of O and the mask bounds in shared memory (the test build has both for
-    a bf16 q and an e4m3 cache). Forced to the Hopper family, so that a fallback cannot pass it."""
+    default variant's three; at 192 and 256 the two consumers of every FP8 instance there, with
+    64-key tiles, P V by chunks of O (96 and 32 columns) and the mask bounds in shared memory; 192's
+    rows are three 64-byte swizzle atoms (the test build has each for a bf16 q and an e4m3 cache).
+    Forced to the Hopper family, so that a fallback cannot pass it."""
     bf16, e4m3 = torch.bfloat16, torch.float8_e4m3fn
     qo, kv = [1, 64, 300, 7, 0], [1000, 129, 300, 7, 3]
     _, _, w = check_fp8(bf16, e4m3, "NHD", 16, 4, qo, kv, workspace, causal=True, soft_cap=30.0, k_scale=0.5,
@@ -485,12 +486,14 @@ def test_fp8_softcap_at_head_dims_64_and_256(workspace):
     assert w.module.key.variant == "softcap" and w._plan["params"].work.ctas, "persistent CTAs"
     check_fp8(bf16, e4m3, None, None, 4, [1, 7, 64, 300, 0, 17], [1, 77, 1000, 300, 5, 17], workspace, causal=False,
               ragged=True, soft_cap=20.0, seed=1, d=64)
-    for causal, layout, page in ((True, "NHD", 16), (False, "HND", 1)):
-        _, _, w = check_fp8(bf16, e4m3, layout, page, 4, qo, kv, workspace, causal=causal, soft_cap=30.0,
-                            k_scale=0.5, v_scale=2.0, sm_scale=0.1, seed=2 + causal, d=256)
-        assert w.module.key.variant == "softcap" and w.module.key.kind == "prefill_sm90"
-    check_fp8(bf16, e4m3, None, None, 4, [1, 7, 64, 300, 0, 17], [1, 77, 1000, 300, 5, 17], workspace, causal=True,
-              ragged=True, soft_cap=20.0, window_left=100, seed=4, d=256)
+    for d in (192, 256):
+        for causal, layout, page in ((True, "NHD", 16), (False, "HND", 1)):
+            _, _, w = check_fp8(bf16, e4m3, layout, page, 4, qo, kv, workspace, causal=causal, soft_cap=30.0,
+                                k_scale=0.5, v_scale=2.0, sm_scale=0.1, seed=2 + causal + d, d=d)
+            assert w.module.key.variant == "softcap" and w.module.key.kind == "prefill_sm90"
+            assert w.module.key.head_dim == d
+        check_fp8(bf16, e4m3, None, None, 4, [1, 7, 64, 300, 0, 17], [1, 77, 1000, 300, 5, 17], workspace,
+                  causal=True, ragged=True, soft_cap=20.0, window_left=100, seed=4 + d, d=d)
 
 
 @pytest.mark.parametrize("d", FP8_HEAD_DIMS)

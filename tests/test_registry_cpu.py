@@ -439,13 +439,12 @@ def test_backend_auto_prefers_a_built_hopper_instance(tmp_path, monkeypatch):
     assert pick(("prefill",), "bf16", "bf16").kind == "prefill"
     # FP8 tiles are valid at head dim 192, but not built here: "auto" takes the Ampere path, and
     # the Hopper family forced looks its instance up (the registry here hands back the key; a real
-    # one builds it or names it missing); with the soft-cap there (not run on a GPU yet) the forced
-    # family refuses
+    # one builds it or names it missing), with the soft-cap as well
     assert common.lookup_family(auto, dev, "bf16", "e4m3", 192, 0.0, None, False).kind == "prefill"
     assert common.lookup_family(("prefill_sm90",), dev, "bf16", "e4m3", 192, 0.0, None, False) == InstanceKey(
         "prefill_sm90", "bf16", "e4m3", 192, "sm90a", "hardware")
-    with pytest.raises(V.ArgumentError, match="have not run on a GPU yet"):
-        common.lookup_family(("prefill_sm90",), dev, "bf16", "e4m3", 192, 30.0, None, False)
+    assert common.lookup_family(("prefill_sm90",), dev, "bf16", "e4m3", 192, 30.0, None, False) == InstanceKey(
+        "prefill_sm90", "bf16", "e4m3", 192, "sm90a", "hardware", "softcap")
     # valid FP8 tiles with the soft-cap at head dim 256, but not built here: "auto" takes the Ampere path
     assert why_invalid(InstanceKey("prefill_sm90", "bf16", "e4m3", 256, "sm90a", "hardware", "softcap")) is None
     assert common.lookup_family(auto, dev, "bf16", "e4m3", 256, 30.0, None, False).kind == "prefill"
