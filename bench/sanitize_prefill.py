@@ -3,7 +3,7 @@ case), on each prefill family the GPU runs (backend sm80, and sm90 on Hopper: 16
 FP8 caches on FP8 tiles with a bf16 or an e4m3 q, pages of 16 by TMA, of 3 by the cp.async
 gather (at head dims 192 and 256 also with the soft-cap); persistent CTAs capped at 2, so each walks many units; head dim 64, whose CTAs have three
 consumer warpgroups: alone with --head-dim 64; --head-dim 128, 192 or 256: the Ampere-path cases alone at that head
-dim, whose CTAs have 8 warps from 192 on, and at 192 and 256 the Hopper family's FP8 tiles), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
+dim, whose CTAs have 8 warps from 192 on, and at 192 and 256 the Hopper family's bf16 and FP8 tiles), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
 bench/sanitize_prefill.py`. Checks each result against the float64 reference as well (FP8 tiles: on q
 as the kernel reads it, within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3
 rounding)."""
@@ -52,7 +52,7 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
 def main() -> int:
     # --head-dim 64: only the head-dim-64 cases (the Hopper family's three-consumer CTAs, 16-bit and FP8); 128, 192, 256:
     # only the Ampere path's cases at that head dim (CTAs of 8 warps from 192 on), and at 192 and
-    # 256 the Hopper family's FP8 tiles
+    # 256 the Hopper family's bf16 and FP8 tiles
     only_d64 = sys.argv[1:] == ["--head-dim", "64"]
     wide = sys.argv[1:] in (["--head-dim", "128"], ["--head-dim", "192"], ["--head-dim", "256"])
     if sys.argv[1:] and not (only_d64 or wide):
@@ -70,6 +70,8 @@ def main() -> int:
             # transposed V, three items a producer warp (column groups by halves of the keys) or
             # two column groups in the V transpose, 64-byte atoms of Q, K and V at 192; TMA and gather
             for page in (16, 3):
+                # 16-bit 64-key tiles (TMA boxes at page 16; three 64-element atoms a row at 192)
+                ok &= case(torch.bfloat16, None, [1, 70, 33, 150], [40, 200, 33, 300], d=d, page=page, backend="sm90")
                 for kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
                     ok &= case(kv_dtype, None, [1, 70, 33, 150], [40, 200, 33, 300], d=d, page=page, backend="sm90")
                 ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=d, page=page, backend="sm90",

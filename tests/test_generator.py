@@ -78,17 +78,22 @@ def test_prefill_space():
 
 def test_prefill_sm90_tuning_hook(monkeypatch):
     """The bench-only hook (kind_prefill_sm90.TUNE_ENV): n16 / n8 make block_n try only that many
-    keys per tile (16-bit head dim 192 then takes 64-key TMA tiles instead of gathered 96-key
-    ones), the rings follow; a count that is not a candidate, or an unknown name, is an error."""
+    keys per tile (16-bit head dim 128 then takes 64-key tiles), the rings follow; a count that is
+    not a candidate (96: TMA cannot box it), or an unknown name, is an error. Without it, 16-bit
+    head dim 192 has 64-key TMA tiles, 4 K and 3 V stages (two stages of 128 do not fit)."""
     sm90 = kind_prefill_sm90
+    sm90a = arches.arch("sm90a")
     d192 = key(kind="prefill_sm90", kv_dtype="bf16", conversion="none", head_dim=192)
-    assert sm90.block_n(d192) == 96
+    d128 = key(kind="prefill_sm90", kv_dtype="bf16", conversion="none", head_dim=128)
+    assert sm90.block_n(d192) == 64 and sm90.pipeline_stages(d192, sm90a) == (4, 3)
+    assert sm90.block_n(d128) == 128
     monkeypatch.setenv(sm90.TUNE_ENV, "n16=64")
-    assert sm90.block_n(d192) == 64 and sm90.pipeline_stages(d192, arches.arch("sm90a")) == (4, 3)
+    assert sm90.block_n(d128) == 64 and sm90.pipeline_stages(d128, sm90a) == (4, 4)
     assert sm90.block_n(key(kind="prefill_sm90", conversion="hardware", head_dim=128)) == 128  # n8 untouched
-    monkeypatch.setenv(sm90.TUNE_ENV, "n16=80")
-    with pytest.raises(ValueError, match="not one of the candidates"):
-        sm90.block_n(d192)
+    for n in (80, 96):
+        monkeypatch.setenv(sm90.TUNE_ENV, f"n16={n}")
+        with pytest.raises(ValueError, match="not one of the candidates"):
+            sm90.block_n(d192)
     monkeypatch.setenv(sm90.TUNE_ENV, "n32=64")
     with pytest.raises(ValueError):
         sm90.block_n(d192)
