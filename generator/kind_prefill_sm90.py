@@ -22,18 +22,20 @@ from . import kind_prefill
 
 CONSUMERS = 2
 CONSUMER_ROWS = 64            # one 64-row WGMMA per consumer warpgroup
-# Up to head dim 128 the CTA takes a third consumer warpgroup (512 threads, 128 registers a thread
-# at launch): each scheduler then has three consumer warps to switch between where the softmax and
-# the GEMM waits leave one idle. A consumer then has 152-160 registers: at head dim 64 O, S and P
-# (32 + 64 + 32) fit; at 128 O and S take 128 of them, so 16-bit P goes over S's registers (p_in_s:
-# the mainloop waits for P V before the next Q K^T) and FP8 P V runs a 64-column chunk of O at a
-# time (the mainloop's kOChunk). H100, B4 S4096 32/32, against two consumers in the same run:
-# d64 bf16 ragged / paged 16 / paged 64 non-causal 447-451 TFLOP/s against 373-379, causal 384-388
-# against 328-334; d128 in the README ("Three consumer warpgroups at head dim 128"). Tiles of 64
-# keys (S and P small enough at d128) lost: 526-533 against 576-596 (H200; 80-key tiles 342,
-# 96-key ones serialised WGMMAs).
+# Up to WIDE_MAX_HEAD_DIM the CTA takes a third consumer warpgroup (512 threads, 128 registers a
+# thread at launch): each scheduler then has three consumer warps to switch between where the
+# softmax and the GEMM waits leave one idle. A consumer then has 152-160 registers: at head dim 64
+# O, S and P (32 + 64 + 32) fit; at 128 O and S take 128 of them, so 16-bit P goes over S's
+# registers (p_in_s: the mainloop waits for P V before the next Q K^T) and FP8 P V runs a
+# 64-column chunk of O at a time (the mainloop's kOChunk); 16-bit at 192, O (96) and the 64-key
+# tiles' S (32) the same 128, P over S. H100, B4 S4096 32/32, against two consumers in the same
+# run: d64 bf16 ragged / paged 16 / paged 64 non-causal 447-451 TFLOP/s against 373-379, causal
+# 384-388 against 328-334; d128 in the README ("Three consumer warpgroups at head dim 128"); d192
+# bf16 (f2aaab3, two rotated rounds) 611-630 against 510-560 non-causal, 547-586 against 458-479
+# causal. Tiles of 64 keys at d128 (S and P small enough) lost: 526-533 against 576-596 (H200;
+# 80-key tiles 342, 96-key ones serialised WGMMAs). FP8 tiles past 128 keep two (fp8_large_o).
 WIDE_CONSUMERS = 3
-WIDE_MAX_HEAD_DIM = 128
+WIDE_MAX_HEAD_DIM = {False: 192, True: 128}  # by FP8 tiles
 # setmaxnreg counts (producer, consumer), keyed by (FP8 tiles, three consumers). They add up to at
 # most the launch allocation (65536 / threads a thread, 8-aligned) times the warpgroups.
 #  - 16-bit, two consumers: the producer's cp.async gather keeps few values; the consumers at head
@@ -54,7 +56,7 @@ REGISTERS = {
 }
 WIDE_ACCUMULATOR_REGISTERS = 128  # of a three-consumer 16-bit consumer's 160: O, S and P (else P over S)
 FP8_O_CHUNK = 64  # columns of O per FP8 P V with three consumers (o_chunk())
-# ... and past WIDE_MAX_HEAD_DIM (fp8_large_o: two consumers at 216 registers), by head dim:
+# ... and past WIDE_MAX_HEAD_DIM[True] (fp8_large_o: two consumers at 216 registers), by head dim:
 #  - 256, beside O's 128 registers: 32. With 64, ptxas sinks each chunk's fp32 adds below the next
 #    chunk's WGMMA, two fragments at once, and the consumers spilled 336 bytes (320 at 240).
 #  - 192, beside O's 96: 96, two chunks. With 32, 48 or 64 columns (six, four or three chunks)
@@ -77,7 +79,7 @@ FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes 
 # 05723b5: 509-547 against 347-371 TFLOP/s, cuDNN 682-715).
 TILE_KEYS = (128, 64)
 # FP8 keys per stage, preferred first: the V transpose (prefill_sm90_transpose.cuh) writes rows of
-# 128 or 64 keys, one swizzle row. Past WIDE_MAX_HEAD_DIM (fp8_large_o) 64 only: at 256 two stages
+# 128 or 64 keys, one swizzle row. Past WIDE_MAX_HEAD_DIM[True] (fp8_large_o) 64 only: at 256 two stages
 # of 128 exceed the shared memory, and at 192, where they fit, S's 64 registers beside O's 96
 # spilled 112 bytes at 216 registers.
 FP8_TILE_KEYS = (128, 64)
@@ -110,7 +112,7 @@ def wide(key: InstanceKey) -> bool:
     FP8 ones only without the soft-cap (REGISTERS says why)."""
     if fp8_tiles(key) and key.variant != "default":
         return False
-    return key.head_dim <= WIDE_MAX_HEAD_DIM
+    return key.head_dim <= WIDE_MAX_HEAD_DIM[fp8_tiles(key)]
 
 
 def consumers(key: InstanceKey) -> int:
@@ -149,10 +151,10 @@ def mask_in_smem(key: InstanceKey) -> bool:
 
 
 def fp8_large_o(key: InstanceKey) -> bool:
-    """FP8 tiles past WIDE_MAX_HEAD_DIM (head dims 192, 256): two consumers with O taking 96 or 128
+    """FP8 tiles past WIDE_MAX_HEAD_DIM[True] (head dims 192, 256): two consumers with O taking 96 or 128
     of their 216 registers, so 64-key tiles (block_n), P V by narrow chunks (o_chunk) and the mask
     bounds in shared memory, in a slot of their own beside the q scales (mask_in_smem)."""
-    return fp8_tiles(key) and key.head_dim > WIDE_MAX_HEAD_DIM
+    return fp8_tiles(key) and key.head_dim > WIDE_MAX_HEAD_DIM[True]
 
 
 def block_m(key: InstanceKey) -> int:

@@ -415,7 +415,7 @@ struct PrefillSm90Mainloop {
       // traces, README). The next tile's Q K^T follows P V on the tensor cores; its wait covers
       // both, and the other warpgroups' GEMMs fill the tensor cores meanwhile.
       //
-      // kPInS (three consumer warpgroups at head dim 128: O and S fill the generator's
+      // kPInS (three 16-bit consumer warpgroups at head dims 128 and 192: O and S fill the generator's
       // WIDE_ACCUMULATOR_REGISTERS, with no room for a P of its own): P(kb)'s four words go into
       // S's words 8 kb .. 8 kb + 3 (consecutive, as P V's register operand needs; word w packs
       // s(8 kb + 2 w + {0, 1}), so S's word 8 kb + w has been read by then), and the next tile's

@@ -80,12 +80,13 @@ def test_prefill_sm90_tuning_hook(monkeypatch):
     """The bench-only hook (kind_prefill_sm90.TUNE_ENV): n16 / n8 make block_n try only that many
     keys per tile (16-bit head dim 128 then takes 64-key tiles), the rings follow; a count that is
     not a candidate (96: TMA cannot box it), or an unknown name, is an error. Without it, 16-bit
-    head dim 192 has 64-key TMA tiles, 4 K and 3 V stages (two stages of 128 do not fit)."""
+    head dim 192 has 64-key TMA tiles for three consumers, 4 K and 2 V stages (two stages of 128
+    do not fit)."""
     sm90 = kind_prefill_sm90
     sm90a = arches.arch("sm90a")
     d192 = key(kind="prefill_sm90", kv_dtype="bf16", conversion="none", head_dim=192)
     d128 = key(kind="prefill_sm90", kv_dtype="bf16", conversion="none", head_dim=128)
-    assert sm90.block_n(d192) == 64 and sm90.pipeline_stages(d192, sm90a) == (4, 3)
+    assert sm90.block_n(d192) == 64 and sm90.pipeline_stages(d192, sm90a) == (4, 2) and sm90.consumers(d192) == 3
     assert sm90.block_n(d128) == 128
     monkeypatch.setenv(sm90.TUNE_ENV, "n16=64")
     assert sm90.block_n(d128) == 64 and sm90.pipeline_stages(d128, sm90a) == (4, 4)
@@ -136,14 +137,15 @@ def test_prefill_sm90_space():
     for k in keys:
         source = render(k)
         rows, keys_per_tile = KINDS["prefill_sm90"].tiles(k)
-        # three consumer warpgroups up to head dim 128, two past it; FP8 three only without the
-        # soft-cap (ptxas spilled its consumers at 152). At 128 three 16-bit consumers hold P over
-        # S's registers, three FP8 ones run P V 64 columns of O at a time; at 192 and 256 FP8 tiles
-        # have 64 keys, P V by 96 and 32 columns, and the mask bounds in shared memory.
+        # three consumer warpgroups up to head dim 192 (16-bit) or 128 (FP8), two past it; FP8
+        # three only without the soft-cap (ptxas spilled its consumers at 152). At 128 and 192
+        # three 16-bit consumers hold P over S's registers, three FP8 ones run P V 64 columns of O
+        # at a time; at 192 and 256 FP8 tiles have 64 keys, P V by 96 and 32 columns, and the
+        # mask bounds in shared memory.
         fp8_narrow = k.is_fp8 and k.variant != "default"
-        consumers = 3 if k.head_dim <= 128 and not fp8_narrow else 2
+        consumers = 3 if k.head_dim <= (128 if k.is_fp8 else 192) and not fp8_narrow else 2
         assert constant(source, "kConsumers") == consumers and rows == 64 * consumers
-        p_in_s = consumers == 3 and k.head_dim == 128 and not k.is_fp8
+        p_in_s = consumers == 3 and k.head_dim in (128, 192) and not k.is_fp8
         assert f"/*kPInS=*/{'true' if p_in_s else 'false'}" in source
         assert f"/*kMaskInSmem=*/{'true' if p_in_s or (k.is_fp8 and k.head_dim >= 192) else 'false'}" in source
         o_chunk = ({192: 96, 256: 32}.get(k.head_dim, 64 if consumers == 3 else k.head_dim) if k.is_fp8
