@@ -21,9 +21,11 @@ SELECTIONS = (
     {"kind": ("prefill",), "head_dim": (80, 96, 192), "variant": ("default",), "q_dtype": ("bf16",)},
     {"kind": ("append",), "head_dim": (64, 128, 256)},
     # the Hopper family (sm_90a only: nothing on other arches; an e4m3 q with both output dtypes);
-    # soft-cap at head dim 128 (an e4m3 q: one cache and output dtype)
+    # soft-cap at head dim 128 (an e4m3 q: one cache and output dtype) and, 16-bit, at 192
     {"kind": ("prefill_sm90",), "head_dim": (64, 128, 192, 256), "variant": ("default",)},
     {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",), "q_dtype": ("f16", "bf16")},
+    {"kind": ("prefill_sm90",), "head_dim": (192,), "variant": ("softcap",), "q_dtype": ("f16", "bf16"),
+     "kv_dtype": ("f16", "bf16")},
     {"kind": ("prefill_sm90",), "head_dim": (128,), "variant": ("softcap",), "q_dtype": ("e4m3",),
      "kv_dtype": ("e4m3",), "o_dtype": ("bf16",)},
     # FP8 tiles with the soft-cap at head dims 64 (persistent two-consumer CTAs on 64-byte rows), 192

@@ -248,9 +248,23 @@ def check_running_max(c, qo_lens, q_dtype, causal, workspace, label):
         assert bool((lse_err <= bound).all()), f"lse error {float(lse_err.max()):.3e} past its bound ({what})"
 
 
-def test_head_dim_192_paged(workspace):
-    check_paged(torch.bfloat16, torch.bfloat16, None, 192, "NHD", 16, 4, [1, 64, 300], [1000, 64, 300], workspace,
-                causal=True, seed=5, **SM90)
+@pytest.mark.parametrize("q_dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_head_dim_192(q_dtype, workspace):
+    """16-bit tiles at head dim 192: three consumer warpgroups with P over S's registers and the
+    mask bounds in shared memory, 64-key tiles by TMA (pages of 16 and 64, whose boxes are three
+    64-element atoms a row) or gathered (pages of 1 and 3), both layouts, GQA groups 1-8; a request
+    of 1000 keys (many tiles a unit), and the soft-cap, window and scales (the soft-cap instance
+    holds each row's logits through the variant)."""
+    qo, kv = [1, 64, 300, 7, 0], [1000, 129, 300, 7, 3]
+    for n, (layout, page, group) in enumerate((("NHD", 16, 4), ("HND", 1, 1), ("NHD", 3, 7), ("HND", 64, 8))):
+        w, _ = check_paged(q_dtype, q_dtype, None, 192, layout, page, group, qo, kv, workspace, causal=n % 2 == 0,
+                           seed=5 + n, **SM90)
+        assert w.module.key.kind == "prefill_sm90" and w.module.key.head_dim == 192
+    w, _ = check_paged(q_dtype, q_dtype, None, 192, "NHD", 16, 4, qo, kv, workspace, causal=True, soft_cap=30.0,
+                       k_scale=0.5, v_scale=2.0, sm_scale=0.1, seed=9, **SM90)
+    assert w.module.key.variant == "softcap" and w.module.key.kind == "prefill_sm90"
+    check_paged(q_dtype, q_dtype, None, 192, "HND", 16, 4, qo, kv, workspace, causal=True, window_left=100,
+                seed=10, **SM90)
 
 
 def test_cuda_graph_capture(workspace):
