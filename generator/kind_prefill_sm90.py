@@ -71,12 +71,13 @@ PERSISTENT_MAX_HEAD_DIM = 128
 HEAD_DIMS = (64, 128, 192, 256)
 KV_DTYPES = ("f16", "bf16") + FP8_DTYPES
 FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes e4m3 or e5m2; e4m3 is asked for)
-# 16-bit keys per stage, preferred first: powers of two, which TMA boxes from any page size of 8
-# or more (tma_paged_kv.cuh). At head dim 192, where two stages of 128 exceed the shared memory,
-# 96-key tiles had fit, but TMA cannot box them, so the producer gathered every tile with
-# cp.async: 64-key TMA tiles (4 K / 3 V stages) ran 1.43-1.57x as fast non-causal and 1.33-1.48x
-# causal (H100, bf16 B4 S4096 32/32, ragged and pages of 16 and 64, two rotated rounds at
-# 05723b5: 509-547 against 347-371 TFLOP/s, cuDNN 682-715).
+# 16-bit keys per stage, preferred first: powers of two, which TMA can box (tma_paged_kv.cuh: boxes
+# of a power of two keys, 8 or more, that divides the page size and the tile). At head dim 192,
+# where two stages of 128 exceed the shared memory, 96-key tiles had fit, but TMA cannot box them,
+# so the producer gathered every tile with cp.async: 64-key TMA tiles (then two consumers, 4 K /
+# 3 V stages) ran 1.43-1.57x as fast non-causal and 1.33-1.48x causal (H100, bf16 B4 S4096 32/32,
+# ragged and pages of 16 and 64, two rotated rounds at 05723b5: 509-547 against 347-371 TFLOP/s,
+# cuDNN 682-715).
 TILE_KEYS = (128, 64)
 # FP8 keys per stage, preferred first: the V transpose (prefill_sm90_transpose.cuh) writes rows of
 # 128 or 64 keys, one swizzle row. Past WIDE_MAX_HEAD_DIM[True] (fp8_large_o) 64 only: at 256 two stages

@@ -6,8 +6,8 @@
 // stride equal to the row stride, so page p + slot s is row p + s.
 // rows = the largest power of two that divides the page size and, halving from it, the tile's
 // keys, at least 8 (a box starts on a swizzle atom of 8 rows); otherwise every tile is gathered
-// with cp.async: pages below 8 or of an odd size, and tiles of a non-power-of-two key count (96
-// at head dim 192, whose halvings 48, 24, 12 would start boxes off the atom).
+// with cp.async: pages below 8 or of an odd size, and tiles of a non-power-of-two key count (which
+// the generator no longer makes: a 96-key tile's halvings 48, 24, 12 would start boxes off the atom).
 // A tensor map holds the cache's address: a CUDA graph captured with it replays on that cache.
 #pragma once
 #include <cuda.h>
