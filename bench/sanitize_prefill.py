@@ -66,9 +66,10 @@ def main() -> int:
                 ok &= case(kv_dtype, conversion, [1, 70, 33, 150], [40, 200, 33, 300], d=d)
         ok &= case(torch.bfloat16, None, [16], [3000], d=d)  # split-KV and the merge kernel
         if d in (192, 256) and torch.cuda.get_device_capability() == (9, 0):
-            # the Hopper family's FP8 tiles at head dims 192 and 256: 64-key tiles, 64-byte rows of
-            # transposed V, three items a producer warp (column groups by halves of the keys) or
-            # two column groups in the V transpose, 64-byte atoms of Q, K and V at 192; TMA and gather
+            # the Hopper family at head dims 192 and 256: 16-bit 64-key tiles (three consumers at
+            # 192), and FP8 tiles: 64-key tiles, 64-byte rows of transposed V, three items a
+            # producer warp (column groups by halves of the keys) or two column groups in the V
+            # transpose, 64-byte atoms of Q, K and V at 192; TMA and gather
             for page in (16, 3):
                 # 16-bit 64-key tiles (TMA boxes at page 16; three 64-element atoms a row at 192)
                 ok &= case(torch.bfloat16, None, [1, 70, 33, 150], [40, 200, 33, 300], d=d, page=page, backend="sm90")

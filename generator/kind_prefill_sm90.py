@@ -38,8 +38,8 @@ WIDE_CONSUMERS = 3
 WIDE_MAX_HEAD_DIM = {False: 192, True: 128}  # by FP8 tiles
 # setmaxnreg counts (producer, consumer), keyed by (FP8 tiles, three consumers). They add up to at
 # most the launch allocation (65536 / threads a thread, 8-aligned) times the warpgroups.
-#  - 16-bit, two consumers: the producer's cp.async gather keeps few values; the consumers at head
-#    dim 128 use up to R220.
+#  - 16-bit, two consumers (head dim 256 only since 51c8ccc): the producer's cp.async gather keeps
+#    few values; the consumers at head dim 128 used up to R220 when they were two.
 #  - 16-bit, three: 32 + 3 x 160 = 512.
 #  - FP8, two: the producer also transposes V (8 x 8-byte blocks in registers) and spilled at 56
 #    (at 64 once it looped over work units); the consumers' P is half as wide.
@@ -75,7 +75,7 @@ FP8_Q_DTYPES = ("e4m3",)      # q given in FP8 (the FP8 WGMMA's A operand takes 
 # of a power of two keys, 8 or more, that divides the page size and the tile). At head dim 192,
 # where two stages of 128 exceed the shared memory, 96-key tiles had fit, but TMA cannot box them,
 # so the producer gathered every tile with cp.async: 64-key TMA tiles (then two consumers, 4 K /
-# 3 V stages) ran 1.43-1.57x as fast non-causal and 1.33-1.48x causal (H100, bf16 B4 S4096 32/32,
+# 3 V stages) ran 1.40-1.57x as fast non-causal and 1.36-1.45x causal (H100, bf16 B4 S4096 32/32,
 # ragged and pages of 16 and 64, two rotated rounds at 05723b5: 509-547 against 347-371 TFLOP/s,
 # cuDNN 682-715).
 TILE_KEYS = (128, 64)

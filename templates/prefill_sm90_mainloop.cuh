@@ -320,7 +320,7 @@ struct PrefillSm90Mainloop {
       __syncwarp();
     }
     // The FP8 loop's gathered-tile test. For the soft-cap with the mask bounds in shared memory
-    // (head dim 256; the generator does not build 192's yet) from what the loop holds anyway: where
+    // (head dims 192 and 256) from what the loop holds anyway: where
     // the cache has TMA boxes only a request's last tile is gathered (first + (t + 1) kBlockN past
     // kv_len, while every tile before t1 - 1 ends at or before hi_max < kv_len), so of the tiles a
     // warpgroup reads only its last, t1 - 1, can be that one, and that one is fenced, gathered or

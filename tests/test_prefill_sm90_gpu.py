@@ -178,10 +178,10 @@ def test_running_max_jumps(q_dtype, causal, workspace):
     at a time and a row's max is kept while within 2^8 (prefill_sm90_mainloop.cuh): keys (standard
     deviation 2) scaled by 64-key blocks (0.5, 0.5, 3, 3, 6, 6, 20, 20, 300, 1, then 1) make every
     row's largest logit grow in steps of about 11, 13, 62 and 1300 nats, at tiles of 64 keys (head
-    dim 256) and 128. Request 1 (9 rows, 300 keys) stops before the 300x block, so its output still
-    weighs the earlier tiles; request 0's rows all see it."""
+    dims 192, with P over S's registers, and 256) and 128. Request 1 (9 rows, 300 keys) stops before
+    the 300x block, so its output still weighs the earlier tiles; request 0's rows all see it."""
     scales = torch.tensor([0.5, 0.5, 3, 3, 6, 6, 20, 20, 300, 1], dtype=torch.float64).repeat_interleave(64)
-    for n, d in enumerate(HEAD_DIMS):
+    for n, d in enumerate(HEAD_DIMS + (192,)):
         qo_lens, kv_lens = [150, 9], [640 + 77, 300]
         hq, hk = heads_for(2)
         c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, q_dtype, seed=20 + n)
@@ -467,8 +467,8 @@ def test_fp8_lengths(lens, d, causal, workspace):
 @pytest.mark.parametrize("d", FP8_HEAD_DIMS)
 @pytest.mark.parametrize("q_dtype,kv_dtype", FP8_CASES[:2], ids=_ids)
 def test_fp8_window_softcap_scales_ragged_split(q_dtype, kv_dtype, d, workspace):
-    """Soft-cap (at head dim 128, where the test build has it for both cases; at 64:
-    test_fp8_softcap_at_head_dims_64_and_256) with sm_scale and the scales, a window, the combined
+    """Soft-cap (at head dim 128, where the test build has it for both cases; at 64, 192 and 256:
+    test_fp8_softcap_at_head_dims_64_192_256) with sm_scale and the scales, a window, the combined
     cache tensor, ragged K/V, split-KV."""
     qo, kv = [1, 64, 300, 7, 0], [1000, 129, 300, 7, 3]
     if d == 128:
