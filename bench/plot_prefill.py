@@ -1,5 +1,5 @@
-"""Plots bench/results/prefill-<family>-<gpu>.json (either kernel family): TFLOP/s per configuration (shape, heads, causal)
-of one head dim (128 where the file has it, else the file's smallest),
+"""Plots bench/results/prefill-<family>-<gpu>.json (either kernel family): TFLOP/s per configuration
+(shape, heads, causal) of one head dim (128 where the file has it, else the file's smallest),
 flashinfer_gen per layout / KV format / conversion beside the torch SDPA peers (flash, cuDNN; dense
 bf16) of the same run, and below it the speed-up over SDPA flash. A configuration that was refused or
 not built is marked with a red x at zero.

@@ -1,12 +1,13 @@
 """One small paged prefill per KV dtype and conversion (causal, GQA 4, ragged lengths, a split-KV
 case), on each prefill family the GPU runs (backend sm80, and sm90 on Hopper: 16-bit caches and
-FP8 caches on FP8 tiles with a bf16 or an e4m3 q, pages of 16 by TMA, of 3 by the cp.async
-gather (at head dims 192 and 256 also with the soft-cap); persistent CTAs capped at 2, so each walks many units; head dim 64, whose CTAs have three
-consumer warpgroups: alone with --head-dim 64; --head-dim 128, 192 or 256: the Ampere-path cases alone at that head
-dim, whose CTAs have 8 warps from 192 on, and at 192 and 256 the Hopper family's bf16 and FP8 tiles), for compute-sanitizer: `compute-sanitizer --tool memcheck|racecheck|synccheck python
-bench/sanitize_prefill.py`. Checks each result against the float64 reference as well (FP8 tiles: on q
-as the kernel reads it, within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3
-rounding)."""
+FP8 caches on FP8 tiles with a bf16 or an e4m3 q, pages of 16 by TMA, of 3 by the cp.async gather;
+persistent CTAs capped at 2, so each walks many units), for compute-sanitizer:
+`compute-sanitizer --tool memcheck|racecheck|synccheck python bench/sanitize_prefill.py`.
+--head-dim 64: the head-dim-64 cases alone (CTAs of three consumer warpgroups). --head-dim 128,
+192 or 256: the Ampere-path cases alone at that head dim (CTAs of 8 warps from 192 on), and at 192
+and 256 the Hopper family's bf16 and FP8 tiles (FP8 also with the soft-cap).
+Checks each result against the float64 reference as well (FP8 tiles: on q as the kernel reads it,
+within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3 rounding)."""
 import sys
 from pathlib import Path
 
