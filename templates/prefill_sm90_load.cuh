@@ -96,7 +96,7 @@ struct PrefillSm90Load {
       if (t >= tiles) return;
       if (gathered(t))
         k_row = Lookup::lookup(kv, sizeof(Element), k_base, page_begin, first + t * kBlockN, end);
-      else if (tma_box() * maps.rows < kBlockN)  // a multiply: the division by a run-time count took ~23 instructions
+      else if (tma_box() * maps.rows < kBlockN)  // box < kBlockN / rows (rows divides it) without a ~23-instruction division
         next_box = kv.locate(page_begin, first + t * kBlockN + tma_box() * maps.rows);
     };
     // K of tile t into stage r % kStagesK (r = ring + t): a gathered tile's row addresses go to slot
@@ -185,7 +185,7 @@ struct PrefillSm90Load {
   __device__ __forceinline__ static void load_boxes(const CUtensorMap* map, StageBarrier& full, int rows, int kv_head,
                                                     PagedKv::TokenLocation loc, Destination&& destination) {
     const int box = tma_box();
-    if (box * rows < kBlockN) {
+    if (box * rows < kBlockN) {  // box < kBlockN / rows, as in run()'s look_ahead
       const int column = kBoxColumns * (tma_instruction() % kPieces);
       cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&full.bar, rows * kBoxColumns * sizeof(Element));
       tma_load_kv_box(map, &full.bar, destination(box * rows, column), column, kv_head, loc.slot, loc.page);
