@@ -96,7 +96,7 @@ struct PrefillSm90Load {
       if (t >= tiles) return;
       if (gathered(t))
         k_row = Lookup::lookup(kv, sizeof(Element), k_base, page_begin, first + t * kBlockN, end);
-      else if (tma_box() * maps.rows < kBlockN)  // box < kBlockN / rows (rows divides it) without a ~23-instruction division
+      else if (tma_box() * maps.rows < kBlockN)  // box < kBlockN / rows (rows divides it), no ~23-instruction division
         next_box = kv.locate(page_begin, first + t * kBlockN + tma_box() * maps.rows);
     };
     // K of tile t into stage r % kStagesK (r = ring + t): a gathered tile's row addresses go to slot
