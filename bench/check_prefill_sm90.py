@@ -35,7 +35,8 @@ def main_fp8(ws) -> int:
     failed = 0
     runs = [(f"check_fp8{args[:2]} {args[2:]} {opts}", lambda a=args, o=opts: sm90.check_fp8(*a[:7], ws, **o))
             for args, opts in FP8_CASES]
-    runs.append(("test_fp8_long_request_keeps_its_mean", lambda: sm90.test_fp8_long_request_keeps_its_mean(ws)))
+    runs += [(f"test_fp8_long_request_keeps_its_mean d{d}", lambda d=d: sm90.test_fp8_long_request_keeps_its_mean(d, ws))
+             for d in sm90.FP8_HEAD_DIMS]
     for what, fn in runs:
         try:
             fn()
