@@ -2,7 +2,7 @@
 is tests/test_prefill_sm90_gpu.py), for device sessions that iterate on the kernel: prints one
 line per case and exits non-zero on any failure. Uses the tests' helpers and tolerances.
 --fp8: the FP8 tiles' cases instead (an e4m3 cache with a bf16 q and with an e4m3 one: paged,
-ragged, split, exact sums, the long request's mean), from test_prefill_sm90_gpu.py."""
+ragged, split, exact sums, the long request's mean at each FP8 head dim), from test_prefill_sm90_gpu.py."""
 import sys
 from pathlib import Path
 
