@@ -68,8 +68,9 @@ while [ $# -gt 0 ]; do
   install)  # the README's install step alone, for phases run without `readme`
     pip install -q -e '.[test]' >>"$OUT/readme.log" 2>&1 || { tail -30 "$OUT/readme.log"; exit 1; }
     ;;
-  tests)  # FIG_PYTEST_ARGS selects
-    python -m pytest -q -p no:cacheprovider -rfE ${FIG_PYTEST_ARGS:-} >"$OUT/pytest_sel.log" 2>&1; rc=$?
+  tests)  # FIG_PYTEST_ARGS selects, parsed as shell words (so -k "a or b" stays one argument)
+    eval "pytest_args=(${FIG_PYTEST_ARGS:-})"
+    python -m pytest -q -p no:cacheprovider -rfE "${pytest_args[@]}" >"$OUT/pytest_sel.log" 2>&1; rc=$?
     tail -8 "$OUT/pytest_sel.log"
     ;;
   prefill)  # the prefill benchmark (FIG_PREFILL_ARGS), missing instances built on first use
