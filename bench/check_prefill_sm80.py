@@ -18,6 +18,8 @@ CASES = [
     (torch.float16, torch.float16, None, "NHD", 32, 7, [100, 3, 600], [1000, 50, 600], dict(causal=True, soft_cap=30.0, k_scale=0.5, v_scale=2.0, seed=4)),
     (torch.bfloat16, torch.bfloat16, None, "NHD", 16, 1, [300, 64], [700, 64], dict(causal=True, window_left=50, seed=5)),
     (torch.bfloat16, E4M3, "hardware", "NHD", 16, 4, [1, 64, 300, 129], [1, 1000, 300, 256], dict(causal=True, k_scale=0.5, v_scale=2.0, seed=6)),
+    (torch.float16, E4M3, "hardware", "HND", 1, 7, [7, 300, 64], [7, 999, 128], dict(causal=False, soft_cap=30.0, seed=9)),
+    (torch.bfloat16, torch.float8_e5m2, "hardware", "NHD", 32, 1, [1, 64, 300, 7], [1000, 129, 300, 7], dict(causal=True, window_left=70, seed=10)),
     (torch.bfloat16, torch.float8_e5m2, "software", "NHD", 16, 4, [7, 300, 64], [7, 999, 128], dict(causal=True, seed=8)),
     (torch.bfloat16, E4M3, "software", "HND", 32, 8, [1, 64, 300, 7], [1000, 129, 300, 7], dict(causal=False, seed=7)),
 ]

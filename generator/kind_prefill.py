@@ -26,7 +26,7 @@ TUNE_ENV = "FIG_PREFILL_TUNE"
 
 
 def _tune() -> dict:
-    return tuning_overrides(TUNE_ENV, ("m_tiles", "block_n", "stages", "warps"))
+    return tuning_overrides(TUNE_ENV, ("m_tiles", "block_n", "stages", "warps", "codes"))
 
 
 def m_tiles(head_dim: int) -> int:
@@ -55,21 +55,36 @@ def row_padding(head_dim: int, fp8: bool) -> int:
     return 0 if not fp8 and (2 * head_dim) % 128 == 0 else ROW_PADDING
 
 
+def fp8_from_codes(key: InstanceKey) -> bool:
+    """Whether the warps read K's and V's FP8 codes straight from the copy ring with ldmatrix and
+    upcast them in registers (prefill_mainloop_sm80.cuh), so that the CTA upcasts nothing into
+    16-bit tiles and a tile needs one barrier. With the hardware `cvt` only: two instructions a
+    word of four codes (V's one byte permute more), against nine for the e4m3 software routine
+    with its NaN test, which every warp would repeat; where a warp owns two m16 tiles (four warps
+    read each code, one conversion feeding two mma); and where a row of codes is a whole number
+    of 128-byte lines, which the ring then XOR-swizzles for ldmatrix: head dim 128."""
+    if _tune().get("codes", 1) == 0:  # bench/ only: the CTA's upcast instead, for an A/B
+        return False
+    return key.is_fp8 and key.conversion == "hardware" and m_tiles(key.head_dim) == 2 and key.head_dim % 128 == 0
+
+
 def _round_up(x: int, to: int) -> int:
     return -(-x // to) * to
 
 
-def _smem_bytes(head_dim: int, fp8: bool, n: int, stages: int, warps: int) -> int:
+def _smem_bytes(head_dim: int, fp8: bool, n: int, stages: int, warps: int, from_codes: bool = False) -> int:
     """The work item, then, from the next 128-byte line, the mainloop's shared storage
     (prefill_mainloop_sm80.cuh), reused by the epilogue's fp32 staging of the CTA's output rows
     and their LSE; the kernel static_asserts the same size. Mainloop: the copy ring of `stages`
-    K and V tiles (16-bit rows of 2 x D + row_padding bytes; FP8 rows as stored, plus the one
-    16-bit tile they are upcast into), Q's fragments (16 bytes per lane per m-tile and k-step),
-    the ring's row offsets (8 bytes per key) and each packed row's key bounds (8 bytes)."""
+    K and V tiles (16-bit rows of 2 x D + row_padding bytes; FP8 rows as stored, plus the 16-bit
+    K and V tiles the CTA upcasts them into, unless the warps read the codes: fp8_from_codes), Q's
+    fragments (16 bytes per lane per m-tile and k-step), the ring's row offsets (8 bytes per key)
+    and each packed row's key bounds (8 bytes)."""
     d, bm = head_dim, _block_m(head_dim, warps)
     mma_row = 2 * d + row_padding(d, fp8)
     copy_row = d if fp8 else mma_row
-    mainloop = ((2 * n * mma_row if fp8 else 0) + stages * 2 * n * copy_row + warps * m_tiles(d) * 32 * (d // 16) * 16
+    upcast_tiles = 2 if fp8 and not from_codes else 0
+    mainloop = (upcast_tiles * n * mma_row + stages * 2 * n * copy_row + warps * m_tiles(d) * 32 * (d // 16) * 16
                 + stages * n * 8 + bm * 8)
     return _round_up(WORK_ITEM_BYTES, STORAGE_ALIGN) + _round_up(max(mainloop, bm * (d + 1) * 4), STORAGE_ALIGN)
 
@@ -110,7 +125,7 @@ def _block_n(key: InstanceKey, warps: int) -> int:
     at 32; the builder refuses any spilling build."""
     arch = ARCH_BY_NAME[key.arch]
     candidates = (32, 16) if spills_at_64_keys(key) else (64, 32, 16)
-    sizes = {n: _smem_bytes(key.head_dim, key.is_fp8, n, 2, warps) for n in candidates}
+    sizes = {n: _smem_bytes(key.head_dim, key.is_fp8, n, 2, warps, fp8_from_codes(key)) for n in candidates}
     for n in candidates:
         if _two_ctas_fit(sizes[n], arch, warps):
             return n
@@ -142,7 +157,7 @@ def block_n(key: InstanceKey) -> int:
 
 
 def smem_bytes(key: InstanceKey, stages: int) -> int:
-    return _smem_bytes(key.head_dim, key.is_fp8, block_n(key), stages, warps(key))
+    return _smem_bytes(key.head_dim, key.is_fp8, block_n(key), stages, warps(key), fp8_from_codes(key))
 
 
 def pipeline_stages(key: InstanceKey, arch: Arch) -> int:
@@ -178,6 +193,7 @@ def template_context(key: InstanceKey) -> dict:
         "smem_bytes": smem,
         "smem_per_block": arch.smem_per_block,
         "row_padding": row_padding(key.head_dim, key.is_fp8),
+        "fp8_from_codes": "true" if fp8_from_codes(key) else "false",
     }
 
 

@@ -30,7 +30,7 @@ struct PrefillEpilogue {
         CUTE_UNROLL
         for (int e = 0; e < Mainloop::kNTiles; ++e) {
           CUTE_UNROLL
-          for (int i = 0; i < 2; ++i) smem.o[row][8 * e + 2 * ml.lane_c() + i] = ml.o_acc[m][e][2 * r + i] * scale;
+          for (int i = 0; i < 2; ++i) smem.o[row][ml.o_column(e, i)] = ml.o_acc[m][e][2 * r + i] * scale;
         }
         if (ml.lane_c() == 0) smem.lse[row] = sum > 0.0f ? ml.softmax[m][r].row_max + log2f(sum) : -INFINITY;
       }

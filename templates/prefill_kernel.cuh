@@ -18,10 +18,11 @@ namespace fig {
 
 // The instance's numbers, all from the generator's table (generator/kind_prefill.py).
 template <int kHeadDim_, int kMTiles_, int kBlockN_, int kStages_, int kWarps_, int kMinCtasPerSm_, int kSmemBytes_,
-          int kSmemPerBlock_, int kRowPadding_>
+          int kSmemPerBlock_, int kRowPadding_, bool kFp8FromCodes_>
 struct PrefillShape {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRowPadding = kRowPadding_;     // bytes after each shared 16-bit K/V row (smem_rows.cuh)
+  static constexpr bool kFp8FromCodes = kFp8FromCodes_;  // the warps upcast K's and V's codes (kind_prefill.py)
   static constexpr int kBlockN = kBlockN_;             // keys per shared tile
   static constexpr int kStages = kStages_;             // tiles in flight
   static constexpr int kWarps = kWarps_;
@@ -65,7 +66,8 @@ constexpr size_t prefill_smem_bytes() {
 // Runs the tiles of keys [begin, end) through the pipeline: kStages - 1 tiles copied ahead, one
 // barrier per tile (it also frees the stage the next copy overwrites), and each tile's page-table
 // lookups issued a stage earlier still, their latency hidden under a tile's compute. An FP8 tile
-// is upcast by the CTA after that barrier, and a second barrier publishes the 16-bit rows.
+// the warps do not read as codes is upcast by the CTA after that barrier, and a second barrier
+// publishes the 16-bit rows.
 template <class Cfg>
 __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename PrefillMainloop<Cfg>::SharedStorage& smem,
                                               const PagedKv& kv, const uint8_t* k_base, int64_t v_minus_k,
@@ -94,9 +96,9 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     __syncthreads();
     if (t + kS - 1 < tiles) copy(t + kS - 1);
     cute::cp_async_fence();
-    const uint8_t(*k_rows)[Mainloop::kMmaRowBytes];
-    const uint8_t(*v_rows)[Mainloop::kMmaRowBytes];
-    if constexpr (Kv::kIsFp8) {
+    const uint8_t(*k_rows)[Mainloop::kWarpRowBytes];
+    const uint8_t(*v_rows)[Mainloop::kWarpRowBytes];
+    if constexpr (Kv::kIsFp8 && !Cfg::kFp8FromCodes) {
       // Every warp finished the previous tile before the barrier above, so the 16-bit rows are free.
       KvTileConvert<typename Kv::Converter, kN, Cfg::kHeadDim, typename Mainloop::CopyRows, typename Mainloop::Rows,
                     Cfg::kThreads>::run(smem.k[t % kS], smem.v[t % kS], smem.k16, smem.v16);

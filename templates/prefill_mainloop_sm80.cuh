@@ -3,6 +3,9 @@
 // softmax in registers. The CTA's warps share each tile, which every thread helped copy
 // (paged_kv.cuh); an FP8 tile is first upcast once, by the whole CTA, into 16-bit rows
 // (kv_tile_convert.cuh), so every KV dtype reaches the tensor cores through the same loads.
+// Except where PrefillShape::kFp8FromCodes: there each warp reads K's and V's codes with ldmatrix
+// and upcasts them in registers with `cvt` (compute_tile), which halves their shared-memory reads
+// and leaves the CTA no upcast and one barrier a tile.
 //
 // Fragments come from ldmatrix: K rows (tokens) as the B operand of S = Q K^T, and V rows,
 // transposed in the load, as the B operand of O += P V. One ldmatrix.x4 feeds two n-tiles, and
@@ -21,8 +24,9 @@
 
 namespace fig {
 
-// The 16-bit tile an FP8 tile is converted into; a 16-bit cache is read from the copy ring.
-template <bool kFp8, int kRows, int kRowBytes>
+// The 16-bit tiles an FP8 tile is converted into by the CTA; a 16-bit cache, or FP8 codes that
+// the warps upcast themselves, are read from the copy ring.
+template <bool kUpcastByCta, int kRows, int kRowBytes>
 struct ConvertedKvTile {
   uint8_t k16[kRows][kRowBytes];
   uint8_t v16[kRows][kRowBytes];
@@ -47,10 +51,17 @@ struct PrefillMainloop {
   static constexpr int kSTiles = kBlockN / 8;      // n-tiles of S per tile
   static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
   static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
-  using Rows = LdmatrixRows<kHeadDim * 2, Cfg::kRowPadding>;                     // 16-bit rows
-  using CopyRows = std::conditional_t<Kv::kIsFp8, PlainRows<kHeadDim>, Rows>;  // rows as copied
+  // FP8 codes read by the warps (kind_prefill.py fp8_from_codes): the ring's 8-bit rows are then
+  // swizzled for ldmatrix like the 16-bit ones, and each conversion feeds kMTiles mma.
+  static constexpr bool kFromCodes = Cfg::kFp8FromCodes;
+  static_assert(!kFromCodes || (Kv::kIsFp8 && !Kv::kHasSpecialCodes && kBlockN % 32 == 0 && kHeadDim % 32 == 0),
+                "codes are upcast with the exact routine, by 32 keys of K or 32 dims of V (four n-tiles) an ldmatrix");
+  using Rows = LdmatrixRows<kHeadDim * 2, Cfg::kRowPadding>;  // 16-bit rows
+  using CopyRows = std::conditional_t<!Kv::kIsFp8, Rows,       // rows as copied
+                                      std::conditional_t<kFromCodes, LdmatrixRows<kHeadDim, 0>, PlainRows<kHeadDim>>>;
   static constexpr int kMmaRowBytes = Rows::kRowBytes;
   static constexpr int kCopyRowBytes = CopyRows::kRowBytes;
+  static constexpr int kWarpRowBytes = kFromCodes ? kCopyRowBytes : kMmaRowBytes;  // the rows compute_tile reads
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0 && kStages >= 2, "x4 loads cover two n-tiles");
 
   using TileCopy = PagedKvTileCopy<kBlockN, CopyRows, kHeadDim * Kv::kBytes, Cfg::kThreads>;
@@ -59,7 +70,7 @@ struct PrefillMainloop {
   // read once per k-step of every tile: in registers they would take D / 2 per thread at two
   // m-tiles, next to O's D and S's kBlockN / 2. Aligned to a 128-byte line, as the swizzled
   // tiles must start on one (every tile below is a whole number of lines).
-  struct alignas(128) SharedStorage : ConvertedKvTile<Kv::kIsFp8, kBlockN, kMmaRowBytes> {
+  struct alignas(128) SharedStorage : ConvertedKvTile<Kv::kIsFp8 && !kFromCodes, kBlockN, kMmaRowBytes> {
     uint8_t k[kStages][kBlockN][kCopyRowBytes];  // the cp.async ring, as the cache stores it
     uint8_t v[kStages][kBlockN][kCopyRowBytes];
     uint4 q[Cfg::kWarps][kMTiles][kKSteps][32];  // (warp, m-tile, k-step, lane)
@@ -68,7 +79,7 @@ struct PrefillMainloop {
   };
 
   // Per-warp state. Rows of m-tile m: 16 m + g and 16 m + g + 8 (r = 0, 1) for lane = 4 g + c;
-  // O's n-tile e holds columns 8 e + 2 c, 8 e + 2 c + 1. Nothing else is held across tiles:
+  // O's n-tile e holds columns o_column(e, 0 | 1). Nothing else is held across tiles:
   // what derives from the thread index is recomputed per tile (thread_index_here(), paged_kv.cuh),
   // which keeps two m-tiles of O and 64 keys of S within the 255 registers without spills.
   float o_acc[kMTiles][kNTiles][4];
@@ -78,6 +89,12 @@ struct PrefillMainloop {
   __device__ __forceinline__ static int lane_g() { return lane() / 4; }
   __device__ __forceinline__ static int lane_c() { return lane() % 4; }
   __device__ __forceinline__ static int first_row() { return thread_index_here() / 32 * kMTiles * 16; }
+  // The column (dim) of O that o_acc[m][e][2 r + i] holds: 8 e + 2 c + i; from V's codes, where
+  // one ldmatrix.trans word holds two keys of two adjacent dims (compute_tile), the even dims of
+  // each 16 make n-tile 2 f and the odd ones 2 f + 1, so 16 f + 4 c + 2 i + e % 2.
+  __device__ __forceinline__ static int o_column(int e, int i) {
+    return kFromCodes ? 16 * (e / 2) + 4 * lane_c() + 2 * i + e % 2 : 8 * e + 2 * lane_c() + i;
+  }
   // Shared address of the lane's Q slot of (m-tile 0, k-step 0).
   __device__ __forceinline__ static uint32_t q_addr(const SharedStorage& smem) {
     return smem_address(&smem.q[thread_index_here() / 32][0][0][lane()]);
@@ -86,6 +103,14 @@ struct PrefillMainloop {
   // n-tiles) x (dims 0-7 | 8-15 of a k-step); k-step j is Rows::step(.., 2 j) of it.
   __device__ __forceinline__ static uint32_t k_lane() {
     return Rows::offset(lane() % 8 + 8 * (lane() / 16), (lane() / 8) % 2);
+  }
+  // In K's codes (kFromCodes): matrices (tokens 0-7 | 8-15 | 16-23 | 24-31, four n-tiles) x 16
+  // codes (dims) of a k-step, so lane l names token l; k-step j is CopyRows::step(.., j) of it.
+  __device__ __forceinline__ static uint32_t k_codes_lane() { return CopyRows::offset(lane(), 0); }
+  // In V's codes (kFromCodes): matrices (tokens 0-7 | 8-15 of a k-step) x (16 dims | the next
+  // 16), as v_lane() with 16 dims a chunk; dims 32 f on are CopyRows::step(.., 2 f) of it.
+  __device__ __forceinline__ static uint32_t v_codes_lane() {
+    return CopyRows::offset(lane() % 8 + 8 * ((lane() / 8) % 2), lane() / 16);
   }
   // And in a V tile: matrices (tokens 0-7 | 8-15 of a k-step) x (dims of two n-tiles); n-tiles
   // e, e + 1 are Rows::step(.., e) of it.
@@ -104,15 +129,19 @@ struct PrefillMainloop {
     for (int m = 0; m < kMTiles; ++m) {
       CUTE_UNROLL
       for (int j = 0; j < kKSteps; ++j) {
-        // a[2 half + r] = Q(row r, dims 16 j + 8 half + 2 c, +1), the layout K's fragments expect
+        // a[2 half + r] = Q(row r, dims 16 j + 8 half + 2 c, +1), the layout K's fragments expect.
+        // From K's codes a lane gets dims 16 j + 4 c .. + 3 of its token (one 32-bit word of an
+        // 8-bit ldmatrix), whose halves take the places of 16 j + 2 c and 16 j + 8 + 2 c: the
+        // k-step's dims permuted alike in Q and K, which leaves Q K^T as it was.
         uint32_t a[4];
         CUTE_UNROLL
         for (int half = 0; half < 2; ++half) {
+          const int dim = kFromCodes ? 16 * j + 4 * lane_c() + 2 * half : 16 * j + 8 * half + 2 * lane_c();
           CUTE_UNROLL
           for (int r = 0; r < 2; ++r) {
             const QElement* row = q_rows[m][r];
             uint32_t bits = 0;
-            if (row != nullptr) bits = *reinterpret_cast<const uint32_t*>(row + 16 * j + 8 * half + 2 * lane_c());
+            if (row != nullptr) bits = *reinterpret_cast<const uint32_t*>(row + dim);
             a[2 * half + r] = row != nullptr ? q_pair_to_mma<MmaElement, QElement>(bits) : 0u;
           }
         }
@@ -153,15 +182,16 @@ struct PrefillMainloop {
     a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
   }
 
-  // One tile of kBlockN keys starting at token tile_begin, from 16-bit rows k_rows / v_rows.
+  // One tile of kBlockN keys starting at token tile_begin, from 16-bit rows k_rows / v_rows (the
+  // codes where kFromCodes).
   // kMask: some key of the tile is outside some row's bounds (the caller knows which tiles). A
   // run-time flag instead made ptxas predicate the whole per-key test into every tile.
   template <bool kMask>
-  __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
-                                               const uint8_t (*v_rows)[kMmaRowBytes], int tile_begin,
+  __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kWarpRowBytes],
+                                               const uint8_t (*v_rows)[kWarpRowBytes], int tile_begin,
                                                const Logits& logits) {
-    const uint32_t k_addr = smem_address(k_rows) + k_lane();
-    const uint32_t v_addr = smem_address(v_rows) + v_lane();
+    const uint32_t k_addr = smem_address(k_rows) + (kFromCodes ? k_codes_lane() : k_lane());
+    const uint32_t v_addr = smem_address(v_rows) + (kFromCodes ? v_codes_lane() : v_lane());
     const uint32_t q_base = q_addr(smem);
     // S = Q K^T; lane holds rows (m, r), tokens 8 nt + 2c + {0, 1}. k-steps outermost, so Q's
     // fragments are read once per k-step.
@@ -176,14 +206,29 @@ struct PrefillMainloop {
       uint32_t a[kMTiles][4];
       CUTE_UNROLL
       for (int m = 0; m < kMTiles; ++m) q_fragment(q_base, m, j, a[m]);
-      CUTE_UNROLL
-      for (int nt = 0; nt < kSTiles; nt += 2) {
-        uint32_t b[4];  // b0, b1 of n-tile nt, then of nt + 1
-        ldsm_x4(Rows::step(k_addr, 2 * j) + 8 * nt * kMmaRowBytes, b);
+      if constexpr (kFromCodes) {
         CUTE_UNROLL
-        for (int m = 0; m < kMTiles; ++m) {
-          mma_rows16<MmaElement>(s[m][nt], a[m], b[0], b[1]);
-          mma_rows16<MmaElement>(s[m][nt + 1], a[m], b[2], b[3]);
+        for (int nt = 0; nt < kSTiles; nt += 4) {
+          uint32_t codes[4];  // n-tile nt + i: token g's dims 16 j + 4 c .. + 3
+          ldsm_x4(CopyRows::step(k_addr, j) + 8 * nt * kCopyRowBytes, codes);
+          CUTE_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            uint32_t b0, b1;
+            Kv::Converter::convert(codes[i], b0, b1);
+            CUTE_UNROLL
+            for (int m = 0; m < kMTiles; ++m) mma_rows16<MmaElement>(s[m][nt + i], a[m], b0, b1);
+          }
+        }
+      } else {
+        CUTE_UNROLL
+        for (int nt = 0; nt < kSTiles; nt += 2) {
+          uint32_t b[4];  // b0, b1 of n-tile nt, then of nt + 1
+          ldsm_x4(Rows::step(k_addr, 2 * j) + 8 * nt * kMmaRowBytes, b);
+          CUTE_UNROLL
+          for (int m = 0; m < kMTiles; ++m) {
+            mma_rows16<MmaElement>(s[m][nt], a[m], b[0], b[1]);
+            mma_rows16<MmaElement>(s[m][nt + 1], a[m], b[2], b[3]);
+          }
         }
       }
     }
@@ -247,14 +292,37 @@ struct PrefillMainloop {
         a[m][2] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][0], s[m][2 * t + 1][1]);
         a[m][3] = HalfRowsMma<MmaElement>::pack(s[m][2 * t + 1][2], s[m][2 * t + 1][3]);
       }
-      CUTE_UNROLL
-      for (int e = 0; e < kNTiles; e += 2) {
-        uint32_t b[4];  // b0, b1 of n-tile e, then of e + 1
-        ldsm_x4_trans(Rows::step(v_addr, e) + 16 * t * kMmaRowBytes, b);
+      if constexpr (kFromCodes) {
         CUTE_UNROLL
-        for (int m = 0; m < kMTiles; ++m) {
-          mma_rows16<MmaElement>(o_acc[m][e], a[m], b[0], b[1]);
-          mma_rows16<MmaElement>(o_acc[m][e + 1], a[m], b[2], b[3]);
+        for (int f = 0; f < kHeadDim / 16; f += 2) {
+          // codes[2 h] (codes[2 h + 1]): tokens 2c, 2c+1 (2c+8, 2c+9) of the k-step at dims
+          // 16 (f + h) + 2g, +1, by bytes (2c, 2g), (2c, 2g+1), (2c+1, 2g), (2c+1, 2g+1). Permuted to
+          // each dim's token pair, a word upcasts to b0 (b1) of n-tiles 2 (f + h), the even dims,
+          // and 2 (f + h) + 1, the odd ones (o_column).
+          uint32_t codes[4];
+          ldsm_x4_trans(CopyRows::step(v_addr, f) + 16 * t * kCopyRowBytes, codes);
+          CUTE_UNROLL
+          for (int h = 0; h < 2; ++h) {
+            uint32_t even_b0, odd_b0, even_b1, odd_b1;
+            Kv::Converter::convert(byte_perm(codes[2 * h], 0u, 0x3120u), even_b0, odd_b0);
+            Kv::Converter::convert(byte_perm(codes[2 * h + 1], 0u, 0x3120u), even_b1, odd_b1);
+            CUTE_UNROLL
+            for (int m = 0; m < kMTiles; ++m) {
+              mma_rows16<MmaElement>(o_acc[m][2 * (f + h)], a[m], even_b0, even_b1);
+              mma_rows16<MmaElement>(o_acc[m][2 * (f + h) + 1], a[m], odd_b0, odd_b1);
+            }
+          }
+        }
+      } else {
+        CUTE_UNROLL
+        for (int e = 0; e < kNTiles; e += 2) {
+          uint32_t b[4];  // b0, b1 of n-tile e, then of e + 1
+          ldsm_x4_trans(Rows::step(v_addr, e) + 16 * t * kMmaRowBytes, b);
+          CUTE_UNROLL
+          for (int m = 0; m < kMTiles; ++m) {
+            mma_rows16<MmaElement>(o_acc[m][e], a[m], b[0], b[1]);
+            mma_rows16<MmaElement>(o_acc[m][e + 1], a[m], b[2], b[3]);
+          }
         }
       }
     }

@@ -25,13 +25,15 @@ pytestmark = [pytest.mark.compile,
 
 # The worst register pressure (head dim 256, the e4m3 software routine with its exact replay; a
 # 16-bit prefill at 255 registers), the hardware convert on Hopper, a 100 KB part, every kind
-# (the Hopper prefill at head dim 256 and with soft-cap).
+# (the Hopper prefill at head dim 256 and with soft-cap), the Ampere-path prefill whose warps
+# upcast the FP8 codes themselves (on sm_89, the first arch with `cvt`).
 SMOKE = [
     InstanceKey("decode", "bf16", "e4m3", 256, "sm80", "software"),
     InstanceKey("decode", "f16", "e5m2", 64, "sm90a", "hardware"),
     InstanceKey("decode", "f16", "f16", 128, "sm89", "none"),
     InstanceKey("prefill", "bf16", "e4m3", 256, "sm80", "software"),
     InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none"),
+    InstanceKey("prefill", "bf16", "e4m3", 128, "sm89", "hardware"),  # FP8 codes upcast by the warps
     InstanceKey("prefill_sm90", "bf16", "bf16", 256, "sm90a", "none"),
     InstanceKey("prefill_sm90", "f16", "f16", 128, "sm90a", "none", "softcap"),
     InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware"),

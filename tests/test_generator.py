@@ -76,6 +76,21 @@ def test_prefill_space():
     assert len(names) == len(set(names))
 
 
+def test_prefill_fp8_codes_read_by_the_warps():
+    """K's and V's FP8 codes go from the ring to registers (no CTA upcast, no 16-bit tiles) only
+    with the `cvt` upcast, two m-tiles a warp and rows of whole 128-byte lines: head dim 128."""
+    codes = [k for k in enumerate_instances({"kind": ("prefill",), "variant": ("default",), "q_dtype": ("bf16",)})
+             if kind_prefill.fp8_from_codes(k)]
+    assert {(k.head_dim, k.conversion, k.arch) for k in codes} == {(128, "hardware", a) for a in ("sm89", "sm90a")}
+    d128 = key(kind="prefill")
+    assert kind_prefill.fp8_from_codes(d128) and "/*kFp8FromCodes=*/true" in render(d128)
+    # without the two 16-bit tiles (2 x 64 rows of 272 bytes) four stages fit two CTAs on sm_90a
+    assert constant(render(d128), "kStages") == 4
+    software = key(kind="prefill", conversion="software")
+    assert constant(render(software), "kStages") == 2 and "/*kFp8FromCodes=*/false" in render(software)
+    assert (kind_prefill.smem_bytes(software, 2) - kind_prefill.smem_bytes(d128, 2)) == 2 * 64 * (256 + 16)
+
+
 def test_prefill_sm90_tuning_hook(monkeypatch):
     """The bench-only hook (kind_prefill_sm90.TUNE_ENV): n16 / n8 make block_n try only that many
     keys per tile (16-bit head dim 128 then takes 64-key tiles), the rings follow; a count that is
