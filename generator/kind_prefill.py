@@ -21,7 +21,7 @@ WORK_ITEM_BYTES = 32         # the CTA's work item (PrefillRows, 8 ints) ahead o
 STORAGE_ALIGN = 128          # the mainloop's storage starts on a 128-byte line (alignas in prefill_mainloop_sm80.cuh)
 ROW_PADDING = 16             # bytes after each shared 16-bit K/V row that is not XOR-swizzled (smem_rows.cuh)
 # Tuning hook for bench/ only: "m_tiles=1,block_n=32" overrides the tile shape below, for the
-# generator and the runtime's schedule alike (set it for both).
+# generator and the runtime's schedule alike (set it for both); "codes=0" turns fp8_from_codes off.
 TUNE_ENV = "FIG_PREFILL_TUNE"
 
 
@@ -58,11 +58,14 @@ def row_padding(head_dim: int, fp8: bool) -> int:
 def fp8_from_codes(key: InstanceKey) -> bool:
     """Whether the warps read K's and V's FP8 codes straight from the copy ring with ldmatrix and
     upcast them in registers (prefill_mainloop_sm80.cuh), so that the CTA upcasts nothing into
-    16-bit tiles and a tile needs one barrier. With the hardware `cvt` only: two instructions a
-    word of four codes (V's one byte permute more), against nine for the e4m3 software routine
-    with its NaN test, which every warp would repeat; where a warp owns two m16 tiles (four warps
-    read each code, one conversion feeding two mma); and where a row of codes is a whole number
-    of 128-byte lines, which the ring then XOR-swizzles for ldmatrix: head dim 128."""
+    16-bit tiles and a tile needs one barrier. Measured (README, "FP8 codes upcast by the warps")
+    and so taken only with the hardware `cvt`: two instructions a word of four codes (V's one
+    byte permute more), which all four warps repeat; the e4m3 software routine takes nine with
+    its NaN test. Where a warp owns two m16 tiles (one conversion feeds two mma) and a row of
+    codes is a whole number of 128-byte lines, which the ring then XOR-swizzles for ldmatrix:
+    head dim 128. Not measured, so left to the CTA's upcast: the e5m2 software routine (two byte
+    permutes a word, no special codes) and rows of 64 or 96 bytes (which would need another
+    swizzle or padding)."""
     if _tune().get("codes", 1) == 0:  # bench/ only: the CTA's upcast instead, for an A/B
         return False
     return key.is_fp8 and key.conversion == "hardware" and m_tiles(key.head_dim) == 2 and key.head_dim % 128 == 0

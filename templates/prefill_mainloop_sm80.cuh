@@ -8,9 +8,9 @@
 // and leaves the CTA no upcast and one barrier a tile.
 //
 // Fragments come from ldmatrix: K rows (tokens) as the B operand of S = Q K^T, and V rows,
-// transposed in the load, as the B operand of O += P V. One ldmatrix.x4 feeds two n-tiles, and
-// each fragment feeds kMTiles mma (FA2's 32 rows a warp at kMTiles = 2), so shared-memory
-// traffic per mma halves against one m-tile. Shared 16-bit rows are XOR-swizzled, or padded
+// transposed in the load, as the B operand of O += P V. One ldmatrix.x4 feeds two n-tiles (four
+// from FP8 codes), and each fragment feeds kMTiles mma (FA2's 32 rows a warp at kMTiles = 2), so
+// shared-memory traffic per mma halves against one m-tile. Shared 16-bit rows are XOR-swizzled, or padded
 // where a row is not a whole number of 128-byte lines (smem_rows.cuh): either way the 8 row
 // addresses of one 8x8 matrix fall on 8 different chunk positions of the 128-byte bank window.
 #pragma once
@@ -108,7 +108,7 @@ struct PrefillMainloop {
   // codes (dims) of a k-step, so lane l names token l; k-step j is CopyRows::step(.., j) of it.
   __device__ __forceinline__ static uint32_t k_codes_lane() { return CopyRows::offset(lane(), 0); }
   // In V's codes (kFromCodes): matrices (tokens 0-7 | 8-15 of a k-step) x (16 dims | the next
-  // 16), as v_lane() with 16 dims a chunk; dims 32 f on are CopyRows::step(.., 2 f) of it.
+  // 16), as v_lane() with 16 dims a chunk; dims 16 f on (f even) are CopyRows::step(.., f) of it.
   __device__ __forceinline__ static uint32_t v_codes_lane() {
     return CopyRows::offset(lane() % 8 + 8 * ((lane() / 8) % 2), lane() / 16);
   }

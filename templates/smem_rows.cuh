@@ -4,10 +4,11 @@
 // consecutive rows.
 //
 // PlainRows: chunk c of row r at r x kRowBytes + 16 c (rows nobody reads with ldmatrix: the
-// FP8 codes of the Ampere-path ring, which the upcast reads row by row).
+// FP8 codes of the Ampere-path ring where the CTA's upcast reads them row by row).
 //
 // LdmatrixRows, swizzled (the generator's choice where a row is a whole number of 128-byte
-// lines and a 16-bit cache is copied into them): chunk c of row r sits at position c ^ (r % 8)
+// lines and a 16-bit cache, or FP8 codes that the warps read themselves, are copied into them):
+// chunk c of row r sits at position c ^ (r % 8)
 // of its line, so the eight rows of a matrix take eight different positions of the 128-byte
 // bank window, and the eight threads that copy 128 consecutive bytes of a row write one whole
 // line. Padded (head dims 80, 96, and the tile an FP8 cache is upcast into): 16 bytes after
@@ -43,8 +44,8 @@ struct LdmatrixRows {
   // tile that starts on a 128-byte line. With the swizzle this is an XOR within the line (one
   // LOP3 per k-step; ptxas keeps the distinct ones live through a phase, which fits the 16-bit
   // instances but spilled the FP8 ones, kind_prefill.py row_padding), so `chunks` must share no
-  // set bit below 8 with the chunk `at` was made from: the callers start at chunk 0 or 1 and
-  // step by even counts.
+  // set bit below 8 with the chunk `at` was made from: the callers start at chunk 0 and step by
+  // any count (K's FP8 codes), or start at chunk 0 or 1 and step by even counts.
   __host__ __device__ static constexpr uint32_t step(uint32_t at, int chunks) {
     return kSwizzled ? (at ^ (16u * (chunks % 8))) + 128u * (chunks / 8) : at + 16u * chunks;
   }
