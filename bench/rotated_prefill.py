@@ -19,9 +19,10 @@ an e4m3 cache, ragged and paged 16), for A/B runs of FP8 changes; "wide", the ro
 cuDNN; "layout": bf16 ragged and paged 16 / 128, random and in
 order, and cuDNN; "sm80", issue 11's rows on the Ampere path (backend="sm80"): bf16 ragged and
 paged 16, a bf16 q on an e4m3 cache with each conversion ("bf16/e4m3@software"), and torch SDPA's
-flash backend, the peer its bf16 bar names. $FIG_TREE selects the library's tree, as in bench_prefill.
+flash backend, the peer its bf16 bar names; "sm80e5m2", the same for an e5m2 cache (the software
+routine ragged and paged 16, `cvt` paged 16). $FIG_TREE selects the library's tree, as in bench_prefill.
 
-usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80] [--reps 20] [--rounds 5] [--out rotated.json]
+usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2] [--reps 20] [--rounds 5] [--out rotated.json]
 """
 from __future__ import annotations
 
@@ -58,9 +59,13 @@ SETS = {
              ("ragged", None, None, "bf16/e4m3@hardware"), ("paged", 16, "random", "bf16/e4m3@hardware"),
              ("ragged", None, None, "bf16/e4m3@software"), ("paged", 16, "random", "bf16/e4m3@software"),
              ("flash", None, None, "bf16")),
+    "sm80e5m2": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"),
+                 ("ragged", None, None, "bf16/e5m2@software"), ("paged", 16, "random", "bf16/e5m2@software"),
+                 ("paged", 16, "random", "bf16/e5m2@hardware"), ("flash", None, None, "bf16")),
 }
-BACKEND = {"sm80": "sm80"}  # the wrappers' backend= for a set; "sm90" for the others
-DTYPES = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn}  # a name "q/kv" names q's and the cache's apart
+BACKEND = {"sm80": "sm80", "sm80e5m2": "sm80"}  # the wrappers' backend= for a set; "sm90" for the others
+# a name "q/kv" names q's and the cache's apart
+DTYPES = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
 
 def sm_clock_mhz() -> int | None:
@@ -92,6 +97,7 @@ def main(argv=None) -> None:
     q, k, v = (torch.randn(tokens, HEADS, HEAD_DIM, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
     values = {"bf16": (q, k, v), "e4m3": tuple(t.to(torch.float8_e4m3fn) for t in (q, k, v))}
     values["bf16/e4m3"] = (q,) + values["e4m3"][1:]
+    values["bf16/e5m2"] = (q,) + tuple(t.to(torch.float8_e5m2) for t in (k, v))
     dense = [t.view(BATCH, SEQ, HEADS, HEAD_DIM).transpose(1, 2).contiguous() for t in (q, k, v)]  # [B, H, S, D]
     out = torch.empty_like(q)
     qo_indptr = torch.arange(0, tokens + 1, SEQ, dtype=torch.int32, device="cuda")
@@ -158,7 +164,7 @@ def main(argv=None) -> None:
     ratios = {}
     # The bar sets end with their peer and start with bf16 ragged and paged 16; the rows between
     # are each compared with the bf16 row of their layout.
-    peer = {"bars": "cudnn", "sm80": "flash"}.get(args.set)
+    peer = {"bars": "cudnn", "sm80": "flash", "sm80e5m2": "flash"}.get(args.set)
     if peer:
         bf16_of = {config[0]: config for config in configs[:2]}
         for causal in (False, True):

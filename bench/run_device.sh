@@ -25,8 +25,9 @@
 #   variants     FP8 tile settings A/B'd in one run: $FIG_VARIANTS, entries "name=TUNE" (TUNE as
 #                FIG_PREFILL_SM90_TUNE, may be empty) or "name=@DIR" (the checkout in DIR as it is),
 #                each built into a cache of its own ($FIG_VAR_KV: the cache dtypes, default e4m3), then
-#                rotated_prefill --set $FIG_VAR_SET (default fp8; wide: with bf16 and cuDNN; sm80: the
-#                Ampere path's rows, built as kind prefill and tuned by FIG_PREFILL_TUNE) ($FIG_VAR_ARGS) over
+#                rotated_prefill --set $FIG_VAR_SET (default fp8; wide: with bf16 and cuDNN; sm80 and
+#                sm80e5m2 (with FIG_VAR_KV=e5m2): the Ampere path's rows, built as kind prefill and tuned
+#                by FIG_PREFILL_TUNE) ($FIG_VAR_ARGS) over
 #                them in turn, $FIG_VAR_ROUNDS (2) times, each time in a rotated order (the JSONs name
 #                FIG_COMMIT and the TUNE for this tree's variants, FIG_BASE_COMMIT for a DIR's), all
 #                packed into $OUT/variants.tgz
@@ -174,9 +175,9 @@ while [ $# -gt 0 ]; do
     ;;
   variants)
     names=(); trees=(); tunes=()
-    if [ "${FIG_VAR_SET:-fp8}" = sm80 ]; then  # the Ampere path's rows (rotated_prefill --set sm80)
+    if [ "${FIG_VAR_SET:-fp8}" = sm80 ] || [ "${FIG_VAR_SET:-fp8}" = sm80e5m2 ]; then  # the Ampere path's rows
       tune_env=FIG_PREFILL_TUNE
-      var_select="--kind prefill --q-dtype bf16 --kv-dtype bf16,e4m3 --conversion none,hardware,software"
+      var_select="--kind prefill --q-dtype bf16 --kv-dtype bf16,${FIG_VAR_KV:-e4m3} --conversion none,hardware,software"
     else
       tune_env=FIG_PREFILL_SM90_TUNE
       var_select="--kind prefill_sm90 --q-dtype bf16,e4m3 --kv-dtype ${FIG_VAR_KV:-e4m3} --conversion none,hardware"

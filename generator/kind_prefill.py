@@ -55,20 +55,26 @@ def row_padding(head_dim: int, fp8: bool) -> int:
     return 0 if not fp8 and (2 * head_dim) % 128 == 0 else ROW_PADDING
 
 
+# The FP8 (cache dtype, conversion) pairs whose upcast in registers is two instructions a word of
+# four codes and has no special code to replay: `cvt` (two F2FP), and e5m2's software routine
+# (two byte permutes: e5m2 is the upper byte of an fp16). The e4m3 software routine takes nine
+# with its NaN test (fp8_convert.cuh), which fp8_from_codes() would have all four warps repeat.
+CODES_UPCAST_IN_TWO = frozenset({("e4m3", "hardware"), ("e5m2", "hardware"), ("e5m2", "software")})
+
+
 def fp8_from_codes(key: InstanceKey) -> bool:
     """Whether the warps read K's and V's FP8 codes straight from the copy ring with ldmatrix and
     upcast them in registers (prefill_mainloop_sm80.cuh), so that the CTA upcasts nothing into
     16-bit tiles and a tile needs one barrier. Measured (README, "FP8 codes upcast by the warps")
-    and so taken only with the hardware `cvt`: two instructions a word of four codes (V's one
-    byte permute more), which all four warps repeat; the e4m3 software routine takes nine with
-    its NaN test. Where a warp owns two m16 tiles (one conversion feeds two mma) and a row of
-    codes is a whole number of 128-byte lines, which the ring then XOR-swizzles for ldmatrix:
-    head dim 128. Not measured, so left to the CTA's upcast: the e5m2 software routine (two byte
-    permutes a word, no special codes) and rows of 64 or 96 bytes (which would need another
-    swizzle or padding)."""
+    and so taken where the upcast is two instructions a word (CODES_UPCAST_IN_TWO; V's one
+    byte permute more with `cvt`), which all four warps repeat. Where a warp owns two m16 tiles
+    (one conversion feeds two mma) and a row of codes is a whole number of 128-byte lines, which
+    the ring then XOR-swizzles for ldmatrix: head dim 128. Not measured, so left to the CTA's
+    upcast: rows of 64 or 96 bytes (which would need another swizzle or padding)."""
     if _tune().get("codes", 1) == 0:  # bench/ only: the CTA's upcast instead, for an A/B
         return False
-    return key.is_fp8 and key.conversion == "hardware" and m_tiles(key.head_dim) == 2 and key.head_dim % 128 == 0
+    return ((key.kv_dtype, key.conversion) in CODES_UPCAST_IN_TWO and m_tiles(key.head_dim) == 2
+            and key.head_dim % 128 == 0)
 
 
 def _round_up(x: int, to: int) -> int:

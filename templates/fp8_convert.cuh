@@ -67,6 +67,9 @@ constexpr uint32_t kSelLowPairToHalves = 0x1404;   // -> [0, b0, 0, b1]
 constexpr uint32_t kSelHighPairToHalves = 0x3424;  // -> [0, b2, 0, b3]
 // V fragments pair byte p of two token rows a, b: [a.p, b.p, a.p+1, b.p+1] for p = 0 / 2.
 FIG_HD constexpr uint32_t interleave_rows_selector(int p) { return p == 0 ? 0x5140u : 0x7362u; }
+// A word of V's codes as `ldmatrix.trans` gives it (prefill_mainloop_sm80.cuh): bytes (key k, dim d),
+// (k, d + 1), (k + 1, d), (k + 1, d + 1). Grouped by dim: [(k, d), (k + 1, d), (k, d + 1), (k + 1, d + 1)].
+constexpr uint32_t kSelDimPairs = 0x3120u;
 
 template <Fp8Format F, Conversion C>
 struct Fp8ToF16;
@@ -76,7 +79,9 @@ struct Fp8ToF16;
 // the word is 0. The mainloop runs the fast path, ORs special_bits() of what it converted and,
 // in the rare case that a special code was present, replays its range with convert().
 // convert_finite_rows(a, b, p) converts the interleaved pairs (a.p, b.p), (a.p+1, b.p+1) of two
-// token rows, which is what a V fragment needs.
+// token rows, which is what a V fragment needs (decode); convert_dim_pairs(codes), exact, converts
+// a word of V's codes as the prefill warps' ldmatrix.trans reads it (kSelDimPairs) into its two
+// dims' key pairs.
 template <>
 struct Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware> {
   static constexpr float kScale = 1.0f;
@@ -89,6 +94,12 @@ struct Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware> {
   FIG_HD static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) { convert_finite(codes, lo, hi); }
   FIG_HD static void convert_finite_rows(uint32_t a, uint32_t b, int p, uint32_t& lo, uint32_t& hi) {
     convert_finite(byte_perm(a, b, interleave_rows_selector(p)), lo, hi);
+  }
+  // convert(byte_perm(codes, 0, kSelDimPairs)) with the two permutes made one each:
+  // [0, (k, d), 0, (k + 1, d)] and [0, (k, d + 1), 0, (k + 1, d + 1)].
+  FIG_HD static void convert_dim_pairs(uint32_t codes, uint32_t& even, uint32_t& odd) {
+    even = byte_perm(codes, 0u, 0x2404u);
+    odd = byte_perm(codes, 0u, 0x3414u);
   }
 };
 
@@ -135,6 +146,9 @@ struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
       }
     }
   }
+  FIG_HD static void convert_dim_pairs(uint32_t codes, uint32_t& even, uint32_t& odd) {
+    convert(byte_perm(codes, 0u, kSelDimPairs), even, odd);
+  }
 };
 
 #if defined(__CUDACC__)
@@ -150,6 +164,9 @@ struct Fp8ToF16Hardware {
   __device__ __forceinline__ static void convert_finite_rows(uint32_t a, uint32_t b, int p, uint32_t& lo,
                                                              uint32_t& hi) {
     convert(byte_perm(a, b, interleave_rows_selector(p)), lo, hi);
+  }
+  __device__ __forceinline__ static void convert_dim_pairs(uint32_t codes, uint32_t& even, uint32_t& odd) {
+    convert(byte_perm(codes, 0u, kSelDimPairs), even, odd);
   }
   template <bool kFalse = false>
   __device__ __forceinline__ static void convert(uint32_t codes, uint32_t& lo, uint32_t& hi) {

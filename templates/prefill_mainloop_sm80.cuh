@@ -4,8 +4,8 @@
 // (paged_kv.cuh); an FP8 tile is first upcast once, by the whole CTA, into 16-bit rows
 // (kv_tile_convert.cuh), so every KV dtype reaches the tensor cores through the same loads.
 // Except where PrefillShape::kFp8FromCodes: there each warp reads K's and V's codes with ldmatrix
-// and upcasts them in registers with `cvt` (compute_tile), which halves their shared-memory reads
-// and leaves the CTA no upcast and one barrier a tile.
+// and upcasts them in registers (compute_tile; `cvt`, or e5m2's byte permutes), which halves their
+// shared-memory reads and leaves the CTA no upcast and one barrier a tile.
 //
 // Fragments come from ldmatrix: K rows (tokens) as the B operand of S = Q K^T, and V rows,
 // transposed in the load, as the B operand of O += P V. One ldmatrix.x4 feeds two n-tiles (four
@@ -296,16 +296,16 @@ struct PrefillMainloop {
         CUTE_UNROLL
         for (int f = 0; f < kHeadDim / 16; f += 2) {
           // codes[2 h] (codes[2 h + 1]): tokens 2c, 2c+1 (2c+8, 2c+9) of the k-step at dims
-          // 16 (f + h) + 2g, +1, by bytes (2c, 2g), (2c, 2g+1), (2c+1, 2g), (2c+1, 2g+1). Permuted to
-          // each dim's token pair, a word upcasts to b0 (b1) of n-tiles 2 (f + h), the even dims,
+          // 16 (f + h) + 2g, +1, by bytes (2c, 2g), (2c, 2g+1), (2c+1, 2g), (2c+1, 2g+1). Taken by
+          // dim (convert_dim_pairs), a word upcasts to b0 (b1) of n-tiles 2 (f + h), the even dims,
           // and 2 (f + h) + 1, the odd ones (o_column).
           uint32_t codes[4];
           ldsm_x4_trans(CopyRows::step(v_addr, f) + 16 * t * kCopyRowBytes, codes);
           CUTE_UNROLL
           for (int h = 0; h < 2; ++h) {
             uint32_t even_b0, odd_b0, even_b1, odd_b1;
-            Kv::Converter::convert(byte_perm(codes[2 * h], 0u, 0x3120u), even_b0, odd_b0);
-            Kv::Converter::convert(byte_perm(codes[2 * h + 1], 0u, 0x3120u), even_b1, odd_b1);
+            Kv::Converter::convert_dim_pairs(codes[2 * h], even_b0, odd_b0);
+            Kv::Converter::convert_dim_pairs(codes[2 * h + 1], even_b1, odd_b1);
             CUTE_UNROLL
             for (int m = 0; m < kMTiles; ++m) {
               mma_rows16<MmaElement>(o_acc[m][2 * (f + h)], a[m], even_b0, even_b1);

@@ -1,6 +1,7 @@
 """The software FP8 -> fp16 routine of templates/fp8_convert.cuh, compiled for the host with g++,
 over all 256 codes of both formats, against torch's float8 conversion. Both the exact routine
-and the fast one (convert_finite, valid where special_bits() is 0) are checked."""
+and the fast one (convert_finite, valid where special_bits() is 0) are checked, and the V paths'
+forms (decode's rows, prefill's dim pairs) against the exact routine."""
 import shutil
 import subprocess
 
@@ -52,11 +53,32 @@ template <class C> void check_rows(const char* tag) {
   }
   std::printf("rows %s %u %u\n", tag, checked, mismatches);
 }
+// The prefill V path's convert_dim_pairs(codes) must equal converting the word grouped by dim
+// (kSelDimPairs) exactly, for every pair of codes in every byte position.
+template <class C> void check_dim_pairs(const char* tag) {
+  unsigned checked = 0, mismatches = 0;
+  for (unsigned x = 0; x < 256; ++x) {
+    for (unsigned y = 0; y < 256; ++y) {
+      const uint32_t words[2] = {x | (y << 8) | ((x ^ 0x5Au) << 16) | ((y ^ 0xA5u) << 24),
+                                 (y ^ 0x3Cu) | ((x ^ 0xC3u) << 8) | (y << 16) | (x << 24)};
+      for (uint32_t word : words) {
+        uint32_t lo, hi, even, odd;
+        C::convert(byte_perm(word, 0u, kSelDimPairs), lo, hi);
+        C::convert_dim_pairs(word, even, odd);
+        ++checked;
+        mismatches += (lo != even) || (hi != odd);
+      }
+    }
+  }
+  std::printf("dims %s %u %u\n", tag, checked, mismatches);
+}
 int main() {
   dump<Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware>>("e4m3");
   dump<Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware>>("e5m2");
   check_rows<Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware>>("e4m3");
   check_rows<Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware>>("e5m2");
+  check_dim_pairs<Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware>>("e4m3");
+  check_dim_pairs<Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware>>("e5m2");
 }
 """
 
@@ -73,9 +95,9 @@ def host_table(tmp_path_factory):
     rows = subprocess.run([str(d / "fp8")], check=True, capture_output=True, text=True).stdout.split("\n")
     table = {}
     for row in filter(None, rows):
-        if row.startswith("rows "):
-            _, fmt, checked, mismatches = row.split()
-            table[("rows", fmt)] = (int(checked), int(mismatches))
+        if row.startswith(("rows ", "dims ")):
+            path, fmt, checked, mismatches = row.split()
+            table[(path, fmt)] = (int(checked), int(mismatches))
             continue
         fmt, code, pos, exact, fast, special, scale = row.split()
         table[(fmt, int(code), int(pos))] = (int(exact), int(fast), int(special), float(scale))
@@ -108,6 +130,13 @@ def test_all_codes_match_torch(host_table, fmt, dtype):
 def test_v_rows_path_matches_exact_conversion(host_table, fmt):
     checked, mismatches = host_table[("rows", fmt)]
     assert checked > 100000 and mismatches == 0
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+def test_v_dim_pairs_path_matches_exact_conversion(host_table, fmt):
+    """The Ampere-path prefill's V codes (ldmatrix.trans words) by dim: e5m2's two fused permutes."""
+    checked, mismatches = host_table[("dims", fmt)]
+    assert checked == 2 * 256 * 256 and mismatches == 0
 
 
 # --- fp32 -> FP8 encoding (templates/fp8_encode.cuh, the software routine of the append kind) ---

@@ -78,10 +78,13 @@ def test_prefill_space():
 
 def test_prefill_fp8_codes_read_by_the_warps():
     """K's and V's FP8 codes go from the ring to registers (no CTA upcast, no 16-bit tiles) only
-    with the `cvt` upcast, two m-tiles a warp and rows of whole 128-byte lines: head dim 128."""
+    where the upcast is two instructions a word (`cvt`, e5m2's software permutes; not e4m3's
+    software routine), two m-tiles a warp and rows of whole 128-byte lines: head dim 128."""
     codes = [k for k in enumerate_instances({"kind": ("prefill",), "variant": ("default",), "q_dtype": ("bf16",)})
              if kind_prefill.fp8_from_codes(k)]
-    assert {(k.head_dim, k.conversion, k.arch) for k in codes} == {(128, "hardware", a) for a in ("sm89", "sm90a")}
+    assert {(k.head_dim, k.kv_dtype, k.conversion, k.arch) for k in codes} == (
+        {(128, kv, "hardware", a) for kv in ("e4m3", "e5m2") for a in ("sm89", "sm90a")}
+        | {(128, "e5m2", "software", a) for a in ("sm80", "sm86", "sm89", "sm90a")})
     d128 = key(kind="prefill")
     assert kind_prefill.fp8_from_codes(d128) and "/*kFp8FromCodes=*/true" in render(d128)
     # without the two 16-bit tiles (2 x 64 rows of 272 bytes) four stages fit two CTAs on sm_90a
@@ -89,6 +92,10 @@ def test_prefill_fp8_codes_read_by_the_warps():
     software = key(kind="prefill", conversion="software")
     assert constant(render(software), "kStages") == 2 and "/*kFp8FromCodes=*/false" in render(software)
     assert (kind_prefill.smem_bytes(software, 2) - kind_prefill.smem_bytes(d128, 2)) == 2 * 64 * (256 + 16)
+    # on sm_80 (two CTAs in 164 KB) the 16-bit tiles had left room for 32 keys a tile; the codes take 64
+    e5m2_sm80 = key(kind="prefill", kv_dtype="e5m2", conversion="software", arch="sm80")
+    assert "/*kFp8FromCodes=*/true" in render(e5m2_sm80) and constant(render(e5m2_sm80), "kBlockN") == 64
+    assert constant(render(key(kind="prefill", conversion="software", arch="sm80")), "kBlockN") == 32
 
 
 def test_prefill_sm90_tuning_hook(monkeypatch):
