@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) prefill_sm90_kernel(const __
     int begin, end, hi_min, lo_max, hi_max, kv_len;  // what the mainloop needs of the item; the rest is reloaded after it
     {
       const PrefillItem work = PrefillItem::load(p, item, kv_head);
-      ml.load_q(smem, consumer, thread, work, p);
+      Mainloop::Q::load(smem, consumer, thread, work, p);
       const int first = work.rows.row_begin + consumer * Cfg::kConsumerRows;
       CUTE_UNROLL
       for (int r = 0; r < 2; ++r)

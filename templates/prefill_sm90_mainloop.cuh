@@ -5,9 +5,9 @@
 // tiles: a 16-key block at a time, see run()).
 //
 // FP8 cache (Cfg::kFp8): both GEMMs on e4m3 x e4m3/e5m2 tiles. A 16-bit Q is quantised per packed
-// row as it is loaded: code = rne_satfinite(q * (448 / row amax)), the row's step amax / 448
-// multiplying that row's logits (so a row's step adapts to its own range: q heads of a group
-// differ widely); an e4m3 Q is read as given, its per-tensor q_scale folded into the logits scale.
+// row as it is loaded (prefill_sm90_q.cuh), the row's step amax / 448 multiplying that row's logits
+// (so a row's step adapts to its own range: q heads of a group differ widely); an e4m3 Q is read as
+// given, its per-tensor q_scale folded into the logits scale.
 // P is offset by 2^8 (exp2 of the logit minus the row max plus 8, up to 256 of e4m3's 448), so
 // its small values stay normal codes; the row sum carries the same factor, the LSE subtracts it.
 // P goes to e4m3 in register order, which Vt's key order matches (prefill_sm90_transpose.cuh).
@@ -18,6 +18,7 @@
 #pragma once
 #include <cute/tensor.hpp>
 #include "prefill_sm90_load.cuh"
+#include "prefill_sm90_q.cuh"
 #include "prefill_sm90_smem.cuh"
 #include "prefill_work.cuh"
 #include "fp8_encode.cuh"
@@ -42,7 +43,7 @@ struct Fp8PvChunk {
 template <class Cfg>
 struct PrefillSm90Mainloop {
   using Smem = PrefillSm90Smem<Cfg>;
-  using Element = typename Cfg::QElement;  // q as given
+  using Element = typename Cfg::QElement;  // q as given (16-bit tiles: P's type too)
   using MmaA = typename Cfg::MmaA;         // Q and P as the GEMMs read them
   using KvElement = typename Cfg::KvElement;
   using Logits = typename Cfg::Logits;
@@ -53,10 +54,8 @@ struct PrefillSm90Mainloop {
   static constexpr int kStagesK = Cfg::kStagesK;
   static constexpr int kStagesV = kFp8 ? Cfg::kStagesVt : Cfg::kStagesV;  // the ring P V reads
   static constexpr float kPOffset = kFp8 ? 8.0f : 0.0f;  // log2 of P's headroom factor (see above)
-  // The unit's tile count read back from shared memory after the loop (load_q writes it, run()
-  // says why): FP8 tiles with a 16-bit q, and with the mask bounds in shared memory (head dims 192
-  // and 256; at 256 an e4m3 q's consumers spilled it, 4 bytes).
-  static constexpr bool kTilesInSmem = Cfg::kQuantiseQ || (kFp8 && Cfg::kMaskInSmem);
+  using Q = PrefillSm90Q<Cfg>;  // Q's load (and a 16-bit q's quantisation) into the warpgroup's slot
+  static constexpr bool kTilesInSmem = Q::kTilesInSmem;  // the unit's tile count read back after the loop
   static constexpr int kSoftmaxChains = 4;  // independent max chains per row (and sum chains, FP8: softmax.cuh)
   // 16-bit tiles keep a row's running max while no logit passes it by more than 2^8 (softmax.cuh,
   // rebase_quad_rows): P up to 2^8, which 16-bit P and fp32 O hold with their usual relative
@@ -111,124 +110,6 @@ struct PrefillSm90Mainloop {
   FragO o;                        // O of the thread's rows, unnormalised
   OnlineSoftmaxRow softmax[2];    // rows r = 0, 1
   int2 bounds[2];                 // keys [x, y] rows r = 0, 1 see
-
-  // Loads the warpgroup's packed Q rows into its shared slot (rows past the request: zeros) and
-  // publishes them to its WGMMAs; a 16-bit q with FP8 tiles quantised per row (q_step: each row's
-  // step), an e4m3 q as given (its q_scale is in the logits scale).
-  // thread: 0 ..< 128 within the warpgroup.
-  __device__ __forceinline__ void load_q(typename Smem::Storage& smem, int warpgroup, int thread,
-                                         const PrefillItem& work, const FigPrefillParams& p) {
-    using namespace cute;
-    // A persistent CTA's earlier item: every thread of the warpgroup has read its rows' q_scale (an
-    // item without tiles passes no other barrier of the warpgroup's before this one rewrites it;
-    // its WGMMAs, which read Q, are waited for by each warp at the end of run()).
-    if constexpr (Cfg::kPersistent) named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
-    Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Smem::LayoutQ{})(_, _, warpgroup);  // (row, d)
-    constexpr int kChunk = 16 / sizeof(Element);  // q's elements in 16 bytes
-    // the thread's 16-byte chunks: a quantising thread's half row, else its share of the rows
-    constexpr int kQChunks = Cfg::kQuantiseQ ? kHeadDim / 2 / kChunk : kRows * kHeadDim / kChunk / 128;
-    const Element* q = static_cast<const Element*>(p.q.data);
-    // 16-byte loads where every row start is 16-byte aligned (q only promises 4).
-    const bool wide = (reinterpret_cast<uintptr_t>(q) | (p.q.stride_row * sizeof(Element)) |
-                       (p.q.stride_head * sizeof(Element))) % 16 == 0;
-    // q's 16-byte chunks (src: their addresses, nullptr past the rows: zeros), every load issued before
-    // any is used (the prologue has the registers to spare): loaded one at a time, each waited for
-    // before the next was issued, the quantising prologue waited out eight global loads in a row
-    // (Nsight Compute, bf16 q on FP8 tiles: 9.8% of all stall samples in the consumers' prologue,
-    // 3.9% with an e4m3 q's four).
-    auto chunk_at = [&](int local, int column) -> const Element* {  // nullptr past the rows
-      const int r = work.rows.row_begin + warpgroup * kRows + local;
-      return work.rows.has(r) ? q + int64_t(work.rows.qo_start + work.rows.token(r)) * p.q.stride_row +
-                                    int64_t(work.rows.qo_head(r)) * p.q.stride_head + column
-                              : nullptr;
-    };
-    const Element* src[kQChunks];
-    uint4 chunks[kQChunks];
-    auto load_chunks = [&] {
-      if (wide) {
-        CUTE_UNROLL
-        for (int i = 0; i < kQChunks; ++i)
-          chunks[i] = src[i] != nullptr ? *reinterpret_cast<const uint4*>(src[i]) : make_uint4(0u, 0u, 0u, 0u);
-      } else {
-        CUTE_UNROLL
-        for (int i = 0; i < kQChunks; ++i) {
-          const uint32_t* words = reinterpret_cast<const uint32_t*>(src[i]);
-          chunks[i] = src[i] != nullptr ? make_uint4(words[0], words[1], words[2], words[3]) : make_uint4(0u, 0u, 0u, 0u);
-        }
-      }
-    };
-    if constexpr (!Cfg::kQuantiseQ) {  // q as the GEMM reads it: 16-bit, or e4m3 given by the caller
-      static_assert(std::is_same_v<Element, MmaA>, "copied as given");
-      constexpr int kChunksPerRow = kHeadDim / kChunk;
-      CUTE_UNROLL
-      for (int i = 0; i < kQChunks; ++i) {
-        const int idx = thread + 128 * i;
-        src[i] = chunk_at(idx / kChunksPerRow, kChunk * (idx % kChunksPerRow));
-      }
-      load_chunks();
-      CUTE_UNROLL
-      for (int i = 0; i < kQChunks; ++i) {
-        const int idx = thread + 128 * i;
-        *reinterpret_cast<uint4*>(&sQ(idx / kChunksPerRow, kChunk * (idx % kChunksPerRow))) = chunks[i];
-      }
-    } else {
-      // Two threads a row, each half the head dim: the row's amax (one shuffle), then the codes of
-      // x * (448 / amax), 16 to a 16-byte store.
-      static_assert(kRows * 2 == 128 && (kHeadDim / 2) % 16 == 0, "two threads a row, 16 codes a store");
-      constexpr int kHalf = kHeadDim / 2;
-      const int local = thread / 2;
-      const int column0 = kHalf * (thread % 2);
-      auto value = [](const uint4& chunk, int i) {
-        return float(reinterpret_cast<const Element*>(&chunk)[i]);
-      };
-      const Element* row = chunk_at(local, column0);  // the thread's half row (one row's lookups)
-      CUTE_UNROLL
-      for (int i = 0; i < kQChunks; ++i) src[i] = row != nullptr ? row + kChunk * i : nullptr;
-      load_chunks();
-      float amax = 0.0f;
-      CUTE_UNROLL
-      for (int c = 0; c < kQChunks; ++c) {
-        CUTE_UNROLL
-        for (int i = 0; i < kChunk; ++i) amax = fmaxf(amax, fabsf(value(chunks[c], i)));
-      }
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-      // IEEE division (not the approximate one): the host reference repeats these steps exactly.
-      // Capped at 2^126: a row whose amax is below 448 / FLT_MAX (bf16 holds such values) would
-      // get an infinite factor, and its zeros NaN codes.
-      const float inv = amax > 0.0f ? fminf(__fdiv_rn(Fp8Limits<Fp8Format::kE4M3>::kMax, amax), 0x1p126f) : 1.0f;
-      CUTE_UNROLL
-      for (int c = 0; c < kQChunks; c += 2) {
-        float x[8];
-        uint4 codes;
-        CUTE_UNROLL
-        for (int i = 0; i < 8; ++i) x[i] = __fmul_rn(value(chunks[c], i), inv);
-        Fp8Encoder<Fp8Format::kE4M3, Conversion::kHardware>::encode8(x, codes.x, codes.y);
-        CUTE_UNROLL
-        for (int i = 0; i < 8; ++i) x[i] = __fmul_rn(value(chunks[c + 1], i), inv);
-        Fp8Encoder<Fp8Format::kE4M3, Conversion::kHardware>::encode8(x, codes.z, codes.w);
-        *reinterpret_cast<uint4*>(&sQ(local, column0 + kChunk * c)) = codes;
-      }
-      if (thread % 2 == 0) smem.q_scale[warpgroup * kRows + local] = __fdiv_rn(1.0f, inv);
-    }
-    if constexpr (kTilesInSmem) {  // see run()'s passes
-      if (thread == 0) smem.unit_tiles[warpgroup] = PrefillSm90Load<Cfg>::tile_count(work.begin, work.end);
-    }
-    fence_shared_for_wgmma();
-    named_barrier_sync(Cfg::kQBarrier + warpgroup, 128);
-  }
-
-  // Row r's q quantisation step (kQuantiseQ: load_q's per-row scale; 1 otherwise), read from
-  // shared memory where it is used, once a tile: two registers held across the loop made the
-  // consumers spill with O's rescale folded into P V's adds.
-  __device__ __forceinline__ static float q_step(const typename Smem::Storage& smem, int r) {
-    if constexpr (Cfg::kQuantiseQ) {
-      const int consumer_thread = thread_index_here() - Cfg::kProducerThreads;  // 128 a warpgroup
-      const int row = consumer_thread / 128 * kRows + 16 * (consumer_thread % 128 / 32) + consumer_thread % 32 / 4;
-      return smem.q_scale[row + 8 * r];
-    } else {
-      return 1.0f;
-    }
-  }
 
   // Every tile of keys [begin, end) the producer publishes; tiles past hi_min or before lo_max
   // need the per-key mask, and tiles past hi_max (keys no row of the warpgroup sees: past the
@@ -505,7 +386,7 @@ struct PrefillSm90Mainloop {
       if (t1 > 0) release(empty_v, kStagesV, t1 - 1);
     }
     // The tiles past t1, freed unread. With kTilesInSmem (FP8 tiles with a 16-bit q, and at head
-    // dims 192 and 256) the tile count comes back from shared memory (load_q): held in a register across
+    // dims 192 and 256) the tile count comes back from shared memory (Q::load): held in a register across
     // the loop it spilled those consumers (4 bytes), while read back it spilled the 16-bit
     // three-consumer ones (16).
     const int unit_tiles = kTilesInSmem ? smem.unit_tiles[warpgroup] : tiles;
@@ -590,7 +471,7 @@ struct PrefillSm90Mainloop {
                                                 const Logits& logits, float (&scale)[2]) {
     using namespace cute;
     if constexpr (!Logits::kLinear) {
-      const float step[2] = {q_step(smem, 0), q_step(smem, 1)};
+      const float step[2] = {Q::step(smem, 0), Q::step(smem, 1)};
       CUTE_UNROLL
       for (int i = 0; i < size(s); ++i) s(i) = logits(kFp8 ? s(i) * step[(i / 2) % 2] : s(i));
     }
@@ -610,7 +491,7 @@ struct PrefillSm90Mainloop {
     }
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
-      if constexpr (Logits::kLinear) scale[r] = logits.scale_log2 * q_step(smem, r);
+      if constexpr (Logits::kLinear) scale[r] = logits.scale_log2 * Q::step(smem, r);
       else scale[r] = 1.0f;
     }
   }

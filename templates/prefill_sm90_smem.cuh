@@ -108,8 +108,8 @@ struct PrefillSm90Smem {
       int2 mask_keys[Cfg::kConsumers][4];
     };
     // FP8 tiles with a 16-bit q, and all of them at head dims 192 and 256: each consumer warpgroup's unit's
-    // tile count (load_q), read again after its mainloop to free the tiles past its rows
-    // (the mainloop's kTilesInSmem says why).
+    // tile count (PrefillSm90Q::load), read again after its mainloop to free the tiles past its rows
+    // (PrefillSm90Q::kTilesInSmem says which).
     int unit_tiles[Cfg::kConsumers];
     // FP8 tiles with kMaskInSmem (head dims 192, 256): each consumer warp's mask bounds, as mask_keys
     // (one unused slot otherwise)
