@@ -30,7 +30,7 @@
 #                by FIG_PREFILL_TUNE) ($FIG_VAR_ARGS) over
 #                them in turn, $FIG_VAR_ROUNDS (2) times, each time in a rotated order (the JSONs name
 #                FIG_COMMIT and the TUNE for this tree's variants, FIG_BASE_COMMIT for a DIR's), all
-#                packed into $OUT/variants.tgz
+#                packed into $OUT/variants.tgz (bench/variant_medians.py tabulates it)
 #   abrotated DIR  bench/rotated_prefill.py (the Hopper bars' rows against cuDNN, rotated rounds;
 #                $FIG_ROT_ARGS, default --rounds 3) for this tree and DIR, alternating, twice each
 set -uo pipefail
