@@ -1,4 +1,4 @@
-"""Prefill bars timed in rotated rounds (d128, B4 S4096, 32/32 heads): Hopper against cuDNN, Ampere path against flash.
+"""Prefill bars timed in rotated rounds (d128 unless --head-dim, B4 S4096, 32/32 heads): Hopper against cuDNN, Ampere path against flash.
 
 bench_prefill times each row once, in a fixed order (the SDPA peers first). The card's clock falls
 under sustained load and recovers in lighter stretches, so a fixed order favours some rows: on the
@@ -20,9 +20,11 @@ cuDNN; "layout": bf16 ragged and paged 16 / 128, random and in
 order, and cuDNN; "sm80", issue 11's rows on the Ampere path (backend="sm80"): bf16 ragged and
 paged 16, a bf16 q on an e4m3 cache with each conversion ("bf16/e4m3@software"), and torch SDPA's
 flash backend, the peer its bf16 bar names; "sm80e5m2", the same for an e5m2 cache (the software
-routine ragged and paged 16, `cvt` paged 16). $FIG_TREE selects the library's tree, as in bench_prefill.
+routine ragged and paged 16, `cvt` paged 16); "sm80codes", the caches whose codes the warps upcast
+(e4m3 with `cvt`, e5m2 with the software routine). $FIG_TREE selects the library's tree, as in bench_prefill.
 
-usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2] [--reps 20] [--rounds 5] [--out rotated.json]
+usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2|sm80codes] [--reps 20] [--rounds 5]
+       [--head-dim 128] [--out rotated.json]
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from bench_decode import L2_FLUSH_BYTES, time_graph  # noqa: E402  (puts the tre
 from bench_prefill import BATCH, SEQ, attention_flops, git_commit  # noqa: E402
 from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper  # noqa: E402
 
-HEADS, HEAD_DIM = 32, 128
+HEADS = 32
 # (layout, page size, page order, q/k/v dtype name[@FP8 conversion]); layout "cudnn" / "flash": the
 # torch SDPA backend on dense bf16
 SETS = {
@@ -62,8 +64,12 @@ SETS = {
     "sm80e5m2": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"),
                  ("ragged", None, None, "bf16/e5m2@software"), ("paged", 16, "random", "bf16/e5m2@software"),
                  ("paged", 16, "random", "bf16/e5m2@hardware"), ("flash", None, None, "bf16")),
+    "sm80codes": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"),
+                  ("ragged", None, None, "bf16/e4m3@hardware"), ("paged", 16, "random", "bf16/e4m3@hardware"),
+                  ("ragged", None, None, "bf16/e5m2@software"), ("paged", 16, "random", "bf16/e5m2@software"),
+                  ("flash", None, None, "bf16")),
 }
-BACKEND = {"sm80": "sm80", "sm80e5m2": "sm80"}  # the wrappers' backend= for a set; "sm90" for the others
+BACKEND = {"sm80": "sm80", "sm80e5m2": "sm80", "sm80codes": "sm80"}  # the wrappers' backend= for a set; "sm90" for the others
 # a name "q/kv" names q's and the cache's apart
 DTYPES = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
@@ -87,18 +93,20 @@ def main(argv=None) -> None:
     ap.add_argument("--set", choices=sorted(SETS), default="bars")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    head_dim = args.head_dim
     configs = SETS[args.set]
     backend = BACKEND.get(args.set, "sm90")
     gen = torch.Generator().manual_seed(0)
     tokens = BATCH * SEQ
     # [tokens, heads, d] each, bf16 and their e4m3 codes
-    q, k, v = (torch.randn(tokens, HEADS, HEAD_DIM, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
+    q, k, v = (torch.randn(tokens, HEADS, head_dim, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
     values = {"bf16": (q, k, v), "e4m3": tuple(t.to(torch.float8_e4m3fn) for t in (q, k, v))}
     values["bf16/e4m3"] = (q,) + values["e4m3"][1:]
     values["bf16/e5m2"] = (q,) + tuple(t.to(torch.float8_e5m2) for t in (k, v))
-    dense = [t.view(BATCH, SEQ, HEADS, HEAD_DIM).transpose(1, 2).contiguous() for t in (q, k, v)]  # [B, H, S, D]
+    dense = [t.view(BATCH, SEQ, HEADS, head_dim).transpose(1, 2).contiguous() for t in (q, k, v)]  # [B, H, S, D]
     out = torch.empty_like(q)
     qo_indptr = torch.arange(0, tokens + 1, SEQ, dtype=torch.int32, device="cuda")
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
@@ -124,13 +132,13 @@ def main(argv=None) -> None:
                     name = f"torch SDPA {layout}"
                 elif layout == "ragged":
                     w = BatchPrefillWithRaggedKVCacheWrapper(workspace, **wrapper_args)
-                    w.plan(qo_indptr, qo_indptr, HEADS, HEADS, HEAD_DIM, causal=causal, **plan_types)
+                    w.plan(qo_indptr, qo_indptr, HEADS, HEADS, head_dim, causal=causal, **plan_types)
                     fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
                     name = w.module.key.name
                 else:
                     pages = tokens // page  # SEQ is a multiple of both page sizes
                     # slot s of page i holds token i * page + s, so "in order" is ragged's memory
-                    cache = (k_c.view(pages, page, HEADS, HEAD_DIM), v_c.view(pages, page, HEADS, HEAD_DIM))
+                    cache = (k_c.view(pages, page, HEADS, head_dim), v_c.view(pages, page, HEADS, head_dim))
                     if order == "random":
                         perm = torch.randperm(pages, generator=gen)
                         cache = tuple(c[perm.cuda()].contiguous() for c in cache)  # page perm[j] moved to index j
@@ -140,11 +148,11 @@ def main(argv=None) -> None:
                     w = BatchPrefillWithPagedKVCacheWrapper(workspace, **wrapper_args)
                     w.plan(qo_indptr, torch.arange(0, pages + 1, SEQ // page, dtype=torch.int32, device="cuda"),
                            indices.cuda(), torch.full((BATCH,), page, dtype=torch.int32, device="cuda"),
-                           HEADS, HEADS, HEAD_DIM, page, causal=causal, **plan_types)
+                           HEADS, HEADS, head_dim, page, causal=causal, **plan_types)
                     fn = lambda w=w, q_c=q_c, cache=cache: w.run(q_c, cache, out=out)  # noqa: E731
                     name = w.module.key.name
                 us = time_graph(fn, args.reps, flush)
-                tflops = attention_flops(BATCH, HEADS, HEAD_DIM, SEQ, SEQ, causal) / us / 1e6
+                tflops = attention_flops(BATCH, HEADS, head_dim, SEQ, SEQ, causal) / us / 1e6
                 clock = sm_clock_mhz()
                 rows.append(dict(round=rnd, causal=causal, layout=layout, page_size=page, order=order,
                                  dtype=dtype_conv, instance=name, time_us=round(us, 2), tflops=round(tflops, 1),
@@ -164,7 +172,7 @@ def main(argv=None) -> None:
     ratios = {}
     # The bar sets end with their peer and start with bf16 ragged and paged 16; the rows between
     # are each compared with the bf16 row of their layout.
-    peer = {"bars": "cudnn", "sm80": "flash", "sm80e5m2": "flash"}.get(args.set)
+    peer = {"bars": "cudnn", "sm80": "flash", "sm80e5m2": "flash", "sm80codes": "flash"}.get(args.set)
     if peer:
         bf16_of = {config[0]: config for config in configs[:2]}
         for causal in (False, True):
@@ -182,7 +190,7 @@ def main(argv=None) -> None:
         Path(args.out).write_text(json.dumps(dict(
             device=torch.cuda.get_device_name(), commit=git_commit(),
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), set=args.set, reps=args.reps,
-            rounds=args.rounds, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
+            rounds=args.rounds, head_dim=head_dim, heads=HEADS, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
             ratios={k: round(x, 3) for k, x in ratios.items()}, rows=rows), indent=2) + "\n")
 
 

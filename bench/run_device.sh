@@ -25,12 +25,13 @@
 #   variants     FP8 tile settings A/B'd in one run: $FIG_VARIANTS, entries "name=TUNE" (TUNE as
 #                FIG_PREFILL_SM90_TUNE, may be empty) or "name=@DIR" (the checkout in DIR as it is),
 #                each built into a cache of its own ($FIG_VAR_KV: the cache dtypes, default e4m3), then
-#                rotated_prefill --set $FIG_VAR_SET (default fp8; wide: with bf16 and cuDNN; sm80 and
-#                sm80e5m2 (with FIG_VAR_KV=e5m2): the Ampere path's rows, built as kind prefill and tuned
-#                by FIG_PREFILL_TUNE) ($FIG_VAR_ARGS) over
+#                rotated_prefill --set $FIG_VAR_SET (default fp8; wide: with bf16 and cuDNN; sm80*
+#                (FIG_VAR_KV=e5m2 or e4m3,e5m2 for sets sm80e5m2, sm80codes): the Ampere path's rows,
+#                built as kind prefill and tuned by FIG_PREFILL_TUNE) ($FIG_VAR_ARGS) over
 #                them in turn, $FIG_VAR_ROUNDS (2) times, each time in a rotated order (the JSONs name
 #                FIG_COMMIT and the TUNE for this tree's variants, FIG_BASE_COMMIT for a DIR's), all
-#                packed into $OUT/variants.tgz (bench/variant_medians.py tabulates it)
+#                packed into $OUT/variants.tgz (bench/variant_medians.py tabulates it); head dim
+#                $FIG_VAR_HEAD_DIM (128)
 #   abrotated DIR  bench/rotated_prefill.py (the Hopper bars' rows against cuDNN, rotated rounds;
 #                $FIG_ROT_ARGS, default --rounds 3) for this tree and DIR, alternating, twice each
 set -uo pipefail
@@ -175,7 +176,7 @@ while [ $# -gt 0 ]; do
     ;;
   variants)
     names=(); trees=(); tunes=()
-    if [ "${FIG_VAR_SET:-fp8}" = sm80 ] || [ "${FIG_VAR_SET:-fp8}" = sm80e5m2 ]; then  # the Ampere path's rows
+    if [ "${FIG_VAR_SET:-fp8}" != "${FIG_VAR_SET#sm80}" ]; then  # the Ampere path's rows (sets sm80*)
       tune_env=FIG_PREFILL_TUNE
       var_select="--kind prefill --q-dtype bf16 --kv-dtype bf16,${FIG_VAR_KV:-e4m3} --conversion none,hardware,software"
     else
@@ -187,7 +188,7 @@ while [ $# -gt 0 ]; do
       if [ "${value#@}" != "$value" ]; then tree=$(cd "${value#@}" && pwd); tune=""; else tree=$PWD; tune=$value; fi
       names+=("$name"); trees+=("$tree"); tunes+=("$tune")
       (cd "$tree" && env "$tune_env=$tune" FLASHINFER_GEN_CACHE=/tmp/fig_var_$name PYTHONPATH=$tree python -m flashinfer_gen.cli build \
-         $var_select --arch sm90a --head-dim 128 --variant default --jobs 4 >"$OUT/var_build_$name.log" 2>&1 \
+         $var_select --arch sm90a --head-dim ${FIG_VAR_HEAD_DIM:-128} --variant default --jobs 4 >"$OUT/var_build_$name.log" 2>&1 \
          || echo "BUILD FAILED $name") &
     done
     wait
@@ -197,7 +198,8 @@ while [ $# -gt 0 ]; do
         j=$(( (i + round - 1) % n )); name=${names[$j]}
         if [ "${trees[$j]}" = "$PWD" ]; then commit="${FIG_COMMIT:-}${tunes[$j]:+ with ${tunes[$j]}}"; else commit=${FIG_BASE_COMMIT:-}; fi
         env FIG_COMMIT="$commit" "$tune_env=${tunes[$j]}" FIG_TREE=${trees[$j]} FLASHINFER_GEN_CACHE=/tmp/fig_var_$name FLASHINFER_GEN_JIT=1 \
-          python bench/rotated_prefill.py --set ${FIG_VAR_SET:-fp8} ${FIG_VAR_ARGS:---rounds 2} --out "$OUT/var_${name}_$round.json" \
+          python bench/rotated_prefill.py --set ${FIG_VAR_SET:-fp8} --head-dim ${FIG_VAR_HEAD_DIM:-128} ${FIG_VAR_ARGS:---rounds 2} \
+          --out "$OUT/var_${name}_$round.json" \
           >"$OUT/var_${name}_$round.log" 2>&1 || { tail -20 "$OUT/var_${name}_$round.log"; rc=1; }
         sed -n '/^median/,$p' "$OUT/var_${name}_$round.log" | grep -v "^median" | sed "s/^/$name r$round /"
       done

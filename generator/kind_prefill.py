@@ -45,14 +45,17 @@ def block_m(key: InstanceKey) -> int:
     return _block_m(key.head_dim, warps(key))
 
 
-def row_padding(head_dim: int, fp8: bool) -> int:
-    """Bytes after each shared 16-bit K/V row: none where the rows are copied from a 16-bit
-    cache and a row is a whole number of 128-byte lines, which are XOR-swizzled instead, so that
-    eight threads copying 128 bytes of a row write one line (smem_rows.cuh); else ROW_PADDING,
-    an odd number of 16-byte chunks a row. An FP8 cache's 16-bit tile is written by the upcast,
-    and with the swizzle's per-step addresses its two-m-tile instances spilled (88-104 bytes at
-    head dim 128)."""
-    return 0 if not fp8 and (2 * head_dim) % 128 == 0 else ROW_PADDING
+def row_padding(head_dim: int, fp8: bool, from_codes: bool = False) -> int:
+    """Bytes after each shared K/V row that the warps read with ldmatrix: 16-bit rows (2 x D bytes),
+    or where the warps read FP8 codes themselves (fp8_from_codes) the ring's rows of codes (D bytes).
+    None where those rows are copied from the cache and a row is a whole number of 128-byte lines,
+    which are XOR-swizzled instead, so that eight threads copying 128 bytes of a row write one
+    line (smem_rows.cuh); else ROW_PADDING, an odd number of 16-byte chunks a row. An FP8 cache's
+    16-bit tile is written by the upcast, and with the swizzle's per-step addresses its two-m-tile
+    instances spilled (88-104 bytes at head dim 128)."""
+    data = head_dim if from_codes else 2 * head_dim
+    copied = not fp8 or from_codes
+    return 0 if copied and data % 128 == 0 else ROW_PADDING
 
 
 # The FP8 (cache dtype, conversion) pairs whose upcast in registers is two instructions a word of
@@ -68,13 +71,13 @@ def fp8_from_codes(key: InstanceKey) -> bool:
     16-bit tiles and a tile needs one barrier. Measured (README, "FP8 codes upcast by the warps")
     and so taken where the upcast is two instructions a word (CODES_UPCAST_IN_TWO; V's one
     byte permute more with `cvt`), which all four warps repeat. Where a warp owns two m16 tiles
-    (one conversion feeds two mma) and a row of codes is a whole number of 128-byte lines, which
-    the ring then XOR-swizzles for ldmatrix: head dim 128. Not measured, so left to the CTA's
-    upcast: rows of 64 or 96 bytes (which would need another swizzle or padding)."""
+    (one conversion feeds two mma): head dims 64, 96 and 128. A row of 128 codes is a whole
+    128-byte line, which the ring XOR-swizzles for ldmatrix; rows of 64 or 96 it pads (row_padding).
+    Each ldmatrix takes 32 keys of K or 32 dims of V, so not at head dim 80."""
     if _tune().get("codes", 1) == 0:  # bench/ only: the CTA's upcast instead, for an A/B
         return False
     return ((key.kv_dtype, key.conversion) in CODES_UPCAST_IN_TWO and m_tiles(key.head_dim) == 2
-            and key.head_dim % 128 == 0)
+            and key.head_dim % 32 == 0)
 
 
 def _round_up(x: int, to: int) -> int:
@@ -86,12 +89,13 @@ def _smem_bytes(head_dim: int, fp8: bool, n: int, stages: int, warps: int, from_
     (prefill_mainloop_sm80.cuh), reused by the epilogue's fp32 staging of the CTA's output rows
     and their LSE; the kernel static_asserts the same size. Mainloop: the copy ring of `stages`
     K and V tiles (16-bit rows of 2 x D + row_padding bytes; FP8 rows as stored, plus the 16-bit
-    K and V tiles the CTA upcasts them into, unless the warps read the codes: fp8_from_codes), Q's
+    K and V tiles the CTA upcasts them into, unless the warps read the codes: fp8_from_codes, whose
+    rows of D bytes row_padding pads too), Q's
     fragments (16 bytes per lane per m-tile and k-step), the ring's row offsets (8 bytes per key)
     and each packed row's key bounds (8 bytes)."""
     d, bm = head_dim, _block_m(head_dim, warps)
-    mma_row = 2 * d + row_padding(d, fp8)
-    copy_row = d if fp8 else mma_row
+    mma_row = (d if from_codes else 2 * d) + row_padding(d, fp8, from_codes)  # the rows ldmatrix reads
+    copy_row = d if fp8 and not from_codes else mma_row
     upcast_tiles = 2 if fp8 and not from_codes else 0
     mainloop = (upcast_tiles * n * mma_row + stages * 2 * n * copy_row + warps * m_tiles(d) * 32 * (d // 16) * 16
                 + stages * n * 8 + bm * 8)
@@ -201,7 +205,7 @@ def template_context(key: InstanceKey) -> dict:
         "min_ctas_per_sm": _ctas_per_sm(smem, arch, warps(key)),
         "smem_bytes": smem,
         "smem_per_block": arch.smem_per_block,
-        "row_padding": row_padding(key.head_dim, key.is_fp8),
+        "row_padding": row_padding(key.head_dim, key.is_fp8, fp8_from_codes(key)),
         "fp8_from_codes": "true" if fp8_from_codes(key) else "false",
     }
 

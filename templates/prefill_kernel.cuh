@@ -21,7 +21,7 @@ template <int kHeadDim_, int kMTiles_, int kBlockN_, int kStages_, int kWarps_, 
           int kSmemPerBlock_, int kRowPadding_, bool kFp8FromCodes_>
 struct PrefillShape {
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kRowPadding = kRowPadding_;     // bytes after each shared 16-bit K/V row (smem_rows.cuh)
+  static constexpr int kRowPadding = kRowPadding_;     // bytes after each shared K/V row ldmatrix reads (smem_rows.cuh)
   static constexpr bool kFp8FromCodes = kFp8FromCodes_;  // the warps upcast K's and V's codes (kind_prefill.py)
   static constexpr int kBlockN = kBlockN_;             // keys per shared tile
   static constexpr int kStages = kStages_;             // tiles in flight
@@ -96,8 +96,8 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     __syncthreads();
     if (t + kS - 1 < tiles) copy(t + kS - 1);
     cute::cp_async_fence();
-    const uint8_t(*k_rows)[Mainloop::kWarpRowBytes];
-    const uint8_t(*v_rows)[Mainloop::kWarpRowBytes];
+    const uint8_t(*k_rows)[Mainloop::kMmaRowBytes];
+    const uint8_t(*v_rows)[Mainloop::kMmaRowBytes];
     if constexpr (Kv::kIsFp8 && !Cfg::kFp8FromCodes) {
       // Every warp finished the previous tile before the barrier above, so the 16-bit rows are free.
       KvTileConvert<typename Kv::Converter, kN, Cfg::kHeadDim, typename Mainloop::CopyRows, typename Mainloop::Rows,

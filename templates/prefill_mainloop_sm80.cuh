@@ -52,16 +52,17 @@ struct PrefillMainloop {
   static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
   static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
   // FP8 codes read by the warps (kind_prefill.py fp8_from_codes): the ring's 8-bit rows are then
-  // swizzled for ldmatrix like the 16-bit ones, and each conversion feeds kMTiles mma.
+  // laid out for ldmatrix like the 16-bit ones, and each conversion feeds kMTiles mma.
   static constexpr bool kFromCodes = Cfg::kFp8FromCodes;
   static_assert(!kFromCodes || (Kv::kIsFp8 && !Kv::kHasSpecialCodes && kBlockN % 32 == 0 && kHeadDim % 32 == 0),
                 "codes are upcast with the exact routine, by 32 keys of K or 32 dims of V (four n-tiles) an ldmatrix");
-  using Rows = LdmatrixRows<kHeadDim * 2, Cfg::kRowPadding>;  // 16-bit rows
-  using CopyRows = std::conditional_t<!Kv::kIsFp8, Rows,       // rows as copied
-                                      std::conditional_t<kFromCodes, LdmatrixRows<kHeadDim, 0>, PlainRows<kHeadDim>>>;
+  // The rows compute_tile reads with ldmatrix, swizzled or padded as Cfg::kRowPadding says
+  // (smem_rows.cuh): 16-bit ones (a 16-bit cache's ring, or the tiles the CTA upcasts FP8 into),
+  // or, where kFromCodes, the ring's rows of codes.
+  using Rows = LdmatrixRows<kHeadDim * (kFromCodes ? 1 : 2), Cfg::kRowPadding>;
+  using CopyRows = std::conditional_t<!Kv::kIsFp8 || kFromCodes, Rows, PlainRows<kHeadDim>>;  // rows as copied
   static constexpr int kMmaRowBytes = Rows::kRowBytes;
   static constexpr int kCopyRowBytes = CopyRows::kRowBytes;
-  static constexpr int kWarpRowBytes = kFromCodes ? kCopyRowBytes : kMmaRowBytes;  // the rows compute_tile reads
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0 && kStages >= 2, "x4 loads cover two n-tiles");
 
   using TileCopy = PagedKvTileCopy<kBlockN, CopyRows, kHeadDim * Kv::kBytes, Cfg::kThreads>;
@@ -187,8 +188,8 @@ struct PrefillMainloop {
   // kMask: some key of the tile is outside some row's bounds (the caller knows which tiles). A
   // run-time flag instead made ptxas predicate the whole per-key test into every tile.
   template <bool kMask>
-  __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kWarpRowBytes],
-                                               const uint8_t (*v_rows)[kWarpRowBytes], int tile_begin,
+  __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
+                                               const uint8_t (*v_rows)[kMmaRowBytes], int tile_begin,
                                                const Logits& logits) {
     const uint32_t k_addr = smem_address(k_rows) + (kFromCodes ? k_codes_lane() : k_lane());
     const uint32_t v_addr = smem_address(v_rows) + (kFromCodes ? v_codes_lane() : v_lane());
