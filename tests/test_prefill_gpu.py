@@ -615,10 +615,9 @@ def test_wrappers_share_one_workspace(workspace):
 @pytest.mark.parametrize("kv_dtype,conv", [(torch.bfloat16, None), (torch.float8_e4m3fn, None),
                                            (torch.float8_e5m2, "software")], ids=_ids)
 def test_other_head_dims(d, kv_dtype, conv, workspace):
-    """Head dims off the default set: 80, 96 and 192, every KV dtype (at 80 and 192 an FP8 tile is
-    upcast in shared memory, at 96 the warps read its codes from padded rows), causal and not,
-    with GQA 7 and a batch of 1 long request whose keys are split (the merge kernel at a head dim
-    that is not a power of two)."""
+    """Head dims off the default set: 80, 96 and 192, every KV dtype (an FP8 tile is upcast in
+    shared memory, so 80 works with FP8 too), causal and not, with GQA 7 and a batch of 1 long
+    request whose keys are split (the merge kernel at a head dim that is not a power of two)."""
     for causal in (False, True):
         check_paged(torch.bfloat16, kv_dtype, conv, d, "NHD", 16, 7, [1, 70, 33, 0], [40, 200, 33, 9], workspace,
                     causal=causal, seed=d)
