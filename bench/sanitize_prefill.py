@@ -3,7 +3,8 @@ case), on each prefill family the GPU runs (backend sm80, and sm90 on Hopper: 16
 FP8 caches on FP8 tiles with a bf16 or an e4m3 q, pages of 16 by TMA, of 3 by the cp.async gather;
 persistent CTAs capped at 2, so each walks many units), for compute-sanitizer:
 `compute-sanitizer --tool memcheck|racecheck|synccheck python bench/sanitize_prefill.py`.
---head-dim 64: the head-dim-64 cases alone (CTAs of three consumer warpgroups). --head-dim 128,
+--head-dim 64: the head-dim-64 cases alone (the Hopper family's CTAs of three consumer warpgroups,
+the Ampere path's FP8 caches, whose codes the warps read from padded rows). --head-dim 128,
 192 or 256: the Ampere-path cases alone at that head dim (CTAs of 8 warps from 192 on), and at 192
 and 256 the Hopper family's bf16 and FP8 tiles (FP8 also with the soft-cap).
 Checks each result against the float64 reference as well (FP8 tiles: on q as the kernel reads it,
@@ -51,7 +52,8 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
 
 
 def main() -> int:
-    # --head-dim 64: only the head-dim-64 cases (the Hopper family's three-consumer CTAs, 16-bit and FP8); 128, 192, 256:
+    # --head-dim 64: only the head-dim-64 cases (the Hopper family's three-consumer CTAs, 16-bit and FP8, and
+    # the Ampere path's FP8 caches); 128, 192, 256:
     # only the Ampere path's cases at that head dim (CTAs of 8 warps from 192 on), and at 192 and
     # 256 the Hopper family's bf16 and FP8 tiles
     only_d64 = sys.argv[1:] == ["--head-dim", "64"]
@@ -95,6 +97,11 @@ def main() -> int:
             ok &= case(torch.float8_e4m3fn, None, [1, 70, 33], [40, 200, 33], d=64, page=page, backend="sm90",
                        q_dtype=torch.float8_e4m3fn)
     if only_d64:
+        # the Ampere path's FP8 caches at head dim 64: `cvt` and e5m2's software routine read the
+        # codes in the warps, from padded 64-byte rows; e4m3's software routine upcasts by the CTA
+        for kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            for conversion in arch.conversions:
+                ok &= case(kv_dtype, conversion, [1, 70, 33], [40, 200, 33], d=64)
         print("all within tolerance" if ok else "SOME CASE FAILED")
         return 0 if ok else 1
     for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
