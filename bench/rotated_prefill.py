@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     backend = BACKEND.get(args.set, "sm90")
     gen = torch.Generator().manual_seed(0)
     tokens = BATCH * SEQ
-    # [tokens, heads, d] each, bf16 and their e4m3 codes
+    # [tokens, heads, d] each, bf16 and their e4m3 codes (K and V in e5m2 too)
     q, k, v = (torch.randn(tokens, HEADS, head_dim, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
     values = {"bf16": (q, k, v), "e4m3": tuple(t.to(torch.float8_e4m3fn) for t in (q, k, v))}
     values["bf16/e4m3"] = (q,) + values["e4m3"][1:]

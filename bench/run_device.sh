@@ -176,7 +176,8 @@ while [ $# -gt 0 ]; do
     ;;
   variants)
     names=(); trees=(); tunes=()
-    if [ "${FIG_VAR_SET:-fp8}" != "${FIG_VAR_SET#sm80}" ]; then  # the Ampere path's rows (sets sm80*)
+    var_set=${FIG_VAR_SET:-fp8}
+    if [ "$var_set" != "${var_set#sm80}" ]; then  # the Ampere path's rows (sets sm80*)
       tune_env=FIG_PREFILL_TUNE
       var_select="--kind prefill --q-dtype bf16 --kv-dtype bf16,${FIG_VAR_KV:-e4m3} --conversion none,hardware,software"
     else
@@ -198,7 +199,7 @@ while [ $# -gt 0 ]; do
         j=$(( (i + round - 1) % n )); name=${names[$j]}
         if [ "${trees[$j]}" = "$PWD" ]; then commit="${FIG_COMMIT:-}${tunes[$j]:+ with ${tunes[$j]}}"; else commit=${FIG_BASE_COMMIT:-}; fi
         env FIG_COMMIT="$commit" "$tune_env=${tunes[$j]}" FIG_TREE=${trees[$j]} FLASHINFER_GEN_CACHE=/tmp/fig_var_$name FLASHINFER_GEN_JIT=1 \
-          python bench/rotated_prefill.py --set ${FIG_VAR_SET:-fp8} --head-dim ${FIG_VAR_HEAD_DIM:-128} ${FIG_VAR_ARGS:---rounds 2} \
+          python bench/rotated_prefill.py --set $var_set --head-dim ${FIG_VAR_HEAD_DIM:-128} ${FIG_VAR_ARGS:---rounds 2} \
           --out "$OUT/var_${name}_$round.json" \
           >"$OUT/var_${name}_$round.log" 2>&1 || { tail -20 "$OUT/var_${name}_$round.log"; rc=1; }
         sed -n '/^median/,$p' "$OUT/var_${name}_$round.log" | grep -v "^median" | sed "s/^/$name r$round /"

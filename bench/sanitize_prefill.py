@@ -98,7 +98,8 @@ def main() -> int:
                        q_dtype=torch.float8_e4m3fn)
     if only_d64:
         # the Ampere path's FP8 caches at head dim 64: `cvt` and e5m2's software routine read the
-        # codes in the warps, from padded 64-byte rows; e4m3's software routine upcasts by the CTA
+        # codes in the warps, from rows of 64 codes padded to 80 bytes; e4m3's software routine
+        # upcasts by the CTA
         for kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             for conversion in arch.conversions:
                 ok &= case(kv_dtype, conversion, [1, 70, 33], [40, 200, 33], d=64)

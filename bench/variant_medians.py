@@ -13,7 +13,7 @@ import sys
 def main(directory: str) -> None:
     rows = collections.defaultdict(lambda: collections.defaultdict(list))
     for path in sorted(glob.glob(f"{directory}/var_*_*.json")):
-        name = path.rsplit("/", 1)[1].split("_")[1]
+        name = path.rsplit("/", 1)[1][len("var_"):].rsplit("_", 1)[0]  # var_<name>_<round>.json
         for r in json.load(open(path))["medians"]:
             key = ("causal " if r["causal"] else "full   ") + " ".join(str(x) for x in r["config"] if x is not None)
             rows[key][name].append(r["tflops"])
@@ -21,7 +21,7 @@ def main(directory: str) -> None:
     print(f"{'':40s}" + "".join(f"{n:>22s}" for n in names))
     for key, by_name in rows.items():
         print(f"{key:40s}" + "".join(f"{statistics.median(by_name[n]):10.1f} ({min(by_name[n]):.0f}-{max(by_name[n]):.0f})"
-                                     for n in names))
+                                     if by_name[n] else f"{'-':>22s}" for n in names))
 
 
 if __name__ == "__main__":

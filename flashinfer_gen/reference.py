@@ -155,7 +155,7 @@ E4M3_MAX = 448.0
 
 
 def quantize_q_rows(q: torch.Tensor) -> torch.Tensor:
-    """q as the FP8-tile kernels read it (prefill_sm90_mainloop.cuh, load_q), dequantised: per (token,
+    """q as the FP8-tile kernels read it (prefill_sm90_q.cuh, PrefillSm90Q::load), dequantised: per (token,
     head) row, inv = 448 / amax in fp32, at most 2^126 (1 for an all-zero row), codes = satfinite RNE of q * inv in
     e4m3, step = 1 / inv in fp32; returns codes * step in float64. Bit-exact with the kernel: the
     same IEEE fp32 operations in the same order."""

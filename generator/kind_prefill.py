@@ -19,7 +19,7 @@ THREAD_REGISTERS = 255       # what a thread of the mainloop takes (prefill_main
 HEAD_DIMS = (64, 80, 96, 128, 192, 256)
 WORK_ITEM_BYTES = 32         # the CTA's work item (PrefillRows, 8 ints) ahead of the mainloop's storage
 STORAGE_ALIGN = 128          # the mainloop's storage starts on a 128-byte line (alignas in prefill_mainloop_sm80.cuh)
-ROW_PADDING = 16             # bytes after each shared 16-bit K/V row that is not XOR-swizzled (smem_rows.cuh)
+ROW_PADDING = 16             # bytes after each shared K/V row ldmatrix reads that is not XOR-swizzled (row_padding)
 # Tuning hook for bench/ only: "m_tiles=1,block_n=32" overrides the tile shape below, for the
 # generator and the runtime's schedule alike (set it for both); "codes=0" turns fp8_from_codes off.
 TUNE_ENV = "FIG_PREFILL_TUNE"
@@ -64,8 +64,8 @@ def row_padding(head_dim: int, fp8: bool, from_codes: bool = False) -> int:
 # with its NaN test (fp8_convert.cuh), which fp8_from_codes() would have all four warps repeat.
 CODES_UPCAST_IN_TWO = frozenset({("e4m3", "hardware"), ("e5m2", "hardware"), ("e5m2", "software")})
 # Head dims where a warp owns two m16 tiles (one conversion feeds two mma) and the codes path
-# measured faster than the CTA's upcast (README, "FP8 codes upcast by the warps"; H100, rotated
-# A/B): 128, whose rows of codes are whole 128-byte lines that the ring XOR-swizzles for ldmatrix,
+# measured faster than the CTA's upcast (README, "The codes path for e5m2's software routine, and
+# at head dim 64" and "FP8 codes upcast by the warps"; H100, rotated A/B): 128, whose rows of codes are whole 128-byte lines that the ring XOR-swizzles for ldmatrix,
 # and 64, whose rows it pads (row_padding). At 96 (padded too) it measured -2% to +2%, so 96 keeps
 # the CTA's upcast; 80 cannot (each ldmatrix takes 32 keys of K or 32 dims of V).
 CODES_HEAD_DIMS = frozenset({64, 128})
@@ -74,8 +74,8 @@ CODES_HEAD_DIMS = frozenset({64, 128})
 def fp8_from_codes(key: InstanceKey) -> bool:
     """Whether the warps read K's and V's FP8 codes straight from the copy ring with ldmatrix and
     upcast them in registers (prefill_mainloop_sm80.cuh), so that the CTA upcasts nothing into
-    16-bit tiles and a tile needs one barrier. Measured (README, "FP8 codes upcast by the warps")
-    and so taken where the upcast is two instructions a word (CODES_UPCAST_IN_TWO; V's one
+    16-bit tiles and a tile needs one barrier. Measured (README, "FP8 codes upcast by the warps"
+    and the section above it) and so taken where the upcast is two instructions a word (CODES_UPCAST_IN_TWO; V's one
     byte permute more with `cvt`), which all four warps repeat, at the head dims of
     CODES_HEAD_DIMS."""
     if _tune().get("codes", 1) == 0:  # bench/ only: the CTA's upcast instead, for an A/B

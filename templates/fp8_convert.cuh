@@ -79,9 +79,9 @@ struct Fp8ToF16;
 // the word is 0. The mainloop runs the fast path, ORs special_bits() of what it converted and,
 // in the rare case that a special code was present, replays its range with convert().
 // convert_finite_rows(a, b, p) converts the interleaved pairs (a.p, b.p), (a.p+1, b.p+1) of two
-// token rows, which is what a V fragment needs (decode); convert_dim_pairs(codes), exact, converts
-// a word of V's codes as the prefill warps' ldmatrix.trans reads it (kSelDimPairs) into its two
-// dims' key pairs.
+// token rows, which is what a V fragment needs (decode). The routines without special codes have
+// convert_dim_pairs(codes), exact, which converts a word of V's codes as the prefill warps'
+// ldmatrix.trans reads it (kSelDimPairs) into its two dims' key pairs.
 template <>
 struct Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware> {
   static constexpr float kScale = 1.0f;
@@ -145,9 +145,6 @@ struct Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware> {
         word = (word & ~(0xFFFFu << shift)) | (uint32_t(kF16NaN) << shift);
       }
     }
-  }
-  FIG_HD static void convert_dim_pairs(uint32_t codes, uint32_t& even, uint32_t& odd) {
-    convert(byte_perm(codes, 0u, kSelDimPairs), even, odd);
   }
 };
 

@@ -1,10 +1,10 @@
 // A CTA's conversion of one shared K/V tile of FP8 codes into the 16-bit (fp16) rows that the
 // prefill warps read with ldmatrix. Done once per tile by all threads, instead of once per
 // warp in registers: every warp of the CTA reads the same keys, so a per-warp upcast did the
-// work kWarps times over. Except with `cvt` at head dim 128 (kind_prefill.py fp8_from_codes),
-// where the warps read the codes themselves: two instructions a word, each result feeding two
-// m16 tiles, cost less there than this pass's shared-memory round trip and second barrier
-// (prefill_mainloop_sm80.cuh). Each thread takes 8 codes (8 bytes) and writes 16 bytes, so
+// work kWarps times over. Except where the upcast is two instructions a word (`cvt`, e5m2's
+// software routine) at head dims 64 and 128 (kind_prefill.py fp8_from_codes): there the warps
+// read the codes themselves, each result feeding two m16 tiles, which cost less than this pass's
+// shared-memory round trip and second barrier (prefill_mainloop_sm80.cuh). Each thread takes 8 codes (8 bytes) and writes 16 bytes, so
 // consecutive threads read consecutive 8-byte halves of the source's 16-byte chunks and write
 // consecutive 16-byte chunks of a row, each placed as SrcRows / DstRows says (smem_rows.cuh).
 //

@@ -4,8 +4,8 @@
 //     kStagesK / kStagesV shared stages, each published through an mbarrier ("full") and freed by the
 //     consumers through another ("empty"); with an FP8 cache it also transposes each V tile into a
 //     ring of kStagesVt (prefill_sm90_transpose.cuh); it gives up most of its registers (setmaxnreg);
-//   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_mainloop.cuh): 64 packed query
-//     rows each, WGMMA and the online softmax, then O stored from their registers.
+//   warpgroups 1 ..< 1 + kConsumers, the consumers (prefill_sm90_q.cuh, prefill_sm90_mainloop.cuh):
+//     64 packed query rows each, WGMMA and the online softmax, then O stored from their registers.
 // Persistent (kPersistent: up to head dim 128, but for three FP8 consumers): a grid of at most the
 // CTAs the GPU holds at once, each taking work units (work item, KV head) in turn (see the
 // kernel); otherwise one CTA per unit. plan() orders items longest first.

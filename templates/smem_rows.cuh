@@ -11,7 +11,7 @@
 // chunk c of row r sits at position c ^ (r % 8) of its line, so the eight rows of a matrix take
 // eight different positions of the 128-byte bank window, and the eight threads that copy 128
 // consecutive bytes of a row write one whole line. Padded (16-bit rows at head dims 80 and 96,
-// the tile an FP8 cache is upcast into, rows of 64 or 96 FP8 codes that the warps read): 16
+// the tile an FP8 cache is upcast into, rows of 64 FP8 codes that the warps read): 16
 // bytes after each row, an odd number of chunks a row, so the rows of a matrix again start on
 // eight different positions, but a copied run of 128 bytes straddles two lines unless its row
 // starts on one (Nsight Compute at 2b6f647: the padded bf16 copies took 176 M shared-memory

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.compile,
 # The worst register pressure (head dim 256, the e4m3 software routine with its exact replay; a
 # 16-bit prefill at 255 registers), the hardware convert on Hopper, a 100 KB part, every kind
 # (the Hopper prefill at head dim 256 and with soft-cap), the Ampere-path prefill whose warps
-# upcast the FP8 codes themselves (on sm_89, the first arch with `cvt`, and on sm_80 from e5m2).
+# upcast the FP8 codes themselves (on sm_89, the first arch with `cvt`, and from e5m2 on sm_80 and,
+# at head dim 64, on a 100 KB part).
 SMOKE = [
     InstanceKey("decode", "bf16", "e4m3", 256, "sm80", "software"),
     InstanceKey("decode", "f16", "e5m2", 64, "sm90a", "hardware"),
@@ -35,6 +36,7 @@ SMOKE = [
     InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none"),
     InstanceKey("prefill", "bf16", "e4m3", 128, "sm89", "hardware"),  # FP8 codes upcast by the warps
     InstanceKey("prefill", "bf16", "e5m2", 128, "sm80", "software"),  # the same by byte permutes, on sm_80
+    InstanceKey("prefill", "f16", "e5m2", 64, "sm86", "software"),  # ... from padded rows of 64 codes
     InstanceKey("prefill_sm90", "bf16", "bf16", 256, "sm90a", "none"),
     InstanceKey("prefill_sm90", "f16", "f16", 128, "sm90a", "none", "softcap"),
     InstanceKey("prefill_sm90", "bf16", "e4m3", 128, "sm90a", "hardware"),

@@ -1,7 +1,7 @@
 """The software FP8 -> fp16 routine of templates/fp8_convert.cuh, compiled for the host with g++,
 over all 256 codes of both formats, against torch's float8 conversion. Both the exact routine
 and the fast one (convert_finite, valid where special_bits() is 0) are checked, and the V paths'
-forms (decode's rows, prefill's dim pairs) against the exact routine."""
+forms (decode's rows, prefill's dim pairs of e5m2) against the exact routine."""
 import shutil
 import subprocess
 
@@ -77,7 +77,6 @@ int main() {
   dump<Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware>>("e5m2");
   check_rows<Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware>>("e4m3");
   check_rows<Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware>>("e5m2");
-  check_dim_pairs<Fp8ToF16<Fp8Format::kE4M3, Conversion::kSoftware>>("e4m3");
   check_dim_pairs<Fp8ToF16<Fp8Format::kE5M2, Conversion::kSoftware>>("e5m2");
 }
 """
@@ -132,10 +131,10 @@ def test_v_rows_path_matches_exact_conversion(host_table, fmt):
     assert checked > 100000 and mismatches == 0
 
 
-@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
-def test_v_dim_pairs_path_matches_exact_conversion(host_table, fmt):
-    """The Ampere-path prefill's V codes (ldmatrix.trans words) by dim: e5m2's two fused permutes."""
-    checked, mismatches = host_table[("dims", fmt)]
+def test_v_dim_pairs_path_matches_exact_conversion(host_table):
+    """The Ampere-path prefill's V codes (ldmatrix.trans words) by dim: e5m2's two fused permutes
+    (e4m3's software routine has special codes, so its codes never reach the warps)."""
+    checked, mismatches = host_table[("dims", "e5m2")]
     assert checked == 2 * 256 * 256 and mismatches == 0
 
 

@@ -86,8 +86,15 @@ def test_prefill_fp8_codes_read_by_the_warps():
     assert {(k.head_dim, k.kv_dtype, k.conversion, k.arch) for k in codes} == (
         {(d, kv, "hardware", a) for d in (64, 128) for kv in ("e4m3", "e5m2") for a in ("sm89", "sm90a")}
         | {(d, "e5m2", "software", a) for d in (64, 128) for a in ("sm80", "sm86", "sm89", "sm90a")})
-    for d, padding in ((64, 16), (96, 16), (128, 0)):  # 96: the CTA's 16-bit tiles, padded
+    # the rows ldmatrix reads: codes of 64 padded, of 128 swizzled; the CTA's 16-bit tiles padded
+    assert kind_prefill.row_padding(64, True, True) == 16 and kind_prefill.row_padding(128, True, True) == 0
+    assert kind_prefill.row_padding(128, True) == 16 and kind_prefill.row_padding(64, False) == 0
+    for d, padding in ((64, 16), (96, 16), (128, 0)):
         assert constant(render(key(kind="prefill", head_dim=d)), "kRowPadding") == padding
+    # a d64 codes ring of 80-byte rows (2 x 64 keys a stage) in place of 64-byte rows plus two 16-bit tiles
+    d64 = key(kind="prefill", head_dim=64)
+    assert kind_prefill.smem_bytes(key(kind="prefill", head_dim=64, conversion="software"), 4) - \
+        kind_prefill.smem_bytes(d64, 4) == 2 * 64 * (128 + 16) - 4 * 2 * 64 * 16
     d128 = key(kind="prefill")
     assert kind_prefill.fp8_from_codes(d128) and "/*kFp8FromCodes=*/true" in render(d128)
     # without the two 16-bit tiles (2 x 64 rows of 272 bytes) four stages fit two CTAs on sm_90a

@@ -34,8 +34,9 @@ void check_rows() {
           check(Rows::offset(r, c + i) / 128 == at / 128, "a copied run of 8 chunks is one line", kDataBytes, kPadding, r, c);
       }
     }
-    for (int c0 = 0; c0 < 2; ++c0) {  // the lanes' first chunks; the mainloop steps by even counts
-      for (int k = 0; c0 + k < kChunks; k += 2)
+    for (int c0 = 0; c0 < 2; ++c0) {  // the lanes' first chunks: from chunk 0 by any count (K's
+      // FP8 codes), from chunk 1 by even counts
+      for (int k = 0; c0 + k < kChunks; k += c0 == 0 ? 1 : 2)
         check(Rows::step(kTile + Rows::offset(r, c0), k) == kTile + Rows::offset(r, c0 + k), "step() agrees with offset()",
               kDataBytes, kPadding, r, c0 + k);
     }
@@ -52,13 +53,15 @@ void check_rows() {
 }  // namespace
 
 int main() {
-  check_rows<128, 0>();   // head dim 64, swizzled
+  check_rows<128, 0>();   // head dim 64, swizzled (and 128's rows of FP8 codes)
   check_rows<256, 0>();   // 128
   check_rows<384, 0>();   // 192
   check_rows<512, 0>();   // 256
   check_rows<160, 16>();  // 80, padded
   check_rows<192, 16>();  // 96
   check_rows<256, 16>();  // 128 from an FP8 cache (the upcast tile)
+  check_rows<128, 16>();  // 64 from an FP8 cache (the upcast tile)
+  check_rows<64, 16>();   // 64's rows of FP8 codes that the warps read
   if (failures == 0) std::printf("ok\n");
   return failures == 0 ? 0 : 1;
 }
