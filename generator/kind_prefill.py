@@ -65,9 +65,10 @@ def row_padding(head_dim: int, fp8: bool, from_codes: bool = False) -> int:
 CODES_UPCAST_IN_TWO = frozenset({("e4m3", "hardware"), ("e5m2", "hardware"), ("e5m2", "software")})
 # Head dims where a warp owns two m16 tiles (one conversion feeds two mma) and the codes path
 # measured faster than the CTA's upcast (README, "The codes path for e5m2's software routine, and
-# at head dim 64" and "FP8 codes upcast by the warps"; H100, rotated A/B): 128, whose rows of codes are whole 128-byte lines that the ring XOR-swizzles for ldmatrix,
-# and 64, whose rows it pads (row_padding). At 96 (padded too) it measured -2% to +2%, so 96 keeps
-# the CTA's upcast; 80 cannot (each ldmatrix takes 32 keys of K or 32 dims of V).
+# at head dim 64" and "FP8 codes upcast by the warps"; H100, rotated A/B): 128, whose rows of codes
+# are whole 128-byte lines that the ring XOR-swizzles for ldmatrix, and 64, whose rows it pads
+# (row_padding). At 96 (padded too) it measured -2% to +2%, so 96 keeps the CTA's upcast; 80
+# cannot (each ldmatrix takes 32 keys of K or 32 dims of V).
 CODES_HEAD_DIMS = frozenset({64, 128})
 
 
@@ -75,9 +76,9 @@ def fp8_from_codes(key: InstanceKey) -> bool:
     """Whether the warps read K's and V's FP8 codes straight from the copy ring with ldmatrix and
     upcast them in registers (prefill_mainloop_sm80.cuh), so that the CTA upcasts nothing into
     16-bit tiles and a tile needs one barrier. Measured (README, "FP8 codes upcast by the warps"
-    and the section above it) and so taken where the upcast is two instructions a word (CODES_UPCAST_IN_TWO; V's one
-    byte permute more with `cvt`), which all four warps repeat, at the head dims of
-    CODES_HEAD_DIMS."""
+    and the section above it) and so taken where the upcast is two instructions a word
+    (CODES_UPCAST_IN_TWO; V's one byte permute more with `cvt`), which all four warps repeat, at
+    the head dims of CODES_HEAD_DIMS."""
     if _tune().get("codes", 1) == 0:  # bench/ only: the CTA's upcast instead, for an A/B
         return False
     return ((key.kv_dtype, key.conversion) in CODES_UPCAST_IN_TWO and key.head_dim in CODES_HEAD_DIMS
