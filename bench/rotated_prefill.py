@@ -21,10 +21,14 @@ order, and cuDNN; "sm80", issue 11's rows on the Ampere path (backend="sm80"): b
 paged 16, a bf16 q on an e4m3 cache with each conversion ("bf16/e4m3@software"), and torch SDPA's
 flash backend, the peer its bf16 bar names; "sm80e5m2", the same for an e5m2 cache (the software
 routine ragged and paged 16, `cvt` paged 16); "sm80codes", the caches whose codes the warps upcast
-(e4m3 with `cvt`, e5m2 with the software routine). $FIG_TREE selects the library's tree, as in bench_prefill.
+(e4m3 with `cvt`, e5m2 with the software routine); "peers", our rows of both families beside
+FlashInfer's FA2 and FA3 backends (bench/peer_flashinfer.py: it runs where FlashInfer can be
+imported, on the device from the modules `run_device.sh peers` carries) and both SDPA peers, each
+row's output checked once against a float32 SDPA of the same (dequantized) values, so that a
+miscalled peer shows. $FIG_TREE selects the library's tree, as in bench_prefill.
 
-usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2|sm80codes] [--reps 20] [--rounds 5]
-       [--head-dim 128] [--out rotated.json]
+usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2|sm80codes|peers] [--reps 20]
+       [--rounds 5] [--head-dim 128] [--out rotated.json]
 """
 from __future__ import annotations
 
@@ -45,8 +49,9 @@ from bench_prefill import BATCH, SEQ, attention_flops, git_commit  # noqa: E402
 from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper  # noqa: E402
 
 HEADS = 32
-# (layout, page size, page order, q/k/v dtype name[@FP8 conversion]); layout "cudnn" / "flash": the
-# torch SDPA backend on dense bf16
+# (layout, page size, page order, q/k/v dtype name[@FP8 conversion][, library]); layout "cudnn" /
+# "flash": the torch SDPA backend on dense bf16; library: our wrappers' backend= ("sm80", "sm90"; by
+# default BACKEND's for the set) or "flashinfer-fa2" / "flashinfer-fa3"
 SETS = {
     "bars": (("ragged", None, None, "bf16"), ("paged", 16, "random", "bf16"), ("ragged", None, None, "e4m3"),
              ("paged", 16, "random", "e4m3"), ("cudnn", None, None, "bf16")),
@@ -68,7 +73,20 @@ SETS = {
                   ("ragged", None, None, "bf16/e4m3@hardware"), ("paged", 16, "random", "bf16/e4m3@hardware"),
                   ("ragged", None, None, "bf16/e5m2@software"), ("paged", 16, "random", "bf16/e5m2@software"),
                   ("flash", None, None, "bf16")),
+    "peers": (("ragged", None, None, "bf16", "sm90"), ("paged", 16, "random", "bf16", "sm90"),
+              ("ragged", None, None, "e4m3", "sm90"), ("paged", 16, "random", "e4m3", "sm90"),
+              ("paged", 16, "random", "bf16/e4m3", "sm90"),
+              ("ragged", None, None, "bf16", "sm80"), ("paged", 16, "random", "bf16", "sm80"),
+              ("paged", 16, "random", "bf16/e4m3@hardware", "sm80"), ("paged", 16, "random", "bf16/e4m3@software", "sm80"),
+              ("ragged", None, None, "bf16", "flashinfer-fa2"), ("paged", 16, "random", "bf16", "flashinfer-fa2"),
+              ("paged", 16, "random", "bf16/e4m3", "flashinfer-fa2"),
+              ("ragged", None, None, "bf16", "flashinfer-fa3"), ("paged", 16, "random", "bf16", "flashinfer-fa3"),
+              ("paged", 16, "random", "e4m3", "flashinfer-fa3"),
+              ("cudnn", None, None, "bf16"), ("flash", None, None, "bf16")),
 }
+# the peers set's comparisons: (our row, the peer's row), indices into SETS["peers"]
+PEER_PAIRS = ((0, 12), (1, 13), (3, 14), (4, 14), (0, 15), (1, 15), (5, 9), (6, 10), (7, 11), (8, 11), (5, 16), (6, 16),
+              (12, 15), (9, 16))
 BACKEND = {"sm80": "sm80", "sm80e5m2": "sm80", "sm80codes": "sm80"}  # the wrappers' backend= for a set; "sm90" for the others
 # a name "q/kv" names q's and the cache's apart
 DTYPES = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
@@ -84,8 +102,9 @@ def sm_clock_mhz() -> int | None:
 
 
 def label(config) -> str:
-    layout, page, order, dtype = config
-    return f"{layout}{page or ''}{' ' + order if order else ''} {dtype}"
+    layout, page, order, dtype = config[:4]
+    library = f"{config[4]} " if len(config) > 4 else ""
+    return f"{library}{layout}{page or ''}{' ' + order if order else ''} {dtype}"
 
 
 def main(argv=None) -> None:
@@ -98,7 +117,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     head_dim = args.head_dim
     configs = SETS[args.set]
-    backend = BACKEND.get(args.set, "sm90")
     gen = torch.Generator().manual_seed(0)
     tokens = BATCH * SEQ
     # [tokens, heads, d] each, bf16 and their e4m3 codes (K and V in e5m2 too)
@@ -111,31 +129,25 @@ def main(argv=None) -> None:
     qo_indptr = torch.arange(0, tokens + 1, SEQ, dtype=torch.int32, device="cuda")
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     flush = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
-    rows = []
+    flashinfer = None
+    if any(len(c) > 4 and c[4].startswith("flashinfer-") for c in configs):
+        import peer_flashinfer
+        flashinfer, why = peer_flashinfer.load()
+        if flashinfer is None:
+            sys.exit(why)
+        fi_workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    rows, errors, references = [], {}, {}
     for rnd in range(args.rounds):
         for causal in (False, True):
             for config in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
-                layout, page, order, dtype_conv = config
+                layout, page, order, dtype_conv = config[:4]
+                library = config[4] if len(config) > 4 else BACKEND.get(args.set, "sm90")
                 dtype_name, _, conversion = dtype_conv.partition("@")
                 q_name, _, kv_name = dtype_name.partition("/")
                 q_c, k_c, v_c = values[dtype_name]
-                wrapper_args = dict(backend=backend, fp8_conversion=conversion or None)
                 plan_types = dict(q_data_type=DTYPES[q_name], kv_data_type=DTYPES[kv_name or q_name],
                                   o_data_type=torch.bfloat16)
-                if layout in ("cudnn", "flash"):
-                    from torch.nn.attention import SDPBackend, sdpa_kernel
-                    sdpa = SDPBackend.CUDNN_ATTENTION if layout == "cudnn" else SDPBackend.FLASH_ATTENTION
-
-                    def fn(causal=causal, sdpa=sdpa):
-                        with sdpa_kernel(sdpa):
-                            torch.nn.functional.scaled_dot_product_attention(*dense, is_causal=causal)
-                    name = f"torch SDPA {layout}"
-                elif layout == "ragged":
-                    w = BatchPrefillWithRaggedKVCacheWrapper(workspace, **wrapper_args)
-                    w.plan(qo_indptr, qo_indptr, HEADS, HEADS, head_dim, causal=causal, **plan_types)
-                    fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
-                    name = w.module.key.name
-                else:
+                if layout == "paged":
                     pages = tokens // page  # SEQ is a multiple of both page sizes
                     # slot s of page i holds token i * page + s, so "in order" is ragged's memory
                     cache = (k_c.view(pages, page, HEADS, head_dim), v_c.view(pages, page, HEADS, head_dim))
@@ -145,31 +157,80 @@ def main(argv=None) -> None:
                         indices = torch.argsort(perm).to(torch.int32)   # the request's page i is at argsort[i]
                     else:
                         indices = torch.arange(pages, dtype=torch.int32)
-                    w = BatchPrefillWithPagedKVCacheWrapper(workspace, **wrapper_args)
-                    w.plan(qo_indptr, torch.arange(0, pages + 1, SEQ // page, dtype=torch.int32, device="cuda"),
-                           indices.cuda(), torch.full((BATCH,), page, dtype=torch.int32, device="cuda"),
-                           HEADS, HEADS, head_dim, page, causal=causal, **plan_types)
-                    fn = lambda w=w, q_c=q_c, cache=cache: w.run(q_c, cache, out=out)  # noqa: E731
+                    paged_plan = (qo_indptr, torch.arange(0, pages + 1, SEQ // page, dtype=torch.int32, device="cuda"),
+                                  indices.cuda(), torch.full((BATCH,), page, dtype=torch.int32, device="cuda"),
+                                  HEADS, HEADS, head_dim, page)
+                if layout in ("cudnn", "flash"):
+                    from torch.nn.attention import SDPBackend, sdpa_kernel
+                    sdpa = SDPBackend.CUDNN_ATTENTION if layout == "cudnn" else SDPBackend.FLASH_ATTENTION
+                    result = {}
+
+                    def fn(causal=causal, sdpa=sdpa, result=result):
+                        with sdpa_kernel(sdpa):
+                            result["out"] = torch.nn.functional.scaled_dot_product_attention(*dense, is_causal=causal)
+                    name = f"torch SDPA {layout}"
+                elif library.startswith("flashinfer-"):
+                    fi_backend = library.split("-", 1)[1]
+                    w = peer_flashinfer.wrapper(flashinfer, layout, fi_backend, fi_workspace)
+                    if layout == "ragged":
+                        w.plan(qo_indptr, qo_indptr, HEADS, HEADS, head_dim, causal=causal, **plan_types)
+                        fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
+                    else:
+                        w.plan(*paged_plan, causal=causal, **plan_types)
+                        fn = lambda w=w, q_c=q_c, cache=cache: w.run(q_c, cache, out=out)  # noqa: E731
+                    name = f"flashinfer {flashinfer.__version__} {fi_backend}"
+                else:
+                    wrapper_args = dict(backend=library, fp8_conversion=conversion or None)
+                    if layout == "ragged":
+                        w = BatchPrefillWithRaggedKVCacheWrapper(workspace, **wrapper_args)
+                        w.plan(qo_indptr, qo_indptr, HEADS, HEADS, head_dim, causal=causal, **plan_types)
+                        fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
+                    else:
+                        w = BatchPrefillWithPagedKVCacheWrapper(workspace, **wrapper_args)
+                        w.plan(*paged_plan, causal=causal, **plan_types)
+                        fn = lambda w=w, q_c=q_c, cache=cache: w.run(q_c, cache, out=out)  # noqa: E731
                     name = w.module.key.name
+                if args.set == "peers" and (causal, config) not in errors:
+                    # once per row: its output against a float32 SDPA of the values it was given
+                    out.fill_(float("nan"))
+                    fn()
+                    got = (result["out"].transpose(1, 2).reshape(tokens, HEADS, head_dim)
+                           if layout in ("cudnn", "flash") else out).float()
+                    ref_key = (causal, dtype_name)
+                    if ref_key not in references:
+                        qkv = [t.float().view(BATCH, SEQ, HEADS, head_dim).transpose(1, 2) for t in values[dtype_name]]
+                        references[ref_key] = torch.nn.functional.scaled_dot_product_attention(
+                            *qkv, is_causal=causal).transpose(1, 2).reshape(tokens, HEADS, head_dim)
+                    ref = references[ref_key]
+                    errors[(causal, config)] = ((got - ref).norm() / ref.norm()).item()  # NaN stays NaN
                 us = time_graph(fn, args.reps, flush)
                 tflops = attention_flops(BATCH, HEADS, head_dim, SEQ, SEQ, causal) / us / 1e6
                 clock = sm_clock_mhz()
                 rows.append(dict(round=rnd, causal=causal, layout=layout, page_size=page, order=order,
-                                 dtype=dtype_conv, instance=name, time_us=round(us, 2), tflops=round(tflops, 1),
+                                 dtype=dtype_conv, library=library if layout not in ("cudnn", "flash") else "torch",
+                                 config=list(config), instance=name, time_us=round(us, 2), tflops=round(tflops, 1),
                                  sm_clock_mhz_after=clock))
-                print(f"round {rnd} {'causal' if causal else 'full  '} {label(config):<26} {us:9.1f} us "
+                print(f"round {rnd} {'causal' if causal else 'full  '} {label(config):<40} {us:9.1f} us "
                       f"{tflops:7.1f} TFLOP/s  SM clock after {clock} MHz", flush=True)
                 w = fn = cache = None
     medians = {}
     print("\nmedian over the rounds (TFLOP/s):")
     for causal in (False, True):
         for config in configs:
-            got = sorted(r["tflops"] for r in rows if (r["causal"], r["layout"], r["page_size"], r["order"], r["dtype"])
-                         == (causal, *config))
+            got = sorted(r["tflops"] for r in rows if (r["causal"], tuple(r["config"])) == (causal, config))
             medians[(causal, config)] = statistics.median(got)
-            print(f"  {'causal' if causal else 'full  '} {label(config):<26} {statistics.median(got):7.1f}  "
-                  f"(min {got[0]:.1f}, max {got[-1]:.1f})")
+            print(f"  {'causal' if causal else 'full  '} {label(config):<40} {statistics.median(got):7.1f}  "
+                  f"(min {got[0]:.1f}, max {got[-1]:.1f})"
+                  + (f"  rel. error {errors[(causal, config)]:.2e}" if (causal, config) in errors else "")
+                  # a peer called wrongly is far off; FP8 rows are ~3-5% off, 16-bit ones <1%
+                  + ("  SUSPECT" if not errors.get((causal, config), 0.0) <= 0.1 else ""))
     ratios = {}
+    if args.set == "peers":  # ours against the peer of the same kind (configs by index in the set)
+        for causal in (False, True):
+            c = "causal" if causal else "full"
+            for ours, theirs in PEER_PAIRS:
+                a, b = configs[ours], configs[theirs]
+                ratios[f"{c} {label(a)} / {label(b)}"] = medians[(causal, a)] / medians[(causal, b)]
     # The bar sets end with their peer and start with bf16 ragged and paged 16; the rows between
     # are each compared with the bf16 row of their layout.
     peer = {"bars": "cudnn", "sm80": "flash", "sm80e5m2": "flash", "sm80codes": "flash"}.get(args.set)
@@ -185,13 +246,15 @@ def main(argv=None) -> None:
     if ratios:
         print("ratios of the medians:")
         for key, value in ratios.items():
-            print(f"  {key:<48} {value:.3f}")
+            print(f"  {key:<90} {value:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(
             device=torch.cuda.get_device_name(), commit=git_commit(),
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), set=args.set, reps=args.reps,
             rounds=args.rounds, head_dim=head_dim, heads=HEADS, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
-            ratios={k: round(x, 3) for k, x in ratios.items()}, rows=rows), indent=2) + "\n")
+            ratios={k: round(x, 3) for k, x in ratios.items()},
+            rel_errors=[dict(causal=c, config=list(cfg), rel_error=e) for (c, cfg), e in errors.items()],
+            peer_versions=dict(flashinfer=flashinfer.__version__) if flashinfer else {}, rows=rows), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@
 #                FIG_COMMIT and the TUNE for this tree's variants, FIG_BASE_COMMIT for a DIR's), all
 #                packed into $OUT/variants.tgz (bench/variant_medians.py tabulates it); head dim
 #                $FIG_VAR_HEAD_DIM (128)
+#   peers        bench/rotated_prefill.py --set peers ($FIG_PEERS_ARGS, default --rounds 3): our rows of
+#                both families beside FlashInfer's FA2 and FA3 backends and torch SDPA, FlashInfer from
+#                .peers/flashinfer (bench/make_flashinfer_peer.sh; carry .peers; run `install` first)
 #   abrotated DIR  bench/rotated_prefill.py (the Hopper bars' rows against cuDNN, rotated rounds;
 #                $FIG_ROT_ARGS, default --rounds 3) for this tree and DIR, alternating, twice each
 set -uo pipefail
@@ -122,6 +125,20 @@ while [ $# -gt 0 ]; do
     ;;
   tune)  # the prefill tile-shape sweep, variants in $FIG_TUNE_VARIANTS
     bash bench/tune_prefill.sh $FIG_TUNE_VARIANTS
+    ;;
+  peers)
+    site=$(mktemp -d)
+    tar xJf .peers/flashinfer/flashinfer-*.tar.xz -C "$site"
+    pip install -q --no-deps --target "$site" .peers/flashinfer/apache_tvm_ffi-*.whl >>"$OUT/readme.log" 2>&1
+    python -m flashinfer_gen.cli build --kind prefill_sm90 --arch sm90a --head-dim 128 --q-dtype bf16,e4m3 \
+      --kv-dtype bf16,e4m3 --conversion none,hardware --variant default --jobs 16 >"$OUT/peers_build.log" 2>&1 &&
+    python -m flashinfer_gen.cli build --kind prefill --arch sm90a --head-dim 128 --q-dtype bf16 --kv-dtype bf16,e4m3 \
+      --conversion none,hardware,software --variant default --jobs 16 >>"$OUT/peers_build.log" 2>&1 \
+      || { tail -20 "$OUT/peers_build.log"; exit 1; }
+    PYTHONPATH=$site FIG_FLASHINFER_MODULES=$PWD/.peers/flashinfer/modules FLASHINFER_GEN_JIT=1 PYTHONUNBUFFERED=1 \
+      python bench/rotated_prefill.py --set peers ${FIG_PEERS_ARGS:---rounds 3} --out "$OUT/peers.json" >"$OUT/peers.log" 2>&1 \
+      || { tail -30 "$OUT/peers.log"; rc=1; }
+    sed -n '/^median/,$p' "$OUT/peers.log"
     ;;
   abprefill)  # abprefill DIR: prefill A/B, this tree against the checkout in DIR, same machine: the
     # d128 instances of bench_prefill --quick built for each (caches of their own), then its rows
