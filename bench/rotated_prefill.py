@@ -28,7 +28,7 @@ row's output checked once against a float32 SDPA of the same (dequantized) value
 miscalled peer shows. $FIG_TREE selects the library's tree, as in bench_prefill.
 
 usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2|sm80codes|peers] [--reps 20]
-       [--rounds 5] [--head-dim 128] [--out rotated.json]
+       [--rounds 5] [--head-dim 128] [--only LABEL] [--out rotated.json]
 """
 from __future__ import annotations
 
@@ -114,9 +114,13 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default=None, metavar="LABEL",
+                    help="the set's rows whose label starts with LABEL alone (e.g. for one Nsight Compute profile)")
     args = ap.parse_args(argv)
     head_dim = args.head_dim
-    configs = SETS[args.set]
+    configs = tuple(c for c in SETS[args.set] if args.only is None or label(c).startswith(args.only))
+    if not configs:
+        sys.exit(f"no row of set {args.set} is labelled {args.only!r}...")
     gen = torch.Generator().manual_seed(0)
     tokens = BATCH * SEQ
     # [tokens, heads, d] each, bf16 and their e4m3 codes (K and V in e5m2 too)
@@ -225,7 +229,7 @@ def main(argv=None) -> None:
                   # a peer called wrongly is far off; FP8 rows are ~3-5% off, 16-bit ones <1%
                   + ("  SUSPECT" if not errors.get((causal, config), 0.0) <= 0.1 else ""))
     ratios = {}
-    if args.set == "peers":  # ours against the peer of the same kind (configs by index in the set)
+    if args.set == "peers" and args.only is None:  # ours against the peer of the same kind (configs by index in the set)
         for causal in (False, True):
             c = "causal" if causal else "full"
             for ours, theirs in PEER_PAIRS:
@@ -234,7 +238,7 @@ def main(argv=None) -> None:
     # The bar sets end with their peer and start with bf16 ragged and paged 16; the rows between
     # are each compared with the bf16 row of their layout.
     peer = {"bars": "cudnn", "sm80": "flash", "sm80e5m2": "flash", "sm80codes": "flash"}.get(args.set)
-    if peer:
+    if peer and args.only is None:
         bf16_of = {config[0]: config for config in configs[:2]}
         for causal in (False, True):
             c = "causal" if causal else "full"

@@ -139,6 +139,22 @@ while [ $# -gt 0 ]; do
       python bench/rotated_prefill.py --set peers ${FIG_PEERS_ARGS:---rounds 3} --out "$OUT/peers.json" >"$OUT/peers.log" 2>&1 \
       || { tail -30 "$OUT/peers.log"; rc=1; }
     sed -n '/^median/,$p' "$OUT/peers.log"
+    # Nsight Compute on our Ampere-path kernel and FlashInfer's FA2 one, ragged and paged 16, bf16,
+    # non-causal (the first launch of each row); $FIG_PEERS_NCU=0 skips it
+    if [ "${FIG_PEERS_NCU:-1}" = 1 ]; then
+      for row in "sm80 ragged bf16:prefill_kernel" "flashinfer-fa2 ragged bf16:BatchPrefillWithRaggedKVCacheKernel" \
+                 "sm80 paged16 random bf16:prefill_kernel" "flashinfer-fa2 paged16 random bf16:BatchPrefillWithPagedKVCacheKernel"; do
+        name=$(echo "${row%%:*}" | tr ' ' '_')
+        PYTHONPATH=$site FIG_FLASHINFER_MODULES=$PWD/.peers/flashinfer/modules ncu --clock-control none -k "regex:${row##*:}" -c 1 \
+          --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+          --section InstructionStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+          --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum \
+          python bench/rotated_prefill.py --set peers --only "${row%%:*}" --rounds 1 --reps 3 >"$OUT/ncu_peer_$name.txt" 2>&1 || rc=1
+        grep -E "Duration|Executed Ipc A|Issue Slots Busy|Registers Per|Achieved Occupancy|hmma_cycles|inst_executed.sum|No Eligible|Block Size|Grid Size|bank_conflicts" \
+          "$OUT/ncu_peer_$name.txt" | head -14 | sed "s/^/$name: /"
+      done
+      (cd "$OUT" && tar czf ncu_peers.tgz ncu_peer_*.txt && rm -f ncu_peer_*.txt)
+    fi
     ;;
   abprefill)  # abprefill DIR: prefill A/B, this tree against the checkout in DIR, same machine: the
     # d128 instances of bench_prefill --quick built for each (caches of their own), then its rows
