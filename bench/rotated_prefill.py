@@ -1,4 +1,4 @@
-"""Prefill bars timed in rotated rounds (d128 unless --head-dim, B4 S4096, 32/32 heads): Hopper against cuDNN, Ampere path against flash.
+"""Prefill bars timed in rotated rounds (d128 unless --head-dim, B4 S4096, 32/32 heads unless --kv-heads): Hopper against cuDNN, Ampere path against flash.
 
 bench_prefill times each row once, in a fixed order (the SDPA peers first). The card's clock falls
 under sustained load and recovers in lighter stretches, so a fixed order favours some rows: on the
@@ -28,7 +28,7 @@ row's output checked once against a float32 SDPA of the same (dequantized) value
 miscalled peer shows. $FIG_TREE selects the library's tree, as in bench_prefill.
 
 usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2|sm80codes|peers] [--reps 20]
-       [--rounds 5] [--head-dim 128] [--only LABEL] [--out rotated.json]
+       [--rounds 5] [--head-dim 128] [--kv-heads 32] [--only LABEL] [--out rotated.json]
 """
 from __future__ import annotations
 
@@ -113,22 +113,28 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--kv-heads", type=int, default=HEADS, help="KV heads (GQA below 32; the SDPA peers get them repeated)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, metavar="LABEL",
                     help="the set's rows whose label starts with LABEL alone (e.g. for one Nsight Compute profile)")
     args = ap.parse_args(argv)
-    head_dim = args.head_dim
+    head_dim, kv_heads = args.head_dim, args.kv_heads
+    group = HEADS // kv_heads
+    assert group * kv_heads == HEADS, "--kv-heads divides the 32 q heads"
     configs = tuple(c for c in SETS[args.set] if args.only is None or label(c).startswith(args.only))
     if not configs:
         sys.exit(f"no row of set {args.set} is labelled {args.only!r}...")
     gen = torch.Generator().manual_seed(0)
     tokens = BATCH * SEQ
     # [tokens, heads, d] each, bf16 and their e4m3 codes (K and V in e5m2 too)
-    q, k, v = (torch.randn(tokens, HEADS, head_dim, generator=gen).to(torch.bfloat16).cuda() for _ in range(3))
+    q, k, v = (torch.randn(tokens, heads, head_dim, generator=gen).to(torch.bfloat16).cuda()
+               for heads in (HEADS, kv_heads, kv_heads))
     values = {"bf16": (q, k, v), "e4m3": tuple(t.to(torch.float8_e4m3fn) for t in (q, k, v))}
     values["bf16/e4m3"] = (q,) + values["e4m3"][1:]
     values["bf16/e5m2"] = (q,) + tuple(t.to(torch.float8_e5m2) for t in (k, v))
-    dense = [t.view(BATCH, SEQ, HEADS, head_dim).transpose(1, 2).contiguous() for t in (q, k, v)]  # [B, H, S, D]
+    def dense_heads(t):  # [tokens, h, D] -> [B, 32, S, D], each KV head repeated for its group of q heads
+        return t.view(BATCH, SEQ, -1, head_dim).transpose(1, 2).repeat_interleave(HEADS // t.shape[1], dim=1)
+    dense = [dense_heads(t).contiguous() for t in (q, k, v)]
     out = torch.empty_like(q)
     qo_indptr = torch.arange(0, tokens + 1, SEQ, dtype=torch.int32, device="cuda")
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
@@ -154,7 +160,7 @@ def main(argv=None) -> None:
                 if layout == "paged":
                     pages = tokens // page  # SEQ is a multiple of both page sizes
                     # slot s of page i holds token i * page + s, so "in order" is ragged's memory
-                    cache = (k_c.view(pages, page, HEADS, head_dim), v_c.view(pages, page, HEADS, head_dim))
+                    cache = (k_c.view(pages, page, kv_heads, head_dim), v_c.view(pages, page, kv_heads, head_dim))
                     if order == "random":
                         perm = torch.randperm(pages, generator=gen)
                         cache = tuple(c[perm.cuda()].contiguous() for c in cache)  # page perm[j] moved to index j
@@ -163,7 +169,7 @@ def main(argv=None) -> None:
                         indices = torch.arange(pages, dtype=torch.int32)
                     paged_plan = (qo_indptr, torch.arange(0, pages + 1, SEQ // page, dtype=torch.int32, device="cuda"),
                                   indices.cuda(), torch.full((BATCH,), page, dtype=torch.int32, device="cuda"),
-                                  HEADS, HEADS, head_dim, page)
+                                  HEADS, kv_heads, head_dim, page)
                 if layout in ("cudnn", "flash"):
                     from torch.nn.attention import SDPBackend, sdpa_kernel
                     sdpa = SDPBackend.CUDNN_ATTENTION if layout == "cudnn" else SDPBackend.FLASH_ATTENTION
@@ -177,7 +183,7 @@ def main(argv=None) -> None:
                     fi_backend = library.split("-", 1)[1]
                     w = peer_flashinfer.wrapper(flashinfer, layout, fi_backend, fi_workspace)
                     if layout == "ragged":
-                        w.plan(qo_indptr, qo_indptr, HEADS, HEADS, head_dim, causal=causal, **plan_types)
+                        w.plan(qo_indptr, qo_indptr, HEADS, kv_heads, head_dim, causal=causal, **plan_types)
                         fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
                     else:
                         w.plan(*paged_plan, causal=causal, **plan_types)
@@ -187,7 +193,7 @@ def main(argv=None) -> None:
                     wrapper_args = dict(backend=library, fp8_conversion=conversion or None)
                     if layout == "ragged":
                         w = BatchPrefillWithRaggedKVCacheWrapper(workspace, **wrapper_args)
-                        w.plan(qo_indptr, qo_indptr, HEADS, HEADS, head_dim, causal=causal, **plan_types)
+                        w.plan(qo_indptr, qo_indptr, HEADS, kv_heads, head_dim, causal=causal, **plan_types)
                         fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
                     else:
                         w = BatchPrefillWithPagedKVCacheWrapper(workspace, **wrapper_args)
@@ -202,7 +208,7 @@ def main(argv=None) -> None:
                            if layout in ("cudnn", "flash") else out).float()
                     ref_key = (causal, dtype_name)
                     if ref_key not in references:
-                        qkv = [t.float().view(BATCH, SEQ, HEADS, head_dim).transpose(1, 2) for t in values[dtype_name]]
+                        qkv = [dense_heads(t.float()) for t in values[dtype_name]]
                         references[ref_key] = torch.nn.functional.scaled_dot_product_attention(
                             *qkv, is_causal=causal).transpose(1, 2).reshape(tokens, HEADS, head_dim)
                     ref = references[ref_key]
@@ -255,7 +261,7 @@ def main(argv=None) -> None:
         Path(args.out).write_text(json.dumps(dict(
             device=torch.cuda.get_device_name(), commit=git_commit(),
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), set=args.set, reps=args.reps,
-            rounds=args.rounds, head_dim=head_dim, heads=HEADS, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
+            rounds=args.rounds, head_dim=head_dim, heads=HEADS, kv_heads=kv_heads, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
             ratios={k: round(x, 3) for k, x in ratios.items()},
             rel_errors=[dict(causal=c, config=list(cfg), rel_error=e) for (c, cfg), e in errors.items()],
             peer_versions=dict(flashinfer=flashinfer.__version__) if flashinfer else {}, rows=rows), indent=2) + "\n")
