@@ -28,7 +28,7 @@ row's output checked once against a float32 SDPA of the same (dequantized) value
 miscalled peer shows. $FIG_TREE selects the library's tree, as in bench_prefill.
 
 usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2|sm80codes|peers] [--reps 20]
-       [--rounds 5] [--head-dim 128] [--kv-heads 32] [--only LABEL] [--out rotated.json]
+       [--rounds 5] [--head-dim 128] [--kv-heads 32] [--chunked] [--only LABEL] [--out rotated.json]
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from bench_decode import L2_FLUSH_BYTES, time_graph  # noqa: E402  (puts the tree on sys.path)
-from bench_prefill import BATCH, SEQ, attention_flops, git_commit  # noqa: E402
+from bench_prefill import (BATCH, CHUNK_BATCH, CHUNK_KV, CHUNK_QO, SEQ, attention_flops,  # noqa: E402
+                           git_commit)
 from flashinfer_gen import BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper  # noqa: E402
 
 HEADS = 32
@@ -114,6 +115,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--kv-heads", type=int, default=HEADS, help="KV heads (GQA below 32; the SDPA peers get them repeated)")
+    ap.add_argument("--chunked", action="store_true",
+                    help="bench_prefill's chunked step instead of B4 S4096: 16 requests of 512 new tokens on 8192 "
+                         "keys, causal (bottom-right) only, without the SDPA rows")
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, metavar="LABEL",
                     help="the set's rows whose label starts with LABEL alone (e.g. for one Nsight Compute profile)")
@@ -121,22 +125,29 @@ def main(argv=None) -> None:
     head_dim, kv_heads = args.head_dim, args.kv_heads
     group = HEADS // kv_heads
     assert group * kv_heads == HEADS, "--kv-heads divides the 32 q heads"
-    configs = tuple(c for c in SETS[args.set] if args.only is None or label(c).startswith(args.only))
+    configs = tuple(c for c in SETS[args.set] if (args.only is None or label(c).startswith(args.only))
+                    and not (args.chunked and c[0] in ("cudnn", "flash")))
     if not configs:
         sys.exit(f"no row of set {args.set} is labelled {args.only!r}...")
     gen = torch.Generator().manual_seed(0)
-    tokens = BATCH * SEQ
+    # requests x (queries, keys) each; the chunked step's queries are the last of their keys
+    batch, sq, skv = (CHUNK_BATCH, CHUNK_QO, CHUNK_KV) if args.chunked else (BATCH, SEQ, SEQ)
+    tokens, kv_tokens = batch * sq, batch * skv
+    causal_modes = (True,) if args.chunked else (False, True)
     # [tokens, heads, d] each, bf16 and their e4m3 codes (K and V in e5m2 too)
-    q, k, v = (torch.randn(tokens, heads, head_dim, generator=gen).to(torch.bfloat16).cuda()
-               for heads in (HEADS, kv_heads, kv_heads))
+    q, k, v = (torch.randn(n, heads, head_dim, generator=gen).to(torch.bfloat16).cuda()
+               for n, heads in ((tokens, HEADS), (kv_tokens, kv_heads), (kv_tokens, kv_heads)))
     values = {"bf16": (q, k, v), "e4m3": tuple(t.to(torch.float8_e4m3fn) for t in (q, k, v))}
     values["bf16/e4m3"] = (q,) + values["e4m3"][1:]
     values["bf16/e5m2"] = (q,) + tuple(t.to(torch.float8_e5m2) for t in (k, v))
     def dense_heads(t):  # [tokens, h, D] -> [B, 32, S, D], each KV head repeated for its group of q heads
-        return t.view(BATCH, SEQ, -1, head_dim).transpose(1, 2).repeat_interleave(HEADS // t.shape[1], dim=1)
+        return t.view(batch, -1, t.shape[1], head_dim).transpose(1, 2).repeat_interleave(HEADS // t.shape[1], dim=1)
     dense = [dense_heads(t).contiguous() for t in (q, k, v)]
     out = torch.empty_like(q)
-    qo_indptr = torch.arange(0, tokens + 1, SEQ, dtype=torch.int32, device="cuda")
+    qo_indptr = torch.arange(0, tokens + 1, sq, dtype=torch.int32, device="cuda")
+    kv_indptr = torch.arange(0, kv_tokens + 1, skv, dtype=torch.int32, device="cuda")
+    # the bottom-right causal mask of the reference (query i of a request sees keys <= skv - sq + i)
+    causal_mask = (torch.arange(skv, device="cuda")[None, :] <= torch.arange(sq, device="cuda")[:, None] + skv - sq)
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     flush = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     flashinfer = None
@@ -148,7 +159,7 @@ def main(argv=None) -> None:
         fi_workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     rows, errors, references = [], {}, {}
     for rnd in range(args.rounds):
-        for causal in (False, True):
+        for causal in causal_modes:
             for config in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
                 layout, page, order, dtype_conv = config[:4]
                 library = config[4] if len(config) > 4 else BACKEND.get(args.set, "sm90")
@@ -158,7 +169,7 @@ def main(argv=None) -> None:
                 plan_types = dict(q_data_type=DTYPES[q_name], kv_data_type=DTYPES[kv_name or q_name],
                                   o_data_type=torch.bfloat16)
                 if layout == "paged":
-                    pages = tokens // page  # SEQ is a multiple of both page sizes
+                    pages = kv_tokens // page  # the keys per request are a multiple of every page size
                     # slot s of page i holds token i * page + s, so "in order" is ragged's memory
                     cache = (k_c.view(pages, page, kv_heads, head_dim), v_c.view(pages, page, kv_heads, head_dim))
                     if order == "random":
@@ -167,8 +178,8 @@ def main(argv=None) -> None:
                         indices = torch.argsort(perm).to(torch.int32)   # the request's page i is at argsort[i]
                     else:
                         indices = torch.arange(pages, dtype=torch.int32)
-                    paged_plan = (qo_indptr, torch.arange(0, pages + 1, SEQ // page, dtype=torch.int32, device="cuda"),
-                                  indices.cuda(), torch.full((BATCH,), page, dtype=torch.int32, device="cuda"),
+                    paged_plan = (qo_indptr, torch.arange(0, pages + 1, skv // page, dtype=torch.int32, device="cuda"),
+                                  indices.cuda(), torch.full((batch,), page, dtype=torch.int32, device="cuda"),
                                   HEADS, kv_heads, head_dim, page)
                 if layout in ("cudnn", "flash"):
                     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -183,7 +194,7 @@ def main(argv=None) -> None:
                     fi_backend = library.split("-", 1)[1]
                     w = peer_flashinfer.wrapper(flashinfer, layout, fi_backend, fi_workspace)
                     if layout == "ragged":
-                        w.plan(qo_indptr, qo_indptr, HEADS, kv_heads, head_dim, causal=causal, **plan_types)
+                        w.plan(qo_indptr, kv_indptr, HEADS, kv_heads, head_dim, causal=causal, **plan_types)
                         fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
                     else:
                         w.plan(*paged_plan, causal=causal, **plan_types)
@@ -193,7 +204,7 @@ def main(argv=None) -> None:
                     wrapper_args = dict(backend=library, fp8_conversion=conversion or None)
                     if layout == "ragged":
                         w = BatchPrefillWithRaggedKVCacheWrapper(workspace, **wrapper_args)
-                        w.plan(qo_indptr, qo_indptr, HEADS, kv_heads, head_dim, causal=causal, **plan_types)
+                        w.plan(qo_indptr, kv_indptr, HEADS, kv_heads, head_dim, causal=causal, **plan_types)
                         fn = lambda w=w, q_c=q_c, k_c=k_c, v_c=v_c: w.run(q_c, k_c, v_c, out=out)  # noqa: E731
                     else:
                         w = BatchPrefillWithPagedKVCacheWrapper(workspace, **wrapper_args)
@@ -210,11 +221,11 @@ def main(argv=None) -> None:
                     if ref_key not in references:
                         qkv = [dense_heads(t.float()) for t in values[dtype_name]]
                         references[ref_key] = torch.nn.functional.scaled_dot_product_attention(
-                            *qkv, is_causal=causal).transpose(1, 2).reshape(tokens, HEADS, head_dim)
+                            *qkv, attn_mask=causal_mask if causal else None).transpose(1, 2).reshape(tokens, HEADS, head_dim)
                     ref = references[ref_key]
                     errors[(causal, config)] = ((got - ref).norm() / ref.norm()).item()  # NaN stays NaN
                 us = time_graph(fn, args.reps, flush)
-                tflops = attention_flops(BATCH, HEADS, head_dim, SEQ, SEQ, causal) / us / 1e6
+                tflops = attention_flops(batch, HEADS, head_dim, sq, skv, causal) / us / 1e6
                 clock = sm_clock_mhz()
                 rows.append(dict(round=rnd, causal=causal, layout=layout, page_size=page, order=order,
                                  dtype=dtype_conv, library=library if layout not in ("cudnn", "flash") else "torch",
@@ -225,7 +236,7 @@ def main(argv=None) -> None:
                 w = fn = cache = None
     medians = {}
     print("\nmedian over the rounds (TFLOP/s):")
-    for causal in (False, True):
+    for causal in causal_modes:
         for config in configs:
             got = sorted(r["tflops"] for r in rows if (r["causal"], tuple(r["config"])) == (causal, config))
             medians[(causal, config)] = statistics.median(got)
@@ -236,15 +247,17 @@ def main(argv=None) -> None:
                   + ("  SUSPECT" if not errors.get((causal, config), 0.0) <= 0.1 else ""))
     ratios = {}
     if args.set == "peers" and args.only is None:  # ours against the peer of the same kind (configs by index in the set)
-        for causal in (False, True):
+        for causal in causal_modes:
             c = "causal" if causal else "full"
             for ours, theirs in PEER_PAIRS:
-                a, b = configs[ours], configs[theirs]
+                a, b = SETS["peers"][ours], SETS["peers"][theirs]
+                if a not in configs or b not in configs:  # --chunked has no SDPA rows
+                    continue
                 ratios[f"{c} {label(a)} / {label(b)}"] = medians[(causal, a)] / medians[(causal, b)]
     # The bar sets end with their peer and start with bf16 ragged and paged 16; the rows between
     # are each compared with the bf16 row of their layout.
     peer = {"bars": "cudnn", "sm80": "flash", "sm80e5m2": "flash", "sm80codes": "flash"}.get(args.set)
-    if peer and args.only is None:
+    if peer and args.only is None and not args.chunked:
         bf16_of = {config[0]: config for config in configs[:2]}
         for causal in (False, True):
             c = "causal" if causal else "full"
@@ -261,7 +274,7 @@ def main(argv=None) -> None:
         Path(args.out).write_text(json.dumps(dict(
             device=torch.cuda.get_device_name(), commit=git_commit(),
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), set=args.set, reps=args.reps,
-            rounds=args.rounds, head_dim=head_dim, heads=HEADS, kv_heads=kv_heads, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
+            rounds=args.rounds, head_dim=head_dim, heads=HEADS, kv_heads=kv_heads, batch=batch, qo_len=sq, kv_len=skv, medians=[dict(causal=c, config=list(cfg), tflops=t) for (c, cfg), t in medians.items()],
             ratios={k: round(x, 3) for k, x in ratios.items()},
             rel_errors=[dict(causal=c, config=list(cfg), rel_error=e) for (c, cfg), e in errors.items()],
             peer_versions=dict(flashinfer=flashinfer.__version__) if flashinfer else {}, rows=rows), indent=2) + "\n")
