@@ -127,9 +127,11 @@ while [ $# -gt 0 ]; do
     bash bench/tune_prefill.sh $FIG_TUNE_VARIANTS
     ;;
   peers)
+    [ -d .peers/flashinfer/modules ] || { echo "no .peers/flashinfer: run bench/make_flashinfer_peer.sh and carry .peers"; exit 1; }
     site=$(mktemp -d)
-    tar xJf .peers/flashinfer/flashinfer-*.tar.xz -C "$site"
-    pip install -q --no-deps --target "$site" .peers/flashinfer/apache_tvm_ffi-*.whl >>"$OUT/readme.log" 2>&1
+    { tar xJf .peers/flashinfer/flashinfer-*.tar.xz -C "$site" &&
+      pip install -q --no-deps --target "$site" .peers/flashinfer/apache_tvm_ffi-*.whl >>"$OUT/readme.log" 2>&1; } \
+      || { echo "unpacking .peers/flashinfer failed"; exit 1; }
     python -m flashinfer_gen.cli build --kind prefill_sm90 --arch sm90a --head-dim 128 --q-dtype bf16,e4m3 \
       --kv-dtype bf16,e4m3 --conversion none,hardware --variant default --jobs 16 >"$OUT/peers_build.log" 2>&1 &&
     python -m flashinfer_gen.cli build --kind prefill --arch sm90a --head-dim 128 --q-dtype bf16 --kv-dtype bf16,e4m3 \
@@ -140,21 +142,23 @@ while [ $# -gt 0 ]; do
       || { tail -30 "$OUT/peers.log"; rc=1; }
     sed -n '/^median/,$p' "$OUT/peers.log"
     # Nsight Compute on our Ampere-path kernel and FlashInfer's FA2 one, ragged and paged 16, bf16,
-    # non-causal (the first launch of each row); $FIG_PEERS_NCU=0 skips it
+    # non-causal, B4 S4096 32/32 whatever $FIG_PEERS_ARGS says (the first launch of each row);
+    # $FIG_PEERS_NCU=0 skips it
     if [ "${FIG_PEERS_NCU:-1}" = 1 ]; then
       for row in "sm80 ragged bf16:prefill_kernel" "flashinfer-fa2 ragged bf16:BatchPrefillWithRaggedKVCacheKernel" \
                  "sm80 paged16 random bf16:prefill_kernel" "flashinfer-fa2 paged16 random bf16:BatchPrefillWithPagedKVCacheKernel"; do
-        name=$(echo "${row%%:*}" | tr ' ' '_')
+        name=$(echo "${row%%:*}" | tr ' ' '_')  # the row's label, matched whole (--only LABEL$)
         PYTHONPATH=$site FIG_FLASHINFER_MODULES=$PWD/.peers/flashinfer/modules ncu --clock-control none -k "regex:${row##*:}" -c 1 \
           --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
           --section InstructionStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
           --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum \
-          python bench/rotated_prefill.py --set peers --only "${row%%:*}" --rounds 1 --reps 3 >"$OUT/ncu_peer_$name.txt" 2>&1 || rc=1
+          python bench/rotated_prefill.py --set peers --only "${row%%:*}\$" --rounds 1 --reps 3 >"$OUT/ncu_peer_$name.txt" 2>&1 || rc=1
         grep -E "Duration|Executed Ipc A|Issue Slots Busy|Registers Per|Achieved Occupancy|hmma_cycles|inst_executed.sum|No Eligible|Block Size|Grid Size|bank_conflicts" \
           "$OUT/ncu_peer_$name.txt" | head -14 | sed "s/^/$name: /"
       done
       (cd "$OUT" && tar czf ncu_peers.tgz ncu_peer_*.txt && rm -f ncu_peer_*.txt)
     fi
+    rm -rf "$site"
     ;;
   abprefill)  # abprefill DIR: prefill A/B, this tree against the checkout in DIR, same machine: the
     # d128 instances of bench_prefill --quick built for each (caches of their own), then its rows
