@@ -116,7 +116,9 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--kv-heads", type=int, default=HEADS, help="KV heads (GQA below 32; the SDPA peers get them repeated)")
+    ap.add_argument("--kv-heads", type=int, default=HEADS,
+                    help="KV heads (GQA below 32; the SDPA peers get them repeated, so they read 32 / kv-heads "
+                         "times the K/V bytes, for the same FLOPs)")
     ap.add_argument("--chunked", action="store_true",
                     help="bench_prefill's chunked step instead of B4 S4096: 16 requests of 512 new tokens on 8192 "
                          "keys, causal (bottom-right) only, without the SDPA rows")
