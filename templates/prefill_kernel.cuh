@@ -111,10 +111,15 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     }
     const int tile_begin = begin + t * kN;
     // Only tiles that reach past a row's last key or before its first need the per-key test.
-    if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max)
+    // The others are first taken against the rows' maxima as they stand (after the first tile,
+    // which sets them), and run again with the maxima moved only where some row's grew too far.
+    if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max) {
       ml.template compute_tile<true>(smem, k_rows, v_rows, tile_begin, logits);
-    else
-      ml.template compute_tile<false>(smem, k_rows, v_rows, tile_begin, logits);
+    } else {
+      bool settled = false;
+      if constexpr (Mainloop::kSettledTiles) settled = t > 0 && ml.compute_settled_tile(smem, k_rows, v_rows, logits);
+      if (!settled) ml.template compute_tile<false>(smem, k_rows, v_rows, tile_begin, logits);
+    }
     // Slot t % kS last served tile t's copy, issued kS - 1 barriers ago; tile t + kS's copy reads
     // it after the next barrier.
     Copy::store(smem.row_addrs[t % kS], ahead);

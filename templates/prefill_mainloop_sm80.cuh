@@ -51,6 +51,10 @@ struct PrefillMainloop {
   static constexpr int kSTiles = kBlockN / 8;      // n-tiles of S per tile
   static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
   static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
+  // Unmasked tiles first tried against the rows' maxima as they stand (compute_settled_tile), not
+  // where the warps upcast FP8 codes: with the upcast's registers that body spilled (92-244 bytes
+  // at head dim 128, sm_90a).
+  static constexpr bool kSettledTiles = !Cfg::kFp8FromCodes;
   // FP8 codes read by the warps (kind_prefill.py fp8_from_codes): the ring's 8-bit rows are then
   // laid out for ldmatrix like the 16-bit ones, and each conversion feeds kMTiles mma.
   static constexpr bool kFromCodes = Cfg::kFp8FromCodes;
@@ -191,12 +195,133 @@ struct PrefillMainloop {
   __device__ __forceinline__ void compute_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
                                                const uint8_t (*v_rows)[kMmaRowBytes], int tile_begin,
                                                const Logits& logits) {
-    const uint32_t k_addr = smem_address(k_rows) + (kFromCodes ? k_codes_lane() : k_lane());
-    const uint32_t v_addr = smem_address(v_rows) + (kFromCodes ? v_codes_lane() : v_lane());
-    const uint32_t q_base = q_addr(smem);
-    // S = Q K^T; lane holds rows (m, r), tokens 8 nt + 2c + {0, 1}. k-steps outermost, so Q's
-    // fragments are read once per k-step.
+    float s[kMTiles][kSTiles][4];  // S = Q K^T; lane holds rows (m, r), tokens 8 nt + 2c + {0, 1}
+    qk(smem, k_rows, s);
+    // Online softmax per row; P in place of S. A linear logit (no soft-cap) stays a raw product
+    // here and its scale is folded into the softmax's exp2 (softmax.cuh).
+    float rescale[kMTiles][2];  // factors for O's rows
+    bool changed = false;
+    CUTE_UNROLL
+    for (int m = 0; m < kMTiles; ++m) {
+      apply_logits(s[m], logits);
+      if constexpr (kMask) {
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          const int2 bounds = smem.key_bounds[first_row() + 16 * m + lane_g() + 8 * r];
+          CUTE_UNROLL
+          for (int nt = 0; nt < kSTiles; ++nt) {
+            CUTE_UNROLL
+            for (int i = 0; i < 2; ++i) {
+              const int token = tile_begin + 8 * nt + 2 * lane_c() + i;
+              if (token < bounds.x || token > bounds.y) s[m][nt][2 * r + i] = -INFINITY;
+            }
+          }
+        }
+      }
+      const float scale = exp2_scale(logits);
+      rescale[m][0] = softmax[m][0].update_rows(s[m], 0, scale);
+      rescale[m][1] = softmax[m][1].update_rows(s[m], 1, scale);
+      changed |= rescale[m][0] != 1.0f || rescale[m][1] != 1.0f;
+      if constexpr (!kSkipSettledRescale) {
+        if (__any_sync(0xffffffffu, rescale[m][0] != 1.0f || rescale[m][1] != 1.0f)) rescale_o(m, rescale[m]);
+      }
+    }
+    // Once the rows' maxima settle (most tiles of a long row), no factor differs from 1 and the
+    // warp may skip O's multiplies. ptxas turns an `if` (or a loop it can see runs at most once)
+    // into predicated multiplies, issued on every tile anyway; a trip count it cannot bound
+    // (opaque_int) keeps the branch. The branch needs every m-tile's factors at once, which with
+    // S at 64 registers a thread (two m-tiles of 64 keys) spilled, as did unconditional
+    // multiplies; there each m-tile keeps its own (predicated) test, the form that fit. Those
+    // tiles mostly take compute_settled_tile() instead, which has no rescale to issue.
+    if constexpr (kSkipSettledRescale) {
+#pragma unroll 1
+      for (int pass = 0, passes = opaque_int(__any_sync(0xffffffffu, changed) ? 1 : 0); pass < passes; ++pass) {
+        CUTE_UNROLL
+        for (int m = 0; m < kMTiles; ++m) rescale_o(m, rescale[m]);
+      }
+    }
+    pv(v_rows, s);
+  }
+
+  // An unmasked tile taken against the rows' running maxima as they stand, for rows whose maxima
+  // have settled (most tiles of a long row): P = exp2(logit - row_max), with no max update, no
+  // quad shuffle and no rescale of O. Valid while every P of the warp stays within 2^kSettledSlack
+  // (a fixed offset of every P of a row changes neither O / sum nor the LSE, and P up to 2^8 is
+  // exact to the same relative step in bf16 / fp16 and in the fp32 sums); the warp votes on it
+  // before P V touches O. Returns false, with nothing changed, where some P passes it (a row's
+  // max grew by more than 2^kSettledSlack, a row with no max yet (-inf), or +inf logits): the
+  // caller then runs the tile again through compute_tile(), which moves the maxima. A NaN logit
+  // passes the vote (fmaxf drops it) and reaches O and the sum, as it does there.
+  __device__ __forceinline__ bool compute_settled_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
+                                                       const uint8_t (*v_rows)[kMmaRowBytes], const Logits& logits) {
     float s[kMTiles][kSTiles][4];
+    qk(smem, k_rows, s);
+    const float scale = exp2_scale(logits);
+    float p_max[kMTiles][2];  // one chain per row, as compute_tile's maxima; every P is >= 0
+    CUTE_UNROLL
+    for (int m = 0; m < kMTiles; ++m) {
+      apply_logits(s[m], logits);
+      CUTE_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        const float shift = softmax[m][r].row_max;
+        p_max[m][r] = 0.0f;
+        CUTE_UNROLL
+        for (int nt = 0; nt < kSTiles; ++nt) {
+          CUTE_UNROLL
+          for (int i = 0; i < 2; ++i) {
+            float& x = s[m][nt][2 * r + i];
+            x = fast_exp2(fmaf(x, scale, -shift));
+            p_max[m][r] = fmaxf(p_max[m][r], x);
+          }
+        }
+      }
+    }
+    bool within = true;
+    CUTE_UNROLL
+    for (int m = 0; m < kMTiles; ++m) within = within && p_max[m][0] <= kSettledBound && p_max[m][1] <= kSettledBound;
+    // A loop whose trip count ptxas cannot bound keeps both ways branches (as an `if`, it
+    // predicated the rest of the tile, which spilled O).
+    const int settled = opaque_int(__all_sync(0xffffffffu, within) ? 1 : 0);
+#pragma unroll 1
+    for (int pass = 0; pass < settled; ++pass) {
+      CUTE_UNROLL
+      for (int m = 0; m < kMTiles; ++m) {
+        CUTE_UNROLL
+        for (int r = 0; r < 2; ++r) {
+          float sum = softmax[m][r].lane_sum;
+          CUTE_UNROLL
+          for (int nt = 0; nt < kSTiles; ++nt) sum += s[m][nt][2 * r] + s[m][nt][2 * r + 1];
+          softmax[m][r].lane_sum = sum;
+        }
+      }
+      pv(v_rows, s);
+    }
+    return settled != 0;
+  }
+
+ private:
+  static constexpr float kSettledBound = 256.0f;  // 2^kSettledSlack, kSettledSlack = 8
+
+  __device__ __forceinline__ static void apply_logits(float (&s)[kSTiles][4], const Logits& logits) {
+    if constexpr (!Logits::kLinear) {
+      CUTE_UNROLL
+      for (int nt = 0; nt < kSTiles; ++nt) {
+        CUTE_UNROLL
+        for (int i = 0; i < 4; ++i) s[nt][i] = logits(s[nt][i]);
+      }
+    }
+  }
+  // The factor exp2's argument takes the logits by: a linear logit is still the raw product.
+  __device__ __forceinline__ static float exp2_scale(const Logits& logits) {
+    if constexpr (Logits::kLinear) return logits.scale_log2;
+    else return 1.0f;
+  }
+
+  // S = Q K^T for the tile; k-steps outermost, so Q's fragments are read once per k-step.
+  __device__ __forceinline__ static void qk(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
+                                            float (&s)[kMTiles][kSTiles][4]) {
+    const uint32_t k_addr = smem_address(k_rows) + (kFromCodes ? k_codes_lane() : k_lane());
+    const uint32_t q_base = q_addr(smem);
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
       CUTE_UNROLL
@@ -233,56 +358,11 @@ struct PrefillMainloop {
         }
       }
     }
-    // Online softmax per row; P in place of S. A linear logit (no soft-cap) stays a raw product
-    // here and its scale is folded into the softmax's exp2 (softmax.cuh).
-    float rescale[kMTiles][2];  // factors for O's rows
-    bool changed = false;
-    CUTE_UNROLL
-    for (int m = 0; m < kMTiles; ++m) {
-      if constexpr (!Logits::kLinear) {
-        CUTE_UNROLL
-        for (int nt = 0; nt < kSTiles; ++nt) {
-          CUTE_UNROLL
-          for (int i = 0; i < 4; ++i) s[m][nt][i] = logits(s[m][nt][i]);
-        }
-      }
-      if constexpr (kMask) {
-        CUTE_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          const int2 bounds = smem.key_bounds[first_row() + 16 * m + lane_g() + 8 * r];
-          CUTE_UNROLL
-          for (int nt = 0; nt < kSTiles; ++nt) {
-            CUTE_UNROLL
-            for (int i = 0; i < 2; ++i) {
-              const int token = tile_begin + 8 * nt + 2 * lane_c() + i;
-              if (token < bounds.x || token > bounds.y) s[m][nt][2 * r + i] = -INFINITY;
-            }
-          }
-        }
-      }
-      float scale = 1.0f;
-      if constexpr (Logits::kLinear) scale = logits.scale_log2;
-      rescale[m][0] = softmax[m][0].update_rows(s[m], 0, scale);
-      rescale[m][1] = softmax[m][1].update_rows(s[m], 1, scale);
-      changed |= rescale[m][0] != 1.0f || rescale[m][1] != 1.0f;
-      if constexpr (!kSkipSettledRescale) {
-        if (__any_sync(0xffffffffu, rescale[m][0] != 1.0f || rescale[m][1] != 1.0f)) rescale_o(m, rescale[m]);
-      }
-    }
-    // Once the rows' maxima settle (most tiles of a long row), no factor differs from 1 and the
-    // warp may skip O's multiplies. ptxas turns an `if` (or a loop it can see runs at most once)
-    // into predicated multiplies, issued on every tile anyway; a trip count it cannot bound
-    // (opaque_int) keeps the branch. The branch needs every m-tile's factors at once, which with
-    // S at 64 registers a thread (two m-tiles of 64 keys) spilled, as did unconditional
-    // multiplies; there each m-tile keeps its own (predicated) test, the form that fit.
-    if constexpr (kSkipSettledRescale) {
-#pragma unroll 1
-      for (int pass = 0, passes = opaque_int(__any_sync(0xffffffffu, changed) ? 1 : 0); pass < passes; ++pass) {
-        CUTE_UNROLL
-        for (int m = 0; m < kMTiles; ++m) rescale_o(m, rescale[m]);
-      }
-    }
-    // O += P V. S's accumulators of n-tiles 2t, 2t+1 are the A fragment of k-step t.
+  }
+
+  // O += P V, P in S's accumulators: n-tiles 2t, 2t+1 are the A fragment of k-step t.
+  __device__ __forceinline__ void pv(const uint8_t (*v_rows)[kMmaRowBytes], const float (&s)[kMTiles][kSTiles][4]) {
+    const uint32_t v_addr = smem_address(v_rows) + (kFromCodes ? v_codes_lane() : v_lane());
     CUTE_UNROLL
     for (int t = 0; t < kPvSteps; ++t) {
       uint32_t a[kMTiles][4];

@@ -379,6 +379,39 @@ def test_ragged_options(q_dtype, kv_dtype, workspace):
     assert_close(out, lse, ref, ref_lse, out_tolerance(q_dtype, kv_dtype), "ragged return_lse")
 
 
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("q_dtype,kv_dtype,conv", KV_CASES, ids=_ids)
+def test_row_maxima_that_jump(q_dtype, kv_dtype, conv, causal, workspace):
+    """Unmasked tiles are first taken against the rows' running maxima as they stand, and taken
+    again with the maxima moved where some P of the warp passes 2^8 (compute_settled_tile in
+    prefill_mainloop_sm80.cuh). Here every row's logits jump at keys inside tiles, so both ways
+    run in the same rows: dim 0 of q is 4 and dim 0 of K steps from 0 to 24, 48 and 256 (exact in
+    every dtype), jumps of 12.2, 12.2 and 106 (log2 units: 4 x 24 / sqrt(128) x log2(e) = 12.2).
+    Taken against a max that does not move, P would reach 2^130, past fp32 (and 2^24, past fp16)."""
+    d, group = 128, 4
+    qo_lens, kv_lens = [30, 300, 1], [700, 1500, 2000]
+    hq, hk = heads_for(group)
+    c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, kv_dtype, seed=3)
+    c["q"][:, :, 0] = 4.0
+    k = c["k"].float()
+    starts = indptr_of(kv_lens).tolist()
+    for start, n in zip(starts, kv_lens):
+        level = torch.zeros(n)
+        for key, value in ((150, 24.0), (401, 48.0), (1000, 256.0)):
+            level[key:] = value
+        k[start:start + n, :, 0] = level[:, None].cuda()
+    c["k"] = k.to(kv_dtype)
+    w = ragged_wrapper(workspace, "NHD", fp8_conversion=conv)
+    plan_ragged(w, c, q_dtype, kv_dtype, causal)
+    out, lse = poisoned(c["q"])
+    w.run(c["q"], c["k"], c["v"], out=out, lse=lse)
+    torch.cuda.synchronize()
+    ref, ref_lse = ragged_ref(c, causal)
+    assert_close(out, lse, ref, ref_lse, out_tolerance(q_dtype, kv_dtype),
+                 f"{w.module.key.name}, jumping maxima, causal {causal}")
+
+
 # --- CUDA graphs, no host sync ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["paged", "ragged"])
