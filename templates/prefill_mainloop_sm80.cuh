@@ -245,40 +245,41 @@ struct PrefillMainloop {
 
   // An unmasked tile taken against the rows' running maxima as they stand, for rows whose maxima
   // have settled (most tiles of a long row): P = exp2(logit - row_max), with no max update, no
-  // quad shuffle and no rescale of O. Valid while every P of the warp stays within 2^kSettledSlack
-  // (a fixed offset of every P of a row changes neither O / sum nor the LSE, and P up to 2^8 is
-  // exact to the same relative step in bf16 / fp16 and in the fp32 sums); the warp votes on it
-  // before P V touches O. Returns false, with nothing changed, where some P passes it (a row's
-  // max grew by more than 2^kSettledSlack, a row with no max yet (-inf), or +inf logits): the
-  // caller then runs the tile again through compute_tile(), which moves the maxima. A NaN logit
-  // passes the vote (fmaxf drops it) and reaches O and the sum, as it does there.
+  // quad shuffle and no rescale of O. Valid while each lane's sum of a row's P in the tile stays
+  // within kSettledBound, which bounds every one of those P (they are >= 0): a fixed offset of a
+  // row's P changes neither O / sum nor the LSE, and P up to 2^8 keeps the same relative step in
+  // bf16 / fp16 and in the fp32 sums. The warp votes on it before P V touches O. Returns false,
+  // with nothing changed, where some sum passes it (a row's max grew by more than about 2^4, a row
+  // with no max yet (-inf), +inf or NaN logits): the caller then runs the tile again through
+  // compute_tile(), which moves the maxima (and carries a NaN into O and the sum).
   __device__ __forceinline__ bool compute_settled_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
                                                        const uint8_t (*v_rows)[kMmaRowBytes], const Logits& logits) {
     float s[kMTiles][kSTiles][4];
     qk(smem, k_rows, s);
     const float scale = exp2_scale(logits);
-    float p_max[kMTiles][2];  // one chain per row, as compute_tile's maxima; every P is >= 0
+    float tile_sum[kMTiles][2];  // this lane's sum of each row's P in the tile
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
       apply_logits(s[m], logits);
       CUTE_UNROLL
       for (int r = 0; r < 2; ++r) {
         const float shift = softmax[m][r].row_max;
-        p_max[m][r] = 0.0f;
+        tile_sum[m][r] = 0.0f;
         CUTE_UNROLL
         for (int nt = 0; nt < kSTiles; ++nt) {
           CUTE_UNROLL
           for (int i = 0; i < 2; ++i) {
             float& x = s[m][nt][2 * r + i];
             x = fast_exp2(fmaf(x, scale, -shift));
-            p_max[m][r] = fmaxf(p_max[m][r], x);
+            tile_sum[m][r] += x;
           }
         }
       }
     }
     bool within = true;
     CUTE_UNROLL
-    for (int m = 0; m < kMTiles; ++m) within = within && p_max[m][0] <= kSettledBound && p_max[m][1] <= kSettledBound;
+    for (int m = 0; m < kMTiles; ++m)
+      within = within && tile_sum[m][0] <= kSettledBound && tile_sum[m][1] <= kSettledBound;
     // A loop whose trip count ptxas cannot bound keeps both ways branches (as an `if`, it
     // predicated the rest of the tile, which spilled O).
     const int settled = opaque_int(__all_sync(0xffffffffu, within) ? 1 : 0);
@@ -286,13 +287,8 @@ struct PrefillMainloop {
     for (int pass = 0; pass < settled; ++pass) {
       CUTE_UNROLL
       for (int m = 0; m < kMTiles; ++m) {
-        CUTE_UNROLL
-        for (int r = 0; r < 2; ++r) {
-          float sum = softmax[m][r].lane_sum;
-          CUTE_UNROLL
-          for (int nt = 0; nt < kSTiles; ++nt) sum += s[m][nt][2 * r] + s[m][nt][2 * r + 1];
-          softmax[m][r].lane_sum = sum;
-        }
+        softmax[m][0].lane_sum += tile_sum[m][0];
+        softmax[m][1].lane_sum += tile_sum[m][1];
       }
       pv(v_rows, s);
     }
@@ -300,7 +296,7 @@ struct PrefillMainloop {
   }
 
  private:
-  static constexpr float kSettledBound = 256.0f;  // 2^kSettledSlack, kSettledSlack = 8
+  static constexpr float kSettledBound = 256.0f;  // compute_settled_tile's bound on a lane's sum of a row's P
 
   __device__ __forceinline__ static void apply_logits(float (&s)[kSTiles][4], const Logits& logits) {
     if constexpr (!Logits::kLinear) {
