@@ -4,7 +4,7 @@
 // (paged_kv.cuh); an FP8 tile is first upcast once, by the whole CTA, into 16-bit rows
 // (kv_tile_convert.cuh), so every KV dtype reaches the tensor cores through the same loads.
 // Except where PrefillShape::kFp8FromCodes: there each warp reads K's and V's codes with ldmatrix
-// and upcasts them in registers (compute_tile; `cvt`, or e5m2's byte permutes), which halves their
+// and upcasts them in registers (qk(), pv(); `cvt`, or e5m2's byte permutes), which halves their
 // shared-memory reads and leaves the CTA no upcast and one barrier a tile.
 //
 // Fragments come from ldmatrix: K rows (tokens) as the B operand of S = Q K^T, and V rows,
@@ -13,6 +13,11 @@
 // shared-memory traffic per mma halves against one m-tile. Shared 16-bit rows are XOR-swizzled, or padded
 // where a row is not a whole number of 128-byte lines (smem_rows.cuh): either way the 8 row
 // addresses of one 8x8 matrix fall on 8 different chunk positions of the 128-byte bank window.
+//
+// Once a tile has set the rows' maxima, the unmasked tiles are taken against them as they stand
+// (compute_settled_tile: no max update, quad shuffle or rescale of O; 629 SASS instructions a tile
+// body against the exact one's 854 at head dim 128, bf16) and run again through the exact body
+// only where a row's max grew too far. Not where kFp8FromCodes (kSettledTiles).
 #pragma once
 #include <cuda_runtime.h>
 #include "kv_tile_convert.cuh"
@@ -51,16 +56,17 @@ struct PrefillMainloop {
   static constexpr int kSTiles = kBlockN / 8;      // n-tiles of S per tile
   static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
   static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
-  // Unmasked tiles first tried against the rows' maxima as they stand (compute_settled_tile), not
-  // where the warps upcast FP8 codes: with the upcast's registers that body spilled (92-244 bytes
-  // at head dim 128, sm_90a).
+  // Unmasked tiles first tried against the rows' maxima as they stand (compute_settled_tile), except
+  // where the warps upcast FP8 codes: beside the upcast's registers a third tile body spilled them
+  // (92 to 372 bytes at head dim 128, sm_90a, local ptxas), and so did that body in place of the
+  // unmasked exact one.
   static constexpr bool kSettledTiles = !Cfg::kFp8FromCodes;
   // FP8 codes read by the warps (kind_prefill.py fp8_from_codes): the ring's 8-bit rows are then
   // laid out for ldmatrix like the 16-bit ones, and each conversion feeds kMTiles mma.
   static constexpr bool kFromCodes = Cfg::kFp8FromCodes;
   static_assert(!kFromCodes || (Kv::kIsFp8 && !Kv::kHasSpecialCodes && kBlockN % 32 == 0 && kHeadDim % 32 == 0),
                 "codes are upcast with the exact routine, by 32 keys of K or 32 dims of V (four n-tiles) an ldmatrix");
-  // The rows compute_tile reads with ldmatrix, swizzled or padded as Cfg::kRowPadding says
+  // The rows qk() and pv() read with ldmatrix, swizzled or padded as Cfg::kRowPadding says
   // (smem_rows.cuh): 16-bit ones (a 16-bit cache's ring, or the tiles the CTA upcasts FP8 into),
   // or, where kFromCodes, the ring's rows of codes.
   using Rows = LdmatrixRows<kHeadDim * (kFromCodes ? 1 : 2), Cfg::kRowPadding>;
@@ -95,7 +101,7 @@ struct PrefillMainloop {
   __device__ __forceinline__ static int lane_c() { return lane() % 4; }
   __device__ __forceinline__ static int first_row() { return thread_index_here() / 32 * kMTiles * 16; }
   // The column (dim) of O that o_acc[m][e][2 r + i] holds: 8 e + 2 c + i; from V's codes, where
-  // one ldmatrix.trans word holds two keys of two adjacent dims (compute_tile), the even dims of
+  // one ldmatrix.trans word holds two keys of two adjacent dims (pv()), the even dims of
   // each 16 make n-tile 2 f and the odd ones 2 f + 1, so 16 f + 4 c + 2 i + e % 2.
   __device__ __forceinline__ static int o_column(int e, int i) {
     return kFromCodes ? 16 * (e / 2) + 4 * lane_c() + 2 * i + e % 2 : 8 * e + 2 * lane_c() + i;
@@ -231,8 +237,8 @@ struct PrefillMainloop {
     // into predicated multiplies, issued on every tile anyway; a trip count it cannot bound
     // (opaque_int) keeps the branch. The branch needs every m-tile's factors at once, which with
     // S at 64 registers a thread (two m-tiles of 64 keys) spilled, as did unconditional
-    // multiplies; there each m-tile keeps its own (predicated) test, the form that fit. Those
-    // tiles mostly take compute_settled_tile() instead, which has no rescale to issue.
+    // multiplies; there each m-tile keeps its own (predicated) test, the form that fit. Where
+    // kSettledTiles, most tiles take compute_settled_tile() instead, which issues no rescale.
     if constexpr (kSkipSettledRescale) {
 #pragma unroll 1
       for (int pass = 0, passes = opaque_int(__any_sync(0xffffffffu, changed) ? 1 : 0); pass < passes; ++pass) {
@@ -247,11 +253,12 @@ struct PrefillMainloop {
   // have settled (most tiles of a long row): P = exp2(logit - row_max), with no max update, no
   // quad shuffle and no rescale of O. Valid while each lane's sum of a row's P in the tile stays
   // within kSettledBound, which bounds every one of those P (they are >= 0): a fixed offset of a
-  // row's P changes neither O / sum nor the LSE, and P up to 2^8 keeps the same relative step in
-  // bf16 / fp16 and in the fp32 sums. The warp votes on it before P V touches O. Returns false,
-  // with nothing changed, where some sum passes it (a row's max grew by more than about 2^4, a row
-  // with no max yet (-inf), +inf or NaN logits): the caller then runs the tile again through
-  // compute_tile(), which moves the maxima (and carries a NaN into O and the sum).
+  // row's P changes neither O / sum nor the LSE (row_max + log2 of the sum), and P up to 2^8 keeps
+  // the same relative step in bf16 / fp16 and in the fp32 sums. The warp votes on it before P V
+  // touches O. Returns false, with nothing changed, where some sum passes it (logits past their
+  // row's max by 4 to 8 in log2 units, as many of a lane's as it takes; a row with no max yet
+  // (-inf); +inf or NaN logits): the caller then runs the tile again through compute_tile(),
+  // which moves the maxima (and carries a NaN into O and the sum).
   __device__ __forceinline__ bool compute_settled_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
                                                        const uint8_t (*v_rows)[kMmaRowBytes], const Logits& logits) {
     float s[kMTiles][kSTiles][4];
