@@ -17,7 +17,7 @@
 // Once a tile has set the rows' maxima, the unmasked tiles are taken against them as they stand
 // (compute_settled_tile: no max update, quad shuffle or rescale of O; 629 SASS instructions a tile
 // body against the exact one's 854 at head dim 128, bf16) and run again through the exact body
-// only where a row's max grew too far. Not where kFp8FromCodes (kSettledTiles).
+// only where a row's max grew too far. Not everywhere: kSettledTiles.
 #pragma once
 #include <cuda_runtime.h>
 #include "kv_tile_convert.cuh"
@@ -57,10 +57,11 @@ struct PrefillMainloop {
   static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
   static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
   // Unmasked tiles first tried against the rows' maxima as they stand (compute_settled_tile), except
-  // where the warps upcast FP8 codes: beside the upcast's registers a third tile body spilled them
-  // (92 to 372 bytes at head dim 128, sm_90a, local ptxas), and so did that body in place of the
-  // unmasked exact one.
-  static constexpr bool kSettledTiles = !Cfg::kFp8FromCodes;
+  // where a third tile body spilled (local ptxas, every instance of every arch): beside the warps'
+  // own upcast of FP8 codes (92 to 372 bytes at head dim 128 on sm_90a, and as much with that body
+  // in place of the unmasked exact one), and at head dims 80 and 96 (4 to 160 bytes, sm_80 and
+  // sm_90a).
+  static constexpr bool kSettledTiles = !Cfg::kFp8FromCodes && kHeadDim != 80 && kHeadDim != 96;
   // FP8 codes read by the warps (kind_prefill.py fp8_from_codes): the ring's 8-bit rows are then
   // laid out for ldmatrix like the 16-bit ones, and each conversion feeds kMTiles mma.
   static constexpr bool kFromCodes = Cfg::kFp8FromCodes;
