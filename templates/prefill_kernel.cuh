@@ -111,8 +111,9 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     }
     const int tile_begin = begin + t * kN;
     // Only tiles that reach past a row's last key or before its first need the per-key test.
-    // The others are first taken against the rows' maxima as they stand (after the first tile,
-    // which sets them), and run again with the maxima moved only where some row's grew too far.
+    // Where kSettledTiles, the others are first taken against the rows' maxima as they stand (after
+    // the first tile, which sets them), and run again with the maxima moved only where some row's
+    // grew too far.
     if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max) {
       ml.template compute_tile<true>(smem, k_rows, v_rows, tile_begin, logits);
     } else {

@@ -17,7 +17,7 @@
 // Once a tile has set the rows' maxima, the unmasked tiles are taken against them as they stand
 // (compute_settled_tile: no max update, quad shuffle or rescale of O; 629 SASS instructions a tile
 // body against the exact one's 854 at head dim 128, bf16) and run again through the exact body
-// only where a row's max grew too far. Not everywhere: kSettledTiles.
+// only where a row's max grew too far; where kSettledTiles.
 #pragma once
 #include <cuda_runtime.h>
 #include "kv_tile_convert.cuh"
@@ -55,13 +55,14 @@ struct PrefillMainloop {
   static constexpr int kNTiles = kHeadDim / 8;     // n-tiles of P V (O's columns)
   static constexpr int kSTiles = kBlockN / 8;      // n-tiles of S per tile
   static constexpr int kPvSteps = kBlockN / 16;    // k-steps of P V per tile
-  static constexpr bool kSkipSettledRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
+  static constexpr bool kBranchOverRescale = kMTiles * kSTiles * 4 <= 32;  // S's registers per thread
   // Unmasked tiles first tried against the rows' maxima as they stand (compute_settled_tile), except
   // where a third tile body spilled (local ptxas, every instance of every arch): beside the warps'
-  // own upcast of FP8 codes (92 to 372 bytes at head dim 128 on sm_90a, and as much with that body
-  // in place of the unmasked exact one), and at head dims 80 and 96 (4 to 160 bytes, sm_80 and
-  // sm_90a).
-  static constexpr bool kSettledTiles = !Cfg::kFp8FromCodes && kHeadDim != 80 && kHeadDim != 96;
+  // own upcast of FP8 codes at head dim 128 (168 to 420 bytes, and as much with that body in place
+  // of the unmasked exact one; at 64 they fit), and at head dims 80 and 96 (4 to 160 bytes in 20
+  // of their 128 instances, on sm_80 and sm_90a).
+  static constexpr bool kSettledTiles =
+      !(Cfg::kFp8FromCodes && kHeadDim == 128) && kHeadDim != 80 && kHeadDim != 96;
   // FP8 codes read by the warps (kind_prefill.py fp8_from_codes): the ring's 8-bit rows are then
   // laid out for ldmatrix like the 16-bit ones, and each conversion feeds kMTiles mma.
   static constexpr bool kFromCodes = Cfg::kFp8FromCodes;
@@ -229,7 +230,7 @@ struct PrefillMainloop {
       rescale[m][0] = softmax[m][0].update_rows(s[m], 0, scale);
       rescale[m][1] = softmax[m][1].update_rows(s[m], 1, scale);
       changed |= rescale[m][0] != 1.0f || rescale[m][1] != 1.0f;
-      if constexpr (!kSkipSettledRescale) {
+      if constexpr (!kBranchOverRescale) {
         if (__any_sync(0xffffffffu, rescale[m][0] != 1.0f || rescale[m][1] != 1.0f)) rescale_o(m, rescale[m]);
       }
     }
@@ -240,7 +241,7 @@ struct PrefillMainloop {
     // S at 64 registers a thread (two m-tiles of 64 keys) spilled, as did unconditional
     // multiplies; there each m-tile keeps its own (predicated) test, the form that fit. Where
     // kSettledTiles, most tiles take compute_settled_tile() instead, which issues no rescale.
-    if constexpr (kSkipSettledRescale) {
+    if constexpr (kBranchOverRescale) {
 #pragma unroll 1
       for (int pass = 0, passes = opaque_int(__any_sync(0xffffffffu, changed) ? 1 : 0); pass < passes; ++pass) {
         CUTE_UNROLL
@@ -257,9 +258,12 @@ struct PrefillMainloop {
   // row's P changes neither O / sum nor the LSE (row_max + log2 of the sum), and P up to 2^8 keeps
   // the same relative step in bf16 / fp16 and in the fp32 sums. The warp votes on it before P V
   // touches O. Returns false, with nothing changed, where some sum passes it (logits past their
-  // row's max by 4 to 8 in log2 units, as many of a lane's as it takes; a row with no max yet
-  // (-inf); +inf or NaN logits): the caller then runs the tile again through compute_tile(),
-  // which moves the maxima (and carries a NaN into O and the sum).
+  // row's max by 4 to 8 in log2 units at 64 keys a tile, 16 P a lane and row: as many of a lane's
+  // as it takes; a row with no max yet (-inf); +inf or NaN logits): the caller then runs the tile
+  // again through compute_tile(), which moves the maxima (and carries a NaN into O and the sum).
+  // The Hopper consumers vote before exp2, on the maxima, and move them in place
+  // (OnlineSoftmaxRow::rebase_quad_rows); here that form spilled, and running the tile again
+  // needs no registers beyond the exact body's.
   __device__ __forceinline__ bool compute_settled_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
                                                        const uint8_t (*v_rows)[kMmaRowBytes], const Logits& logits) {
     float s[kMTiles][kSTiles][4];
@@ -269,20 +273,8 @@ struct PrefillMainloop {
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
       apply_logits(s[m], logits);
-      CUTE_UNROLL
-      for (int r = 0; r < 2; ++r) {
-        const float shift = softmax[m][r].row_max;
-        tile_sum[m][r] = 0.0f;
-        CUTE_UNROLL
-        for (int nt = 0; nt < kSTiles; ++nt) {
-          CUTE_UNROLL
-          for (int i = 0; i < 2; ++i) {
-            float& x = s[m][nt][2 * r + i];
-            x = fast_exp2(fmaf(x, scale, -shift));
-            tile_sum[m][r] += x;
-          }
-        }
-      }
+      tile_sum[m][0] = softmax[m][0].exp2_rows_as_they_stand(s[m], 0, scale);
+      tile_sum[m][1] = softmax[m][1].exp2_rows_as_they_stand(s[m], 1, scale);
     }
     bool within = true;
     CUTE_UNROLL

@@ -8,7 +8,9 @@
 namespace fig {
 
 struct OnlineSoftmaxRow {
-  float row_max;  // of all logits seen so far, log2 units; -inf before the first valid one
+  float row_max;  // the shift P and lane_sum are taken against, log2 units: the max of the logits
+                  // seen so far, or below it where tiles were taken against a max as it stood
+                  // (exp2_rows_as_they_stand); -inf before the first valid logit
   float lane_sum; // sum of exp2(logit - row_max) over this lane's columns
 
   __device__ __forceinline__ void init() {
@@ -31,6 +33,15 @@ struct OnlineSoftmaxRow {
   template <int N>
   __device__ __forceinline__ float update_rows(float (&s)[N][4], int r, float scale = 1.0f) {
     return update_each<2 * N>([&](int i) -> float& { return s[i / 2][2 * r + i % 2]; }, scale);
+  }
+
+  // Row r of a lane's mma accumulator n-tiles (as update_rows) turned into P = exp2(scale * s -
+  // row_max) in place against the max as it stands, with no update; returns this lane's sum of
+  // them, which the caller adds to lane_sum only if it keeps them (the Ampere prefill's settled
+  // tiles, prefill_mainloop_sm80.cuh). A row without a max (-inf) gives +inf or NaN.
+  template <int N>
+  __device__ __forceinline__ float exp2_rows_as_they_stand(float (&s)[N][4], int r, float scale) const {
+    return exp2_sum<2 * N>([&](int i) -> float& { return s[i / 2][2 * r + i % 2]; }, scale, row_max, 0.0f);
   }
 
   // The same for row r of a fragment in the quad layout of kBlocks 8-column blocks: frag(4 j +
@@ -125,9 +136,17 @@ struct OnlineSoftmaxRow {
     // A row with no valid logit yet keeps max -inf; subtract 0 then so that exp2 gives 0, not NaN.
     const float base = new_max == -INFINITY ? 0.0f : new_max;
     const float rescale = fast_exp2(row_max - base);
-    const float shift = base - offset;
+    lane_sum = exp2_sum<N, kChains>(at, scale, base - offset, lane_sum * rescale);
+    row_max = new_max;
+    return rescale;
+  }
+
+  // at(i) = exp2(scale * at(i) - shift) for the N entries; returns start plus their sum, taken in
+  // kChains interleaved chains.
+  template <int N, int kChains = 1, class At>
+  __device__ __forceinline__ static float exp2_sum(At&& at, float scale, float shift, float start) {
     float chain_sum[kChains];
-    chain_sum[0] = lane_sum * rescale;
+    chain_sum[0] = start;
     CUTE_UNROLL
     for (int c = 1; c < kChains; ++c) chain_sum[c] = 0.0f;
     CUTE_UNROLL
@@ -135,11 +154,10 @@ struct OnlineSoftmaxRow {
       at(i) = fast_exp2(fmaf(at(i), scale, -shift));
       chain_sum[i % kChains] += at(i);
     }
-    lane_sum = chain_sum[0];
+    float sum = chain_sum[0];
     CUTE_UNROLL
-    for (int c = 1; c < kChains; ++c) lane_sum += chain_sum[c];
-    row_max = new_max;
-    return rescale;
+    for (int c = 1; c < kChains; ++c) sum += chain_sum[c];
+    return sum;
   }
 };
 

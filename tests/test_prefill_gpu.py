@@ -379,37 +379,45 @@ def test_ragged_options(q_dtype, kv_dtype, workspace):
     assert_close(out, lse, ref, ref_lse, out_tolerance(q_dtype, kv_dtype), "ragged return_lse")
 
 
-
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("q_dtype,kv_dtype,conv", KV_CASES, ids=_ids)
-def test_row_maxima_that_jump(q_dtype, kv_dtype, conv, causal, workspace):
+def test_row_maxima_that_jump(q_dtype, kv_dtype, conv, d, causal, workspace):
     """Unmasked tiles are first taken against the rows' running maxima as they stand, and taken
-    again with the maxima moved where some P of the warp passes 2^8 (compute_settled_tile in
-    prefill_mainloop_sm80.cuh). Here every row's logits jump at keys inside tiles, so both ways
-    run in the same rows: dim 0 of q is 4 and dim 0 of K steps from 0 to 24, 48 and 256 (exact in
-    every dtype), jumps of 12.2, 12.2 and 106 (log2 units: 4 x 24 / sqrt(128) x log2(e) = 12.2).
-    Taken against a max that does not move, P would reach 2^130, past fp32 (and 2^24, past fp16)."""
-    d, group = 128, 4
+    again with the maxima moved where the warp's vote fails: some lane's sum of a row's P in the
+    tile passes 2^8 (compute_settled_tile in prefill_mainloop_sm80.cuh; not where the warps upcast
+    FP8 codes at head dim 128, which head dims 64 and 256 do not). Here the logits of some rows
+    jump at keys inside unmasked tiles: dim 0 of q is 4 in the even q heads and 0 in the odd ones,
+    and dim 0 of K steps from 0 to 32 at key 150 and to 64 at key 300 (jumps of 16 log2 units at
+    head dim 128: 4 x 32 / sqrt(128) x log2(e)), with one key of 448 at key 520, a jump of 196
+    (138 at head dim 256) in the one lane of a quad that holds it. So the warps that vote mix rows
+    and lanes that pass the bound with ones that do not, and taken against a max that did not move,
+    that key's P would pass fp32's range (at head dims 64 and 128 the steps alone pass fp16's).
+    Values exact in every dtype.
+    At head dim 128 once more with the soft-cap, whose logits go through the same vote."""
+    group = 4
     qo_lens, kv_lens = [30, 300, 1], [700, 1500, 2000]
     hq, hk = heads_for(group)
     c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, kv_dtype, seed=3)
-    c["q"][:, :, 0] = 4.0
+    c["q"][:, 0::2, 0] = 4.0
+    c["q"][:, 1::2, 0] = 0.0
     k = c["k"].float()
-    starts = indptr_of(kv_lens).tolist()
-    for start, n in zip(starts, kv_lens):
+    for start, n in zip(indptr_of(kv_lens).tolist(), kv_lens):
         level = torch.zeros(n)
-        for key, value in ((150, 24.0), (401, 48.0), (1000, 256.0)):
-            level[key:] = value
+        level[150:] = 32.0
+        level[300:] = 64.0
+        level[520] = 448.0
         k[start:start + n, :, 0] = level[:, None].cuda()
     c["k"] = k.to(kv_dtype)
     w = ragged_wrapper(workspace, "NHD", fp8_conversion=conv)
-    plan_ragged(w, c, q_dtype, kv_dtype, causal)
-    out, lse = poisoned(c["q"])
-    w.run(c["q"], c["k"], c["v"], out=out, lse=lse)
-    torch.cuda.synchronize()
-    ref, ref_lse = ragged_ref(c, causal)
-    assert_close(out, lse, ref, ref_lse, out_tolerance(q_dtype, kv_dtype),
-                 f"{w.module.key.name}, jumping maxima, causal {causal}")
+    for soft_cap in (None, 30.0) if d == 128 else (None,):
+        plan_ragged(w, c, q_dtype, kv_dtype, causal, logits_soft_cap=soft_cap)
+        out, lse = poisoned(c["q"])
+        w.run(c["q"], c["k"], c["v"], out=out, lse=lse)
+        torch.cuda.synchronize()
+        ref, ref_lse = ragged_ref(c, causal, soft_cap=soft_cap)
+        assert_close(out, lse, ref, ref_lse, out_tolerance(q_dtype, kv_dtype),
+                     f"{w.module.key.name}, jumping maxima, causal {causal}, soft-cap {soft_cap}")
 
 
 # --- CUDA graphs, no host sync ---------------------------------------------------------------------
