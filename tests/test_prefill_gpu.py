@@ -385,29 +385,30 @@ def test_ragged_options(q_dtype, kv_dtype, workspace):
 def test_row_maxima_that_jump(q_dtype, kv_dtype, conv, d, causal, workspace):
     """Unmasked tiles are first taken against the rows' running maxima as they stand, and taken
     again with the maxima moved where the warp's vote fails: some lane's sum of a row's P in the
-    tile passes 2^8 (compute_settled_tile in prefill_mainloop_sm80.cuh; not where the warps upcast
-    FP8 codes at head dim 128, which head dims 64 and 256 do not). Here the logits of some rows
-    jump at keys inside unmasked tiles: dim 0 of q is 4 in the even q heads and 0 in the odd ones,
-    and dim 0 of K steps from 0 to 32 at key 150 and to 64 at key 300 (jumps of 16 log2 units at
-    head dim 128: 4 x 32 / sqrt(128) x log2(e)), with one key of 448 at key 520, a jump of 196
-    (138 at head dim 256) in the one lane of a quad that holds it. So the warps that vote mix rows
-    and lanes that pass the bound with ones that do not, and taken against a max that did not move,
-    that key's P would pass fp32's range (at head dims 64 and 128 the steps alone pass fp16's).
-    Values exact in every dtype.
-    At head dim 128 once more with the soft-cap, whose logits go through the same vote."""
+    tile passes 2^8 (compute_settled_tile in prefill_mainloop_sm80.cuh; not for the FP8 codes path
+    at head dim 128). Here the logits of some rows jump at keys inside unmasked tiles. Dim 0 of q
+    is 4 in the even q heads and 0 in the odd ones, and dim 0 of K steps from 0 to 32 at key 150
+    and to 64 at key 300 (jumps of 16 log2 units at head dim 128: 4 x 32 / sqrt(128) x log2(e)).
+    Dim 1 of q is 4 in the q heads 0 mod 4 only, and dim 1 of K is 448 at key 520, a jump of 196
+    (138 at head dim 256) in the one lane of a quad that holds it; the rows of heads 2 mod 4 do not
+    see it, so their output still weighs the keys around the steps. So the warps that vote mix rows,
+    and single lanes, that pass the bound with ones that do not, and taken against a max that did
+    not move, key 520's P would pass fp32's range (the steps alone pass fp16's). Values exact in
+    every dtype. At head dim 128 once more with the soft-cap, whose logits go through the same vote."""
     group = 4
     qo_lens, kv_lens = [30, 300, 1], [700, 1500, 2000]
     hq, hk = heads_for(group)
     c = make_ragged(qo_lens, kv_lens, hq, hk, d, q_dtype, kv_dtype, seed=3)
-    c["q"][:, 0::2, 0] = 4.0
-    c["q"][:, 1::2, 0] = 0.0
+    heads = torch.arange(hq, device="cuda")
+    c["q"][:, :, 0] = torch.where(heads % 2 == 0, 4.0, 0.0).to(q_dtype)
+    c["q"][:, :, 1] = torch.where(heads % 4 == 0, 4.0, 0.0).to(q_dtype)
     k = c["k"].float()
     for start, n in zip(indptr_of(kv_lens).tolist(), kv_lens):
-        level = torch.zeros(n)
-        level[150:] = 32.0
-        level[300:] = 64.0
-        level[520] = 448.0
-        k[start:start + n, :, 0] = level[:, None].cuda()
+        steps = torch.zeros(n)
+        steps[150:] = 32.0
+        steps[300:] = 64.0
+        k[start:start + n, :, 0] = steps[:, None].cuda()
+        k[start + 520, :, 1] = 448.0
     c["k"] = k.to(kv_dtype)
     w = ragged_wrapper(workspace, "NHD", fp8_conversion=conv)
     for soft_cap in (None, 30.0) if d == 128 else (None,):
@@ -418,7 +419,6 @@ def test_row_maxima_that_jump(q_dtype, kv_dtype, conv, d, causal, workspace):
         ref, ref_lse = ragged_ref(c, causal, soft_cap=soft_cap)
         assert_close(out, lse, ref, ref_lse, out_tolerance(q_dtype, kv_dtype),
                      f"{w.module.key.name}, jumping maxima, causal {causal}, soft-cap {soft_cap}")
-
 
 # --- CUDA graphs, no host sync ---------------------------------------------------------------------
 
