@@ -59,7 +59,7 @@ struct PrefillMainloop {
   // Unmasked tiles first tried against the rows' maxima as they stand (compute_settled_tile), except
   // where a third tile body spilled (local ptxas, every instance of every arch): beside the warps'
   // own upcast of FP8 codes at head dim 128 (168 to 420 bytes, and as much with that body in place
-  // of the unmasked exact one; at 64 they fit), and at head dims 80 and 96 (4 to 160 bytes in 20
+  // of the unmasked exact one; at 64 they fit), and at head dims 80 and 96 (4 to 160 bytes in 28
   // of their 128 instances, on sm_80 and sm_90a).
   static constexpr bool kSettledTiles =
       !(Cfg::kFp8FromCodes && kHeadDim == 128) && kHeadDim != 80 && kHeadDim != 96;
