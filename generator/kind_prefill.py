@@ -26,7 +26,7 @@ TUNE_ENV = "FIG_PREFILL_TUNE"
 
 
 def _tune() -> dict:
-    return tuning_overrides(TUNE_ENV, ("m_tiles", "block_n", "stages", "warps", "codes", "poly"))
+    return tuning_overrides(TUNE_ENV, ("m_tiles", "block_n", "stages", "warps", "codes"))
 
 
 def m_tiles(head_dim: int) -> int:
@@ -83,12 +83,6 @@ def fp8_from_codes(key: InstanceKey) -> bool:
         return False
     return ((key.kv_dtype, key.conversion) in CODES_UPCAST_IN_TWO and key.head_dim in CODES_HEAD_DIMS
             and m_tiles(key.head_dim) == 2)
-
-
-def poly_exp2_every(key: InstanceKey) -> int:
-    """Every how many of a row's probabilities the softmax takes 2^x on the FMA pipe (poly_exp2,
-    device_utils.cuh) instead of the SFU; 0: none."""
-    return _tune().get("poly", 0)
 
 
 def _round_up(x: int, to: int) -> int:
@@ -218,7 +212,6 @@ def template_context(key: InstanceKey) -> dict:
         "smem_per_block": arch.smem_per_block,
         "row_padding": row_padding(key.head_dim, key.is_fp8, fp8_from_codes(key)),
         "fp8_from_codes": "true" if fp8_from_codes(key) else "false",
-        "poly_exp2_every": poly_exp2_every(key),
     }
 
 

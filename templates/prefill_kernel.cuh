@@ -18,12 +18,11 @@ namespace fig {
 
 // The instance's numbers, all from the generator's table (generator/kind_prefill.py).
 template <int kHeadDim_, int kMTiles_, int kBlockN_, int kStages_, int kWarps_, int kMinCtasPerSm_, int kSmemBytes_,
-          int kSmemPerBlock_, int kRowPadding_, bool kFp8FromCodes_, int kPolyExp2Every_>
+          int kSmemPerBlock_, int kRowPadding_, bool kFp8FromCodes_>
 struct PrefillShape {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRowPadding = kRowPadding_;     // bytes after each shared K/V row ldmatrix reads (smem_rows.cuh)
   static constexpr bool kFp8FromCodes = kFp8FromCodes_;  // the warps upcast K's and V's codes (kind_prefill.py)
-  static constexpr int kPolyExp2Every = kPolyExp2Every_;  // softmax exp2s taken on the FMA pipe (kind_prefill.py)
   static constexpr int kBlockN = kBlockN_;             // keys per shared tile
   static constexpr int kStages = kStages_;             // tiles in flight
   static constexpr int kWarps = kWarps_;

@@ -61,10 +61,6 @@ struct PrefillMainloop {
   // own upcast of FP8 codes at head dim 128 (168 to 420 bytes, and as much with that body in place
   // of the unmasked exact one; at 64 they fit), and at head dims 80 and 96 (4 to 160 bytes in 28
   // of their 128 instances, on sm_80 and sm_90a).
-  // In settled tiles, every kPolyExp2Every-th probability of a row (0: none) from poly_exp2 on the
-  // FMA pipe instead of the SFU (kind_prefill.py poly_exp2_every). In the exact body as well, the
-  // bf16 instance at head dim 128 spilled 20-40 bytes (sm_90a, every 2nd to 4th).
-  static constexpr int kPolyExp2Every = Cfg::kPolyExp2Every;
   static constexpr bool kSettledTiles =
       !(Cfg::kFp8FromCodes && kHeadDim == 128) && kHeadDim != 80 && kHeadDim != 96;
   // FP8 codes read by the warps (kind_prefill.py fp8_from_codes): the ring's 8-bit rows are then
@@ -277,8 +273,8 @@ struct PrefillMainloop {
     CUTE_UNROLL
     for (int m = 0; m < kMTiles; ++m) {
       apply_logits(s[m], logits);
-      tile_sum[m][0] = softmax[m][0].template exp2_rows_as_they_stand<kPolyExp2Every>(s[m], 0, scale);
-      tile_sum[m][1] = softmax[m][1].template exp2_rows_as_they_stand<kPolyExp2Every>(s[m], 1, scale);
+      tile_sum[m][0] = softmax[m][0].exp2_rows_as_they_stand(s[m], 0, scale);
+      tile_sum[m][1] = softmax[m][1].exp2_rows_as_they_stand(s[m], 1, scale);
     }
     bool within = true;
     CUTE_UNROLL

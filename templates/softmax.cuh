@@ -39,10 +39,9 @@ struct OnlineSoftmaxRow {
   // row_max) in place against the max as it stands, with no update; returns this lane's sum of
   // them, which the caller adds to lane_sum only if it keeps them (the Ampere prefill's settled
   // tiles, prefill_mainloop_sm80.cuh). A row without a max (-inf) gives +inf or NaN.
-  template <int kPolyEvery = 0, int N>
+  template <int N>
   __device__ __forceinline__ float exp2_rows_as_they_stand(float (&s)[N][4], int r, float scale) const {
-    return exp2_sum<2 * N, 1, kPolyEvery>([&](int i) -> float& { return s[i / 2][2 * r + i % 2]; }, scale, row_max,
-                                          0.0f);
+    return exp2_sum<2 * N>([&](int i) -> float& { return s[i / 2][2 * r + i % 2]; }, scale, row_max, 0.0f);
   }
 
   // The same for row r of a fragment in the quad layout of kBlocks 8-column blocks: frag(4 j +
@@ -143,9 +142,8 @@ struct OnlineSoftmaxRow {
   }
 
   // at(i) = exp2(scale * at(i) - shift) for the N entries; returns start plus their sum, taken in
-  // kChains interleaved chains. kPolyEvery > 0: entries i % kPolyEvery == kPolyEvery - 1 take
-  // poly_exp2 (the FMA pipe) instead of the SFU's ex2 (device_utils.cuh).
-  template <int N, int kChains = 1, int kPolyEvery = 0, class At>
+  // kChains interleaved chains.
+  template <int N, int kChains = 1, class At>
   __device__ __forceinline__ static float exp2_sum(At&& at, float scale, float shift, float start) {
     float chain_sum[kChains];
     chain_sum[0] = start;
@@ -153,8 +151,7 @@ struct OnlineSoftmaxRow {
     for (int c = 1; c < kChains; ++c) chain_sum[c] = 0.0f;
     CUTE_UNROLL
     for (int i = 0; i < N; ++i) {
-      const float x = fmaf(at(i), scale, -shift);
-      at(i) = kPolyEvery > 0 && i % kPolyEvery == kPolyEvery - 1 ? poly_exp2(x) : fast_exp2(x);
+      at(i) = fast_exp2(fmaf(at(i), scale, -shift));
       chain_sum[i % kChains] += at(i);
     }
     float sum = chain_sum[0];
