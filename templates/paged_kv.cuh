@@ -76,30 +76,23 @@ struct PagedKvTileCopy {
     if (thread_index_here() < kRows) row_addrs[threadIdx.x] = addr;
   }
 
-  // Call after a barrier that follows the store() of these addresses. kBatch: passes whose row
-  // addresses are read before their copies (all by default): a cp.async writes shared memory, which
-  // the compiler cannot tell from the addresses, so with each pass's address read after the
-  // previous pass's copies it read one, waited for it, copied, and read the next (SASS of 5a1bb92).
-  // Fewer a batch hold fewer registers, for a copy issued beside a tile's live S.
-  template <int kBatch = kRows * kChunksPerRow>
+  // Call after a barrier that follows the store() of these addresses.
   __device__ __forceinline__ static void copy(uint8_t (*k_rows)[kRowBytes], uint8_t (*v_rows)[kRowBytes],
                                               const int64_t (&row_addrs)[kRows], int64_t v_minus_k) {
     using Passes = TilePasses<kRows, kChunksPerRow, kThreads>;
-    constexpr int kPerBatch = kBatch < Passes::kPasses ? kBatch : Passes::kPasses;
     const uint32_t thread = thread_index_here();
+    // Every row address before any copy: a cp.async writes shared memory, which the compiler
+    // cannot tell from the addresses, so with each pass's address read after the previous pass's
+    // copies it read one, waited for it, copied, and read the next (SASS of 5a1bb92).
+    int64_t k_src[Passes::kPasses];
     CUTE_UNROLL
-    for (int i0 = 0; i0 < Passes::kPasses; i0 += kPerBatch) {
-      int64_t k_src[kPerBatch];
-      CUTE_UNROLL
-      for (int i = i0; i < i0 + kPerBatch && i < Passes::kPasses; ++i) {
-        if (Passes::valid(thread, i))
-          k_src[i - i0] = row_addrs[Passes::row(thread, i)] + 16 * Passes::column(thread, i);
-      }
-      CUTE_UNROLL
-      for (int i = i0; i < i0 + kPerBatch && i < Passes::kPasses; ++i) {
-        if (Passes::valid(thread, i))
-          chunk(k_rows, v_rows, k_src[i - i0], v_minus_k, Passes::row(thread, i), Passes::column(thread, i));
-      }
+    for (int i = 0; i < Passes::kPasses; ++i) {
+      if (Passes::valid(thread, i)) k_src[i] = row_addrs[Passes::row(thread, i)] + 16 * Passes::column(thread, i);
+    }
+    CUTE_UNROLL
+    for (int i = 0; i < Passes::kPasses; ++i) {
+      if (Passes::valid(thread, i))
+        chunk(k_rows, v_rows, k_src[i], v_minus_k, Passes::row(thread, i), Passes::column(thread, i));
     }
   }
 

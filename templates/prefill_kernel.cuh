@@ -80,23 +80,9 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
   constexpr int kS = Cfg::kStages;
   const int tiles = (end - begin + kN - 1) / kN;
   auto lookup = [&](int t) { return Copy::lookup(kv, Kv::kBytes, k_base, page_begin, begin + t * kN, end); };
-  // Where the CTA upcasts an FP8 tile, the copy stays ahead of the upcast: after the Q K^T of a
-  // settled tile the e4m3 instance at head dim 128 spilled 4 bytes (sm_90a).
-  constexpr bool kCopyInSettledTile = !Kv::kIsFp8 || Cfg::kFp8FromCodes;
-  // Row addresses read two passes at a time (paged_kv.cuh) where the copy may go beside a settled
-  // tile's S: all at once made the bf16 instance at head dim 128 spill 12 bytes (sm_90a), four at a
-  // time 4.
-  constexpr int kCopyBatch = kCopyInSettledTile ? 2 : kN;
-  auto copy = [&](int t) {
-    Copy::template copy<kCopyBatch>(smem.k[t % kS], smem.v[t % kS], smem.row_addrs[t % kS], v_minus_k);
-  };
-  // Where the copy goes into settled tiles and some keys exist, tiles past the last are looked up
-  // too (every row the request's last key, lookup()), so that the loop copies one every tile
-  // without a branch (into a free stage, nobody reads it), which would end the exp2 stretch's
-  // basic block.
-  auto looked_up = [&](int t) { return kCopyInSettledTile ? tiles > 0 : t < tiles; };
+  auto copy = [&](int t) { Copy::copy(smem.k[t % kS], smem.v[t % kS], smem.row_addrs[t % kS], v_minus_k); };
   CUTE_UNROLL
-  for (int t = 0; t < kS; ++t) Copy::store(smem.row_addrs[t], looked_up(t) ? lookup(t) : 0);
+  for (int t = 0; t < kS; ++t) Copy::store(smem.row_addrs[t], t < tiles ? lookup(t) : 0);
   __syncthreads();
   CUTE_UNROLL
   for (int t = 0; t < kS - 1; ++t) {
@@ -105,19 +91,11 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
   }
 #pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
-    const int64_t ahead = looked_up(t + kS) ? lookup(t + kS) : 0;  // used only after this tile's compute
+    const int64_t ahead = t + kS < tiles ? lookup(t + kS) : 0;  // used only after this tile's compute
     cute::cp_async_wait<kS - 2>();
     __syncthreads();
-    // Tile t + kS - 1's copy into the stage the barrier above freed. Where kCopyInSettledTile a
-    // settled tile issues it after its Q K^T, where its instructions fill issue slots of the exp2
-    // stretch, and every other tile before its compute (copy_ahead); elsewhere here.
-    if constexpr (!kCopyInSettledTile) {
-      if (t + kS - 1 < tiles) copy(t + kS - 1);
-      cute::cp_async_fence();
-    }
-    auto copy_ahead = [&] {
-      if constexpr (kCopyInSettledTile) copy(t + kS - 1);
-    };
+    if (t + kS - 1 < tiles) copy(t + kS - 1);
+    cute::cp_async_fence();
     const uint8_t(*k_rows)[Mainloop::kMmaRowBytes];
     const uint8_t(*v_rows)[Mainloop::kMmaRowBytes];
     if constexpr (Kv::kIsFp8 && !Cfg::kFp8FromCodes) {
@@ -137,22 +115,12 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     // the first tile, which sets them), and run again with the maxima moved only where some row's
     // grew too far.
     if (tile_begin + kN - 1 > hi_min || tile_begin < lo_max) {
-      copy_ahead();
       ml.template compute_tile<true>(smem, k_rows, v_rows, tile_begin, logits);
     } else {
       bool settled = false;
-      if constexpr (Mainloop::kSettledTiles && kCopyInSettledTile) {
-        if (t > 0)
-          settled = ml.compute_settled_tile(smem, k_rows, v_rows, logits, copy_ahead);
-        else
-          copy_ahead();
-      } else {
-        copy_ahead();
-        if constexpr (Mainloop::kSettledTiles) settled = t > 0 && ml.compute_settled_tile(smem, k_rows, v_rows, logits, [] {});
-      }
+      if constexpr (Mainloop::kSettledTiles) settled = t > 0 && ml.compute_settled_tile(smem, k_rows, v_rows, logits);
       if (!settled) ml.template compute_tile<false>(smem, k_rows, v_rows, tile_begin, logits);
     }
-    if constexpr (kCopyInSettledTile) cute::cp_async_fence();
     // Slot t % kS last served tile t's copy, issued kS - 1 barriers ago; tile t + kS's copy reads
     // it after the next barrier.
     Copy::store(smem.row_addrs[t % kS], ahead);

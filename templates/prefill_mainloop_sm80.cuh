@@ -264,14 +264,10 @@ struct PrefillMainloop {
   // The Hopper consumers vote before exp2, on the maxima, and move them in place
   // (OnlineSoftmaxRow::rebase_quad_rows); here that form spilled, and running the tile again
   // needs no registers beyond the exact body's.
-  // copy_ahead: the pipeline's copy of a later tile, issued once S is in (see prefill_tiles).
-  template <class CopyAhead>
   __device__ __forceinline__ bool compute_settled_tile(const SharedStorage& smem, const uint8_t (*k_rows)[kMmaRowBytes],
-                                                       const uint8_t (*v_rows)[kMmaRowBytes], const Logits& logits,
-                                                       CopyAhead&& copy_ahead) {
+                                                       const uint8_t (*v_rows)[kMmaRowBytes], const Logits& logits) {
     float s[kMTiles][kSTiles][4];
     qk(smem, k_rows, s);
-    copy_ahead();
     const float scale = exp2_scale(logits);
     float tile_sum[kMTiles][2];  // this lane's sum of each row's P in the tile
     CUTE_UNROLL
