@@ -64,23 +64,13 @@ struct PagedKvTileCopy {
   static_assert(kDataBytes % 16 == 0 && kDataBytes <= kRowBytes, "rows are copied as 16-byte chunks");
   static_assert(kRows <= kThreads, "one thread looks up each row");
 
-  // Where row threadIdx.x of the tile at tile_begin lives: its page-table load is issued here, and
-  // address() takes the result, as late as the caller can, so the load's latency does not stall
-  // the thread in between. Threads past the tile's rows get page 0, slot 0.
-  __device__ __forceinline__ static PagedKv::TokenLocation locate(const PagedKv& kv, int page_begin, int tile_begin,
-                                                                  int end) {
-    if (thread_index_here() >= kRows) return PagedKv::TokenLocation{0, 0};
-    return kv.locate(page_begin, min(tile_begin + thread_index_here(), end - 1));
-  }
-  // Its K address (k_base: the KV head's K base); 0 for threads past the tile's rows.
-  __device__ __forceinline__ static int64_t address(const PagedKv& kv, int bytes_per_element, const uint8_t* k_base,
-                                                    PagedKv::TokenLocation loc) {
-    if (thread_index_here() >= kRows) return 0;
-    return reinterpret_cast<int64_t>(k_base + kv.offset(loc) * bytes_per_element);
-  }
+  // K address of row threadIdx.x of the tile at tile_begin (k_base: the KV head's K base); 0 for
+  // threads past the tile's rows.
   __device__ __forceinline__ static int64_t lookup(const PagedKv& kv, int bytes_per_element, const uint8_t* k_base,
                                                    int page_begin, int tile_begin, int end) {
-    return address(kv, bytes_per_element, k_base, locate(kv, page_begin, tile_begin, end));
+    if (thread_index_here() >= kRows) return 0;
+    const int64_t offset = kv.offset(kv.locate(page_begin, min(tile_begin + thread_index_here(), end - 1)));
+    return reinterpret_cast<int64_t>(k_base + offset * bytes_per_element);
   }
   __device__ __forceinline__ static void store(int64_t (&row_addrs)[kRows], int64_t addr) {
     if (thread_index_here() < kRows) row_addrs[threadIdx.x] = addr;

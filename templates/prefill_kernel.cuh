@@ -91,11 +91,7 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
   }
 #pragma unroll 1
   for (int t = 0; t < tiles; ++t) {
-    // Tile t + kS's page-table loads, whose results are taken only after this tile's compute: with
-    // the addresses made here, the threads that look up waited for the loads before the barrier.
-    const bool look_ahead = t + kS < tiles;
-    const PagedKv::TokenLocation ahead =
-        look_ahead ? Copy::locate(kv, page_begin, begin + (t + kS) * kN, end) : PagedKv::TokenLocation{0, 0};
+    const int64_t ahead = t + kS < tiles ? lookup(t + kS) : 0;  // used only after this tile's compute
     cute::cp_async_wait<kS - 2>();
     __syncthreads();
     if (t + kS - 1 < tiles) copy(t + kS - 1);
@@ -127,7 +123,7 @@ __device__ __forceinline__ void prefill_tiles(PrefillMainloop<Cfg>& ml, typename
     }
     // Slot t % kS last served tile t's copy, issued kS - 1 barriers ago; tile t + kS's copy reads
     // it after the next barrier.
-    Copy::store(smem.row_addrs[t % kS], look_ahead ? Copy::address(kv, Kv::kBytes, k_base, ahead) : 0);
+    Copy::store(smem.row_addrs[t % kS], ahead);
   }
   cute::cp_async_wait<0>();
   __syncthreads();  // every warp is done with the stages before they are reused
