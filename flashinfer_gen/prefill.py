@@ -30,6 +30,11 @@ from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_pa
                          fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
 
 MAX_PIECES = 64
+# A grid's tail (make_schedule's tail_split, tail_cut): the laps of units modelled one by one, the
+# most pieces a tail item is cut into, and the makespan gain (in tiles of keys) a cut must buy
+TAIL_LAPS = 1
+TAIL_MAX_PIECES = 8
+TAIL_MERGE_TILES = 3
 # Laps of units (of the persistent CTAs) that cta_unit_lists deals last, greedily
 TAIL_GREEDY_LAPS = 2
 # backend= of the wrappers -> the kernel families (kinds of the prefill ABI) it may use, preferred
@@ -82,7 +87,7 @@ class PrefillSchedule:
     row_begin: np.ndarray
     kv_begin: np.ndarray
     kv_end: np.ndarray
-    partial: np.ndarray   # -1, or the request's first partial slot + the item's piece
+    partial: np.ndarray   # -1, or (split: pieces > 1) the slot of the item's piece for token 0 (make_schedule)
     pieces: np.ndarray
     merge_row: np.ndarray
     merge_indptr: np.ndarray
@@ -91,7 +96,7 @@ class PrefillSchedule:
 
 def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bool, window_left: int,
                   kv_heads: int, resident_ctas: int, tile_rows: int, tile_keys: int,
-                  max_partial: int | None = None) -> PrefillSchedule:
+                  max_partial: int | None = None, tail_split: bool = False) -> PrefillSchedule:
     """Cuts every request into tile_rows packed rows (token x group + head) with the keys those rows
     see (causal rows stop at their diagonal, windowed rows start at their window). The tiles end
     at the request's last row, so that a partial tile, if any, is the first (its row_begin below
@@ -101,7 +106,9 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
     rows 5-7% slower at S = 4096 than at 4224 (bench/probe_seq.py). Where the items would not
     fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES pieces
     (whole tiles) whose partial results a merge kernel combines; max_partial (a CUDA-graph plan's
-    capacity) caps the partial slots this may take. Longest items first."""
+    capacity) caps the partial slots this may take. Otherwise, with tail_split (a grid of one CTA
+    per unit, not a CUDA-graph plan), the items that would run in a last, partly filled wave may
+    be cut into pieces too (tail_cut). Longest items first."""
     # first row tile: the partial one, from rows - tile_rows * ceil(rows / tile_rows) (0 if whole)
     items = []  # (request, row_begin, begin, end)
     for b, (n, m) in enumerate(zip(qo_len.tolist(), kv_len.tolist())):
@@ -111,36 +118,157 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
             begin = max(0, m - n + first - window_left) if window_left >= 0 else 0
             end = min(m, m - n + last + 1) if causal else m
             items.append((b, row0, begin, end))
-    pieces_of = np.ones(len(qo_len), dtype=np.int64)
+    item_pieces = np.ones(len(items), dtype=np.int64)
+    request_of = np.array([b for b, _, _, _ in items], dtype=np.int64)
     if items and len(items) * kv_heads < resident_ctas:
         longest = np.zeros(len(qo_len), dtype=np.int64)
         for b, _, begin, end in items:
             longest[b] = max(longest[b], end - begin)
+        pieces_of = np.ones(len(qo_len), dtype=np.int64)
         for want in range(min(MAX_PIECES, -(-resident_ctas // (len(items) * kv_heads))), 0, -1):
             pieces_of = np.maximum(1, np.minimum(want, longest // (2 * tile_keys)))
             if max_partial is None or int((qo_len * pieces_of)[pieces_of > 1].sum()) <= max_partial:
                 break
-    slot_base = np.zeros(len(qo_len), dtype=np.int64)
-    split = pieces_of > 1
-    slot_base[split] = np.cumsum(np.concatenate([[0], (qo_len * pieces_of)[split]]))[:-1]
+        item_pieces = pieces_of[request_of]
+    elif items and tail_split and max_partial is None:
+        keys = np.array([end - begin for _, _, begin, end in items], dtype=np.int64)
+        cut, p = tail_cut(keys, kv_heads, resident_ctas, tile_keys)
+        if p > 1:
+            # a token whose q heads two row tiles share is split in both or in neither: the merge
+            # kernel combines every q head of a merged token
+            item_pieces[cut] = p
+            first_token = np.array([max(row0, 0) // group for _, row0, _, _ in items])
+            last_token = np.array([(min(int(qo_len[b]) * group, row0 + tile_rows) - 1) // group
+                                   for b, row0, _, _ in items])
+            while True:
+                shares = (request_of[1:] == request_of[:-1]) & (last_token[:-1] == first_token[1:])
+                spread = shares & (item_pieces[1:] != item_pieces[:-1])
+                if not spread.any():
+                    break
+                item_pieces[1:][spread] = item_pieces[:-1][spread] = p
+    # Partial slots: each run of consecutive split row tiles of a request (tokens t0..t1, p pieces)
+    # takes (t1 - t0 + 1) x p slots from `base`, token-major (a token's pieces are the merge
+    # kernel's contiguous range): piece i of token t in slot base + (t - t0) p + i. The kernels
+    # add qtoken x pieces to the item's `partial`, so that is base - t0 p + i, which may be below
+    # 0: a split item is one with pieces > 1.
+    partial_base = np.full(len(items), -1, dtype=np.int64)
+    runs = []  # (request, t0, t1, pieces)
+    slots = 0
+    i = 0
+    while i < len(items):
+        if item_pieces[i] == 1:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(items) and request_of[j + 1] == request_of[i] and item_pieces[j + 1] == item_pieces[i]:
+            j += 1
+        b, p = int(request_of[i]), int(item_pieces[i])
+        t0 = max(items[i][1], 0) // group
+        t1 = (min(int(qo_len[b]) * group, items[j][1] + tile_rows) - 1) // group
+        partial_base[i:j + 1] = slots - t0 * p
+        runs.append((b, t0, t1, p))
+        slots += (t1 - t0 + 1) * p
+        i = j + 1
     work = []
-    for b, row0, begin, end in items:
-        p = int(pieces_of[b])
+    for k, (b, row0, begin, end) in enumerate(items):
+        p = int(item_pieces[k])
         if p == 1:
             work.append((b, row0, begin, end, -1, 1))
             continue
         chunk = -(-max(1, -(-(end - begin) // p)) // tile_keys) * tile_keys
         for i in range(p):  # a piece may be empty: its rows then write O = 0, LSE = -inf
             lo = min(end, begin + i * chunk)
-            work.append((b, row0, lo, min(end, lo + chunk), int(slot_base[b]) + i, p))
+            work.append((b, row0, lo, min(end, lo + chunk), int(partial_base[k]) + i, p))
     work.sort(key=lambda w: -(w[3] - w[2]))
     cols = np.array(work, dtype=np.int64).reshape(-1, 6).T
     qo_start = np.concatenate([[0], np.cumsum(qo_len)])
-    merge_row = np.concatenate([qo_start[b] + np.arange(qo_len[b]) for b in np.nonzero(split)[0]] + [np.zeros(0)])
-    counts = np.concatenate([np.full(qo_len[b], pieces_of[b]) for b in np.nonzero(split)[0]] + [np.zeros(0)])
+    merge_row = np.concatenate([qo_start[b] + np.arange(t0, t1 + 1) for b, t0, t1, _ in runs] + [np.zeros(0)])
+    counts = np.concatenate([np.full(t1 - t0 + 1, p) for _, t0, t1, p in runs] + [np.zeros(0)])
     i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
     return PrefillSchedule(*(i32(c) for c in cols), i32(merge_row), i32(np.concatenate([[0], np.cumsum(counts)])),
-                           int((qo_len * pieces_of)[split].sum()))
+                           slots)
+
+
+def tail_cut(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int) -> tuple[np.ndarray, int]:
+    """(items, pieces): which of a grid's items to cut into how many pieces (1: none), so that its
+    last wave is not left partly filled. keys: each item's key count; every item is kv_heads
+    units (CTAs) of cost keys + tile_keys (a tile for the unit's setup, as grid_unit_order), a
+    piece likewise with its own keys. The GPU deals CTAs to free slots in grid order, longest
+    first, which this models as greedy list scheduling on `resident` slots: whole laps before the
+    last TAIL_LAPS laps of units dealt in turn, the rest item by item to the least loaded slots
+    (Tail.deal). Candidates cut the cheapest items (the grid's last) covering the partial lap, or
+    that and half a lap or a lap more, into 2..TAIL_MAX_PIECES pieces; the best is kept where it
+    ends at least TAIL_MERGE_TILES tiles earlier than no cut (the merge kernel's time, about that
+    at d128 on the H200). Only where the last lap's units are as long as the mean: a causal
+    grid's last units are its shortest, which the slots' loads already even out."""
+    items = keys.size
+    units = items * kv_heads
+    if units <= resident or resident <= 0:
+        return np.zeros(0, dtype=np.int64), 1
+    order = np.argsort(-keys, kind="stable")                  # longest first, as make_schedule's sort
+    cost = keys[order] + tile_keys
+    if cost[-1] * 2 < cost.mean():
+        return np.zeros(0, dtype=np.int64), 1
+    partial_lap = units % resident
+    tail_items = min(items, -(-(partial_lap + TAIL_LAPS * resident) // kv_heads))
+    head = items - tail_items
+    # slots' loads after the head's units, dealt in turn (whole laps of near-equal units)
+    loads = np.bincount(np.arange(head * kv_heads) % resident, weights=np.repeat(cost[:head], kv_heads),
+                        minlength=resident)
+    base = Tail(loads)
+    base.deal(cost[head:], kv_heads)
+    best = (base.span() - TAIL_MERGE_TILES * tile_keys, np.zeros(0, dtype=np.int64), 1)
+    for cut in sorted({min(tail_items, -(-(partial_lap + extra) // kv_heads))
+                       for extra in (0, resident // 2, resident)} if partial_lap else ()):
+        whole = Tail(loads)
+        whole.deal(cost[head:items - cut], kv_heads)
+        keys_cut = cost[items - cut:] - tile_keys
+        for p in range(2, TAIL_MAX_PIECES + 1):
+            chunk = -(-np.maximum(1, -(-keys_cut // p)) // tile_keys) * tile_keys       # [cut]
+            pieces = np.clip(keys_cut[:, None] - np.arange(p)[None, :] * chunk[:, None], 0, chunk[:, None])
+            tail = whole.copy()
+            tail.deal(np.sort(pieces.ravel())[::-1] + tile_keys, kv_heads)
+            if tail.span() < best[0]:
+                best = (tail.span(), order[items - cut:], p)
+    return best[1], best[2]
+
+
+class Tail:
+    """Greedy list scheduling of equal-cost units in bulk: the slots' loads as a heap of
+    (load, slot count) groups, so that dealing n units of one cost to the n least loaded slots
+    takes a step per group touched, not per unit."""
+
+    def __init__(self, loads: np.ndarray):
+        values, counts = np.unique(np.asarray(loads, dtype=np.float64), return_counts=True)
+        self.heap = list(zip(values.tolist(), counts.tolist()))
+        heapq.heapify(self.heap)
+
+    def add(self, n: int, cost: float) -> None:
+        while n > 0:
+            load, count = heapq.heappop(self.heap)
+            take = min(n, count)
+            heapq.heappush(self.heap, (load + cost, take))
+            if count > take:
+                heapq.heappush(self.heap, (load, count - take))
+            n -= take
+
+    def copy(self) -> "Tail":
+        other = Tail.__new__(Tail)
+        other.heap = list(self.heap)
+        return other
+
+    def deal(self, cost: np.ndarray, kv_heads: int) -> None:
+        """kv_heads units of each cost in turn (costs in dealing order), a run of equal costs in one
+        add(): add() hands its units out one at a time in effect (a group it raised is popped
+        again while it is the least loaded)."""
+        if cost.size == 0:
+            return
+        edges = np.flatnonzero(np.diff(cost)) + 1
+        for lo, hi in zip(np.concatenate([[0], edges]).tolist(), np.concatenate([edges, [cost.size]]).tolist()):
+            self.add((hi - lo) * kv_heads, float(cost[lo]))
+
+    def span(self) -> float:
+        return max(load for load, _ in self.heap)
 
 
 def item_rows(row_begin: np.ndarray, rows_total: np.ndarray, tile_rows: int) -> np.ndarray:
@@ -462,14 +590,16 @@ class _BatchPrefill(Wrapper):
                 qo_h, page_table, kv_extent,
                 (module.key, num_qo_heads, num_kv_heads, head_dim, page_size, causal, window_left, scale, soft_cap),
                 group, num_kv_heads, tile_rows, resident, num_qo_heads, head_dim)
-        sched = make_schedule(qo_len, kv_len, group, causal, window_left, num_kv_heads, resident, tile_rows, tile_keys,
-                              None if capacity is None else capacity["partial_slots"])
-        # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once); a
-        # persistent instance's (spec.persistent) CTAs walk lists of units instead
-        grid_items = sched.request.size if capacity is None else capacity["request"]
+        # a persistent instance's (spec.persistent) CTAs walk lists of units; a grid of one CTA per
+        # unit may have its last wave's items cut (make_schedule's tail_split)
         spec = KINDS[module.key.kind]
+        persistent = spec.persistent is not None and spec.persistent(module.key)
+        sched = make_schedule(qo_len, kv_len, group, causal, window_left, num_kv_heads, resident, tile_rows, tile_keys,
+                              None if capacity is None else capacity["partial_slots"], tail_split=not persistent)
+        # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once)
+        grid_items = sched.request.size if capacity is None else capacity["request"]
         ctas = 0
-        if spec.persistent is not None and spec.persistent(module.key):
+        if persistent:
             ctas = (min(sched.request.size * num_kv_heads, resident, MAX_PERSISTENT_CTAS or resident)
                     if capacity is None else capacity["ctas"])
         sections = l2_heads_per_section(kv_len, head_dim, KV_BYTES[kv_name], l2_bytes(device))

@@ -52,7 +52,7 @@ struct PrefillEpilogue {
       const int qtoken = rows.token(r);
       const int head = rows.qo_head(r);
       const float4 v = *reinterpret_cast<const float4*>(&smem.o[local][d]);
-      if (rows.partial < 0) {
+      if (rows.pieces == 1) {  // not split (a split item's `partial` may be below 0: prefill.py)
         const int64_t token = rows.qo_start + qtoken;
         OElement* out = static_cast<OElement*>(p.out.data) + token * p.out.stride_row + head * p.out.stride_head + d;
         out[0] = OElement(v.x);

@@ -420,7 +420,7 @@ struct PrefillSm90Mainloop {
       const float lse = sum > 0.0f ? softmax[r].row_max + (log2f(sum) - kPOffset) : -INFINITY;
       const int head = rows.qo_head(packed);
       const int qtoken = rows.token(packed);
-      if (rows.partial < 0) {
+      if (rows.pieces == 1) {  // not split (a split item's `partial` may be below 0: prefill.py)
         const int64_t token = rows.qo_start + qtoken;
         OElement* dst = static_cast<OElement*>(p.out.data) + token * p.out.stride_row + head * p.out.stride_head + 2 * c;
         CUTE_UNROLL

@@ -348,6 +348,33 @@ def test_split_kv_eight_warp_ctas(q_dtype, kv_dtype, d, workspace):
         assert num_partial > 0, f"16 queries on 32k keys must be split ({w.module.key.name})"
 
 
+# The grid's last wave (prefill.tail_cut): with 24 resident CTAs faked, these batches' units leave
+# a last lap partly filled, so plan() cuts the last items into split-KV pieces. Group 7 puts a
+# token's q heads in two row tiles, which are split together; the merge combines every head.
+TAIL_CASES = (([300, 77], [3000, 2077], 7, 2), ([200, 90, 5], [1200, 1600, 5], 4, 2))
+
+
+def check_tail_split(check, monkeypatch, *args, **kwargs):
+    import flashinfer_gen.prefill as prefill
+    monkeypatch.setattr(prefill, "resident_ctas", lambda module, device: 24)
+    w, _ = check(*args, **kwargs)
+    sched = w._plan["schedule"]
+    assert w._plan["params"].work.ctas == 0, "a grid of one CTA per unit"
+    assert sched.num_partial > 0 and (sched.pieces > 1).any() and (sched.pieces == 1).any(), w.module.key.name
+    return w
+
+
+@pytest.mark.parametrize("q_dtype,kv_dtype,conv", [(torch.bfloat16, torch.bfloat16, None),
+                                                   (torch.float16, torch.float8_e4m3fn, "hardware"),
+                                                   (torch.bfloat16, torch.float8_e5m2, "software")], ids=_ids)
+def test_tail_wave_split(q_dtype, kv_dtype, conv, workspace, monkeypatch):
+    for n, (qo, kv, group, hk) in enumerate(TAIL_CASES):
+        check_tail_split(check_paged, monkeypatch, q_dtype, kv_dtype, conv, 128, LAYOUTS[n % 2], 16, group, qo, kv,
+                         workspace, hk=hk, k_scale=0.5, v_scale=2.0, seed=40 + n)
+        check_tail_split(check_ragged, monkeypatch, q_dtype, kv_dtype, conv, 64 if n else 256, group, qo, kv,
+                         workspace, hk=hk, seed=50 + n)
+
+
 # --- ragged KV -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

@@ -56,7 +56,7 @@ from flashinfer_gen.reference import attention_reference, fp8_tile_bounds, gathe
 from test_prefill_gpu import (GROUPS, LAYOUTS, LENGTH_CASES, LSE_TOL, PAGE_SIZES, _ids, assert_close, check_paged,
                               check_ragged, heads_for, indptr_of, kv_values, make_paged, make_ragged, matrix_combos,
                               matrix_lengths, out_tolerance, paged_ref, paged_wrapper, plan_paged, plan_ragged,
-                              poisoned, ragged_ref, ragged_wrapper)
+                              poisoned, ragged_ref, ragged_wrapper, TAIL_CASES, check_tail_split)
 
 requires_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                                    reason="the prefill_sm90 family runs on sm_90 (H100/H200) only")
@@ -156,6 +156,18 @@ def test_split_kv_long_context(q_dtype, kv_dtype, causal, workspace):
     assert w._plan["schedule"].num_partial > 0, "batch 1 at 32k keys must be split"
     check_paged(q_dtype, kv_dtype, None, 128, "HND", 32, 4, [16, 1], [32768, 5], workspace, hk=8, causal=causal,
                 window_left=20000, seed=1, **SM90)
+
+
+@pytest.mark.parametrize("q_dtype,kv_dtype", CASES, ids=_ids)
+def test_tail_wave_split(q_dtype, kv_dtype, workspace, monkeypatch):
+    """The grid's last items cut into pieces (test_prefill_gpu.py, TAIL_CASES) on this family's
+    grids of one CTA per unit, head dims 192 and 256 (the FP8 tiles' split pieces store through
+    the same epilogue: test_fp8_* cover them)."""
+    for n, (qo, kv, group, hk) in enumerate(TAIL_CASES):
+        check_tail_split(check_paged, monkeypatch, q_dtype, kv_dtype, None, 256 if n else 192, LAYOUTS[n % 2], 16,
+                         group, qo, kv, workspace, hk=hk, k_scale=0.5, v_scale=2.0, seed=60 + n, **SM90)
+        check_tail_split(check_ragged, monkeypatch, q_dtype, kv_dtype, None, 192 if n else 256, group, qo, kv,
+                         workspace, hk=hk, seed=70 + n, **SM90)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

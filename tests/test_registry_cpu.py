@@ -272,6 +272,89 @@ def test_prefill_schedule_stays_within_a_graph_plans_capacity(seed):
                 assert all(p[1] == n[0] for p, n in zip(pieces, pieces[1:])), pieces
 
 
+def emulate_partial_writes(s, qo, group, tile_rows):
+    """What the prefill kernels write for a schedule (one KV head: the others repeat it): the
+    packed rows (request, token, q head) written straight to the output, and for each partial
+    slot the rows its pieces wrote there (slot = partial + token x pieces, as both epilogues)."""
+    direct, slotted = [], {}
+    for b, row0, partial, pieces in zip(s.request.tolist(), s.row_begin.tolist(), s.partial.tolist(),
+                                        s.pieces.tolist()):
+        for r in range(max(row0, 0), min(int(qo[b]) * group, row0 + tile_rows)):
+            if pieces == 1:
+                direct.append((b, r // group, r % group))
+            else:
+                slot = partial + (r // group) * pieces
+                assert 0 <= slot < s.num_partial, (slot, s.num_partial)
+                slotted.setdefault(slot, []).append((b, r // group, r % group))
+    return direct, slotted
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_prefill_tail_split_slots_and_merge_rows(seed):
+    """A grid's last-wave items cut into pieces (make_schedule's tail_split, tail_cut): every
+    (token, q head) is written once straight to the output or once per piece of its token's
+    partial slots, which are exactly the merge rows' ranges; a token whose q heads two row tiles
+    share (group 3, 7) is split in both or neither; every row tile's pieces tile its keys."""
+    from flashinfer_gen.prefill import make_schedule as prefill_schedule
+    rng = np.random.default_rng(seed)
+    batch, group = int(rng.integers(1, 6)), int(rng.choice([1, 3, 4, 7]))
+    kv_heads, resident = int(rng.choice([1, 2, 8])), int(rng.choice([8, 24, 132]))
+    tile_rows, tile_keys = int(rng.choice([64, 128])), int(rng.choice([32, 64]))
+    qo = rng.integers(1, 400, batch)
+    kv = qo + rng.integers(0, 3000, batch)
+    s = prefill_schedule(qo, kv, group, False, -1, kv_heads, resident, tile_rows, tile_keys, tail_split=True)
+    whole = prefill_schedule(qo, kv, group, False, -1, kv_heads, 1, tile_rows, tile_keys)
+    direct, slotted = emulate_partial_writes(s, qo, group, tile_rows)
+    qo_start = np.concatenate([[0], np.cumsum(qo)])
+    merged = {}
+    for j, row in enumerate(s.merge_row.tolist()):
+        b = int(np.searchsorted(qo_start, row, side="right")) - 1
+        merged[(b, row - int(qo_start[b]))] = range(int(s.merge_indptr[j]), int(s.merge_indptr[j + 1]))
+    assert len(direct) == len(set(direct))
+    every = {(b, t, h) for b in range(batch) for t in range(int(qo[b])) for h in range(group)}
+    assert {(b, t) for b, t, _ in direct}.isdisjoint(merged), "a merged token written straight as well"
+    assert set(direct) | {(b, t, h) for (b, t) in merged for h in range(group)} == every
+    for (b, t), slots in merged.items():
+        assert len(slots) >= 2
+        for slot in slots:
+            assert sorted(slotted.pop(slot)) == [(b, t, h) for h in range(group)], (b, t, slot)
+    assert not slotted, "a slot no merge row reads"
+    assert s.merge_indptr[-1] == s.num_partial
+    for b, row0, begin, end in zip(whole.request, whole.row_begin, whole.kv_begin, whole.kv_end):
+        tile = (s.request == b) & (s.row_begin == row0)
+        pieces = sorted(zip(s.kv_begin[tile].tolist(), s.kv_end[tile].tolist()))
+        assert pieces[0][0] == begin and pieces[-1][1] == end
+        assert all(p[1] == n[0] for p, n in zip(pieces, pieces[1:])), pieces
+
+
+def test_prefill_tail_cut_fills_the_last_wave():
+    """B4 S4096 32/32 heads, d128, on the Ampere path (128-row tiles of 64 keys, 264 resident CTAs):
+    4096 units are 15.5 laps, so the last wave would run 136 CTAs on 264 slots. tail_cut cuts the
+    last items into pieces that end earlier in its model; causal (its last units the shortest)
+    and a grid that fills its laps exactly are left whole."""
+    from flashinfer_gen.prefill import Tail, make_schedule as prefill_schedule, tail_cut, TAIL_MERGE_TILES
+    keys = np.full(128, 4096)
+    cut, p = tail_cut(keys, 32, 264, 64)
+    assert p > 1 and 136 <= cut.size * 32 < 136 + 264 and (cut >= 128 - cut.size).all(), (cut, p)
+
+    def span(pieces, items_cut):
+        t = Tail(np.zeros(264))
+        t.deal(np.full(128 - items_cut, 4096 + 64), 32)
+        chunk = -(-4096 // pieces // 64) * 64
+        t.deal(np.array(sorted([min(chunk, 4096 - i * chunk) + 64 for i in range(pieces)], reverse=True)), 32 * items_cut)
+        return t.span()
+
+    assert span(p, cut.size) + TAIL_MERGE_TILES * 64 <= span(1, 0)
+    assert span(1, 0) == 16 * (4096 + 64)  # 15 whole laps and a partial one
+    assert tail_cut(np.full(132, 4096), 32, 264, 64)[1] == 1            # 16 laps exactly
+    causal = prefill_schedule(np.full(4, 4096), np.full(4, 4096), 1, True, -1, 32, 264, 128, 64, tail_split=True)
+    assert (causal.pieces == 1).all() and causal.num_partial == 0
+    free = prefill_schedule(np.full(4, 4096), np.full(4, 4096), 1, False, -1, 32, 264, 128, 64, tail_split=True)
+    graph = prefill_schedule(np.full(4, 4096), np.full(4, 4096), 1, False, -1, 32, 264, 128, 64, max_partial=10 ** 6,
+                             tail_split=True)
+    assert free.num_partial > 0 and graph.num_partial == 0  # a CUDA-graph plan keeps its capacity's items
+
+
 @pytest.mark.parametrize("window_left", [-1, 40])
 def test_prefill_row_tiles_end_at_the_last_row(window_left):
     """Each request's packed rows are its items' [row_begin, row_begin + tile_rows) within [0, rows),
