@@ -28,7 +28,8 @@ row's output checked once against a float32 SDPA of the same (dequantized) value
 miscalled peer shows. $FIG_TREE selects the library's tree, as in bench_prefill.
 
 usage: python bench/rotated_prefill.py [--set bars|fp8|wide|layout|sm80|sm80e5m2|sm80codes|peers] [--reps 20]
-       [--rounds 5] [--head-dim 128] [--kv-heads 32] [--chunked] [--only LABEL] [--out rotated.json]
+       [--rounds 5] [--head-dim 128] [--kv-heads 32] [--chunked | --batch 4 --seq 4096] [--only LABEL]
+       [--out rotated.json]
 """
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ def main(argv=None) -> None:
     ap.add_argument("--chunked", action="store_true",
                     help="bench_prefill's chunked step instead of B4 S4096: 16 requests of 512 new tokens on 8192 "
                          "keys, causal (bottom-right) only, without the SDPA rows")
+    ap.add_argument("--batch", type=int, default=BATCH, help=f"requests (default {BATCH}; not with --chunked)")
+    ap.add_argument("--seq", type=int, default=SEQ,
+                    help=f"queries and keys per request (default {SEQ}; a multiple of 128, every page size's)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, metavar="LABEL",
                     help="the set's rows whose label starts with LABEL alone, or with a trailing $ the row labelled "
@@ -130,6 +134,8 @@ def main(argv=None) -> None:
     head_dim, kv_heads = args.head_dim, args.kv_heads
     if kv_heads < 1 or HEADS % kv_heads:
         ap.error(f"--kv-heads must divide the {HEADS} q heads")
+    if args.seq < 128 or args.seq % 128 or args.batch < 1:
+        ap.error("--seq must be a positive multiple of 128 and --batch positive")
 
     def chosen(c):  # --only: a label's start, or with a trailing $ the whole label
         return (args.only is None or (label(c) == args.only[:-1] if args.only.endswith("$")
@@ -139,7 +145,7 @@ def main(argv=None) -> None:
         sys.exit(f"no row of set {args.set} is labelled {args.only!r}...")
     gen = torch.Generator().manual_seed(0)
     # requests x (queries, keys) each; the chunked step's queries are the last of their keys
-    batch, sq, skv = (CHUNK_BATCH, CHUNK_QO, CHUNK_KV) if args.chunked else (BATCH, SEQ, SEQ)
+    batch, sq, skv = (CHUNK_BATCH, CHUNK_QO, CHUNK_KV) if args.chunked else (args.batch, args.seq, args.seq)
     tokens, kv_tokens = batch * sq, batch * skv
     causal_modes = (True,) if args.chunked else (False, True)
     # [tokens, heads, d] each, bf16 and their e4m3 codes (K and V in e5m2 too)
