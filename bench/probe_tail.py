@@ -3,7 +3,8 @@ plan() chose (resident CTAs, units, items cut and pieces) and the time of each f
 rounds on one machine (CUDA graphs, L2 flushed, median of --reps). Ragged K/V, non-causal and
 causal, q heads 32.
 
-usage: python bench/probe_tail.py [--family sm80] [--head-dim 128] [--rounds 3] [--reps 20] [--out probe.json]
+usage: python bench/probe_tail.py [--family sm80] [--head-dim 128] [--rounds 3] [--reps 20] [--shapes 1x1536x32,...]
+       [--out probe.json]
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def main(argv=None) -> None:
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--shapes", default=None, metavar="BxSxHK,...",
+                    help="requests x tokens each x KV heads, comma separated (default: SHAPES)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     d = args.head_dim
@@ -42,7 +45,8 @@ def main(argv=None) -> None:
     flush = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
     whole_cut = prefill.tail_cut
     rows = []
-    for batch, seq, kv_heads in SHAPES:
+    shapes = SHAPES if args.shapes is None else tuple(tuple(int(x) for x in s.split("x")) for s in args.shapes.split(","))
+    for batch, seq, kv_heads in shapes:
         tokens = batch * seq
         q = torch.randn(tokens, HEADS, d, generator=gen).to(torch.bfloat16).cuda()
         k, v = (torch.randn(tokens, kv_heads, d, generator=gen).to(torch.bfloat16).cuda() for _ in range(2))
