@@ -35,6 +35,11 @@ MAX_PIECES = 64
 TAIL_LAPS = 1
 TAIL_MAX_PIECES = 8
 TAIL_MERGE_TILES = 3
+# the largest partial last lap (a fraction of the resident CTAs) that tail_cut cuts: H200 Ampere
+# path, d128 32/32 (bench/probe_tail.py): laps 9% and 21% full gained 4-37%, 45% -11% to +10% by
+# instance, 70% lost 14-19% (the pieces' fp32 partials and their merge, beside the lone CTAs that
+# a partial lap runs faster than paired ones on the FP8 codes path)
+TAIL_MAX_PARTIAL_LAP = 0.25
 # Laps of units (of the persistent CTAs) that cta_unit_lists deals last, greedily
 TAIL_GREEDY_LAPS = 2
 # backend= of the wrappers -> the kernel families (kinds of the prefill ABI) it may use, preferred
@@ -107,8 +112,8 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
     fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES pieces
     (whole tiles) whose partial results a merge kernel combines; max_partial (a CUDA-graph plan's
     capacity) caps the partial slots this may take. Otherwise, with tail_split (a grid of one CTA
-    per unit, not a CUDA-graph plan), the items that would run in a last, partly filled wave may
-    be cut into pieces too (tail_cut). Longest items first."""
+    per unit, not a CUDA-graph plan) and row tiles of whole tokens, the items that would run in a
+    short last wave may be cut into pieces too (tail_cut). Longest items first."""
     # first row tile: the partial one, from rows - tile_rows * ceil(rows / tile_rows) (0 if whole)
     items = []  # (request, row_begin, begin, end)
     for b, (n, m) in enumerate(zip(qo_len.tolist(), kv_len.tolist())):
@@ -130,22 +135,12 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
             if max_partial is None or int((qo_len * pieces_of)[pieces_of > 1].sum()) <= max_partial:
                 break
         item_pieces = pieces_of[request_of]
-    elif items and tail_split and max_partial is None:
+    elif items and tail_split and max_partial is None and tile_rows % group == 0:
+        # (a group that does not divide the tile's rows puts a token's q heads in two row tiles,
+        # which would have to be cut alike: the merge kernel combines every q head of a token)
         keys = np.array([end - begin for _, _, begin, end in items], dtype=np.int64)
         cut, p = tail_cut(keys, kv_heads, resident_ctas, tile_keys)
-        if p > 1:
-            # a token whose q heads two row tiles share is split in both or in neither: the merge
-            # kernel combines every q head of a merged token
-            item_pieces[cut] = p
-            first_token = np.array([max(row0, 0) // group for _, row0, _, _ in items])
-            last_token = np.array([(min(int(qo_len[b]) * group, row0 + tile_rows) - 1) // group
-                                   for b, row0, _, _ in items])
-            while True:
-                shares = (request_of[1:] == request_of[:-1]) & (last_token[:-1] == first_token[1:])
-                spread = shares & (item_pieces[1:] != item_pieces[:-1])
-                if not spread.any():
-                    break
-                item_pieces[1:][spread] = item_pieces[:-1][spread] = p
+        item_pieces[cut] = p
     # Partial slots: each run of consecutive split row tiles of a request (tokens t0..t1, p pieces)
     # takes (t1 - t0 + 1) x p slots from `base`, token-major (a token's pieces are the merge
     # kernel's contiguous range): piece i of token t in slot base + (t - t0) p + i. The kernels
@@ -199,17 +194,16 @@ def tail_cut(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int) -> 
     (Tail.deal). Candidates cut the cheapest items (the grid's last) covering the partial lap, or
     that and half a lap or a lap more, into 2..TAIL_MAX_PIECES pieces; the best is kept where it
     ends at least TAIL_MERGE_TILES tiles earlier than no cut (the merge kernel's time, about that
-    at d128 on the H200). Only where the last lap's units are as long as the mean: a causal
-    grid's last units are its shortest, which the slots' loads already even out."""
+    at d128 on the H200), and only where the last lap is at most TAIL_MAX_PARTIAL_LAP full."""
     items = keys.size
     units = items * kv_heads
     if units <= resident or resident <= 0:
         return np.zeros(0, dtype=np.int64), 1
     order = np.argsort(-keys, kind="stable")                  # longest first, as make_schedule's sort
     cost = keys[order] + tile_keys
-    if cost[-1] * 2 < cost.mean():
-        return np.zeros(0, dtype=np.int64), 1
     partial_lap = units % resident
+    if partial_lap == 0 or partial_lap > TAIL_MAX_PARTIAL_LAP * resident:
+        return np.zeros(0, dtype=np.int64), 1
     tail_items = min(items, -(-(partial_lap + TAIL_LAPS * resident) // kv_heads))
     head = items - tail_items
     # slots' loads after the head's units, dealt in turn (whole laps of near-equal units)
@@ -218,8 +212,7 @@ def tail_cut(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int) -> 
     base = Tail(loads)
     base.deal(cost[head:], kv_heads)
     best = (base.span() - TAIL_MERGE_TILES * tile_keys, np.zeros(0, dtype=np.int64), 1)
-    for cut in sorted({min(tail_items, -(-(partial_lap + extra) // kv_heads))
-                       for extra in (0, resident // 2, resident)} if partial_lap else ()):
+    for cut in sorted({min(tail_items, -(-(partial_lap + extra) // kv_heads)) for extra in (0, resident // 2, resident)}):
         whole = Tail(loads)
         whole.deal(cost[head:items - cut], kv_heads)
         keys_cut = cost[items - cut:] - tile_keys

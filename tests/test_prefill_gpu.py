@@ -348,20 +348,26 @@ def test_split_kv_eight_warp_ctas(q_dtype, kv_dtype, d, workspace):
         assert num_partial > 0, f"16 queries on 32k keys must be split ({w.module.key.name})"
 
 
-# The grid's last wave (prefill.tail_cut): with 24 resident CTAs faked, these batches' units leave
-# a last lap partly filled, so plan() cuts the last items into split-KV pieces. Group 7 puts a
-# token's q heads in two row tiles, which are split together; the merge combines every head.
-TAIL_CASES = (([300, 77], [3000, 2077], 7, 2), ([200, 90, 5], [1200, 1600, 5], 4, 2))
+# The grid's last wave (prefill.tail_cut): with the resident CTAs faked at 2 fewer than the batch's
+# units (a lap and 2 units: the CTAs of a short last wave), plan() cuts the last items into
+# split-KV pieces, some of a request's row tiles and not others (so a split item's `partial`
+# below 0, which the kernels must read as split: pieces > 1); first checked with 1 resident CTA,
+# which splits nothing. Equal key counts within a request, so that the last units are not tiny.
+TAIL_CASES = (([100, 300], [1600, 1700], 4, 2), ([261, 300], [1761, 1700], 1, 3))
 
 
 def check_tail_split(check, monkeypatch, *args, **kwargs):
     import flashinfer_gen.prefill as prefill
-    monkeypatch.setattr(prefill, "resident_ctas", lambda module, device: 24)
+    monkeypatch.setattr(prefill, "resident_ctas", lambda module, device: 1)
+    w, _ = check(*args, **kwargs)
+    whole = w._plan["schedule"]
+    assert whole.num_partial == 0 and w._plan["params"].work.ctas == 0, "a grid of one CTA per unit, nothing split"
+    units = whole.request.size * w._plan["num_kv_heads"]
+    monkeypatch.setattr(prefill, "resident_ctas", lambda module, device: units - 2)
     w, _ = check(*args, **kwargs)
     sched = w._plan["schedule"]
-    assert w._plan["params"].work.ctas == 0, "a grid of one CTA per unit"
-    assert sched.num_partial > 0 and (sched.pieces > 1).any() and (sched.pieces == 1).any(), w.module.key.name
-    return w
+    split = sched.pieces > 1
+    assert sched.num_partial > 0 and (sched.partial[split] < 0).any() and not split.all(), w.module.key.name
 
 
 @pytest.mark.parametrize("q_dtype,kv_dtype,conv", [(torch.bfloat16, torch.bfloat16, None),
