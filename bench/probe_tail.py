@@ -26,7 +26,9 @@ from flashinfer_gen import BatchPrefillWithRaggedKVCacheWrapper  # noqa: E402
 HEADS = 32
 # (requests, tokens each, KV heads)
 SHAPES = ((1, 1024, 32), (1, 1536, 32), (1, 2048, 32), (2, 1536, 32), (1, 3072, 8), (4, 4096, 32))
-DTYPES = (("bf16", None), ("e4m3", "hardware"), ("e4m3", "software"))
+# (cache, fp8_conversion) per family: the Hopper family's FP8 tiles quantise a bf16 q
+DTYPES = {"sm80": (("bf16", None), ("e4m3", "hardware"), ("e4m3", "software")),
+          "sm90": (("bf16", None), ("e4m3", None))}
 
 
 def main(argv=None) -> None:
@@ -52,7 +54,7 @@ def main(argv=None) -> None:
         k, v = (torch.randn(tokens, kv_heads, d, generator=gen).to(torch.bfloat16).cuda() for _ in range(2))
         indptr = torch.arange(0, tokens + 1, seq, dtype=torch.int32, device="cuda")
         out = torch.empty_like(q)
-        for kv_name, conv in DTYPES:
+        for kv_name, conv in DTYPES[args.family]:
             kc, vc = (k, v) if kv_name == "bf16" else (k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn))
             for causal in (False, True):
                 forms = {}

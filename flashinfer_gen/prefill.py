@@ -35,10 +35,12 @@ MAX_PIECES = 64
 TAIL_LAPS = 1
 TAIL_MAX_PIECES = 8
 TAIL_MERGE_TILES = 3
-# the largest partial last lap (a fraction of the resident CTAs) that tail_cut cuts: H200 Ampere
-# path, d128 32/32 (bench/probe_tail.py): laps 9% and 21% full gained 4-37%, 45% -11% to +10% by
-# instance, 70% lost 14-19% (the pieces' fp32 partials and their merge, beside the lone CTAs that
-# a partial lap runs faster than paired ones on the FP8 codes path)
+# The fullest last lap (a fraction of the resident CTAs) that tail_cut cuts. H200, the Ampere path
+# at d128, ragged, non-causal (bench/probe_tail.py; bf16 / e4m3 `cvt` / e4m3 software): laps 6%, 9%
+# and 21% full ran 1.20 / 1.25 / 1.37x, 1.16 / 1.11 / 1.38x and 1.07 / 1.04 / 1.28x faster cut, 18%
+# 0.98 / 0.97 / 1.09x; 45% 1.07 / 0.89 / 1.11x and 70% 0.81 / 0.86 / 0.83x (a lone CTA of the codes
+# path on an SM runs faster than a pair's, so its partial lap costs less than a unit's time, and
+# the pieces' partials and merge cost more than they gained).
 TAIL_MAX_PARTIAL_LAP = 0.25
 # Laps of units (of the persistent CTAs) that cta_unit_lists deals last, greedily
 TAIL_GREEDY_LAPS = 2
@@ -185,45 +187,48 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
 
 
 def tail_cut(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int) -> tuple[np.ndarray, int]:
-    """(items, pieces): which of a grid's items to cut into how many pieces (1: none), so that its
-    last wave is not left partly filled. keys: each item's key count; every item is kv_heads
-    units (CTAs) of cost keys + tile_keys (a tile for the unit's setup, as grid_unit_order), a
-    piece likewise with its own keys. The GPU deals CTAs to free slots in grid order, longest
-    first, which this models as greedy list scheduling on `resident` slots: whole laps before the
-    last TAIL_LAPS laps of units dealt in turn, the rest item by item to the least loaded slots
-    (Tail.deal). Candidates cut the cheapest items (the grid's last) covering the partial lap, or
-    that and half a lap or a lap more, into 2..TAIL_MAX_PIECES pieces; the best is kept where it
-    ends at least TAIL_MERGE_TILES tiles earlier than no cut (the merge kernel's time, about that
-    at d128 on the H200), and only where the last lap is at most TAIL_MAX_PARTIAL_LAP full."""
+    """(items, pieces): which of a grid's items to cut into how many pieces (1: none), so that a
+    short last wave of the GPU is not left to a few CTAs for a whole unit's time. keys: each
+    item's key count; every item is kv_heads units (CTAs) of cost keys + tile_keys (a tile for the
+    unit's setup, as grid_unit_order), a piece likewise with its own keys. The GPU deals CTAs to
+    free slots in grid order, longest first, which this models as greedy list scheduling on
+    `resident` slots (Tail): the laps before the last TAIL_LAPS and the partial one dealt in turn,
+    the rest item by item to the least loaded slots. Only where the last lap is at most
+    TAIL_MAX_PARTIAL_LAP full, and only the fewest of the cheapest items (the grid's last) that
+    hold it, into 2..TAIL_MAX_PIECES pieces: the best, where it ends at least TAIL_MERGE_TILES tiles
+    earlier than no cut. (Cutting more items, or where the last lap was fuller, lost on the H200:
+    the pieces' fp32 partials and the merge kernel's CTAs, one per token and q head, cost more
+    than the modelled gain; every causal item of B1 S1152 cut in two ran at 0.53x.)"""
     items = keys.size
     units = items * kv_heads
+    none = np.zeros(0, dtype=np.int64), 1
     if units <= resident or resident <= 0:
-        return np.zeros(0, dtype=np.int64), 1
-    order = np.argsort(-keys, kind="stable")                  # longest first, as make_schedule's sort
-    cost = keys[order] + tile_keys
+        return none
     partial_lap = units % resident
     if partial_lap == 0 or partial_lap > TAIL_MAX_PARTIAL_LAP * resident:
-        return np.zeros(0, dtype=np.int64), 1
+        return none
+    order = np.argsort(-keys, kind="stable")                  # longest first, as make_schedule's sort
+    cost = keys[order] + tile_keys
     tail_items = min(items, -(-(partial_lap + TAIL_LAPS * resident) // kv_heads))
     head = items - tail_items
+    cut = min(tail_items, -(-partial_lap // kv_heads))
     # slots' loads after the head's units, dealt in turn (whole laps of near-equal units)
     loads = np.bincount(np.arange(head * kv_heads) % resident, weights=np.repeat(cost[:head], kv_heads),
                         minlength=resident)
     base = Tail(loads)
     base.deal(cost[head:], kv_heads)
-    best = (base.span() - TAIL_MERGE_TILES * tile_keys, np.zeros(0, dtype=np.int64), 1)
-    for cut in sorted({min(tail_items, -(-(partial_lap + extra) // kv_heads)) for extra in (0, resident // 2, resident)}):
-        whole = Tail(loads)
-        whole.deal(cost[head:items - cut], kv_heads)
-        keys_cut = cost[items - cut:] - tile_keys
-        for p in range(2, TAIL_MAX_PIECES + 1):
-            chunk = -(-np.maximum(1, -(-keys_cut // p)) // tile_keys) * tile_keys       # [cut]
-            pieces = np.clip(keys_cut[:, None] - np.arange(p)[None, :] * chunk[:, None], 0, chunk[:, None])
-            tail = whole.copy()
-            tail.deal(np.sort(pieces.ravel())[::-1] + tile_keys, kv_heads)
-            if tail.span() < best[0]:
-                best = (tail.span(), order[items - cut:], p)
-    return best[1], best[2]
+    best = (base.span() - TAIL_MERGE_TILES * tile_keys, none)
+    whole = Tail(loads)
+    whole.deal(cost[head:items - cut], kv_heads)
+    keys_cut = cost[items - cut:] - tile_keys                 # [cut]
+    for p in range(2, TAIL_MAX_PIECES + 1):
+        chunk = -(-np.maximum(1, -(-keys_cut // p)) // tile_keys) * tile_keys
+        pieces = np.clip(keys_cut[:, None] - np.arange(p)[None, :] * chunk[:, None], 0, chunk[:, None])  # [cut, p]
+        tail = whole.copy()
+        tail.deal(np.sort(pieces.ravel())[::-1] + tile_keys, kv_heads)
+        if tail.span() < best[0]:
+            best = (tail.span(), (order[items - cut:], p))
+    return best[1]
 
 
 class Tail:
