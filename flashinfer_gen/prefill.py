@@ -589,11 +589,12 @@ class _BatchPrefill(Wrapper):
                 (module.key, num_qo_heads, num_kv_heads, head_dim, page_size, causal, window_left, scale, soft_cap),
                 group, num_kv_heads, tile_rows, resident, num_qo_heads, head_dim)
         # a persistent instance's (spec.persistent) CTAs walk lists of units; a grid of one CTA per
-        # unit may have its last wave's items cut (make_schedule's tail_split)
+        # unit may have its short last wave's items cut (spec.tail_cut, make_schedule's tail_split)
         spec = KINDS[module.key.kind]
         persistent = spec.persistent is not None and spec.persistent(module.key)
+        tail = not persistent and spec.tail_cut is not None and spec.tail_cut(module.key)
         sched = make_schedule(qo_len, kv_len, group, causal, window_left, num_kv_heads, resident, tile_rows, tile_keys,
-                              None if capacity is None else capacity["partial_slots"], tail_split=not persistent)
+                              None if capacity is None else capacity["partial_slots"], tail_split=tail)
         # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once)
         grid_items = sched.request.size if capacity is None else capacity["request"]
         ctas = 0

@@ -118,6 +118,9 @@ class KindSpec:
     # (rows a CTA's row group takes, a persistent unit's relative cost by how many row groups have
     # rows), or None for the instance: its units cost by their keys alone
     unit_cost: Callable[[InstanceKey], tuple[int, tuple[float, ...]] | None] | None = None
+    # whether plan() may cut the items of a grid's short last wave into split-KV pieces
+    # (prefill.py, tail_cut); never for persistent instances
+    tail_cut: Callable[[InstanceKey], bool] | None = None
 
     def allowed(self, field: str) -> tuple:
         if field == "kind":

@@ -261,4 +261,6 @@ SPEC = KindSpec(
     predicates=(tiles_fit,),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
+    # measured on the H200 at d128 (bench/results/logs/tail-cut/): see prefill.TAIL_MAX_PARTIAL_LAP
+    tail_cut=lambda key: True,
 )

@@ -365,6 +365,11 @@ def test_prefill_tail_cut_fills_the_last_wave():
     free = prefill_schedule(qo, qo, 1, False, -1, 32, 264, 128, 64, tail_split=True)
     graph = prefill_schedule(qo, qo, 1, False, -1, 32, 264, 128, 64, max_partial=10 ** 6, tail_split=True)
     assert free.num_partial > 0 and graph.num_partial == 0  # a CUDA-graph plan keeps its capacity's items
+    # the kinds that take it: the Ampere path; not the Hopper family's grids (measured mixed at d256)
+    from generator.instances import KINDS
+    from generator.keys import InstanceKey
+    assert KINDS["prefill"].tail_cut(InstanceKey("prefill", "bf16", "bf16", 128, "sm80", "none"))
+    assert KINDS["prefill_sm90"].tail_cut is None
 
 
 @pytest.mark.parametrize("window_left", [-1, 40])
