@@ -6,7 +6,8 @@
 # Usage (on the device): FIG_COMMIT=<sha> [FIG_BASE_COMMIT=<sha>] bash bench/run_device.sh {readme|install|tests|bench|prefill|ab} ...
 #   Write the sha out as it is here: the device's copy of .git can be stale, so a $(git rev-parse)
 #   run there has named an older commit (result files of 2026-11-27 were corrected by hand).
-#   readme       the README's main command, then its test command (full suite, log in $OUT)
+#   readme       the README's main command, then its test command (full suite, log in $OUT; $FIG_README_TESTS
+#                narrows it, e.g. to --ignore some files that a later `tests` phase runs)
 #   install      the README's install step only; tests: pytest with $FIG_PYTEST_ARGS
 #   bench        the decode benchmark (bench/results/decode-*.json shape set) into $OUT
 #   prefill      the prefill benchmark with $FIG_PREFILL_ARGS into $OUT
@@ -63,7 +64,9 @@ while [ $# -gt 0 ]; do
     echo "main command: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/readme.log"
     grep -A3 "^demo on" "$OUT/readme.log"
     t0=$(date +%s)
-    { pip install -e '.[test]' && python -m pytest -q -p no:cacheprovider -rfE; } >"$OUT/pytest.log" 2>&1; rc=$?
+    # $FIG_README_TESTS (shell words) narrows the test command, for a suite longer than one device call
+    eval "readme_tests=(${FIG_README_TESTS:-})"
+    { pip install -e '.[test]' && python -m pytest -q -p no:cacheprovider -rfE "${readme_tests[@]}"; } >"$OUT/pytest.log" 2>&1; rc=$?
     echo "test command: $(( $(date +%s) - t0 )) s, exit $rc" | tee -a "$OUT/readme.log"
     grep -E "building the|built in" "$OUT/pytest.log"; tail -15 "$OUT/pytest.log"
     ;;
