@@ -8,7 +8,8 @@ the Ampere path's FP8 caches, whose codes the warps read from padded rows). --he
 192 or 256: the Ampere-path cases alone at that head dim (CTAs of 8 warps from 192 on), and at 192
 and 256 the Hopper family's bf16 and FP8 tiles (FP8 also with the soft-cap).
 Checks each result against the float64 reference as well (FP8 tiles: on q as the kernel reads it,
-within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3 rounding)."""
+within 0.05, about the L2 bound of tests/test_prefill_sm90_gpu.py for P's e4m3 rounding).
+--tail: the Ampere path's cases with a short last wave cut into pieces (resident CTAs faked)."""
 import sys
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from generator.arches import arch_for_capability  # noqa: E402
 
 
 def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, backend="sm80", q_dtype=torch.bfloat16,
-         ctas=None, soft_cap=None):
+         ctas=None, soft_cap=None, causal=True, resident=None):
     prefill.MAX_PERSISTENT_CTAS = ctas  # a persistent instance's grid capped: each CTA walks many units
+    if resident is not None:  # resident CTAs faked, for plan()'s cut of a short last wave (tail_cut)
+        prefill.resident_ctas = lambda module, device: resident
     gen = torch.Generator().manual_seed(1)
     kv = torch.tensor(kv_lens)
     pages = (kv + page - 1) // page
@@ -36,19 +39,23 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
     q = torch.randn(int(qo_indptr[-1]), hq, d, generator=gen).cuda().to(q_dtype)
     ws = torch.empty(32 << 20, dtype=torch.uint8, device="cuda")
     w = BatchPrefillWithPagedKVCacheWrapper(ws, fp8_conversion=conversion, backend=backend)
-    w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=True, logits_soft_cap=soft_cap,
+    w.plan(qo_indptr, indptr, indices, last, hq, hk, d, page, causal=causal, logits_soft_cap=soft_cap,
            q_data_type=q_dtype, kv_data_type=kv_dtype)
     out = w.run(q, (k, v), q_scale=0.5 if q_dtype.itemsize == 1 else None)
     torch.cuda.synchronize()
     fp8_tiles = w.module.key.kind == "prefill_sm90" and kv_dtype.itemsize == 1
     q_ref = q.double() * 0.5 if q_dtype.itemsize == 1 else quantize_q_rows(q) if fp8_tiles else q
     ref, _ = prefill_reference(q_ref, k, v, qo_indptr, indptr.cuda(), indices.cuda(), last, logits_soft_cap=soft_cap,
-                               causal=True)
+                               causal=causal)
     err = relative_error(out, ref)
     grid = w._plan["params"].work.ctas
     print(f"{w.module.key.name}: {w._plan['schedule'].request.size} items, {w._plan['schedule'].num_partial} "
           f"partial slots, {f'{grid} persistent CTAs' if grid else 'a CTA per unit'}, rel. error {err:.2e}")
-    return err < (0.05 if fp8_tiles else 1e-2)
+    sched = w._plan["schedule"]
+    cut = resident is None or ((sched.pieces > 1) & (sched.partial < 0)).any()  # a tail cut past a request's start
+    if not cut:
+        print("  no tail cut in this plan")
+    return err < (0.05 if fp8_tiles else 1e-2) and cut
 
 
 def main() -> int:
@@ -58,10 +65,20 @@ def main() -> int:
     # 256 the Hopper family's bf16 and FP8 tiles
     only_d64 = sys.argv[1:] == ["--head-dim", "64"]
     wide = sys.argv[1:] in (["--head-dim", "128"], ["--head-dim", "192"], ["--head-dim", "256"])
-    if sys.argv[1:] and not (only_d64 or wide):
-        sys.exit("usage: sanitize_prefill.py [--head-dim 64|128|192|256]")
+    tail = sys.argv[1:] == ["--tail"]
+    if sys.argv[1:] and not (only_d64 or wide or tail):
+        sys.exit("usage: sanitize_prefill.py [--head-dim 64|128|192|256 | --tail]")
     arch = arch_for_capability(torch.cuda.get_device_capability())
     ok = True
+    if tail:
+        # a short last wave cut into split-KV pieces (the Ampere path, non-causal, 28 units on 26
+        # faked resident CTAs): split items whose first token is past their request's start,
+        # whose `partial` is below 0, written by the epilogue as split
+        for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
+            for conversion in (arch.conversions if kv_dtype != torch.bfloat16 else (None,)):
+                ok &= case(kv_dtype, conversion, [100, 300], [1600, 1700], causal=False, resident=26)
+        print("all within tolerance" if ok else "SOME CASE FAILED")
+        return 0 if ok else 1
     if wide:
         d = int(sys.argv[2])
         for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
