@@ -1,7 +1,7 @@
-"""The grid's tail cut (flashinfer_gen.prefill.tail_cut) on and off, per instance and shape: what
-plan() chose (resident CTAs, units, items cut and pieces) and the time of each form, in rotated
-rounds on one machine (CUDA graphs, L2 flushed, median of --reps). Ragged K/V, non-causal and
-causal, q heads 32.
+"""The cut of a grid's short last wave (flashinfer_gen.prefill.cut_last_wave) on and off, per
+instance and shape: what plan() chose (resident CTAs, units, items cut and pieces) and the time of
+each form, in rotated rounds on one machine (CUDA graphs, L2 flushed, median of --reps). Ragged
+K/V, non-causal and causal, q heads 32.
 
 usage: python bench/probe_tail.py [--family sm80] [--head-dim 128] [--rounds 3] [--reps 20] [--shapes 1x1536x32,...]
        [--out probe.json]
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(0)
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     flush = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
-    whole_cut = prefill.tail_cut
+    cut = prefill.cut_last_wave
     rows = []
     shapes = SHAPES if args.shapes is None else tuple(tuple(int(x) for x in s.split("x")) for s in args.shapes.split(","))
     for batch, seq, kv_heads in shapes:
@@ -59,14 +59,14 @@ def main(argv=None) -> None:
             for causal in (False, True):
                 forms = {}
                 for form in ("cut", "whole"):
-                    prefill.tail_cut = whole_cut if form == "cut" else (lambda *a: (whole_cut(*a)[0][:0], 1))
+                    prefill.cut_last_wave = cut if form == "cut" else (lambda *a: (cut(*a)[0][:0], 1))
                     w = BatchPrefillWithRaggedKVCacheWrapper(workspace, backend=args.family, fp8_conversion=conv)
                     w.plan(indptr, indptr, HEADS, kv_heads, d, causal=causal, q_data_type=torch.bfloat16,
                            kv_data_type=kc.dtype)
                     s = w._plan["schedule"]
                     forms[form] = (w, dict(items=int(s.request.size), split_items=int((s.pieces > 1).sum()),
                                            pieces=int(s.pieces.max()), merge_rows=int(s.merge_row.size)))
-                prefill.tail_cut = whole_cut
+                prefill.cut_last_wave = cut
                 times = {form: [] for form in forms}
                 for rnd in range(args.rounds):
                     for form in (("cut", "whole") if rnd % 2 == 0 else ("whole", "cut")):

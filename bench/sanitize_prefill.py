@@ -24,7 +24,7 @@ from generator.arches import arch_for_capability  # noqa: E402
 def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, backend="sm80", q_dtype=torch.bfloat16,
          ctas=None, soft_cap=None, causal=True, resident=None):
     prefill.MAX_PERSISTENT_CTAS = ctas  # a persistent instance's grid capped: each CTA walks many units
-    if resident is not None:  # resident CTAs faked, for plan()'s cut of a short last wave (tail_cut)
+    if resident is not None:  # resident CTAs faked, for plan()'s cut of a short last wave (cut_last_wave)
         prefill.resident_ctas = lambda module, device: resident
     gen = torch.Generator().manual_seed(1)
     kv = torch.tensor(kv_lens)

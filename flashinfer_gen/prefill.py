@@ -30,18 +30,13 @@ from .validation import (TORCH_DTYPES, check_head_config, check_indptr, check_pa
                          fail, kv_strides, require_int_index, require_tensor, split_paged_kv)
 
 MAX_PIECES = 64
-# A grid's tail (make_schedule's tail_split, tail_cut): the laps of units modelled one by one, the
-# most pieces a tail item is cut into, and the makespan gain (in tiles of keys) a cut must buy
-TAIL_LAPS = 1
-TAIL_MAX_PIECES = 8
-TAIL_MERGE_TILES = 3
-# The fullest last lap (a fraction of the resident CTAs) that tail_cut cuts. H200, the Ampere path
-# at d128, ragged, non-causal (bench/probe_tail.py; bf16 / e4m3 `cvt` / e4m3 software): laps 6%, 9%
-# and 21% full ran 1.20 / 1.25 / 1.37x, 1.16 / 1.11 / 1.38x and 1.07 / 1.04 / 1.28x faster cut, 18%
-# 0.98 / 0.97 / 1.09x; 45% 1.07 / 0.89 / 1.11x and 70% 0.81 / 0.86 / 0.83x (a lone CTA of the codes
-# path on an SM runs faster than a pair's, so its partial lap costs less than a unit's time, and
-# the pieces' partials and merge cost more than they gained).
-TAIL_MAX_PARTIAL_LAP = 0.25
+# A grid's short last wave (make_schedule's cut_wave, cut_last_wave): the most pieces an item is
+# cut into, and the least gain (the modelled makespan, whole over cut) a cut must show. The model
+# (LeastLoaded) is optimistic: where it showed 1.56-1.65 the H200 ran 1.04-1.38x faster cut, where
+# 1.32 and less, 0.81-1.11x (README, "The grid's short last wave").
+CUT_MAX_PIECES = 8
+CUT_MIN_GAIN = 1.45
+CUT_MAX_LAPS = 3  # past 3 laps a cut cannot gain CUT_MIN_GAIN (cut_last_wave)
 # Laps of units (of the persistent CTAs) that cta_unit_lists deals last, greedily
 TAIL_GREEDY_LAPS = 2
 # backend= of the wrappers -> the kernel families (kinds of the prefill ABI) it may use, preferred
@@ -103,7 +98,8 @@ class PrefillSchedule:
 
 def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bool, window_left: int,
                   kv_heads: int, resident_ctas: int, tile_rows: int, tile_keys: int,
-                  max_partial: int | None = None, tail_split: bool = False) -> PrefillSchedule:
+                  max_partial: int | None = None, cut_wave: bool = False,
+                  cut_slots: int | None = None) -> PrefillSchedule:
     """Cuts every request into tile_rows packed rows (token x group + head) with the keys those rows
     see (causal rows stop at their diagonal, windowed rows start at their window). The tiles end
     at the request's last row, so that a partial tile, if any, is the first (its row_begin below
@@ -113,9 +109,10 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
     rows 5-7% slower at S = 4096 than at 4224 (bench/probe_seq.py). Where the items would not
     fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES pieces
     (whole tiles) whose partial results a merge kernel combines; max_partial (a CUDA-graph plan's
-    capacity) caps the partial slots this may take. Otherwise, with tail_split (a grid of one CTA
+    capacity) caps the partial slots this may take. Otherwise, with cut_wave (a grid of one CTA
     per unit, not a CUDA-graph plan) and row tiles of whole tokens, the items that would run in a
-    short last wave may be cut into pieces too (tail_cut). Longest items first."""
+    short last wave may be cut into pieces too (cut_last_wave), where their partial slots are at
+    most cut_slots (what the workspace holds). Longest items first."""
     # first row tile: the partial one, from rows - tile_rows * ceil(rows / tile_rows) (0 if whole)
     items = []  # (request, row_begin, begin, end)
     for b, (n, m) in enumerate(zip(qo_len.tolist(), kv_len.tolist())):
@@ -126,7 +123,6 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
             end = min(m, m - n + last + 1) if causal else m
             items.append((b, row0, begin, end))
     item_pieces = np.ones(len(items), dtype=np.int64)
-    request_of = np.array([b for b, _, _, _ in items], dtype=np.int64)
     if items and len(items) * kv_heads < resident_ctas:
         longest = np.zeros(len(qo_len), dtype=np.int64)
         for b, _, begin, end in items:
@@ -136,46 +132,29 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
             pieces_of = np.maximum(1, np.minimum(want, longest // (2 * tile_keys)))
             if max_partial is None or int((qo_len * pieces_of)[pieces_of > 1].sum()) <= max_partial:
                 break
-        item_pieces = pieces_of[request_of]
-    elif items and tail_split and max_partial is None and tile_rows % group == 0:
+        item_pieces = pieces_of[[b for b, _, _, _ in items]]
+    elif (items and cut_wave and max_partial is None and tile_rows % group == 0
+          and len(items) * kv_heads <= CUT_MAX_LAPS * resident_ctas):
         # (a group that does not divide the tile's rows puts a token's q heads in two row tiles,
         # which would have to be cut alike: the merge kernel combines every q head of a token)
         keys = np.array([end - begin for _, _, begin, end in items], dtype=np.int64)
-        cut, p = tail_cut(keys, kv_heads, resident_ctas, tile_keys)
+        cut, p = cut_last_wave(keys, kv_heads, resident_ctas, tile_keys)
         item_pieces[cut] = p
-    # Partial slots: each run of consecutive split row tiles of a request (tokens t0..t1, p pieces)
-    # takes (t1 - t0 + 1) x p slots from `base`, token-major (a token's pieces are the merge
-    # kernel's contiguous range): piece i of token t in slot base + (t - t0) p + i. The kernels
-    # add qtoken x pieces to the item's `partial`, so that is base - t0 p + i, which may be below
-    # 0: a split item is one with pieces > 1.
-    partial_base = np.full(len(items), -1, dtype=np.int64)
-    runs = []  # (request, t0, t1, pieces)
-    slots = 0
-    i = 0
-    while i < len(items):
-        if item_pieces[i] == 1:
-            i += 1
-            continue
-        j = i
-        while j + 1 < len(items) and request_of[j + 1] == request_of[i] and item_pieces[j + 1] == item_pieces[i]:
-            j += 1
-        b, p = int(request_of[i]), int(item_pieces[i])
-        t0 = max(items[i][1], 0) // group
-        t1 = (min(int(qo_len[b]) * group, items[j][1] + tile_rows) - 1) // group
-        partial_base[i:j + 1] = slots - t0 * p
-        runs.append((b, t0, t1, p))
-        slots += (t1 - t0 + 1) * p
-        i = j + 1
+    partial_of, runs, slots = partial_slots(items, item_pieces, qo_len, group, tile_rows)
+    if runs and cut_wave and cut_slots is not None and slots > cut_slots:
+        # the cut is optional: where its partials do not fit the workspace, the grid runs whole
+        item_pieces[:] = 1
+        partial_of, runs, slots = partial_slots(items, item_pieces, qo_len, group, tile_rows)
     work = []
     for k, (b, row0, begin, end) in enumerate(items):
         p = int(item_pieces[k])
         if p == 1:
             work.append((b, row0, begin, end, -1, 1))
             continue
-        chunk = -(-max(1, -(-(end - begin) // p)) // tile_keys) * tile_keys
-        for i in range(p):  # a piece may be empty: its rows then write O = 0, LSE = -inf
-            lo = min(end, begin + i * chunk)
-            work.append((b, row0, lo, min(end, lo + chunk), int(partial_base[k]) + i, p))
+        chunk = int(piece_keys(np.array([end - begin]), p, tile_keys)[0])
+        for piece in range(p):  # a piece may be empty: its rows then write O = 0, LSE = -inf
+            lo = min(end, begin + piece * chunk)
+            work.append((b, row0, lo, min(end, lo + chunk), int(partial_of[k]) + piece, p))
     work.sort(key=lambda w: -(w[3] - w[2]))
     cols = np.array(work, dtype=np.int64).reshape(-1, 6).T
     qo_start = np.concatenate([[0], np.cumsum(qo_len)])
@@ -186,52 +165,82 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
                            slots)
 
 
-def tail_cut(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int) -> tuple[np.ndarray, int]:
+def piece_keys(keys: np.ndarray, pieces: int, tile_keys: int) -> np.ndarray:
+    """Keys of each piece of an item of `keys` keys cut into `pieces` (whole tiles; the last piece
+    takes the rest, and may be empty)."""
+    return -(-np.maximum(1, -(-keys // pieces)) // tile_keys) * tile_keys
+
+
+def partial_slots(items: list, item_pieces: np.ndarray, qo_len: np.ndarray, group: int,
+                  tile_rows: int) -> tuple[np.ndarray, list, int]:
+    """(each item's `partial`, the runs (request, t0, t1, pieces), the slots in all). A run of a
+    request's consecutive split row tiles (tokens t0..t1, p pieces) takes (t1 - t0 + 1) x p slots
+    from the next free one, `first`, token-major (a token's pieces are the merge kernel's
+    contiguous range): piece i of token t in slot first + (t - t0) p + i. The kernels add
+    qtoken x pieces to the item's `partial`, which is therefore first - t0 p (+ the piece): below 0
+    where a run starts at a token t0 past first / p, so a split item is one with pieces > 1."""
+    partial_of = np.full(len(items), -1, dtype=np.int64)
+    runs, slots = [], 0
+    split = np.flatnonzero(item_pieces > 1)
+    k = 0
+    while k < split.size:
+        i = j = int(split[k])
+        b, p = items[i][0], int(item_pieces[i])
+        while j + 1 < len(items) and items[j + 1][0] == b and item_pieces[j + 1] == p:
+            j += 1
+        t0 = max(items[i][1], 0) // group
+        t1 = (min(int(qo_len[b]) * group, items[j][1] + tile_rows) - 1) // group
+        partial_of[i:j + 1] = slots - t0 * p
+        runs.append((b, t0, t1, p))
+        slots += (t1 - t0 + 1) * p
+        k += j - i + 1
+    return partial_of, runs, slots
+
+
+def cut_last_wave(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int) -> tuple[np.ndarray, int]:
     """(items, pieces): which of a grid's items to cut into how many pieces (1: none), so that a
     short last wave of the GPU is not left to a few CTAs for a whole unit's time. keys: each
     item's key count; every item is kv_heads units (CTAs) of cost keys + tile_keys (a tile for the
     unit's setup, as grid_unit_order), a piece likewise with its own keys. The GPU deals CTAs to
     free slots in grid order, longest first, which this models as greedy list scheduling on
-    `resident` slots (Tail): the laps before the last TAIL_LAPS and the partial one dealt in turn,
-    the rest item by item to the least loaded slots. Only where the last lap is at most
-    TAIL_MAX_PARTIAL_LAP full, and only the fewest of the cheapest items (the grid's last) that
-    hold it, into 2..TAIL_MAX_PIECES pieces: the best, where it ends at least TAIL_MERGE_TILES tiles
-    earlier than no cut. (Cutting more items, or where the last lap was fuller, lost on the H200:
-    the pieces' fp32 partials and the merge kernel's CTAs, one per token and q head, cost more
-    than the modelled gain; every causal item of B1 S1152 cut in two ran at 0.53x.)"""
+    `resident` slots (LeastLoaded): the units before the last lap and the partial one dealt in
+    turn, the rest item by item to the least loaded slots. Only the fewest of the cheapest items
+    (the grid's last) that hold the partial lap are cut, into 2..CUT_MAX_PIECES pieces, the best
+    where its gain is at least CUT_MIN_GAIN, which past CUT_MAX_LAPS laps of units it cannot be
+    (equal units: 4 laps against 3 and a bit), so those grids are not modelled. (Cutting more
+    items lost on the H200: every causal item of B1 S1152 cut in two ran at 0.53x, the merge of
+    every token.)"""
     items = keys.size
     units = items * kv_heads
     none = np.zeros(0, dtype=np.int64), 1
-    if units <= resident or resident <= 0:
-        return none
-    partial_lap = units % resident
-    if partial_lap == 0 or partial_lap > TAIL_MAX_PARTIAL_LAP * resident:
+    partial_lap = units % resident if resident > 0 else 0
+    if units <= resident or units > CUT_MAX_LAPS * resident or partial_lap == 0:
         return none
     order = np.argsort(-keys, kind="stable")                  # longest first, as make_schedule's sort
     cost = keys[order] + tile_keys
-    tail_items = min(items, -(-(partial_lap + TAIL_LAPS * resident) // kv_heads))
+    tail_items = min(items, -(-(partial_lap + resident) // kv_heads))
     head = items - tail_items
     cut = min(tail_items, -(-partial_lap // kv_heads))
     # slots' loads after the head's units, dealt in turn (whole laps of near-equal units)
     loads = np.bincount(np.arange(head * kv_heads) % resident, weights=np.repeat(cost[:head], kv_heads),
                         minlength=resident)
-    base = Tail(loads)
-    base.deal(cost[head:], kv_heads)
-    best = (base.span() - TAIL_MERGE_TILES * tile_keys, none)
-    whole = Tail(loads)
+    whole = LeastLoaded(loads)
     whole.deal(cost[head:items - cut], kv_heads)
+    uncut = whole.copy()
+    uncut.deal(cost[items - cut:], kv_heads)
+    best_span, best_p = float("inf"), 1
     keys_cut = cost[items - cut:] - tile_keys                 # [cut]
-    for p in range(2, TAIL_MAX_PIECES + 1):
-        chunk = -(-np.maximum(1, -(-keys_cut // p)) // tile_keys) * tile_keys
+    for p in range(2, CUT_MAX_PIECES + 1):                    # the fewest pieces of the shortest span
+        chunk = piece_keys(keys_cut, p, tile_keys)
         pieces = np.clip(keys_cut[:, None] - np.arange(p)[None, :] * chunk[:, None], 0, chunk[:, None])  # [cut, p]
         tail = whole.copy()
         tail.deal(np.sort(pieces.ravel())[::-1] + tile_keys, kv_heads)
-        if tail.span() < best[0]:
-            best = (tail.span(), (order[items - cut:], p))
-    return best[1]
+        if tail.span() < best_span:
+            best_span, best_p = tail.span(), p
+    return (order[items - cut:], best_p) if best_span * CUT_MIN_GAIN <= uncut.span() else none
 
 
-class Tail:
+class LeastLoaded:
     """Greedy list scheduling of equal-cost units in bulk: the slots' loads as a heap of
     (load, slot count) groups, so that dealing n units of one cost to the n least loaded slots
     takes a step per group touched, not per unit."""
@@ -250,8 +259,8 @@ class Tail:
                 heapq.heappush(self.heap, (load, count - take))
             n -= take
 
-    def copy(self) -> "Tail":
-        other = Tail.__new__(Tail)
+    def copy(self) -> "LeastLoaded":
+        other = LeastLoaded.__new__(LeastLoaded)
         other.heap = list(self.heap)
         return other
 
@@ -525,7 +534,7 @@ class _BatchPrefill(Wrapper):
         fixed = g["fixed"]
         if fixed is None:
             items, slots = schedule_capacity(total_qo, batch, group, num_kv_heads, tile_rows, resident)
-            fits = self._workspace.numel() // (num_heads * (head_dim + 1) * 4) - 1  # less one for lse's alignment
+            fits = self._partial_slots_fitting(num_heads, head_dim)
             # a persistent instance's grid, fixed with the rest: the captured launch keeps it
             ctas = min(items * num_kv_heads, resident, MAX_PERSISTENT_CTAS or resident)
             fixed = dict(config=config, rows=total_qo, items=items, partial_slots=max(0, min(slots, fits)), ctas=ctas)
@@ -561,6 +570,11 @@ class _BatchPrefill(Wrapper):
                     work_count=1, merge_count=1, page_indptr=batch + 1, page_indices=pages,
                     partial_slots=fixed["partial_slots"]), fixed
 
+    def _partial_slots_fitting(self, num_heads: int, head_dim: int) -> int:
+        """Split-KV partial slots (fp32 out and lse of every q head) the workspace holds, less one
+        for lse's alignment (lay_out_plan)."""
+        return self._workspace.numel() // (num_heads * (head_dim + 1) * 4) - 1
+
     def _plan_common(self, qo_indptr, kv_len: np.ndarray, num_qo_heads, num_kv_heads, head_dim, page_size, causal,
                      pos_encoding_mode, sm_scale, window_left, logits_soft_cap, q_data_type, kv_data_type,
                      o_data_type, page_table: dict) -> None:
@@ -589,12 +603,13 @@ class _BatchPrefill(Wrapper):
                 (module.key, num_qo_heads, num_kv_heads, head_dim, page_size, causal, window_left, scale, soft_cap),
                 group, num_kv_heads, tile_rows, resident, num_qo_heads, head_dim)
         # a persistent instance's (spec.persistent) CTAs walk lists of units; a grid of one CTA per
-        # unit may have its short last wave's items cut (spec.tail_cut, make_schedule's tail_split)
+        # unit may have its short last wave's items cut (spec.cut_last_wave)
         spec = KINDS[module.key.kind]
         persistent = spec.persistent is not None and spec.persistent(module.key)
-        tail = not persistent and spec.tail_cut is not None and spec.tail_cut(module.key)
+        cut_wave = not persistent and spec.cut_last_wave is not None and spec.cut_last_wave(module.key)
         sched = make_schedule(qo_len, kv_len, group, causal, window_left, num_kv_heads, resident, tile_rows, tile_keys,
-                              None if capacity is None else capacity["partial_slots"], tail_split=tail)
+                              None if capacity is None else capacity["partial_slots"], cut_wave=cut_wave,
+                              cut_slots=self._partial_slots_fitting(num_qo_heads, head_dim))
         # the grid: the plan's items, or a graph plan's capacity (its surplus CTAs exit at once)
         grid_items = sched.request.size if capacity is None else capacity["request"]
         ctas = 0

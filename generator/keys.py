@@ -119,8 +119,8 @@ class KindSpec:
     # rows), or None for the instance: its units cost by their keys alone
     unit_cost: Callable[[InstanceKey], tuple[int, tuple[float, ...]] | None] | None = None
     # whether plan() may cut the items of a grid's short last wave into split-KV pieces
-    # (prefill.py, tail_cut); never for persistent instances
-    tail_cut: Callable[[InstanceKey], bool] | None = None
+    # (prefill.py, cut_last_wave); never for persistent instances
+    cut_last_wave: Callable[[InstanceKey], bool] | None = None
 
     def allowed(self, field: str) -> tuple:
         if field == "kind":

@@ -261,6 +261,8 @@ SPEC = KindSpec(
     predicates=(tiles_fit,),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
-    # measured on the H200 at d128 (bench/results/logs/tail-cut/): see prefill.TAIL_MAX_PARTIAL_LAP
-    tail_cut=lambda key: True,
+    # the CTAs of 4 warps, two an SM (head dims up to 128), as measured on the H200 at d128 (README,
+    # "The grid's short last wave"); not the CTAs of 8 warps, one an SM, whose setup a short piece
+    # pays as the Hopper family's does
+    cut_last_wave=lambda key: warps(key) == 4,
 )

@@ -300,8 +300,7 @@ SPEC = KindSpec(
     tiles=lambda key: (block_m(key), block_n(key)),
     persistent=persistent,
     unit_cost=unit_cost,
-    # No tail cut for the grids of head dims 192 and 256: at 256 (H200, bench/probe_tail.py, bf16 /
-    # FP8 tiles) a last lap 21% full ran 0.90 / 0.95x cut, 18% level, 12% and 15% 1.04-1.09x: a CTA's
-    # prologue (barriers, TMA descriptors, Q of 64 KB) makes a short piece dear.
-    tail_cut=None,
+    # no cut of a short last wave for its grids (head dims 192 and 256): measured mixed at 256
+    # (README, "The grid's short last wave")
+    cut_last_wave=None,
 )

@@ -348,15 +348,15 @@ def test_split_kv_eight_warp_ctas(q_dtype, kv_dtype, d, workspace):
         assert num_partial > 0, f"16 queries on 32k keys must be split ({w.module.key.name})"
 
 
-# The grid's last wave (prefill.tail_cut): with the resident CTAs faked at 2 fewer than the batch's
-# units (a lap and 2 units: the CTAs of a short last wave), plan() cuts the last items into
-# split-KV pieces, some of a request's row tiles and not others (so a split item's `partial`
-# below 0, which the kernels must read as split: pieces > 1); first checked with 1 resident CTA,
-# which splits nothing. Equal key counts within a request, so that the last units are not tiny.
-TAIL_CASES = (([100, 300], [1600, 1700], 4, 2), ([261, 300], [1761, 1700], 1, 3))
+# A grid's short last wave (prefill.cut_last_wave): with the resident CTAs faked at 2 fewer than
+# the batch's units (a lap and 2 units), plan() cuts the last items into split-KV pieces, some of
+# a request's row tiles and not others, so that a split item's `partial` is below 0 (which the
+# kernels must read as split: pieces > 1); first checked with 1 resident CTA, which splits
+# nothing. Requests of about as many keys, so that the last units are as long as the others.
+CUT_CASES = (([100, 300], [1600, 1700], 4, 2), ([261, 300], [1761, 1700], 1, 3))
 
 
-def check_tail_split(check, monkeypatch, *args, **kwargs):
+def check_cut_wave(check, monkeypatch, *args, **kwargs):
     import flashinfer_gen.prefill as prefill
     monkeypatch.setattr(prefill, "resident_ctas", lambda module, device: 1)
     w, _ = check(*args, **kwargs)
@@ -373,12 +373,12 @@ def check_tail_split(check, monkeypatch, *args, **kwargs):
 @pytest.mark.parametrize("q_dtype,kv_dtype,conv", [(torch.bfloat16, torch.bfloat16, None),
                                                    (torch.float16, torch.float8_e4m3fn, "hardware"),
                                                    (torch.bfloat16, torch.float8_e5m2, "software")], ids=_ids)
-def test_tail_wave_split(q_dtype, kv_dtype, conv, workspace, monkeypatch):
-    for n, (qo, kv, group, hk) in enumerate(TAIL_CASES):
-        check_tail_split(check_paged, monkeypatch, q_dtype, kv_dtype, conv, 128, LAYOUTS[n % 2], 16, group, qo, kv,
-                         workspace, hk=hk, k_scale=0.5, v_scale=2.0, seed=40 + n)
-        check_tail_split(check_ragged, monkeypatch, q_dtype, kv_dtype, conv, 64 if n else 256, group, qo, kv,
-                         workspace, hk=hk, seed=50 + n)
+def test_short_last_wave_cut(q_dtype, kv_dtype, conv, workspace, monkeypatch):
+    for n, (qo, kv, group, hk) in enumerate(CUT_CASES):
+        check_cut_wave(check_paged, monkeypatch, q_dtype, kv_dtype, conv, 128, LAYOUTS[n % 2], 16, group, qo, kv,
+                       workspace, hk=hk, k_scale=0.5, v_scale=2.0, seed=40 + n)
+        check_cut_wave(check_ragged, monkeypatch, q_dtype, kv_dtype, conv, 64 if n else 128, group, qo, kv,
+                       workspace, hk=hk, seed=50 + n)
 
 
 # --- ragged KV -------------------------------------------------------------------------------------

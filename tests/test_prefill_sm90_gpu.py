@@ -56,7 +56,7 @@ from flashinfer_gen.reference import attention_reference, fp8_tile_bounds, gathe
 from test_prefill_gpu import (GROUPS, LAYOUTS, LENGTH_CASES, LSE_TOL, PAGE_SIZES, _ids, assert_close, check_paged,
                               check_ragged, heads_for, indptr_of, kv_values, make_paged, make_ragged, matrix_combos,
                               matrix_lengths, out_tolerance, paged_ref, paged_wrapper, plan_paged, plan_ragged,
-                              poisoned, ragged_ref, ragged_wrapper, TAIL_CASES, check_tail_split)
+                              poisoned, ragged_ref, ragged_wrapper, CUT_CASES, check_cut_wave)
 
 requires_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                                    reason="the prefill_sm90 family runs on sm_90 (H100/H200) only")
@@ -159,19 +159,20 @@ def test_split_kv_long_context(q_dtype, kv_dtype, causal, workspace):
 
 
 @pytest.mark.parametrize("q_dtype,kv_dtype", CASES, ids=_ids)
-def test_tail_wave_split(q_dtype, kv_dtype, workspace, monkeypatch):
-    """A grid's last items cut into pieces (test_prefill_gpu.py, TAIL_CASES) on this family's grids
+def test_short_last_wave_cut(q_dtype, kv_dtype, workspace, monkeypatch):
+    """A grid's last items cut into pieces (test_prefill_gpu.py, CUT_CASES) on this family's grids
     of one CTA per unit, head dims 192 and 256. Its kind does not take the cut (kind_prefill_sm90:
-    it measured mixed there), so the test allows it, for the kernels' reading of a split item
+    measured mixed there), so the test allows it, for the kernels' reading of a split item
     (pieces > 1, its `partial` below 0), which must hold for every family."""
     import dataclasses
     from generator.instances import KINDS
-    monkeypatch.setitem(KINDS, "prefill_sm90", dataclasses.replace(KINDS["prefill_sm90"], tail_cut=lambda key: True))
-    for n, (qo, kv, group, hk) in enumerate(TAIL_CASES):
-        check_tail_split(check_paged, monkeypatch, q_dtype, kv_dtype, None, 256 if n else 192, LAYOUTS[n % 2], 16,
-                         group, qo, kv, workspace, hk=hk, k_scale=0.5, v_scale=2.0, seed=60 + n, **SM90)
-        check_tail_split(check_ragged, monkeypatch, q_dtype, kv_dtype, None, 192 if n else 256, group, qo, kv,
-                         workspace, hk=hk, seed=70 + n, **SM90)
+    monkeypatch.setitem(KINDS, "prefill_sm90",
+                        dataclasses.replace(KINDS["prefill_sm90"], cut_last_wave=lambda key: True))
+    for n, (qo, kv, group, hk) in enumerate(CUT_CASES):
+        check_cut_wave(check_paged, monkeypatch, q_dtype, kv_dtype, None, 256 if n else 192, LAYOUTS[n % 2], 16,
+                       group, qo, kv, workspace, hk=hk, k_scale=0.5, v_scale=2.0, seed=60 + n, **SM90)
+        check_cut_wave(check_ragged, monkeypatch, q_dtype, kv_dtype, None, 192 if n else 256, group, qo, kv,
+                       workspace, hk=hk, seed=70 + n, **SM90)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

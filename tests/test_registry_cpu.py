@@ -289,27 +289,34 @@ def emulate_partial_writes(s, qo, group, tile_rows):
     return direct, slotted
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_prefill_tail_split_slots_and_merge_rows(seed):
-    """A grid's last-wave items cut into pieces (make_schedule's tail_split, tail_cut): every
-    (token, q head) is written once straight to the output or once per piece of its token's
-    partial slots, which are exactly the merge rows' ranges; every row tile's pieces tile its
-    keys. Groups that do not divide the tile's rows (3, 7: a token's q heads in two row tiles)
-    are not cut, beyond the split of a batch under one wave."""
+def random_cut_case(seed):
+    """A random batch and a resident CTA count for cut_last_wave: mostly requests of about as many
+    keys and a lap of CTAs and a few units, so that its last wave is short and as long as the rest
+    (as well as other batches and counts, which it leaves whole or splits under one wave)."""
     from flashinfer_gen.prefill import make_schedule as prefill_schedule
-    from flashinfer_gen.prefill import TAIL_MAX_PARTIAL_LAP
     rng = np.random.default_rng(seed)
-    batch, group = int(rng.integers(1, 6)), int(rng.choice([1, 3, 4, 7]))
+    batch, group = int(rng.integers(1, 6)), int(rng.choice([1, 2, 3, 4, 7, 8]))
     kv_heads = int(rng.choice([1, 2, 8]))
     tile_rows, tile_keys = int(rng.choice([64, 128])), int(rng.choice([32, 64]))
+    causal, window = bool(rng.random() < 0.3), int(rng.choice([-1, -1, -1, 200]))
     qo = rng.integers(1, 400, batch)
-    kv = qo + rng.integers(0, 3000, batch)
-    whole = prefill_schedule(qo, kv, group, False, -1, kv_heads, 1, tile_rows, tile_keys)  # resident 1: no split
+    kv = qo + (rng.integers(0, 3000, batch) if seed % 3 == 0 else rng.integers(1500, 1600) + rng.integers(0, 50, batch))
+    whole = prefill_schedule(qo, kv, group, causal, window, kv_heads, 1, tile_rows, tile_keys)  # resident 1: no split
     units = whole.request.size * kv_heads
-    # resident CTAs that leave a short last lap (tail_cut's case), where there are any
-    short = [r for r in range(2, units) if 0 < units % r <= TAIL_MAX_PARTIAL_LAP * r]
-    resident = int(rng.choice(short)) if short and seed % 4 else int(rng.choice([8, 24, 132]))
-    s = prefill_schedule(qo, kv, group, False, -1, kv_heads, resident, tile_rows, tile_keys, tail_split=True)
+    resident = max(2, units - int(rng.integers(1, max(2, units // 8)))) if seed % 5 else int(rng.choice([8, 24, 132]))
+    s = prefill_schedule(qo, kv, group, causal, window, kv_heads, resident, tile_rows, tile_keys, cut_wave=True)
+    return qo, kv, group, causal, window, kv_heads, resident, tile_rows, tile_keys, whole, s
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_prefill_cut_wave_slots_and_merge_rows(seed):
+    """A grid's short last wave cut into pieces (make_schedule's cut_wave, cut_last_wave): every
+    (token, q head) is written once straight to the output or once per piece of its token's
+    partial slots, which are exactly the merge rows' ranges; every row tile's pieces tile its
+    keys. A group that does not divide the tile's rows (3, 7: a token's q heads in two row tiles)
+    is not cut, beyond the split of a batch under one wave."""
+    qo, kv, group, causal, window, kv_heads, resident, tile_rows, tile_keys, whole, s = random_cut_case(seed)
+    batch = qo.size
     if tile_rows % group and whole.request.size * kv_heads >= resident:
         assert s.num_partial == 0
     direct, slotted = emulate_partial_writes(s, qo, group, tile_rows)
@@ -335,41 +342,47 @@ def test_prefill_tail_split_slots_and_merge_rows(seed):
         assert all(p[1] == n[0] for p, n in zip(pieces, pieces[1:])), pieces
 
 
-def test_prefill_tail_cut_fills_the_last_wave():
-    """B1 S1152, 32/32 heads, d128, on the Ampere path (128-row tiles of 64 keys, 264 resident CTAs):
-    288 units leave 24 CTAs alone in a second wave, which ran 0.86x (bf16) and 0.73x (software
-    e4m3) the cut form on the H200 (bench/probe_tail.py). tail_cut cuts the last item into pieces
-    that end earlier in its model; a grid that fills its laps exactly and one whose last lap is more
-    than TAIL_MAX_PARTIAL_LAP full (B4 S4096, causal or not) are left whole, and so is a CUDA-graph
-    plan's."""
-    from flashinfer_gen.prefill import Tail, make_schedule as prefill_schedule, tail_cut, TAIL_MERGE_TILES
-    keys = np.full(9, 1152)
-    cut, p = tail_cut(keys, 32, 264, 64)
-    assert p > 1 and cut.tolist() == [8], (cut, p)
+def test_prefill_cut_wave_cases_cover_the_cut():
+    """test_prefill_cut_wave_slots_and_merge_rows's cases do cut: many of them past one wave, with
+    GQA groups, with a split item's `partial` below 0, causal or windowed among them."""
+    cut = []
+    for seed in range(60):
+        qo, kv, group, causal, window, kv_heads, resident, tile_rows, tile_keys, whole, s = random_cut_case(seed)
+        if whole.request.size * kv_heads > resident and s.num_partial > 0:
+            cut.append((group, causal or window >= 0, bool((s.partial[s.pieces > 1] < 0).any())))
+    assert len(cut) >= 15, cut
+    assert any(g > 1 for g, _, _ in cut) and any(m for _, m, _ in cut) and any(n for _, _, n in cut), cut
 
-    def span(pieces, items_cut):
-        t = Tail(np.zeros(264))
-        t.deal(np.full(9 - items_cut, 1152 + 64), 32)
-        chunk = -(-1152 // pieces // 64) * 64
-        t.deal(np.array(sorted([min(chunk, 1152 - i * chunk) + 64 for i in range(pieces)], reverse=True)), 32 * items_cut)
-        return t.span()
 
-    assert span(1, 0) == 2 * (1152 + 64)  # a whole lap and a partial one
-    assert span(p, cut.size) + TAIL_MERGE_TILES * 64 <= span(1, 0)
-    assert tail_cut(np.full(33, 1152), 8, 264, 64)[1] == 1             # 264 units: one lap exactly
-    assert tail_cut(np.full(128, 4096), 32, 264, 64)[1] == 1           # B4 S4096: a last lap 52% full
-    qo = np.full(4, 4096)
-    causal = prefill_schedule(qo, qo, 1, True, -1, 32, 264, 128, 64, tail_split=True)
-    assert (causal.pieces == 1).all() and causal.num_partial == 0
-    qo = np.array([1152])
-    free = prefill_schedule(qo, qo, 1, False, -1, 32, 264, 128, 64, tail_split=True)
-    graph = prefill_schedule(qo, qo, 1, False, -1, 32, 264, 128, 64, max_partial=10 ** 6, tail_split=True)
-    assert free.num_partial > 0 and graph.num_partial == 0  # a CUDA-graph plan keeps its capacity's items
-    # the kinds that take it: the Ampere path; not the Hopper family's grids (measured mixed at d256)
+def test_prefill_cut_last_wave_on_the_measured_shapes():
+    """cut_last_wave's choices on the shapes measured on the H200 (the Ampere path, d128, 128-row
+    tiles of 64 keys, 264 resident CTAs; README, "The grid's short last wave"): those that ran
+    faster cut (B1 S1100 with 8 KV heads, S1152, S1280; the forms measured) are cut, those that
+    ran level or slower (B2 S1088, B1 S1536, S1792, S4608 with 8 KV heads, B4 S4096, B16 S8192,
+    and every causal one) are not. A CUDA-graph plan, and a cut whose partials the workspace does
+    not hold (cut_slots), run whole."""
+    from flashinfer_gen.prefill import make_schedule as prefill_schedule
+
+    def form(batch, seq, kv_heads, causal=False, **kwargs):
+        qo = np.full(batch, seq)
+        s = prefill_schedule(qo, qo, 32 // kv_heads, causal, -1, kv_heads, 264, 128, 64, cut_wave=True, **kwargs)
+        split = s.pieces > 1
+        return len(set(zip(s.request[split].tolist(), s.row_begin[split].tolist()))), int(s.pieces.max())
+
+    assert form(1, 1100, 8) == (2, 6) and form(1, 1152, 32) == (1, 6) and form(1, 1280, 32) == (2, 4)
+    for shape in ((2, 1088, 32), (1, 1536, 32), (1, 1792, 32), (1, 4608, 8), (4, 4096, 32), (16, 8192, 32)):
+        assert form(*shape) == (0, 1), shape
+    for shape in ((1, 1100, 8), (1, 1152, 32), (1, 1280, 32)):
+        assert form(*shape, causal=True) == (0, 1), shape
+        assert form(*shape, max_partial=10 ** 6) == (0, 1), shape  # a CUDA-graph plan keeps its capacity's items
+    assert form(1, 1152, 32, cut_slots=768) == (1, 6) and form(1, 1152, 32, cut_slots=767) == (0, 1)
+    # the kinds that take it: the Ampere path's CTAs of 4 warps; not its 8-warp CTAs (head dim 256 on
+    # sm_90a), nor the Hopper family's grids
     from generator.instances import KINDS
     from generator.keys import InstanceKey
-    assert KINDS["prefill"].tail_cut(InstanceKey("prefill", "bf16", "bf16", 128, "sm80", "none"))
-    assert KINDS["prefill_sm90"].tail_cut is None
+    assert KINDS["prefill"].cut_last_wave(InstanceKey("prefill", "bf16", "bf16", 128, "sm90a", "none"))
+    assert not KINDS["prefill"].cut_last_wave(InstanceKey("prefill", "bf16", "bf16", 256, "sm90a", "none"))
+    assert KINDS["prefill_sm90"].cut_last_wave is None
 
 
 @pytest.mark.parametrize("window_left", [-1, 40])
