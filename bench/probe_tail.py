@@ -1,7 +1,9 @@
 """The cut of a grid's short last wave (flashinfer_gen.prefill.cut_last_wave) on and off, per
 instance and shape: what plan() chose (resident CTAs, units, items cut and pieces) and the time of
 each form, in rotated rounds on one machine (CUDA graphs, L2 flushed, median of --reps). Ragged
-K/V, non-causal and causal, q heads 32.
+K/V, non-causal and causal, q heads 32. Every kind is let take the cut here (its KindSpec may
+refuse it in plan()); plan() takes none for a causal batch, so the causal rows are whole in both
+forms (the earlier rule's causal cuts are in bench/results/logs/tail-cut/).
 
 usage: python bench/probe_tail.py [--family sm80] [--head-dim 128] [--rounds 3] [--reps 20] [--shapes 1x1536x32,...]
        [--out probe.json]
@@ -9,6 +11,7 @@ usage: python bench/probe_tail.py [--family sm80] [--head-dim 128] [--rounds 3] 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import statistics
@@ -21,6 +24,7 @@ import torch  # noqa: E402
 from bench_decode import L2_FLUSH_BYTES, time_graph  # noqa: E402  (puts the tree on sys.path)
 from bench_prefill import attention_flops, git_commit  # noqa: E402
 import flashinfer_gen.prefill as prefill  # noqa: E402
+from generator.instances import KINDS  # noqa: E402
 from flashinfer_gen import BatchPrefillWithRaggedKVCacheWrapper  # noqa: E402
 
 HEADS = 32
@@ -45,6 +49,9 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(0)
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     flush = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
+    # the kinds' own choice aside (KindSpec.cut_last_wave): this measures the cut wherever the model takes it
+    for kind in ("prefill", "prefill_sm90"):
+        KINDS[kind] = dataclasses.replace(KINDS[kind], cut_last_wave=lambda key: True)
     cut = prefill.cut_last_wave
     rows = []
     shapes = SHAPES if args.shapes is None else tuple(tuple(int(x) for x in s.split("x")) for s in args.shapes.split(","))

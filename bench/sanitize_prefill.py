@@ -52,9 +52,9 @@ def case(kv_dtype, conversion, qo_lens, kv_lens, hq=8, hk=2, d=128, page=16, bac
     print(f"{w.module.key.name}: {w._plan['schedule'].request.size} items, {w._plan['schedule'].num_partial} "
           f"partial slots, {f'{grid} persistent CTAs' if grid else 'a CTA per unit'}, rel. error {err:.2e}")
     sched = w._plan["schedule"]
-    cut = resident is None or ((sched.pieces > 1) & (sched.partial < 0)).any()  # a tail cut past a request's start
+    cut = resident is None or ((sched.pieces > 1) & (sched.partial < 0)).any()  # a cut past a request's start
     if not cut:
-        print("  no tail cut in this plan")
+        print("  plan() cut no last wave here")
     return err < (0.05 if fp8_tiles else 1e-2) and cut
 
 

@@ -110,9 +110,9 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
     fill one wave of the GPU, each request's key ranges are cut into up to MAX_PIECES pieces
     (whole tiles) whose partial results a merge kernel combines; max_partial (a CUDA-graph plan's
     capacity) caps the partial slots this may take. Otherwise, with cut_wave (a grid of one CTA
-    per unit, not a CUDA-graph plan) and row tiles of whole tokens, the items that would run in a
-    short last wave may be cut into pieces too (cut_last_wave), where their partial slots are at
-    most cut_slots (what the workspace holds). Longest items first."""
+    per unit, not a CUDA-graph plan), non-causal, and row tiles of whole tokens, the items that
+    would run in a short last wave may be cut into pieces too (cut_last_wave), where their partial
+    slots are at most cut_slots (what the workspace holds). Longest items first."""
     # first row tile: the partial one, from rows - tile_rows * ceil(rows / tile_rows) (0 if whole)
     items = []  # (request, row_begin, begin, end)
     for b, (n, m) in enumerate(zip(qo_len.tolist(), kv_len.tolist())):
@@ -133,16 +133,15 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
             if max_partial is None or int((qo_len * pieces_of)[pieces_of > 1].sum()) <= max_partial:
                 break
         item_pieces = pieces_of[[b for b, _, _, _ in items]]
-    elif (items and cut_wave and max_partial is None and tile_rows % group == 0
-          and len(items) * kv_heads <= CUT_MAX_LAPS * resident_ctas):
+    elif items and cut_wave and not causal and max_partial is None and tile_rows % group == 0:
         # (a group that does not divide the tile's rows puts a token's q heads in two row tiles,
         # which would have to be cut alike: the merge kernel combines every q head of a token)
-        keys = np.array([end - begin for _, _, begin, end in items], dtype=np.int64)
-        cut, p = cut_last_wave(keys, kv_heads, resident_ctas, tile_keys)
+        cut, p = cut_last_wave(items, kv_heads, resident_ctas, tile_keys)
         item_pieces[cut] = p
     partial_of, runs, slots = partial_slots(items, item_pieces, qo_len, group, tile_rows)
-    if runs and cut_wave and cut_slots is not None and slots > cut_slots:
-        # the cut is optional: where its partials do not fit the workspace, the grid runs whole
+    if slots and cut_slots is not None and slots > cut_slots and len(items) * kv_heads >= resident_ctas:
+        # a cut of the last wave is optional: where its partials do not fit the workspace, the grid
+        # runs whole (a batch under one wave keeps its split, which lay_out_plan then refuses)
         item_pieces[:] = 1
         partial_of, runs, slots = partial_slots(items, item_pieces, qo_len, group, tile_rows)
     work = []
@@ -151,10 +150,10 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
         if p == 1:
             work.append((b, row0, begin, end, -1, 1))
             continue
-        chunk = int(piece_keys(np.array([end - begin]), p, tile_keys)[0])
-        for piece in range(p):  # a piece may be empty: its rows then write O = 0, LSE = -inf
-            lo = min(end, begin + piece * chunk)
-            work.append((b, row0, lo, min(end, lo + chunk), int(partial_of[k]) + piece, p))
+        keys = piece_keys(np.array([end - begin]), p, tile_keys)[0]  # a piece may be empty: its rows
+        lo = begin + np.concatenate([[0], np.cumsum(keys)[:-1]])        # then write O = 0, LSE = -inf
+        for piece in range(p):
+            work.append((b, row0, int(lo[piece]), int(lo[piece] + keys[piece]), int(partial_of[k]) + piece, p))
     work.sort(key=lambda w: -(w[3] - w[2]))
     cols = np.array(work, dtype=np.int64).reshape(-1, 6).T
     qo_start = np.concatenate([[0], np.cumsum(qo_len)])
@@ -166,9 +165,10 @@ def make_schedule(qo_len: np.ndarray, kv_len: np.ndarray, group: int, causal: bo
 
 
 def piece_keys(keys: np.ndarray, pieces: int, tile_keys: int) -> np.ndarray:
-    """Keys of each piece of an item of `keys` keys cut into `pieces` (whole tiles; the last piece
-    takes the rest, and may be empty)."""
-    return -(-np.maximum(1, -(-keys // pieces)) // tile_keys) * tile_keys
+    """[items, pieces]: the keys of each piece of items of `keys` keys cut into `pieces`, in order:
+    whole tiles of ceil(keys / pieces) keys, the rest in the last ones (which may be empty)."""
+    chunk = -(-np.maximum(1, -(-keys // pieces)) // tile_keys) * tile_keys
+    return np.clip(keys[:, None] - np.arange(pieces)[None, :] * chunk[:, None], 0, chunk[:, None])
 
 
 def partial_slots(items: list, item_pieces: np.ndarray, qo_len: np.ndarray, group: int,
@@ -197,11 +197,11 @@ def partial_slots(items: list, item_pieces: np.ndarray, qo_len: np.ndarray, grou
     return partial_of, runs, slots
 
 
-def cut_last_wave(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int) -> tuple[np.ndarray, int]:
-    """(items, pieces): which of a grid's items to cut into how many pieces (1: none), so that a
-    short last wave of the GPU is not left to a few CTAs for a whole unit's time. keys: each
-    item's key count; every item is kv_heads units (CTAs) of cost keys + tile_keys (a tile for the
-    unit's setup, as grid_unit_order), a piece likewise with its own keys. The GPU deals CTAs to
+def cut_last_wave(items: list, kv_heads: int, resident: int, tile_keys: int) -> tuple[np.ndarray, int]:
+    """(items, pieces): which of a grid's items (make_schedule's (request, row_begin, begin, end),
+    non-causal) to cut into how many pieces (1: none), so that a short last wave of the GPU is not
+    left to a few CTAs for a whole unit's time. Every item is kv_heads units (CTAs) of cost keys +
+    tile_keys (a tile for the unit's setup, as grid_unit_order), a piece likewise with its own keys. The GPU deals CTAs to
     free slots in grid order, longest first, which this models as greedy list scheduling on
     `resident` slots (LeastLoaded): the units before the last lap and the partial one dealt in
     turn, the rest item by item to the least loaded slots. Only the fewest of the cheapest items
@@ -209,13 +209,14 @@ def cut_last_wave(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int
     where its gain is at least CUT_MIN_GAIN, which past CUT_MAX_LAPS laps of units it cannot be
     (equal units: 4 laps against 3 and a bit), so those grids are not modelled. (Cutting more
     items lost on the H200: every causal item of B1 S1152 cut in two ran at 0.53x, the merge of
-    every token.)"""
-    items = keys.size
-    units = items * kv_heads
+    every token, and causal grids were not measured with a cut of their own.)"""
+    units = len(items) * kv_heads
     none = np.zeros(0, dtype=np.int64), 1
     partial_lap = units % resident if resident > 0 else 0
     if units <= resident or units > CUT_MAX_LAPS * resident or partial_lap == 0:
         return none
+    keys = np.array([end - begin for _, _, begin, end in items], dtype=np.int64)
+    items = keys.size
     order = np.argsort(-keys, kind="stable")                  # longest first, as make_schedule's sort
     cost = keys[order] + tile_keys
     tail_items = min(items, -(-(partial_lap + resident) // kv_heads))
@@ -231,10 +232,8 @@ def cut_last_wave(keys: np.ndarray, kv_heads: int, resident: int, tile_keys: int
     best_span, best_p = float("inf"), 1
     keys_cut = cost[items - cut:] - tile_keys                 # [cut]
     for p in range(2, CUT_MAX_PIECES + 1):                    # the fewest pieces of the shortest span
-        chunk = piece_keys(keys_cut, p, tile_keys)
-        pieces = np.clip(keys_cut[:, None] - np.arange(p)[None, :] * chunk[:, None], 0, chunk[:, None])  # [cut, p]
         tail = whole.copy()
-        tail.deal(np.sort(pieces.ravel())[::-1] + tile_keys, kv_heads)
+        tail.deal(np.sort(piece_keys(keys_cut, p, tile_keys).ravel())[::-1] + tile_keys, kv_heads)
         if tail.span() < best_span:
             best_span, best_p = tail.span(), p
     return (order[items - cut:], best_p) if best_span * CUT_MIN_GAIN <= uncut.span() else none

@@ -194,6 +194,16 @@ def tiles_fit(key: InstanceKey) -> str | None:
     return None
 
 
+def cuts_last_wave(key: InstanceKey) -> bool:
+    """Whether plan() may cut a grid's short last wave into split-KV pieces (prefill.py,
+    cut_last_wave): for CTAs of WARPS warps two an SM, the shape measured (H200, head dim 128;
+    README, "The grid's short last wave"). Not where one CTA holds an SM (CTAs of WIDE_WARPS, or
+    where two do not fit), which was not measured, and whose setup a short piece pays as the
+    Hopper family's does."""
+    arch = ARCH_BY_NAME[key.arch]
+    return warps(key) == WARPS and _two_ctas_fit(smem_bytes(key, pipeline_stages(key, arch)), arch, WARPS)
+
+
 def template_context(key: InstanceKey) -> dict:
     arch = ARCH_BY_NAME[key.arch]
     stages = pipeline_stages(key, arch)
@@ -261,8 +271,5 @@ SPEC = KindSpec(
     predicates=(tiles_fit,),
     context=template_context,
     tiles=lambda key: (block_m(key), block_n(key)),
-    # the CTAs of 4 warps, two an SM (head dims up to 128), as measured on the H200 at d128 (README,
-    # "The grid's short last wave"); not the CTAs of 8 warps, one an SM, whose setup a short piece
-    # pays as the Hopper family's does
-    cut_last_wave=lambda key: warps(key) == 4,
+    cut_last_wave=cuts_last_wave,
 )

@@ -300,7 +300,7 @@ SPEC = KindSpec(
     tiles=lambda key: (block_m(key), block_n(key)),
     persistent=persistent,
     unit_cost=unit_cost,
-    # no cut of a short last wave for its grids (head dims 192 and 256): measured mixed at 256
-    # (README, "The grid's short last wave")
+    # no cut of a short last wave for its grids (head dims 192 and 256, one CTA an SM): measured
+    # mixed at 256 (README, "The grid's short last wave")
     cut_last_wave=None,
 )
